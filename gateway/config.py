@@ -1,0 +1,242 @@
+"""The model catalogue (aliases → provider, upstream model, prices) and the default YAML config file.
+
+``Catalogue`` is built once at start-up from ``Settings`` and is read-only afterwards. Prices resolve
+per field: a field of ``ModelSettings.prices`` wins over genai-prices' value for the same field
+(looked up by ``price_id`` or else the upstream model id). Models of a ``local`` provider start from
+zero prices (the gateway's own engine has no per-token fee); every other model with neither data nor
+override has ``prices=None``, which accounting records as unknown, never as zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+
+from gateway.errors import ModelNotFound
+from gateway.pricing import complete_prices, lookup_listed_prices
+from gateway.settings import (
+    CONFIG_ENV,
+    DEFAULT_BASE_URLS,
+    ENV_PREFIX,
+    ModelPriceOverride,
+    ModelSettings,
+    Settings,
+    default_models,
+    default_providers,
+)
+from gateway.types import ModelPrices
+
+_ZERO_PRICES = ModelPrices(input=0.0, output=0.0, cache_read=0.0, cache_write_5m=0.0, cache_write_1h=0.0)
+
+
+@dataclass(slots=True, frozen=True)
+class ModelRoute:
+    """Where one model name goes. ``prices`` is None when the price is unknown."""
+
+    alias: str
+    provider: str
+    provider_kind: str
+    upstream_model: str
+    prices: ModelPrices | None
+
+
+class Catalogue:
+    """The models clients may name. Built once; its routes never change after construction."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._routes: dict[str, ModelRoute] = {
+            alias: self._route(alias, entry) for alias, entry in settings.models.items()
+        }
+        # "<provider>/<model>" routes are priced on first use (~40 µs) and remembered, up to a bound.
+        self._provider_route = lru_cache(maxsize=1024)(self._provider_route_uncached)
+
+    def resolve(self, model: str) -> ModelRoute:
+        """The route for an alias, or for ``"<provider>/<upstream model>"`` naming a configured provider
+        and a model outside the catalogue (priced by lookup). An alias wins over the provider form.
+
+        Raises ``ModelNotFound`` naming the model.
+        """
+        route = self._routes.get(model)
+        if route is not None:
+            return route
+        provider, sep, upstream = model.partition("/")
+        if sep and upstream and provider in self._settings.providers:
+            return self._provider_route(model)
+        raise ModelNotFound(
+            f"The model {model!r} does not exist or is not configured in this gateway; "
+            f"use one of its aliases or '<provider>/<model>' with a configured provider "
+            f"({', '.join(sorted(self._settings.providers))})",
+            param="model",
+        )
+
+    def aliases(self) -> list[str]:
+        """The catalogue's aliases, in configuration order."""
+        return list(self._routes)
+
+    def routes(self) -> list[ModelRoute]:
+        """The catalogue's routes, in configuration order."""
+        return list(self._routes.values())
+
+    def _provider_route_uncached(self, model: str) -> ModelRoute:
+        provider, _, upstream = model.partition("/")
+        return self._route(model, ModelSettings(provider=provider, model=upstream))
+
+    def _route(self, alias: str, entry: ModelSettings) -> ModelRoute:
+        kind = self._settings.providers[entry.provider].kind
+        return ModelRoute(
+            alias=alias,
+            provider=entry.provider,
+            provider_kind=kind,
+            upstream_model=entry.model,
+            prices=_resolve_prices(kind, entry),
+        )
+
+
+def _resolve_prices(kind: str, entry: ModelSettings) -> ModelPrices | None:
+    """Listed prices, then the override's fields over them, then the unset cache kinds filled in (so a
+    cache price derived from the input follows an overridden input price)."""
+    price_list = "anthropic" if kind == "anthropic" else None
+    if kind == "local":
+        base: ModelPrices | None = _ZERO_PRICES
+    else:
+        listed = lookup_listed_prices(kind, entry.price_id or entry.model)
+        base, price_list = (None, price_list) if listed is None else listed
+    if base is None and entry.prices is None:
+        return None
+    values = {f.name: getattr(base, f.name) if base is not None else None for f in fields(ModelPrices)}
+    if entry.prices is not None:
+        values |= {k: v for k, v in entry.prices.model_dump().items() if v is not None}
+    if all(v is None for v in values.values()):
+        return None
+    return complete_prices(ModelPrices(**values), anthropic=price_list == "anthropic")
+
+
+def render_default_config() -> str:
+    """A commented YAML file holding every setting at its default, the default providers and catalogue,
+    and commented-out examples (an openai_compatible server, price overrides). Loading it back with
+    ``load_settings`` gives the default settings."""
+    d = Settings()
+    providers = default_providers()
+    lines = [
+        "# ThriftGate configuration.",
+        "# Precedence: defaults < this file < environment variables. Every setting can be set from the",
+        f"# environment with the prefix {ENV_PREFIX} and '__' between levels, e.g. {ENV_PREFIX}PORT=9000,",
+        f"# {ENV_PREFIX}PROVIDERS__OPENAI__BASE_URL=http://localhost:8000/v1. This file is found through",
+        f"# --config, then ${CONFIG_ENV}, then ./thriftgate.yaml.",
+        "",
+        "# Address the gateway listens on.",
+        f"host: {_scalar(d.host)}",
+        f"port: {d.port}",
+        "# SQLAlchemy URL: SQLite (embedded, default) or PostgreSQL (postgresql+asyncpg://user@host/db).",
+        f"database_url: {_scalar(d.database_url)}",
+        "# Admin key for the admin API and dashboard; set it to require virtual keys by default.",
+        "master_key: null",
+        "# Whether clients must send a virtual key. null: required exactly when master_key is set.",
+        "require_virtual_key: null",
+        "# Largest request body accepted, in bytes.",
+        f"max_body_bytes: {d.max_body_bytes}",
+        "# Exponential backoff between upstream retries: base and cap, in seconds.",
+        f"retry_backoff_base_s: {d.retry_backoff_base_s}",
+        f"retry_backoff_max_s: {d.retry_backoff_max_s}",
+        "# How often virtual keys and their limits are reloaded from the database, in seconds.",
+        f"key_refresh_s: {d.key_refresh_s}",
+        "# Request-log rows are written in batches of up to this many rows, at least this often (seconds).",
+        f"log_batch_size: {d.log_batch_size}",
+        f"log_flush_interval_s: {d.log_flush_interval_s}",
+        "# Logging: level, and one JSON object per line (true) or plain text (false).",
+        f"log_level: {_scalar(d.log_level)}",
+        f"log_json: {'true' if d.log_json else 'false'}",
+        "# Where the local engine keeps its converted models.",
+        f"local_model_dir: {_scalar(d.local_model_dir)}",
+        "",
+        "# Upstreams. kind: openai | anthropic | openai_compatible | local. Keys stay on the server: give",
+        "# api_key_env (the variable holding the key) or api_key. base_url defaults to the kind's public API.",
+        "# Entries here merge over the defaults by name; replace_default_providers: true drops the defaults.",
+        "providers:",
+    ]
+    for name, p in providers.items():
+        lines.append(f"  {name}:")
+        lines.append(f"    kind: {p.kind}")
+        if p.kind in DEFAULT_BASE_URLS:
+            lines.append(f"    base_url: {_scalar(DEFAULT_BASE_URLS[p.kind])}")
+        if p.api_key_env:
+            lines.append(f"    api_key_env: {p.api_key_env}")
+        if p.kind == "openai":
+            lines += [
+                "    timeout_s: 600.0        # read timeout, seconds",
+                "    connect_timeout_s: 10.0",
+                "    max_retries: 2",
+                "    headers: {}             # extra headers sent upstream",
+            ]
+        if p.kind == "local":
+            lines += [
+                "    # The local engine's options (all optional): model_dir (default: local_model_dir +",
+                "    # /smollm2-135m-instruct), variant (default: the manifest's choice; fp32 | int8 | int4),",
+                "    # num_slots (8 concurrent sequences), max_seq_len (4096), speculative (auto | ngram | draft | off),",
+                "    # threads (2).",
+                "    # options: {variant: default, num_slots: 8, max_seq_len: 4096, speculative: auto}",
+            ]
+    lines += [
+        "  # A self-hosted OpenAI-compatible server (vLLM, llama.cpp server, Ollama):",
+        "  # vllm:",
+        "  #   kind: openai_compatible",
+        "  #   base_url: http://localhost:8000/v1      # llama.cpp: http://localhost:8080/v1, Ollama: http://localhost:11434/v1",
+        "  #   api_key_env: VLLM_API_KEY               # optional",
+        "",
+        "# Models clients may name: alias -> provider (a key above) and upstream model id. Prices come from",
+        "# genai-prices (price_id names the model there when it differs, '<provider>/<model>' for another",
+        "# provider's price list); 'prices' overrides any subset, in USD per million tokens. Entries here",
+        "# merge over the default catalogue; replace_default_models: true drops it; 'alias: null' removes one.",
+        "# Clients may also send '<provider>/<model>' for a model not listed here.",
+        "models:",
+    ]
+    for alias, m in default_models().items():
+        lines.append(f"  {_scalar(alias)}: {{provider: {m.provider}, model: {_scalar(m.model)}}}")
+        if m.prices is not None:
+            lines[-1] = lines[-1][:-1] + f", prices: {_prices(m.prices)}}}"
+    lines += [
+        "  # A self-hosted model, its price set by hand:",
+        "  # llama-8b:",
+        "  #   provider: vllm",
+        "  #   model: meta-llama/Llama-3.1-8B-Instruct",
+        "  #   prices: {input: 0.05, output: 0.08}",
+        "  # A price override on a catalogue model (any subset of input, output, cache_read,",
+        "  # cache_write_5m, cache_write_1h):",
+        "  # gpt-4o:",
+        "  #   prices: {input: 2.0, output: 8.0}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_default_config(path: str | Path, *, force: bool = False) -> Path:
+    """Write ``render_default_config()`` to ``path`` (creating parent folders). Raises ``FileExistsError``
+    if the file exists and ``force`` is false."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise FileExistsError(f"{target} exists; pass force=True to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_default_config(), encoding="utf-8")
+    return target
+
+
+def _prices(prices: ModelPriceOverride) -> str:
+    parts = [f"{k}: {v}" for k, v in prices.model_dump().items() if v is not None]
+    return "{" + ", ".join(parts) + "}"
+
+
+def _scalar(value: str) -> str:
+    # Quote what YAML would otherwise read as another type or syntax.
+    if (
+        value == ""
+        or any(c in value for c in ":#{}[],&*!|>'\"%@`")
+        or value.lower() in {"null", "true", "false", "yes", "no", "on", "off", "~"}
+    ):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    try:
+        float(value)
+    except ValueError:
+        return value
+    return '"' + value + '"'

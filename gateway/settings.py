@@ -1,0 +1,379 @@
+"""The gateway's settings: Pydantic models at the edge, built once by ``load_settings`` and passed down.
+
+Layers, lowest to highest precedence:
+
+    defaults  <  YAML file  <  environment (THRIFTGATE_*)
+
+* The YAML file is the explicit ``config_path``, else ``$THRIFTGATE_CONFIG``, else ``./thriftgate.yaml`` if
+  it exists. An explicit or ``$THRIFTGATE_CONFIG`` path that does not exist is an error.
+* Environment variables use the prefix ``THRIFTGATE_`` and ``__`` between nesting levels:
+  ``THRIFTGATE_PORT=9000``, ``THRIFTGATE_PROVIDERS__OPENAI__BASE_URL=http://...``,
+  ``THRIFTGATE_MODELS__GPT-4O__PRICES__INPUT=2.5``. Names are case-insensitive; a key matches an existing
+  provider or model key case-insensitively, else it is lower-cased. A value starting with ``{`` or ``[``
+  is parsed as JSON.
+* ``providers`` and ``models`` merge over the defaults key by key and field by field, so a file that adds
+  one model keeps the default catalogue. ``replace_default_models: true`` (or
+  ``replace_default_providers: true``) at the top of the file drops the defaults instead, and a key set
+  to ``null`` (``gpt-4o: null``) removes that one default.
+
+``Settings(...)`` itself reads nothing from the environment: only ``load_settings`` does, so tests that
+build ``Settings`` by hand are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "THRIFTGATE_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_ENV = "THRIFTGATE_CONFIG"
+DEFAULT_CONFIG_FILE = "thriftgate.yaml"
+
+ProviderKind = Literal["openai", "anthropic", "openai_compatible", "local"]
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+
+LOCAL_MODEL_ALIAS = "thriftgate-local"
+LOCAL_MODEL_ID = "smollm2-135m-instruct"
+
+# The default catalogue: alias == upstream id. Every one of these is priced by genai-prices
+# (tests/gateway/test_config.py checks it), except the local model, which is free.
+DEFAULT_OPENAI_MODELS: tuple[str, ...] = (
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "o3",
+    "o3-mini",
+    "o4-mini",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "gpt-5.1",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+)
+DEFAULT_ANTHROPIC_MODELS: tuple[str, ...] = (
+    "claude-opus-4-1",
+    "claude-opus-4-1-20250805",
+    "claude-opus-4-5",
+    "claude-sonnet-4-5",
+    "claude-sonnet-4-5-20250929",
+    "claude-sonnet-4-0",
+    "claude-sonnet-4-20250514",
+    "claude-haiku-4-5",
+    "claude-haiku-4-5-20251001",
+    "claude-3-5-haiku-latest",
+    "claude-3-5-haiku-20241022",
+)
+
+
+class SettingsError(ValueError):
+    """The settings could not be loaded: the message names the field and where its value came from."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderSettings(_Strict):
+    """One upstream. ``base_url`` defaults to the kind's public endpoint (required for openai_compatible)."""
+
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Options that belong to one provider kind (e.g. the local engine's ``model_dir``, ``variant``,
+    ``num_slots``, ``max_seq_len``, ``speculative``, ``threads``); ignored by kinds that take none."""
+
+    @model_validator(mode="after")
+    def _default_base_url(self) -> ProviderSettings:
+        if self.base_url is None:
+            if self.kind == "openai_compatible":
+                raise ValueError("base_url is required for an openai_compatible provider")
+            self.base_url = DEFAULT_BASE_URLS.get(self.kind)
+        return self
+
+    def resolved_api_key(self, env: Mapping[str, str]) -> str | None:
+        """The key to send upstream: ``api_key`` if set, else ``env[api_key_env]``; None when neither is set
+        or the value is empty. Reads ``env`` only."""
+        if self.api_key is not None and self.api_key.get_secret_value():
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return env.get(self.api_key_env) or None
+        return None
+
+
+class ModelPriceOverride(_Strict):
+    """USD per million tokens; any subset. A field set here wins over genai-prices for that field."""
+
+    input: float | None = Field(default=None, ge=0)
+    output: float | None = Field(default=None, ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    cache_write_5m: float | None = Field(default=None, ge=0)
+    cache_write_1h: float | None = Field(default=None, ge=0)
+
+
+class ModelSettings(_Strict):
+    """One catalogue entry: an alias clients may send, and where it goes."""
+
+    provider: str
+    model: str
+    prices: ModelPriceOverride | None = None
+    price_id: str | None = None
+
+
+def default_providers() -> dict[str, ProviderSettings]:
+    return {
+        "openai": ProviderSettings(kind="openai", api_key_env="OPENAI_API_KEY"),
+        "anthropic": ProviderSettings(kind="anthropic", api_key_env="ANTHROPIC_API_KEY"),
+        "local": ProviderSettings(kind="local"),
+    }
+
+
+def default_models() -> dict[str, ModelSettings]:
+    models = {m: ModelSettings(provider="openai", model=m) for m in DEFAULT_OPENAI_MODELS}
+    models |= {m: ModelSettings(provider="anthropic", model=m) for m in DEFAULT_ANTHROPIC_MODELS}
+    models[LOCAL_MODEL_ALIAS] = ModelSettings(
+        provider="local",
+        model=LOCAL_MODEL_ID,
+        prices=ModelPriceOverride(input=0, output=0, cache_read=0, cache_write_5m=0, cache_write_1h=0),
+    )
+    return models
+
+
+class Settings(BaseSettings):
+    """Everything the gateway is configured with. Build it with ``load_settings`` (see the module docstring)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    database_url: str = "sqlite+aiosqlite:///./data/thriftgate.db"
+    master_key: SecretStr | None = None
+    require_virtual_key: bool | None = None
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    retry_backoff_base_s: float = Field(default=0.25, ge=0)
+    retry_backoff_max_s: float = Field(default=8.0, ge=0)
+    key_refresh_s: float = Field(default=5.0, gt=0)
+    log_batch_size: int = Field(default=500, ge=1)
+    log_flush_interval_s: float = Field(default=0.5, gt=0)
+    log_level: str = "INFO"
+    log_json: bool = True
+    local_model_dir: str = "./data/models"
+    providers: dict[str, ProviderSettings] = Field(default_factory=default_providers)
+    models: dict[str, ModelSettings] = Field(default_factory=default_models)
+    config_path: str | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment is layered by load_settings (over the YAML file), never read implicitly.
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _models_use_configured_providers(self) -> Settings:
+        for alias, model in self.models.items():
+            if model.provider not in self.providers:
+                known = ", ".join(sorted(self.providers)) or "none"
+                raise ValueError(
+                    f"model {alias!r} uses provider {model.provider!r}, which is not configured "
+                    f"(configured providers: {known})"
+                )
+        return self
+
+    @property
+    def virtual_key_required(self) -> bool:
+        """Whether clients must present a virtual key: ``require_virtual_key``, else whether a master key is set."""
+        if self.require_virtual_key is not None:
+            return self.require_virtual_key
+        return self.master_key is not None
+
+
+def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from defaults, the YAML file and the environment (``env``, default ``os.environ``;
+    a mapping passed here fully replaces ``os.environ``). Reads the file; mutates nothing.
+
+    Raises ``SettingsError`` naming the field and the file or variable it came from.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    path = _find_config_file(config_path, environ)
+    file_data = _read_yaml(path) if path is not None else {}
+    replace_models = _pop_flag(file_data, "replace_default_models", path)
+    replace_providers = _pop_flag(file_data, "replace_default_providers", path)
+
+    data: dict[str, Any] = {
+        "providers": {} if replace_providers else _dump(default_providers()),
+        "models": {} if replace_models else _dump(default_models()),
+    }
+    _deep_merge(data, file_data)
+    env_data = _env_layer(environ, data)
+    _deep_merge(data, env_data)
+    if path is not None:
+        data["config_path"] = str(path)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, path, file_data, env_data)) from None
+
+
+def _find_config_file(config_path: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    if config_path is not None:
+        path = Path(config_path)
+    elif environ.get(CONFIG_ENV):
+        path = Path(environ[CONFIG_ENV])
+    else:
+        default = Path(DEFAULT_CONFIG_FILE)
+        return default.resolve() if default.is_file() else None
+    if not path.is_file():
+        raise SettingsError(f"config file {str(path)!r} does not exist")
+    return path.resolve()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SettingsError(
+            f"{path}: the top level must be a mapping of settings, got {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def _pop_flag(data: dict[str, Any], name: str, path: Path | None) -> bool:
+    value = data.pop(name, False)
+    if not isinstance(value, bool):
+        raise SettingsError(f"invalid settings:\n  {name}: must be true or false, got {value!r} (in {path})")
+    return value
+
+
+def _dump(entries: Mapping[str, BaseModel]) -> dict[str, Any]:
+    return {
+        key: _unsecret(value.model_dump(exclude_defaults=True, exclude_none=True))
+        for key, value in entries.items()
+    }
+
+
+def _unsecret(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _unsecret(v) for k, v in value.items()}
+    return value
+
+
+def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> None:
+    """Merge ``overlay`` into ``base`` in place: mappings merge by key, a None under providers/models
+    deletes the key, anything else replaces."""
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+    for section in ("providers", "models"):
+        entries = base.get(section)
+        if section in overlay and isinstance(entries, dict):
+            for key in [k for k, v in entries.items() if v is None]:
+                del entries[key]
+
+
+def _env_layer(environ: Mapping[str, str], current: Mapping[str, Any]) -> dict[str, Any]:
+    """The THRIFTGATE_* variables as a nested mapping of raw values (validated later with the rest)."""
+    fields = set(Settings.model_fields) - {"config_path"}
+    layer: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
+            continue
+        parts = name[len(ENV_PREFIX) :].split(ENV_NESTED_DELIMITER)
+        if parts[0].lower() not in fields or not all(parts):
+            continue
+        node: dict[str, Any] = layer
+        existing: Any = current
+        for depth, part in enumerate(parts):
+            key = _match_key(part, existing)
+            existing = existing.get(key) if isinstance(existing, Mapping) else None
+            if depth == len(parts) - 1:
+                node[key] = _parse_env_value(raw)
+            else:
+                node = node.setdefault(key, {})
+    return layer
+
+
+def _match_key(part: str, existing: Any) -> str:
+    if isinstance(existing, Mapping):
+        for key in existing:
+            if isinstance(key, str) and key.lower() == part.lower():
+                return key
+    return part.lower()
+
+
+def _parse_env_value(raw: str) -> Any:
+    if raw.lstrip().startswith(("{", "[")):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _describe(
+    exc: ValidationError, path: Path | None, file_data: Mapping[str, Any], env_data: Mapping[str, Any]
+) -> str:
+    lines = ["invalid settings:"]
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        field = ".".join(loc) or "(settings)"
+        lines.append(f"  {field}: {error['msg']} ({_origin(loc, path, file_data, env_data)})")
+    return "\n".join(lines)
+
+
+def _origin(
+    loc: list[str], path: Path | None, file_data: Mapping[str, Any], env_data: Mapping[str, Any]
+) -> str:
+    if loc and _has_path(env_data, loc[:3]):
+        return (
+            "from environment variable " + ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in loc[:3])
+        )
+    if path is not None and (not loc or _has_path(file_data, loc[:2])):
+        return f"in {path}"
+    if path is not None:
+        return f"settings from {path} and the environment"
+    return "defaults and the environment"
+
+
+def _has_path(data: Mapping[str, Any], loc: list[str]) -> bool:
+    node: Any = data
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
