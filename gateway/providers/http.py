@@ -1,0 +1,233 @@
+"""The shared HTTP transport behind every HTTP upstream: one pooled ``httpx.AsyncClient`` per provider,
+auth, header hygiene, retries before the response headers arrive, and streaming after.
+
+Subclasses (``openai.py``, ``anthropic.py``, ``compat.py``) only say what differs: the default base URL,
+how the key is sent, and headers to add when the client did not send them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, ClassVar
+
+import httpx
+
+from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.providers.backoff import RETRYABLE_STATUSES, Backoff
+from gateway.providers.base import HOP_BY_HOP_HEADERS, UpstreamRequest, UpstreamResponse
+
+if TYPE_CHECKING:
+    from gateway.providers.registry import ProviderContext
+    from gateway.settings import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+# Client headers never forwarded: hop-by-hop and framing (httpx frames the body itself), encoding
+# (the provider negotiates its own), and credentials (the provider sets its own auth).
+_DROP_REQUEST_HEADERS = HOP_BY_HOP_HEADERS | {
+    "host",
+    "content-length",
+    "expect",
+    "accept-encoding",
+    "authorization",
+    "x-api-key",
+    "api-key",
+}
+# Upstream headers never passed back: hop-by-hop, and the framing of a body the gateway re-frames
+# (non-stream bodies are read decoded; streams are re-chunked by the gateway's server).
+_DROP_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {"content-length", "content-encoding"}
+# Upstream errors not worth retrying: the request (or the provider's configuration) is wrong.
+_FATAL_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.ProxyError)
+
+
+class HttpProvider:
+    """A ``Provider`` that forwards requests over HTTP/1.1 to ``base_url`` through one pooled client.
+
+    Owns its ``httpx.AsyncClient`` (created here, closed by ``aclose``). ``send`` is safe to call
+    concurrently and keeps nothing per request."""
+
+    kind: str = "http"
+    default_base_url: ClassVar[str | None] = None
+    """Used when the settings name no base_url; None means a base_url is required."""
+    default_headers: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """Sent when neither the client nor the configured headers carry that header."""
+
+    def __init__(self, name: str, settings: ProviderSettings, context: ProviderContext) -> None:
+        self.name = name
+        base_url = settings.base_url or self.default_base_url
+        if not base_url:
+            raise ValueError(f"provider {name!r} (kind {self.kind!r}) needs a base_url")
+        if httpx.URL(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"provider {name!r}: base_url {base_url!r} must start with http:// or https://")
+        self._base = base_url.rstrip("/")
+        self._base_ends_v1 = self._base.endswith("/v1")
+        self._context = context
+        self._backoff: Backoff = context.backoff
+        self._attempts = 1 + max(0, settings.max_retries)
+        self._connect_s = settings.connect_timeout_s
+
+        key = settings.resolved_api_key(context.env)
+        self._has_key = bool(key)
+        auth = [self.auth_header(key)] if key else []
+        auth_names = {k for k, _ in auth}
+        configured = [(k.lower(), v) for k, v in settings.headers.items() if k.lower() not in auth_names]
+        configured_names = {k for k, _ in configured}
+        self._fixed_headers = configured + auth
+        self._defaults = [(k, v) for k, v in self.default_headers if k not in configured_names]
+        self._drop = _DROP_REQUEST_HEADERS | configured_names
+
+        self._client = httpx.AsyncClient(
+            http1=True,
+            http2=False,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60),
+            timeout=self._timeout(settings.timeout_s),
+        )
+
+    def auth_header(self, key: str) -> tuple[str, str]:
+        """The header that carries the provider's key. Default: ``Authorization: Bearer``."""
+        return ("authorization", f"Bearer {key}")
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"{type(self).__name__}(name={self.name!r}, base_url={self._base!r})"
+
+    def _timeout(self, read_s: float) -> httpx.Timeout:
+        return httpx.Timeout(connect=self._connect_s, read=read_s, write=read_s, pool=self._connect_s)
+
+    def url(self, path: str, query: str = "") -> str:
+        """The upstream URL for a client path: base_url + path, a "/v1" shared by both kept once."""
+        if self._base_ends_v1 and (path.startswith("/v1/") or path == "/v1"):
+            path = path[3:]
+        url = self._base + path
+        return f"{url}?{query}" if query else url
+
+    def _headers(self, request: UpstreamRequest) -> list[tuple[str, str]]:
+        client = request.headers
+        drop = self._drop
+        out = [(k, v) for k, v in client.items() if k not in drop]
+        out.extend(self._fixed_headers)
+        for k, v in self._defaults:
+            if k not in client:
+                out.append((k, v))
+        if not self._has_key and request.client_auth is not None:
+            out.append((request.client_auth[0].lower(), request.client_auth[1]))
+        if request.stream:
+            # Raw SSE bytes go to the client as they arrive: ask for them unencoded.
+            out.append(("accept-encoding", "identity"))
+        return out
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """See ``Provider.send``. Opens (and on return hands over, or closes) one upstream response."""
+        http_request = self._client.build_request(
+            request.method,
+            self.url(request.path, request.query),
+            headers=self._headers(request),
+            content=request.body,
+            timeout=(
+                self._timeout(request.timeout_s)
+                if request.timeout_s is not None
+                else httpx.USE_CLIENT_DEFAULT  # (None would mean no timeout at all)
+            ),
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            last = attempt >= self._attempts
+            try:
+                response = await self._client.send(http_request, stream=True)
+            except _FATAL_TRANSPORT_ERRORS as exc:
+                raise UpstreamError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            except httpx.TransportError as exc:
+                if last:
+                    raise self._unreachable(exc, attempt) from exc
+                delay = self._backoff.delay(attempt - 1, {}, self._context.rand, self._context.now)
+                assert delay is not None
+                self._note_retry(exc, attempt, delay)
+                await self._context.sleep(delay)
+                continue
+
+            if response.status_code in RETRYABLE_STATUSES and not last:
+                delay = self._backoff.delay(
+                    attempt - 1, response.headers, self._context.rand, self._context.now
+                )
+                if delay is not None:
+                    await response.aclose()
+                    self._note_retry(response.status_code, attempt, delay)
+                    await self._context.sleep(delay)
+                    continue
+            return await self._hand_over(response, request.stream, attempt)
+
+    def _unreachable(self, exc: httpx.TransportError, attempts: int) -> UpstreamError:
+        what = f"{self.name}: {type(exc).__name__} after {attempts} attempt(s)"
+        detail = str(exc)
+        if detail:
+            what = f"{what}: {detail}"
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamTimeout(what)
+        return UpstreamError(what)
+
+    def _note_retry(self, cause: int | BaseException, attempt: int, delay: float) -> None:
+        log.info(
+            "provider %s: attempt %d failed (%s), retrying in %.3fs",
+            self.name,
+            attempt,
+            cause if isinstance(cause, int) else type(cause).__name__,
+            delay,
+        )
+        on_retry = self._context.on_retry
+        if on_retry is not None:
+            on_retry(self.name, cause)
+
+    async def _hand_over(self, response: httpx.Response, stream: bool, attempts: int) -> UpstreamResponse:
+        headers = [(k, v) for k, v in response.headers.multi_items() if k not in _DROP_RESPONSE_HEADERS]
+        if stream and response.is_success:
+            relay = _relay(self.name, response)
+            return UpstreamResponse(
+                response.status_code,
+                headers,
+                None,
+                relay,
+                attempts,
+                closer=lambda: _close_stream(relay, response),
+            )
+        try:
+            body = await response.aread()
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"{self.name}: {type(exc).__name__} reading the response body") from exc
+        except httpx.RequestError as exc:
+            raise UpstreamError(f"{self.name}: {type(exc).__name__} reading the response body") from exc
+        finally:
+            await response.aclose()
+        return UpstreamResponse(response.status_code, headers, body, None, attempts)
+
+    async def aclose(self) -> None:
+        """Closes every pooled connection of this provider."""
+        await self._client.aclose()
+
+
+async def _relay(name: str, response: httpx.Response) -> AsyncIterator[bytes]:
+    """Yields the body as it arrives; closes the upstream response however iteration ends (exhausted,
+    broken, closed, or cancelled with the consumer)."""
+    # An upstream that ignored "accept-encoding: identity" gets decoded; otherwise raw bytes, untouched.
+    chunks = response.aiter_bytes() if "content-encoding" in response.headers else response.aiter_raw()
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except httpx.RequestError as exc:
+        if response.is_closed:  # closed by UpstreamResponse.aclose() from another task: the stream ends
+            return
+        error = UpstreamTimeout if isinstance(exc, httpx.TimeoutException) else UpstreamError
+        raise error(f"{name}: {type(exc).__name__} mid-stream") from exc
+    finally:
+        await response.aclose()
+
+
+async def _close_stream(relay: AsyncIterator[bytes], response: httpx.Response) -> None:
+    aclose = getattr(relay, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except RuntimeError:  # the relay is being iterated in another task: closing the response ends it
+            pass
+    await response.aclose()
