@@ -93,8 +93,15 @@ class RateLimited(GatewayError):
 
 
 class BudgetExceeded(RateLimited):
+    """The key's budget is spent: waiting does not help, so clients are told not to retry
+    (``x-should-retry: false``, honoured by the official SDKs)."""
+
     openai_type = "insufficient_quota"
     code = "budget_exceeded"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {**super().headers, "x-should-retry": "false"}
 
 
 class UpstreamError(GatewayError):

@@ -1,0 +1,122 @@
+"""The ORM tables. Alembic owns the schema (``alembic/versions``); these mappings describe it to the code
+and must match the latest migration (``tests/alembic`` checks that they do).
+
+Money columns are ``Numeric(20, 10)``: exact on PostgreSQL, and read back as ``float`` on every backend
+(``asdecimal=False``) so callers never see ``Decimal``. ``NULL`` cost means the price was unknown, never 0.
+Timestamps are timezone-aware UTC on both backends (SQLite stores them as naive UTC text; ``UTCDateTime``
+puts the zone back on read).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend. Naive values are taken to be UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def Money() -> Numeric[float]:
+    """USD amount: exact ``NUMERIC(20, 10)`` in the database, ``float`` in Python."""
+    return Numeric(20, 10, asdecimal=False)
+
+
+# SQLite only auto-increments an ``INTEGER PRIMARY KEY``; PostgreSQL gets a BIGINT identity.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class VirtualKeyRow(Base):
+    """A virtual key. The raw key is never stored: ``key_hash`` is its SHA-256 (see ``gateway.keys``)."""
+
+    __tablename__ = "virtual_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    budget_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
+    spend_usd: Mapped[float] = mapped_column(Money(), default=0.0, server_default="0")
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class RequestLogRow(Base):
+    """One request, as accounted. Mirrors ``gateway.types.RequestRecord`` with ``Usage`` flattened."""
+
+    __tablename__ = "request_log"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    surface: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(Text)
+    requested_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    served_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status_code: Mapped[int] = mapped_column(Integer)
+    stream: Mapped[bool] = mapped_column(Boolean)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    cache_read_tokens: Mapped[int] = mapped_column(Integer)
+    cache_write_5m_tokens: Mapped[int] = mapped_column(Integer)
+    cache_write_1h_tokens: Mapped[int] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
+    counterfactual_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
+    saving_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
+    saving_mechanism: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    priced: Mapped[bool] = mapped_column(Boolean)
+    cache: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
