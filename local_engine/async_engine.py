@@ -45,6 +45,7 @@ class GenerationOutput:
     completion_tokens: int
     cached_tokens: int
     logprobs: list[TokenLogprob] | None = None
+    stop_sequence: str | None = None
 
     @classmethod
     def from_request_output(cls, out: RequestOutput) -> GenerationOutput:
@@ -58,6 +59,7 @@ class GenerationOutput:
             completion_tokens=out.completion_tokens,
             cached_tokens=out.cached_tokens,
             logprobs=None if out.logprobs is None else list(out.logprobs),
+            stop_sequence=out.stop_sequence,
         )
 
 

@@ -55,6 +55,7 @@ class RequestOutput:
     completion_tokens: int
     cached_tokens: int
     logprobs: tuple[TokenLogprob, ...] | None = None
+    stop_sequence: str | None = None  # the stop string that finished the request, if one did
 
 
 @dataclass(slots=True)
@@ -312,6 +313,7 @@ class LLMEngine:
             completion_tokens=len(seq.output_token_ids),
             cached_tokens=seq.num_cached_tokens,
             logprobs=logprobs,
+            stop_sequence=state.text.matched if finished else None,
         )
 
     def _finish(self, state: _RequestState, slot: int | None) -> None:

@@ -144,6 +144,7 @@ class TextStream:
     _read_offset: int = 0
     _emitted: int = 0
     stopped: bool = False
+    matched: str | None = None  # the stop string that ended the text, once stopped by one
 
     def push(self, token_id: int) -> bool:
         assert not self.stopped, "push after a stop string"
@@ -162,10 +163,11 @@ class TextStream:
             return False
         longest = max(len(s) for s in self.stop)
         start = max(0, old_len - longest + 1)
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        hits = [(i, s) for s in self.stop if (i := self.text.find(s, start)) >= 0]
         if not hits:
             return False
-        self.text = self.text[: min(hits)]
+        index, self.matched = min(hits, key=lambda hit: hit[0])
+        self.text = self.text[:index]
         self._emitted = min(self._emitted, len(self.text))
         self.stopped = True
         return True

@@ -159,6 +159,7 @@ def _accumulate(choice: Choice, out: GenerationOutput) -> None:
     choice.cached_tokens = out.cached_tokens
     if out.finished:
         choice.finish_reason = out.finish_reason
+        choice.stop_sequence = out.stop_sequence
 
 
 async def _merged(
@@ -283,7 +284,7 @@ async def _anthropic_stream(
     finally:
         await outputs.aclose()
     yield sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
-    stop_reason, stop_sequence = anthropic_stop(choice, req.stop)
+    stop_reason, stop_sequence = anthropic_stop(choice)
     yield sse(
         {
             "type": "message_delta",

@@ -49,6 +49,7 @@ class Choice:
     completion_tokens: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    stop_sequence: str | None = None
 
 
 def _text_of(content: Any, param: str) -> str:
@@ -213,10 +214,12 @@ def openai_finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def anthropic_stop(choice: Choice, stops: Sequence[str]) -> tuple[str, str | None]:
-    """(stop_reason, stop_sequence). A stop that is not the end-of-turn token was one of ``stops``."""
+def anthropic_stop(choice: Choice) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence) of a finished generation."""
     if choice.finish_reason == "length":
         return "max_tokens", None
+    if choice.stop_sequence is not None:
+        return "stop_sequence", choice.stop_sequence
     return "end_turn", None
 
 
@@ -268,7 +271,7 @@ def openai_chunk(
 
 
 def render_anthropic_message(req: LocalRequest, choice: Choice, message_id: str) -> bytes:
-    stop_reason, stop_sequence = anthropic_stop(choice, req.stop)
+    stop_reason, stop_sequence = anthropic_stop(choice)
     return orjson.dumps(
         {
             "id": message_id,

@@ -134,6 +134,7 @@ def test_earliest_stop_string_wins_and_final_flushes() -> None:
         if stream.push(b):
             break
     assert stream.text == "xa"
+    assert stream.matched == "bc"  # reported, e.g. as Anthropic's stop_sequence
     tail = _stream(("zz",))
     tail.push(ord("z"))
     assert tail.pop_delta() == ""

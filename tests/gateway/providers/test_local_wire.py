@@ -11,6 +11,7 @@ from gateway.providers.local_wire import (
     Choice,
     WireError,
     anthropic_message_start,
+    anthropic_stop,
     error_body,
     openai_chunk,
     parse_anthropic_messages,
@@ -110,6 +111,12 @@ def test_rendered_bodies_parse_in_the_sdk_types() -> None:
     assert (message.usage.input_tokens, message.usage.cache_read_input_tokens) == (4, 16)
     start = anthropic_message_start(areq, "msg_1", 20, 16).split(b"data: ", 1)[1]
     at.RawMessageStartEvent.model_validate(orjson.loads(start))
+
+
+def test_anthropic_stop_reasons() -> None:
+    assert anthropic_stop(Choice(finish_reason="length")) == ("max_tokens", None)
+    assert anthropic_stop(Choice(finish_reason="stop", stop_sequence="END")) == ("stop_sequence", "END")
+    assert anthropic_stop(Choice(finish_reason="stop")) == ("end_turn", None)
 
 
 def test_error_bodies_in_each_api_format() -> None:
