@@ -11,6 +11,9 @@
     sessionmaker  sqlalchemy.ext.asyncio.async_sessionmaker          *
     providers     gateway.providers.registry.Providers               *
     proxy         gateway.proxy.Proxy (the request pipeline)         *
+
+The getters are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool,
+which cost more than everything else the gateway does per request.
 """
 
 from __future__ import annotations
@@ -33,28 +36,34 @@ def _state(request: Request, name: str) -> Any:
     return getattr(request.app.state, name)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return _state(request, "settings")
 
 
-def get_keystore(request: Request) -> KeyStore:
+async def get_keystore(request: Request) -> KeyStore:
     return _state(request, "keys")
 
 
-def get_proxy(request: Request) -> Proxy:
+async def get_proxy(request: Request) -> Proxy:
     return _state(request, "proxy")
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return _state(request, "metrics")
 
 
-def get_catalogue(request: Request) -> Catalogue:
+async def get_catalogue(request: Request) -> Catalogue:
     return _state(request, "catalogue")
 
 
-def get_db_engine(request: Request) -> AsyncEngine:
+async def get_db_engine(request: Request) -> AsyncEngine:
     return _state(request, "db_engine")
+
+
+def proxy_of(request: Request) -> Proxy:
+    """The request pipeline, for the hot-path routes: they are plain Starlette routes (no dependency
+    resolution per request, which costs more than the rest of the gateway's own work)."""
+    return request.app.state.proxy
 
 
 SettingsDep = Annotated["Settings", Depends(get_settings)]

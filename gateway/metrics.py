@@ -1,0 +1,118 @@
+"""Prometheus metrics, one ``Metrics`` per app (its own ``CollectorRegistry``: no module-level state, so two
+apps in one process, as in tests, never share counters)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.types import Usage
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The gateway's metrics. Every ``observe_*`` / ``on_*`` method mutates the registry's counters only."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "thriftgate_requests",
+            "Requests by surface, model and status",
+            ["surface", "model", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "thriftgate_request_latency_seconds",
+            "Request latency (to the last byte) by surface",
+            ["surface"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "thriftgate_ttft_seconds",
+            "Time to the first forwarded byte of a stream, by surface",
+            ["surface"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("thriftgate_tokens", "Tokens by model and kind", ["model", "kind"], registry=r)
+        self.cost = Counter(
+            "thriftgate_cost_usd", "Cost in USD of priced requests, by model", ["model"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "thriftgate_upstream_errors",
+            "Upstream failures by provider and kind",
+            ["provider", "kind"],
+            registry=r,
+        )
+        # Label children by label values: ``labels()`` costs more than the increment it leads to.
+        self._per_request: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._per_token_kind: dict[tuple[str, str], Any] = {}
+        self.retries = Counter(
+            "thriftgate_upstream_retries",
+            "Upstream retries by provider and reason",
+            ["provider", "reason"],
+            registry=r,
+        )
+
+    def observe_request(
+        self,
+        *,
+        surface: str,
+        model: str | None,
+        status: int,
+        latency_s: float,
+        ttft_s: float | None,
+        usage: Usage,
+        cost_usd: float | None,
+    ) -> None:
+        """Records one finished request."""
+        m = model or ""
+        key = (surface, m, status)
+        children = self._per_request.get(key)
+        if children is None:
+            children = self._per_request[key] = (
+                self.requests.labels(surface, m, str(status)),
+                self.latency.labels(surface),
+                self.ttft.labels(surface),
+            )
+        count, latency, ttft = children
+        count.inc()
+        latency.observe(latency_s)
+        if ttft_s is not None:
+            ttft.observe(ttft_s)
+        for kind, n in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_write_5m", usage.cache_write_5m_tokens),
+            ("cache_write_1h", usage.cache_write_1h_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ):
+            if n:
+                child = self._per_token_kind.get((m, kind))
+                if child is None:
+                    child = self._per_token_kind[(m, kind)] = self.tokens.labels(m, kind)
+                child.inc(n)
+        if cost_usd:
+            self.cost.labels(m).inc(cost_usd)
+
+    def on_upstream_error(self, provider: str, kind: str) -> None:
+        """Counts an upstream failure (``kind``: unreachable, timeout, http_<status>, stream_broken, error_event)."""
+        self.upstream_errors.labels(provider, kind).inc()
+
+    def on_retry(self, provider: str, reason: object) -> None:
+        """The providers' retry hook: ``reason`` is a status code or an exception."""
+        label = str(reason) if isinstance(reason, int) else type(reason).__name__
+        self.retries.labels(provider, label).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry. Does not modify it."""
+        return generate_latest(self.registry)
