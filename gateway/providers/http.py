@@ -1,4 +1,5 @@
-"""The shared HTTP transport behind every HTTP upstream: one pooled ``httpx.AsyncClient`` per provider,
+"""The shared HTTP transport behind every HTTP upstream: one pooled ``httpx.AsyncClient`` per provider
+(over aiohttp's connection pool, see ``transport.py``),
 auth, header hygiene, retries before the response headers arrive, and streaming after.
 
 Subclasses (``openai.py``, ``anthropic.py``, ``compat.py``) only say what differs: the default base URL,
@@ -16,6 +17,7 @@ import httpx
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.providers.backoff import RETRYABLE_STATUSES, Backoff
 from gateway.providers.base import HOP_BY_HOP_HEADERS, UpstreamRequest, UpstreamResponse
+from gateway.providers.transport import AiohttpTransport
 
 if TYPE_CHECKING:
     from gateway.providers.registry import ProviderContext
@@ -77,11 +79,10 @@ class HttpProvider:
         self._defaults = [(k, v) for k, v in self.default_headers if k not in configured_names]
         self._drop = _DROP_REQUEST_HEADERS | configured_names
 
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
         self._client = httpx.AsyncClient(
-            http1=True,
-            http2=False,
+            transport=AiohttpTransport(limits=limits),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60),
             timeout=self._timeout(settings.timeout_s),
         )
 
