@@ -226,9 +226,11 @@ def account(
     _, _, _, _, cost_total = exact = _exact_cost(usage, served)
     cost = Cost(*(_float(v) for v in exact))
     requested_prices = served if isinstance(requested, _Served) else requested
-    cf_total = _exact_cost(
-        counterfactual_usage if counterfactual_usage is not None else usage, requested_prices
-    )[4]
+    if requested_prices is served and counterfactual_usage is None:
+        cf_total = cost_total  # the request as sent is the request served: no second computation
+    else:
+        cf_usage = counterfactual_usage if counterfactual_usage is not None else usage
+        cf_total = _exact_cost(cf_usage, requested_prices)[4]
     saving = None if cf_total is None or cost_total is None else cf_total - cost_total
     return Accounting(
         cost=cost,
