@@ -175,7 +175,7 @@ def render_default_config() -> str:
                 "    # The local engine's options (all optional): model_dir (default: local_model_dir +",
                 "    # /smollm2-135m-instruct), variant (default: the manifest's choice; fp32 | int8 | int4),",
                 "    # num_slots (8 concurrent sequences), max_seq_len (4096), speculative (auto | ngram | draft | off),",
-                "    # threads (2).",
+                "    # threads (2), default_temperature (0.2) and default_top_p (0.9) for requests that set none.",
                 "    # options: {variant: default, num_slots: 8, max_seq_len: 4096, speculative: auto}",
             ]
     lines += [

@@ -7,7 +7,8 @@ Every request shares one ``AsyncLLMEngine``, so concurrent clients are batched c
 
 Provider options (``providers.local.options`` in thriftgate.yaml, all optional): ``model_dir`` (default: the
 settings' ``local_model_dir`` + ``/smollm2-135m-instruct``), ``variant`` ("default" = the manifest's choice),
-``num_slots`` (8), ``max_seq_len`` (4096), ``speculative`` ("auto" | "ngram" | "draft" | "off"), ``threads`` (2).
+``num_slots`` (8), ``max_seq_len`` (4096), ``speculative`` ("auto" | "ngram" | "draft" | "off"), ``threads`` (2),
+``default_temperature`` (0.2) and ``default_top_p`` (0.9), used when a request sets none.
 The engine loads on the first request (in a worker thread, the event loop keeps serving).
 """
 
@@ -26,6 +27,7 @@ from gateway.providers.base import UpstreamRequest, UpstreamResponse
 from gateway.providers.local_wire import (
     Choice,
     LocalRequest,
+    SamplingDefaults,
     WireError,
     anthropic_message_start,
     anthropic_stop,
@@ -64,6 +66,11 @@ class LocalProvider:
         self.kind = "local"
         self._options = dict(options)
         self._model_dir = Path(self._options.get("model_dir") or Path(default_model_root) / MODEL_SUBDIR)
+        base = SamplingDefaults()
+        self._defaults = SamplingDefaults(
+            temperature=float(self._options.get("default_temperature", base.temperature)),
+            top_p=float(self._options.get("default_top_p", base.top_p)),
+        )
         self._engine: AsyncLLMEngine | None = None
         self._lock = asyncio.Lock()
 
@@ -105,7 +112,8 @@ class LocalProvider:
             data = orjson.loads(request.body or b"")
             if not isinstance(data, dict):
                 raise WireError("the body must be a JSON object")
-            req = parse_openai_chat(data) if api == "openai" else parse_anthropic_messages(data)
+            parse = parse_openai_chat if api == "openai" else parse_anthropic_messages
+            req = parse(data, self._defaults)
         except orjson.JSONDecodeError:
             return UpstreamResponse(
                 400, list(_JSON), error_body(api, 400, "the body is not valid JSON"), None

@@ -89,8 +89,21 @@ def _stops(value: Any, param: str) -> tuple[str, ...]:
     raise WireError(f"{param} must be a string or a list of strings", param)
 
 
+@dataclass(slots=True, frozen=True)
+class SamplingDefaults:
+    """Sampling used where the client sets none. SmolLM2's own generation config recommends temperature
+    0.2 and top-p 0.9: at the APIs' default of 1.0 a 135M model rambles."""
+
+    temperature: float = 0.2
+    top_p: float = 0.9
+
+
 def _params(
-    body: Mapping[str, Any], max_tokens: Any, stops: tuple[str, ...], max_tokens_param: str
+    body: Mapping[str, Any],
+    max_tokens: Any,
+    stops: tuple[str, ...],
+    max_tokens_param: str,
+    defaults: SamplingDefaults,
 ) -> SamplingParams:
     if max_tokens is None:
         max_tokens = 256
@@ -99,8 +112,8 @@ def _params(
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise WireError("seed must be an integer", "seed")
-    temperature = _number(body, "temperature", 1.0)
-    top_p = _number(body, "top_p", 1.0)
+    temperature = _number(body, "temperature", defaults.temperature)
+    top_p = _number(body, "top_p", defaults.top_p)
     top_k = int(_number(body, "top_k", 0))
     try:
         return SamplingParams(
@@ -110,7 +123,9 @@ def _params(
         raise WireError(str(exc), str(exc).split(" ", 1)[0]) from exc
 
 
-def parse_openai_chat(body: Mapping[str, Any]) -> LocalRequest:
+def parse_openai_chat(
+    body: Mapping[str, Any], defaults: SamplingDefaults = SamplingDefaults()
+) -> LocalRequest:
     """An OpenAI chat completions body → LocalRequest. Raises WireError naming the field."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -135,7 +150,7 @@ def parse_openai_chat(body: Mapping[str, Any]) -> LocalRequest:
         api="openai",
         model=str(body.get("model", "")),
         messages=out,
-        params=_params(body, max_tokens, stops, "max_tokens"),
+        params=_params(body, max_tokens, stops, "max_tokens", defaults),
         stream=bool(body.get("stream")),
         n=n,
         include_usage=bool(isinstance(stream_options, Mapping) and stream_options.get("include_usage")),
@@ -143,7 +158,9 @@ def parse_openai_chat(body: Mapping[str, Any]) -> LocalRequest:
     )
 
 
-def parse_anthropic_messages(body: Mapping[str, Any]) -> LocalRequest:
+def parse_anthropic_messages(
+    body: Mapping[str, Any], defaults: SamplingDefaults = SamplingDefaults()
+) -> LocalRequest:
     """An Anthropic messages body → LocalRequest. Raises WireError naming the field."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -163,7 +180,7 @@ def parse_anthropic_messages(body: Mapping[str, Any]) -> LocalRequest:
         api="anthropic",
         model=str(body.get("model", "")),
         messages=out,
-        params=_params(body, body.get("max_tokens"), stops, "max_tokens"),
+        params=_params(body, body.get("max_tokens"), stops, "max_tokens", defaults),
         stream=bool(body.get("stream")),
         stop=stops,
     )
