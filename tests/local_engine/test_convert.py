@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from local_engine.config import PRESETS, config_from_metadata
+from local_engine.convert import CONVERTER_VERSION, VARIANTS, build_all, build_test_model, manifest_is_current
+from local_engine.gguf_weights import BlockQuant, default_source, file_sha256, unpermute
+from local_engine.graph import OPSET, GraphBuilder, random_weights, tiny_config
+from local_engine.quantize import GGUFBlocksLinear, dequantize_blockwise, pack_nibbles, quantize_blockwise
+from local_engine.runner import ModelRunner
+
+
+def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp convert_hf_to_gguf.py's ``permute`` (the transform the GGUF's Q/K went through)."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@pytest.mark.parametrize("heads", [9, 3])
+def test_unpermute_inverts_llama_cpp_permute(heads: int) -> None:
+    w = np.random.default_rng(0).standard_normal((heads * 64, 576)).astype(np.float32)
+    assert np.array_equal(unpermute(llama_cpp_permute(w, heads), heads), w)
+    assert not np.array_equal(llama_cpp_permute(w, heads), w)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_blockwise_quantization_error_is_bounded(bits: int) -> None:
+    w = np.random.default_rng(1).standard_normal((64, 128)).astype(np.float32)
+    codes, scales, zp = quantize_blockwise(w, bits, 32)
+    assert codes.max() < 2**bits
+    err = np.abs(dequantize_blockwise(codes, scales, zp) - w)
+    assert (err <= scales.repeat(32, axis=1) / 2 + 1e-6).all()
+
+
+def test_pack_nibbles_puts_even_elements_in_low_nibble() -> None:
+    assert pack_nibbles(np.array([[1, 2, 3, 15]], np.uint8)).tolist() == [[0x21, 0xF3]]
+
+
+def test_gguf_blocks_linear_reproduces_q4_1_weights_exactly() -> None:
+    """Q4_1 (d*q + m) through MatMulNBits plus the per-block correction equals the float weights."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(2)
+    n, k = 48, 96
+    codes = rng.integers(0, 16, (n, k // 32, 32)).astype(np.uint8)
+    d = rng.uniform(0.01, 0.1, (n, k // 32)).astype(np.float32)
+    m = rng.uniform(-0.8, -0.1, (n, k // 32)).astype(np.float32)
+    bq = BlockQuant(4, codes, d, 8, m + 8 * d)
+    w = (codes * d[..., None] + m[..., None]).reshape(n, k).astype(np.float32)
+    np.testing.assert_allclose(bq.dequantize(), w, atol=1e-6)
+    g = GraphBuilder()
+    GGUFBlocksLinear({"y": bq}, accuracy_level=0)(g, "y", "x", w)
+    graph = helper.make_graph(
+        g.nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+        initializer=g.initializers,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 10
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
+    np.testing.assert_allclose(y, x @ w.T, atol=1e-4)
+
+
+def test_preset_matches_gguf_metadata_keys() -> None:
+    meta = {
+        "general.architecture": "llama",
+        "llama.embedding_length": 576,
+        "llama.attention.head_count": 9,
+        "llama.attention.head_count_kv": 3,
+        "llama.rope.dimension_count": 64,
+        "llama.vocab_size": 49152,
+        "llama.block_count": 30,
+        "llama.rope.freq_base": 100000.0,
+        "llama.attention.layer_norm_rms_epsilon": 9.999999747378752e-06,
+        "llama.context_length": 8192,
+        "llama.feed_forward_length": 1536,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+    assert config_from_metadata("smollm2-135m-instruct", meta) == PRESETS["smollm2-135m-instruct"]
+
+
+def test_test_model_graph_io(tiny_model_dir: Path) -> None:
+    model = onnx.load(str(tiny_model_dir / "fp32" / "model.onnx"), load_external_data=False)
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    assert inputs[:4] == ["input_ids", "seqlens_k", "total_sequence_length", "logits_positions"]
+    assert inputs[4:] == [f"past_{kind}.{i}" for i in range(2) for kind in ("key", "value")]
+    assert outputs == ["logits"] + [f"present_{kind}.{i}" for i in range(2) for kind in ("key", "value")]
+    assert {op.domain: op.version for op in model.opset_import} == {"": OPSET, "com.microsoft": 1}
+    assert sum(n.op_type == "GroupQueryAttention" for n in model.graph.node) == 2
+
+
+def test_manifest_is_current_checks_hash_version_and_files(tmp_path: Path) -> None:
+    model_dir = build_test_model(tmp_path / "m", tiny_config())
+    (model_dir / "tokenizer.json").write_text("{}")
+    manifest_path = model_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["source"] = {"sha256": "abc"}
+    manifest_path.write_text(json.dumps(manifest))
+    assert manifest_is_current(manifest_path, "abc")
+    assert not manifest_is_current(manifest_path, "def")
+    manifest["converter_version"] = CONVERTER_VERSION + "-old"
+    manifest_path.write_text(json.dumps(manifest))
+    assert not manifest_is_current(manifest_path, "abc")
+    manifest["converter_version"] = CONVERTER_VERSION
+    manifest_path.write_text(json.dumps(manifest))
+    (model_dir / "fp32" / "model.onnx").unlink()
+    assert not manifest_is_current(manifest_path, "abc")
+
+
+def test_random_weights_shapes() -> None:
+    c = tiny_config()
+    w = random_weights(c)
+    assert w["layers.1.q"].shape == (c.num_heads * c.head_dim, c.hidden_size)
+    assert w["layers.0.k"].shape == (c.num_kv_heads * c.head_dim, c.hidden_size)
+
+
+@pytest.mark.slow
+def test_build_manifest(model_dir: Path) -> None:
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    source = default_source()
+    assert manifest["complete"] and manifest["converter_version"] == CONVERTER_VERSION
+    assert manifest["source"]["sha256"] == file_sha256(source)
+    assert manifest["source"]["bytes"] == source.stat().st_size
+    assert set(manifest["variants"]) == set(VARIANTS)
+    fp32_ppl = manifest["variants"]["fp32"]["quality"]["perplexity"]
+    assert 5 < fp32_ppl < 40
+    for name, v in manifest["variants"].items():
+        assert (model_dir / v["file"]).exists() and v["bytes"] > 0
+        q = v["quality"]
+        assert q["perplexity"] > 0 and len(q["greedy_prefix_agreement"]) == len(
+            manifest["quality_bar"]["prompts"]
+        )
+        assert v["passed_quality_bar"] == (q["perplexity"] <= fp32_ppl * 1.05), name
+        assert v["speed"]["decode_tokens_per_s_ctx128"] > 0
+    default = manifest["variants"][manifest["default_variant"]]
+    assert default["passed_quality_bar"]
+    # the GGUF's own Q4_1 codes are exact weights: only int8 activations separate them from float32
+    assert manifest["variants"]["int4"]["passed_quality_bar"]
+    assert (model_dir / "tokenizer.json").exists() and (model_dir / "tokenizer_config.json").exists()
+    assert ModelRunner(model_dir, num_slots=1, max_seq_len=16).variant == manifest["default_variant"]
+
+
+@pytest.mark.slow
+def test_rebuild_is_skipped_when_manifest_is_current(model_dir: Path) -> None:
+    manifest_path = model_dir / "manifest.json"
+    before = manifest_path.stat().st_mtime_ns
+    started = time.perf_counter()
+    assert build_all(model_dir.parent) == manifest_path
+    assert time.perf_counter() - started < 5
+    assert manifest_path.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_gguf_blocks_dequantize_to_the_float_weights() -> None:
+    from local_engine.gguf_weights import load_gguf, load_gguf_blocks
+
+    model = load_gguf(default_source())
+    blocks = load_gguf_blocks(default_source(), model.config)
+    assert len(blocks) == 1 + 7 * model.config.num_layers
+    for name in ("embed", "layers.0.q", "layers.0.k", "layers.17.down", "layers.29.gate"):
+        assert np.array_equal(blocks[name].dequantize(), model.weights[name]), name
+
+
+def test_default_is_fastest_passing_variant_with_ties_to_lower_perplexity() -> None:
+    from local_engine.convert import VariantQuality, choose_default
+
+    def q(ppl: float, tps: float) -> VariantQuality:
+        return VariantQuality(ppl, 1.0, [], tps, 100.0)
+
+    qualities = {"fp32": q(15.2, 50), "int8": q(15.19, 115), "int4": q(15.21, 118), "int4-b32": q(19.7, 144)}
+    assert choose_default(["fp32", "int8", "int4"], qualities) == "int8"  # within 10% of int4: tie
+    qualities["int4"] = q(15.21, 140)
+    assert choose_default(["fp32", "int8", "int4"], qualities) == "int4"
+    assert choose_default([], qualities) == "fp32"
