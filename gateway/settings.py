@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -37,7 +37,10 @@ ENV_NESTED_DELIMITER = "__"
 CONFIG_ENV = "THRIFTGATE_CONFIG"
 DEFAULT_CONFIG_FILE = "thriftgate.yaml"
 
-ProviderKind = Literal["openai", "anthropic", "openai_compatible", "local"]
+BUILTIN_PROVIDER_KINDS = ("openai", "anthropic", "openai_compatible", "local")
+# A kind is a built-in or a plugin's (registered through gateway.providers.registry); a kind nothing
+# registers is reported when the providers are built, not here, so plugins can be configured.
+ProviderKind = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",

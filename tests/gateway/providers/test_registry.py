@@ -88,19 +88,19 @@ async def test_plugin_kind_registers_like_a_builtin() -> None:
 
 
 async def test_unregistered_kind_fails_when_used() -> None:
-    kinds = ProviderKinds(modules={"local": "gateway.providers.no_such_module"})
-    built = Providers.from_settings(settings(local=ProviderSettings(kind="local")), kinds=kinds)
+    kinds = ProviderKinds(modules={"nosuch": "gateway.providers.no_such_module"})
+    built = Providers.from_settings(settings(local=ProviderSettings(kind="nosuch")), kinds=kinds)
     provider = built["local"]
     assert isinstance(provider, UnavailableProvider)
-    with pytest.raises(UpstreamError, match=r"provider 'local' \(kind 'local'\) is unavailable"):
+    with pytest.raises(UpstreamError, match=r"provider 'local' \(kind 'nosuch'\) is unavailable"):
         await provider.send(UpstreamRequest("POST", "/v1/chat/completions", {}, b"{}"))
     await built.aclose()
 
 
 def test_unregistered_kind_fails_at_start_up_when_strict() -> None:
     kinds = ProviderKinds(modules={})
-    with pytest.raises(UnknownProviderKind, match="provider 'local': no provider kind 'local'"):
-        Providers.from_settings(settings(local=ProviderSettings(kind="local")), kinds=kinds, strict=True)
+    with pytest.raises(UnknownProviderKind, match="provider 'local': no provider kind 'nosuch'"):
+        Providers.from_settings(settings(local=ProviderSettings(kind="nosuch")), kinds=kinds, strict=True)
 
 
 def test_a_private_table_sees_the_builtins() -> None:
