@@ -1,0 +1,1 @@
+"""Peer gateways the benchmarks compare against, each in its own environment."""
