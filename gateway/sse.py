@@ -42,9 +42,17 @@ class SSESplitter:
         events: list[bytes] = []
         start = 0
         n = len(buf)
+        # The next "\r\n\r\n" is searched for only when the buffer has a "\r" at all, and again only
+        # once the previous match is behind us: one scan per chunk, not one per event.
+        crlf = -1
+        search_crlf = b"\r" in buf
         while start < n:
             lf = buf.find(_LF_END, start)
-            crlf = buf.find(_CRLF_END, start)
+            if search_crlf and crlf < start:
+                crlf = buf.find(_CRLF_END, start)
+                search_crlf = crlf >= 0
+            if crlf < start:
+                crlf = -1
             if lf < 0 and crlf < 0:
                 break
             end = crlf + 3 if crlf >= 0 and (lf < 0 or crlf < lf) else lf + 2

@@ -105,3 +105,24 @@ def test_error_events_are_well_formed() -> None:
     ev = parse_event(anthropic_error_event("m", type_="api_error", request_id="req_1"))
     assert ev.event == "error"
     assert ev.data is not None and orjson.loads(ev.data)["error"] == {"type": "api_error", "message": "m"}
+
+
+def test_splitter_with_mixed_line_endings_and_any_chunking() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(500):
+        events = [
+            b"data: " + str(i).encode() * rng.randint(0, 5) + rng.choice([b"\n\n", b"\r\n\r\n"])
+            for i in range(rng.randint(0, 6))
+        ]
+        data = b"".join(events) + rng.choice([b"", b"data: tail"])
+        splitter = SSESplitter()
+        out: list[bytes] = []
+        pos = 0
+        while pos < len(data):
+            step = rng.randint(1, 7)
+            out += splitter.feed(data[pos : pos + step])
+            pos += step
+        assert out == events
+        assert splitter.flush() == data[len(b"".join(events)) :]
