@@ -202,6 +202,8 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         log_config=None,
+        access_log=False,  # every request is in the request log (and /metrics) already
+        proxy_headers=False,  # the gateway never uses the client's address; skip the middleware
     )
     return 0
 
