@@ -221,6 +221,12 @@ class AnthropicTap:
         return True
 
 
+def encode_event(data: Any, event: str | None = None) -> bytes:
+    """One SSE event: ``event:`` (when named) and a JSON ``data:`` line, ended by a blank line."""
+    payload = b"data: " + orjson.dumps(data) + b"\n\n"
+    return payload if event is None else b"event: " + event.encode() + b"\n" + payload
+
+
 def openai_error_event(message: str, *, type_: str, code: str | None, request_id: str) -> bytes:
     """A chat-completions in-stream error, as OpenAI sends one (``data: {"error": {...}}``)."""
     message = redact(message)  # a provider's error text could quote a key
@@ -228,18 +234,18 @@ def openai_error_event(message: str, *, type_: str, code: str | None, request_id
         "error": {"message": message, "type": type_, "param": None, "code": code},
         "request_id": request_id,
     }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    return encode_event(body)
 
 
 def responses_error_event(message: str, *, code: str | None, request_id: str) -> bytes:
     """A Responses API ``error`` event."""
     message = redact(message)  # a provider's error text could quote a key
     body = {"type": "error", "code": code, "message": message, "param": None, "request_id": request_id}
-    return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+    return encode_event(body, "error")
 
 
 def anthropic_error_event(message: str, *, type_: str, request_id: str) -> bytes:
     """An Anthropic ``event: error``."""
     message = redact(message)  # a provider's error text could quote a key
     body = {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
-    return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+    return encode_event(body, "error")

@@ -42,9 +42,9 @@ from gateway.providers.local_wire import (
     parse_openai_chat,
     render_anthropic_message,
     render_openai_completion,
-    sse,
 )
 from gateway.providers.registry import ProviderContext, register_provider_kind
+from gateway.sse import encode_event
 
 if TYPE_CHECKING:
     from gateway.settings import ProviderSettings
@@ -66,6 +66,7 @@ class LocalProvider:
         self.kind = "local"
         self._options = dict(options)
         self._model_dir = Path(self._options.get("model_dir") or Path(default_model_root) / MODEL_SUBDIR)
+        self._max_seq_len = int(self._options.get("max_seq_len", 4096))
         base = SamplingDefaults()
         self._defaults = SamplingDefaults(
             temperature=float(self._options.get("default_temperature", base.temperature)),
@@ -92,7 +93,7 @@ class LocalProvider:
                     self._model_dir,
                     str(o.get("variant", "default")),
                     num_slots=int(o.get("num_slots", 8)),
-                    max_seq_len=int(o.get("max_seq_len", 4096)),
+                    max_seq_len=self._max_seq_len,
                     speculative=o.get("speculative", "auto"),
                     threads=int(o.get("threads", 2)),
                 )
@@ -125,10 +126,10 @@ class LocalProvider:
         tokenizer = cast("Tokenizer", engine.tokenizer)
         prompt = tokenizer.apply_chat_template(req.messages, add_generation_prompt=True)
         prompt_ids = tokenizer.encode(prompt)
-        if len(prompt_ids) + req.params.max_tokens > int(self._options.get("max_seq_len", 4096)):
+        if len(prompt_ids) + req.params.max_tokens > self._max_seq_len:
             message = (
                 f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({req.params.max_tokens}) exceeds the "
-                f"local model's context of {self._options.get('max_seq_len', 4096)} tokens"
+                f"local model's context of {self._max_seq_len} tokens"
             )
             return UpstreamResponse(400, list(_JSON), error_body(api, 400, message, "max_tokens"), None)
 
@@ -271,7 +272,7 @@ async def _anthropic_stream(
             if not started:
                 started = True
                 yield anthropic_message_start(req, mid, out.prompt_tokens, out.cached_tokens)
-                yield sse(
+                yield encode_event(
                     {
                         "type": "content_block_start",
                         "index": 0,
@@ -279,9 +280,9 @@ async def _anthropic_stream(
                     },
                     "content_block_start",
                 )
-                yield sse({"type": "ping"}, "ping")
+                yield encode_event({"type": "ping"}, "ping")
             if out.text:
-                yield sse(
+                yield encode_event(
                     {
                         "type": "content_block_delta",
                         "index": 0,
@@ -291,9 +292,9 @@ async def _anthropic_stream(
                 )
     finally:
         await outputs.aclose()
-    yield sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+    yield encode_event({"type": "content_block_stop", "index": 0}, "content_block_stop")
     stop_reason, stop_sequence = anthropic_stop(choice)
-    yield sse(
+    yield encode_event(
         {
             "type": "message_delta",
             "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
@@ -301,7 +302,7 @@ async def _anthropic_stream(
         },
         "message_delta",
     )
-    yield sse({"type": "message_stop"}, "message_stop")
+    yield encode_event({"type": "message_stop"}, "message_stop")
 
 
 def _factory(name: str, settings: ProviderSettings, context: ProviderContext) -> LocalProvider:

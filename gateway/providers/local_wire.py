@@ -9,11 +9,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway.sse import encode_event
 from local_engine.sampling import SamplingParams
 
 
@@ -37,7 +38,6 @@ class LocalRequest:
     stream: bool
     n: int = 1
     include_usage: bool = False
-    stop: tuple[str, ...] = field(default_factory=tuple)
 
 
 @dataclass(slots=True)
@@ -154,7 +154,6 @@ def parse_openai_chat(
         stream=bool(body.get("stream")),
         n=n,
         include_usage=bool(isinstance(stream_options, Mapping) and stream_options.get("include_usage")),
-        stop=stops,
     )
 
 
@@ -182,7 +181,6 @@ def parse_anthropic_messages(
         messages=out,
         params=_params(body, body.get("max_tokens"), stops, "max_tokens", defaults),
         stream=bool(body.get("stream")),
-        stop=stops,
     )
 
 
@@ -191,13 +189,6 @@ def parse_anthropic_messages(
 
 def new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:24]}"
-
-
-def sse(data: Any, event: str | None = None) -> bytes:
-    payload = orjson.dumps(data)
-    if event is None:
-        return b"data: " + payload + b"\n\n"
-    return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"
 
 
 def openai_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
@@ -284,7 +275,7 @@ def openai_chunk(
     }
     if req.include_usage:
         chunk["usage"] = usage
-    return sse(chunk)
+    return encode_event(chunk)
 
 
 def render_anthropic_message(req: LocalRequest, choice: Choice, message_id: str) -> bytes:
@@ -304,7 +295,7 @@ def render_anthropic_message(req: LocalRequest, choice: Choice, message_id: str)
 
 
 def anthropic_message_start(req: LocalRequest, message_id: str, prompt: int, cached: int) -> bytes:
-    return sse(
+    return encode_event(
         {
             "type": "message_start",
             "message": {
