@@ -9,7 +9,7 @@ override has ``prices=None``, which accounting records as unknown, never as zero
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,20 +25,9 @@ from gateway.settings import (
     default_models,
     default_providers,
 )
-from gateway.types import ModelPrices
+from gateway.types import ModelPrices, ModelRoute
 
 _ZERO_PRICES = ModelPrices(input=0.0, output=0.0, cache_read=0.0, cache_write_5m=0.0, cache_write_1h=0.0)
-
-
-@dataclass(slots=True, frozen=True)
-class ModelRoute:
-    """Where one model name goes. ``prices`` is None when the price is unknown."""
-
-    alias: str
-    provider: str
-    provider_kind: str
-    upstream_model: str
-    prices: ModelPrices | None
 
 
 class Catalogue:

@@ -18,12 +18,11 @@ from gateway.accounting import (
 )
 from gateway.api.common import optional_bool, require_list, require_str
 from gateway.api.errors import ErrorStyle
-from gateway.config import ModelRoute
 from gateway.deps import ProxyDep, proxy_of
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.proxy import Proxy, SurfaceSpec
 from gateway.sse import OpenAIChatTap, OpenAIResponsesTap, openai_error_event, responses_error_event
-from gateway.types import Surface, Usage
+from gateway.types import ModelRoute, Surface, Usage
 
 router = APIRouter(tags=["openai"])
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import Catalogue, ModelRoute, render_default_config, write_default_config
+from gateway.config import Catalogue, render_default_config, write_default_config
 from gateway.errors import ModelNotFound
 from gateway.settings import Settings, load_settings
-from gateway.types import ModelPrices
+from gateway.types import ModelPrices, ModelRoute
 
 GPT_4O = ModelPrices(input=2.5, output=10.0, cache_read=1.25, cache_write_5m=2.5, cache_write_1h=2.5)
 SONNET_4_5 = ModelPrices(input=3.0, output=15.0, cache_read=0.3, cache_write_5m=3.75, cache_write_1h=6.0)
