@@ -22,7 +22,7 @@ def test_wait_until_returns_the_first_truthy_value_set_by_another_thread() -> No
 def test_wait_until_fails_at_the_deadline_naming_what_it_waited_for() -> None:
     started = time.monotonic()
     with pytest.raises(AssertionError, match="the impossible"):
-        wait_until(lambda: False, timeout=0.05, what="the impossible")
+        wait_until(lambda: False, timeout_s=0.05, what="the impossible")
     assert 0.05 <= time.monotonic() - started < 1.0
 
 
@@ -35,5 +35,5 @@ async def test_wait_until_async_keeps_the_loop_running_and_awaits_the_predicate(
         return event.is_set()
 
     assert await wait_until_async(is_set) is True
-    with pytest.raises(AssertionError, match="timed out after 0.05 s waiting for never"):
-        await wait_until_async(lambda: None, timeout=0.05, what="never")
+    with pytest.raises(AssertionError, match=r"timed out after 0\.05 s waiting for never"):
+        await wait_until_async(lambda: None, timeout_s=0.05, what="never")

@@ -29,11 +29,11 @@ def _describe(predicate: Callable[..., object], what: str | None) -> str:
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = DEFAULT_TIMEOUT_S, *, what: str | None = None
+    predicate: Callable[[], T], timeout_s: float = DEFAULT_TIMEOUT_S, *, what: str | None = None
 ) -> T:
     """Calls ``predicate`` until it returns a truthy value, and returns that value. Blocks this thread;
-    raises ``AssertionError`` after ``timeout`` seconds. Exceptions from ``predicate`` propagate."""
-    deadline = time.monotonic() + timeout
+    raises ``AssertionError`` after ``timeout_s`` seconds. Exceptions from ``predicate`` propagate."""
+    deadline = time.monotonic() + timeout_s
     poll = FIRST_POLL_S
     while True:
         value = predicate()
@@ -41,18 +41,21 @@ def wait_until(
             return value
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise AssertionError(f"timed out after {timeout} s waiting for {_describe(predicate, what)}")
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {_describe(predicate, what)}")
         time.sleep(min(poll, remaining))
         poll = min(poll * 2, MAX_POLL_S)
 
 
 async def wait_until_async(
-    predicate: Callable[[], T | Awaitable[T]], timeout: float = DEFAULT_TIMEOUT_S, *, what: str | None = None
+    predicate: Callable[[], T | Awaitable[T]],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    *,
+    what: str | None = None,
 ) -> T:
     """Like ``wait_until``, for a coroutine: the event loop keeps running between polls, and
     ``predicate`` may be a plain function or return an awaitable (e.g. a database query)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + timeout_s
     poll = FIRST_POLL_S
     while True:
         result = predicate()
@@ -61,6 +64,6 @@ async def wait_until_async(
             return value
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise AssertionError(f"timed out after {timeout} s waiting for {_describe(predicate, what)}")
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {_describe(predicate, what)}")
         await asyncio.sleep(min(poll, remaining))
         poll = min(poll * 2, MAX_POLL_S)

@@ -30,7 +30,6 @@ WEATHER_TOOL: Any = {
     },
 }
 
-
 ANTHROPIC_TOOL: Any = {
     "name": "get_weather",
     "description": "Weather for a city",

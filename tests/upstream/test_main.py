@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 
@@ -14,6 +13,7 @@ from tests.upstream.conftest import (
     oa,
     user,
 )
+from tests.waiting import wait_until
 
 
 def test_cli_serves_out_of_process() -> None:
@@ -25,14 +25,15 @@ def test_cli_serves_out_of_process() -> None:
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while True:
+
+        def answers() -> bool:
+            assert proc.poll() is None, "the simulator exited"
             try:
-                httpx.get(f"{url}/_sim/stats", timeout=1)
-                break
+                return httpx.get(f"{url}/_sim/stats", timeout=1).status_code == 200
             except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "simulator did not start"
-                time.sleep(0.05)
+                return False
+
+        wait_until(answers, timeout_s=15, what="the simulator to answer")
         r = oa(url).chat.completions.create(model="gpt-4o", messages=user("hello"))
         assert r.usage is not None and r.usage.completion_tokens == 5
     finally:

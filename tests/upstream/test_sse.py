@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any, cast
 
 import anthropic
@@ -16,6 +15,7 @@ from tests.upstream.conftest import (
     ANTHROPIC_HEADERS,
     user,
 )
+from tests.waiting import wait_until
 
 
 def test_stream_cut_error_event_and_pings(
@@ -63,7 +63,5 @@ def test_abandoned_stream_counts_as_disconnect(sim: Simulator, url: str, oai: op
         if i == 2:
             break
     stream.close()
-    deadline = time.monotonic() + 3
-    while sim.disconnects == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: sim.disconnects, what="the simulator to see the disconnect")
     assert sim.disconnects == 1
