@@ -25,6 +25,7 @@ from tests.gateway.api.conftest import (  # the surface fixtures, shared with te
 )
 from tests.servers import serve
 from tests.upstream import Simulator
+from tests.waiting import wait_until
 
 __all__ = ["_sim_server", "db_url", "gateway_factory", "sim", "sim_url"]
 
@@ -148,7 +149,6 @@ def test_default_settings_start_and_serve_ops(tmp_path: Path) -> None:
 
 def test_client_gone_before_its_body_arrived_is_logged_499(gateway_factory: Any, sim: Simulator) -> None:
     import socket
-    import time
     from urllib.parse import urlsplit
 
     with gateway_factory() as gw:
@@ -157,10 +157,7 @@ def test_client_gone_before_its_body_arrived_is_logged_499(gateway_factory: Any,
             s.sendall(
                 b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"model":'
             )
-            time.sleep(0.2)
-        deadline = time.monotonic() + 5
-        while not gw.app.state.proxy.metrics.render().count(b'status="499"') and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: gw.app.state.proxy.metrics.render().count(b'status="499"'), what="a 499")
     [row] = gw.rows()
     assert row["status_code"] == 499 and row["error"] == "client disconnected"
     assert sim.requests == []

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -10,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.errors import AuthenticationFailed, BudgetExceeded, InvalidRequest, ModelNotAllowed, RateLimited
 from gateway.keys import KeyStore, hash_key
 from gateway.storage import Base, repo
+from tests.waiting import wait_until_async
 
 
 class FakeClock:
@@ -112,6 +112,22 @@ async def test_rpm_and_tpm_with_retry_after(sessionmaker: async_sessionmaker[Asy
     store.authorize(other, "m", estimated_tokens=200)
 
 
+def _authenticates(store: KeyStore, raw: str) -> bool:
+    try:
+        store.authenticate(raw)
+    except AuthenticationFailed:
+        return False
+    return True
+
+
+def _over_budget(store: KeyStore, raw: str) -> bool:
+    try:
+        store.authorize(store.authenticate(raw), "m")
+    except BudgetExceeded:
+        return True
+    return False
+
+
 async def test_second_replica_sees_keys_revocations_and_spend(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -123,18 +139,18 @@ async def test_second_replica_sees_keys_revocations_and_spend(
         key, raw = await a.create(name="shared", budget_usd=1.0)
         with pytest.raises(AuthenticationFailed):
             b.authenticate(raw)
-        await asyncio.sleep(0.2)  # b's refresh task picks it up
+        await wait_until_async(lambda: _authenticates(b, raw), what="b's refresh to load the key")
         assert b.authenticate(raw).id == key.id
 
         # spend written to the database by another replica's log writer
         async with sessionmaker.begin() as s:
             await repo.add_spend(s, {key.id: 1.5})
-        await asyncio.sleep(0.2)
+        await wait_until_async(lambda: _over_budget(b, raw), what="b's refresh to load the spend")
         with pytest.raises(BudgetExceeded):
             b.authorize(b.authenticate(raw), "m")
 
         await a.revoke(key.id)
-        await asyncio.sleep(0.2)
+        await wait_until_async(lambda: not _authenticates(b, raw), what="b's refresh to load the revocation")
         with pytest.raises(AuthenticationFailed, match="revoked"):
             b.authenticate(raw)
     finally:
