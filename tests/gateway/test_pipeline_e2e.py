@@ -16,6 +16,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.accounting import account
 from gateway.config import Catalogue
+from gateway.pipeline import Call
+from gateway.steps import RequestedModel, Steps
+from gateway.types import (
+    MISS,
+    CacheOutcome,
+    CacheStatus,
+    ChatResponse,
+    Choice,
+    StopReason,
+    TextPart,
+    Usage,
+)
 from tests.gateway.api.conftest import (  # the surface fixtures, shared with tests/gateway/api/
     _sim_server,
     create_key,
@@ -50,8 +62,6 @@ def an(gw: Any, key: str = "sk-ant-client") -> anthropic.Anthropic:
 
 def priced(gw: Any, alias: str, row: dict[str, Any]) -> float | None:
     """The cost of a logged row at ``alias``'s prices, recomputed from its tokens."""
-    from gateway.types import Usage
-
     usage = Usage(
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
@@ -426,3 +436,125 @@ def test_middleware_added_to_the_app_wraps_the_hot_routes(gateway_factory: Any, 
         )
         models = httpx.get(f"{gw.openai_url}/models")
     assert chat.headers["x-stamp"] == "1" and models.headers["x-stamp"] == "1"
+
+
+# ---- the cache steps: a fake cache registered where the real one will be ---------------------------------
+
+
+class FakeCache:
+    """Answers from ``hit`` when set; records every answer it is asked to store."""
+
+    def __init__(self, hit: CacheOutcome | None = None) -> None:
+        self.hit = hit
+        self.stored: list[tuple[str, ChatResponse]] = []
+
+    async def lookup(self, call: Call) -> CacheOutcome:
+        return self.hit if self.hit is not None else MISS
+
+    def wants(self, call: Call) -> bool:
+        return True
+
+    def store(self, call: Call, response: ChatResponse) -> None:
+        self.stored.append((call.model, response))
+
+
+def _text(response: ChatResponse) -> str:
+    return "".join(p.text for p in response.choices[0].content if isinstance(p, TextPart))
+
+
+def cached_gateway(gateway_factory: Any, cache: FakeCache) -> Any:
+    def steps(settings: Any) -> Steps:
+        return Steps(router=RequestedModel(Catalogue(settings)), cache=cache)
+
+    return gateway_factory(steps_factory=steps)
+
+
+@pytest.mark.parametrize(
+    ("model", "stream"), [(m, s) for m in ("gpt-4o-mini", "claude-haiku-4-5") for s in (False, True)]
+)
+def test_answers_are_stored_complete_from_every_mode(
+    gateway_factory: Any, sim: Simulator, model: str, stream: bool
+) -> None:
+    cache = FakeCache()
+    with cached_gateway(gateway_factory, cache) as gw:
+        if stream:
+            chunks = list(
+                oa(gw).chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "x"}], stream=True
+                )
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = (
+                oa(gw)
+                .chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+                .choices[0]
+                .message.content
+                or ""
+            )
+        with an(gw).messages.stream(
+            model=model, max_tokens=20, messages=[{"role": "user", "content": "y"}]
+        ) as s:
+            atext = "".join(s.text_stream)
+    [(m1, first), (m2, second)] = cache.stored
+    assert (m1, m2) == (model, model)
+    assert _text(first) == text and _text(second) == atext
+    assert first.usage.output_tokens == 16 and first.choices[0].stop_reason is not None
+
+
+def test_a_cut_stream_is_never_stored(gateway_factory: Any, sim: Simulator) -> None:
+    cache = FakeCache()
+    sim.inject(Fault(cut_after_events=4))
+    with cached_gateway(gateway_factory, cache) as gw, pytest.raises(openai.APIError):
+        list(
+            oa(gw).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+        )
+    assert cache.stored == []
+
+
+def test_a_hit_is_answered_in_the_clients_format_streamed_or_not(
+    gateway_factory: Any, sim: Simulator
+) -> None:
+    answer = ChatResponse(
+        id="chatcmpl-cached",
+        model="gpt-4o-mini",
+        choices=(Choice(content=(TextPart("The answer is 42."),), stop_reason=StopReason.END),),
+        usage=Usage(input_tokens=30, output_tokens=6),
+        created=1,
+    )
+    cache = FakeCache(
+        CacheOutcome(CacheStatus.HIT_SEMANTIC, answer, similarity=0.97, counterfactual_usd=0.0125)
+    )
+    with cached_gateway(gateway_factory, cache) as gw:
+        raw = oa(gw).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "q"}]
+        )
+        plain = raw.parse()
+        chunks = list(
+            oa(gw).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "q"}], stream=True
+            )
+        )
+        m = an(gw).messages.create(
+            model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "q"}]
+        )
+        with an(gw).messages.stream(
+            model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "q"}]
+        ) as s:
+            streamed = "".join(s.text_stream)
+    assert plain.choices[0].message.content == "The answer is 42."
+    assert raw.headers["x-thriftgate-cache"] == "hit-semantic"
+    assert raw.headers["x-thriftgate-cache-similarity"] == "0.9700"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "The answer is 42."
+    assert m.content[0].text == "The answer is 42." and streamed == "The answer is 42."  # type: ignore[union-attr]
+    assert sim.requests == [] and cache.stored == []
+    rows = gw.rows()
+    assert len(rows) == 4
+    for row in rows:
+        assert row["cache"] == "hit-semantic" and row["cost_usd"] == 0
+        assert row["counterfactual_usd"] == pytest.approx(0.0125) and row["saving_usd"] == pytest.approx(
+            0.0125
+        )
+        assert row["saving_mechanism"] == "cache" and row["status_code"] == 200
