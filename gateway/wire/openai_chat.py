@@ -133,7 +133,9 @@ DROPPED: Final = (
     "request: ToolResultPart.is_error: OpenAI tool messages have no error flag (the content is sent)",
     "request: the name of a leading system/developer message",
     "request: the order of text and tool calls inside one assistant turn (text first, then calls)",
+    "request: tool_choice and parallel_tool_calls when there are no tools (OpenAI refuses them)",
     "response: system_fingerprint, service_tier and the Choice.stop_sequence that OpenAI does not report",
+    "response: the boundaries between text parts (an OpenAI message has one content string)",
 )
 """What translation loses, documented rather than refused."""
 
@@ -507,12 +509,13 @@ def render_request(req: ChatRequest, *, model: str, default_max_tokens: int = 40
     body: dict[str, Any] = {"model": model, "messages": _render_messages(req)}
     if req.tools:
         body["tools"] = [_render_tool(t) for t in req.tools]
-    if req.tool_choice is not None:
+    # OpenAI refuses a tool choice without tools; without tools neither can change anything
+    if req.tool_choice is not None and req.tools:
         tc = req.tool_choice
         body["tool_choice"] = (
             {"type": "function", "function": {"name": tc.name}} if tc.mode == "tool" else tc.mode
         )
-    if req.parallel_tool_calls is not None:
+    if req.parallel_tool_calls is not None and req.tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
     s = req.sampling
     if s.temperature is not None:

@@ -495,3 +495,9 @@ def test_an_answer_the_canonical_form_cannot_hold_is_refused(change: dict[str, A
     with pytest.raises(Untranslatable) as info:
         parse_response({"id": "i", "model": "m", "created": 1, "choices": [choice]})
     assert info.value.param == param
+
+
+def test_a_tool_choice_without_tools_is_not_sent() -> None:
+    req = _canonical(tool_choice=ToolChoice("none"), parallel_tool_calls=False)
+    body = render_request(req, model="gpt-4o")
+    assert "tool_choice" not in body and "parallel_tool_calls" not in body

@@ -411,22 +411,15 @@ def openai_requests(draw: st.DrawFn) -> ChatRequest:
     )
     native_fields = draw(native)
     meta = draw(metadata)
+    tool = st.builds(Tool, names, st.none() | words, st.just({}) | schemas, st.none() | st.booleans())
+    tools = tuple(draw(st.lists(tool, max_size=2)))
     return ChatRequest(
         model="gpt-4o",
         messages=draw(_messages(openai=True)),
         system=tuple(draw(st.lists(_texts(openai=True), max_size=2))),
-        tools=tuple(
-            draw(
-                st.lists(
-                    st.builds(
-                        Tool, names, st.none() | words, st.just({}) | schemas, st.none() | st.booleans()
-                    ),
-                    max_size=2,
-                )
-            )
-        ),
-        tool_choice=draw(tool_choice),
-        parallel_tool_calls=draw(st.none() | st.booleans()),
+        tools=tools,
+        tool_choice=draw(tool_choice) if tools else None,  # without tools OpenAI takes neither
+        parallel_tool_calls=draw(st.none() | st.booleans()) if tools else None,
         sampling=Sampling(
             temperature=draw(st.none() | st.floats(0, 2)),
             top_p=draw(st.none() | st.floats(0, 1)),
