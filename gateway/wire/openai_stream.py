@@ -86,10 +86,11 @@ class StreamParser:
     comments give nothing; an ``error`` object gives ``StreamError``; ``logprobs`` and audio raise
     ``Untranslatable`` as in ``parse_response``."""
 
-    __slots__ = ("_started", "_usage")
+    __slots__ = ("_calls", "_started", "_usage")
 
     def __init__(self) -> None:
         self._started = False
+        self._calls: set[tuple[int, int]] = set()  # (choice, call) already started
         self._usage: Usage | None = None
 
     @property
@@ -128,8 +129,7 @@ class StreamParser:
             events.append(UsageReport(self._usage))
         return events
 
-    @staticmethod
-    def _choice(choice: Mapping[str, Any], events: list[StreamEvent]) -> None:
+    def _choice(self, choice: Mapping[str, Any], events: list[StreamEvent]) -> None:
         index = int(choice.get("index") or 0)
         if choice.get("logprobs") is not None:
             raise Untranslatable("choices.logprobs: logprobs have no canonical form", param="logprobs")
@@ -147,7 +147,12 @@ class StreamParser:
         for call in delta.get("tool_calls") or ():
             number = int(call.get("index") or 0)
             fn = call.get("function") or {}
-            if call.get("id") is not None or fn.get("name") is not None:
+            # some OpenAI-compatible servers repeat the id and name in every piece: start a call once
+            if (call.get("id") is not None or fn.get("name") is not None) and (
+                index,
+                number,
+            ) not in self._calls:
+                self._calls.add((index, number))
                 events.append(
                     ToolCallStart(str(call.get("id") or ""), str(fn.get("name") or ""), number, index)
                 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
@@ -15,7 +15,6 @@ import openai
 import orjson
 
 from gateway.sse import SSESplitter
-from gateway.wire import anthropic_messages, openai_chat
 from tests.upstream import SimConfig
 from tests.upstream.anthropic_api import messages as sim_messages
 from tests.upstream.openai_api import chat_completions as sim_chat_completions
@@ -27,38 +26,41 @@ JSON = "application/json"
 SSE = "text/event-stream"
 
 
-def _http(body: bytes, content_type: str, seen: list[httpx2.Request] | None) -> httpx2.Client:
+Handler = Callable[[httpx2.Request], httpx2.Response]
+
+
+def _http(answer: bytes | Handler, stream: bool) -> httpx2.Client:
+    if callable(answer):
+        return httpx2.Client(transport=httpx2.MockTransport(answer))
+    content_type = SSE if stream else JSON
+
     def handler(request: httpx2.Request) -> httpx2.Response:
-        if seen is not None:
-            seen.append(request)
-        return httpx2.Response(200, content=body, headers={"content-type": content_type})
+        return httpx2.Response(200, content=answer, headers={"content-type": content_type})
 
     return httpx2.Client(transport=httpx2.MockTransport(handler))
 
 
-def openai_client(
-    body: bytes, *, stream: bool = False, seen: list[httpx2.Request] | None = None
-) -> openai.OpenAI:
-    """An OpenAI client whose every request is answered with ``body`` (SSE when ``stream``)."""
+def openai_client(answer: bytes | Handler, *, stream: bool = False) -> openai.OpenAI:
+    """An OpenAI client whose every request is answered with ``answer`` (SSE when ``stream``), or by the
+    handler ``answer``."""
     return openai.OpenAI(
         base_url="http://wire.test/v1",
         api_key="x",
         max_retries=0,
         _strict_response_validation=True,
-        http_client=_http(body, SSE if stream else JSON, seen),
+        http_client=_http(answer, stream),
     )
 
 
-def anthropic_client(
-    body: bytes, *, stream: bool = False, seen: list[httpx2.Request] | None = None
-) -> anthropic.Anthropic:
-    """An Anthropic client whose every request is answered with ``body`` (SSE when ``stream``)."""
+def anthropic_client(answer: bytes | Handler, *, stream: bool = False) -> anthropic.Anthropic:
+    """An Anthropic client whose every request is answered with ``answer`` (SSE when ``stream``), or by
+    the handler ``answer``."""
     return anthropic.Anthropic(
         base_url="http://wire.test",
         api_key="x",
         max_retries=0,
         _strict_response_validation=True,
-        http_client=_http(body, SSE if stream else JSON, seen),
+        http_client=_http(answer, stream),
     )
 
 
@@ -104,14 +106,3 @@ def stream_events(result: Reply | StreamPlan) -> Iterator[bytes]:
     for event in result.events:
         yield from splitter.feed(event.frame + result.ping_frames)
     assert splitter.flush() == b""
-
-
-__all__ = [
-    "Upstream",
-    "anthropic_client",
-    "anthropic_messages",
-    "openai_chat",
-    "openai_client",
-    "reply_json",
-    "stream_events",
-]

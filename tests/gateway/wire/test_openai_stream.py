@@ -200,3 +200,14 @@ def test_an_empty_stream_still_closes() -> None:
     body = renderer.finish()
     chunks = _chunks(body)
     assert len(chunks) == 1 and chunks[0].choices[0].delta.role == "assistant"  # no usage was reported
+
+
+def test_a_server_that_repeats_the_call_id_and_name_in_every_piece_starts_the_call_once() -> None:
+    parser = StreamParser()
+    pieces = ['{"q":', ' "x"}']
+    events: list[StreamEvent] = []
+    for piece in pieces:
+        call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": piece}}
+        chunk = {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+        events += parser.feed(b"data: " + orjson.dumps(chunk) + b"\n\n")
+    assert events[1:] == [ToolCallStart("call_1", "f"), ToolCallDelta('{"q":'), ToolCallDelta(' "x"}')]
