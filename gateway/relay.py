@@ -116,15 +116,19 @@ class SSETap:
 
     def _parse(self, events: list[bytes]) -> None:
         assert self._collect is not None and self._acc is not None
-        for raw in events:
-            for ev in self._collect.feed(raw):
-                self._acc.add(ev)
+        try:
+            for raw in events:
+                for ev in self._collect.feed(raw):
+                    self._acc.add(ev)
+        except Exception:  # an answer the canonical form cannot hold is forwarded, just not collected
+            self._collect = self._acc = None
 
     def usage(self) -> Usage | None:
         return self._tap_usage(self._tap)
 
     def response(self) -> ChatResponse | None:
-        return None if self._acc is None or self._tap.error else self._acc.response()
+        acc = self._acc
+        return None if acc is None or self._tap.error or not acc.complete else acc.response()
 
 
 class RawBytes:
@@ -188,7 +192,8 @@ class _Rendering:
         return self._usage if self._usage is not None else self._start_usage
 
     def response(self) -> ChatResponse | None:
-        return None if self._acc is None or self.error else self._acc.response()
+        acc = self._acc
+        return None if acc is None or self.error or not acc.complete else acc.response()
 
 
 class Translation(_Rendering):
