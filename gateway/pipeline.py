@@ -534,6 +534,9 @@ class Pipeline:
         body = wire.render_request(
             api, req, model=target.upstream_model, default_max_tokens=self._default_max_tokens
         )
+        if target.provider_kind == "openai_compatible" and "max_completion_tokens" in body:
+            # vLLM, llama.cpp's server and Ollama read the older name of the output cap
+            body["max_tokens"] = body.pop("max_completion_tokens")
         headers = {k: v for k, v in call.inbound.forward.items() if k not in API_SPECIFIC_HEADERS}
         headers["content-type"] = "application/json"
         upstream = UpstreamRequest("POST", WIRE_PATH[api], headers, orjson.dumps(body), stream=req.stream)
