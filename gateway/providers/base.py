@@ -98,8 +98,10 @@ class Provider(Protocol):
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """Sends ``request`` with retries up to the moment response headers arrive, never after.
 
-        Retries connection errors, connect/read timeouts and the statuses 429, 500, 502, 503, 504 and 529,
-        with exponential backoff and full jitter, honouring ``retry-after-ms`` and ``retry-after`` (seconds
+        Retries only what the upstream certainly did not process, so no generation is billed twice: failures
+        to connect (refused, DNS, connect or pool timeout) and the statuses 429, 503 and 529 (never a read
+        timeout, a connection broken after the request was written, or 500/502/504), with exponential
+        backoff and full jitter, honouring ``retry-after-ms`` and ``retry-after`` (seconds
         or an HTTP date) when present; an upstream that asks to wait longer than the cap gets its answer
         returned instead of waited for. Raises ``gateway.errors.UpstreamError`` when the upstream cannot be
         reached after the retries and ``UpstreamTimeout`` on a timeout; returns a non-2xx answer as an
