@@ -2,6 +2,12 @@
 (over aiohttp's connection pool, see ``transport.py``),
 auth, header hygiene, retries before the response headers arrive, and streaming after.
 
+Retries never bill twice: a try is repeated only when the upstream certainly did not process it, that is
+when no connection was made (refused, DNS, connect or pool timeout: ``_NOT_SENT``) or when the upstream
+answered a status that says it refused the request (``backoff.RETRYABLE_STATUSES``). A read timeout, or a
+connection that broke after the request was written, may follow a generation the upstream completed and
+billed: it is raised at once.
+
 Subclasses (``openai.py``, ``anthropic.py``, ``compat.py``) only say what differs: the default base URL,
 how the key is sent, and headers to add when the client did not send them.
 """
@@ -39,8 +45,10 @@ _DROP_REQUEST_HEADERS = HOP_BY_HOP_HEADERS | {
 # Upstream headers never passed back: hop-by-hop, and the framing of a body the gateway re-frames
 # (non-stream bodies are read decoded; streams are re-chunked by the gateway's server).
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {"content-length", "content-encoding"}
-# Upstream errors not worth retrying: the request (or the provider's configuration) is wrong.
-_FATAL_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.ProxyError)
+# Transport failures before any byte of the request left: the upstream cannot have seen it. (The aiohttp
+# transport maps refused connections and DNS failures onto ConnectError, and a connect timeout or a wait
+# for a pooled connection that timed out onto ConnectTimeout.)
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class HttpProvider:
@@ -137,9 +145,7 @@ class HttpProvider:
             last = attempt >= self._attempts
             try:
                 response = await self._client.send(http_request, stream=True)
-            except _FATAL_TRANSPORT_ERRORS as exc:
-                raise UpstreamError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-            except httpx.TransportError as exc:
+            except _NOT_SENT as exc:
                 if last:
                     raise self._unreachable(exc, attempt) from exc
                 delay = self._backoff.delay(attempt - 1, {}, self._context.rand, self._context.now)
@@ -147,6 +153,8 @@ class HttpProvider:
                 self._note_retry(exc, attempt, delay)
                 await self._context.sleep(delay)
                 continue
+            except httpx.TransportError as exc:  # sent, or perhaps sent: never retried
+                raise self._unreachable(exc, attempt) from exc
 
             if response.status_code in RETRYABLE_STATUSES and not last:
                 delay = self._backoff.delay(

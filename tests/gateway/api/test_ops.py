@@ -42,7 +42,7 @@ def test_readyz_is_503_when_the_database_is_unreachable() -> None:
 
 
 def test_metrics_count_requests_tokens_cost_latency_and_retries(gateway_factory: Any, sim: Simulator) -> None:
-    sim.inject(Fault(status=500, times=1, path="/v1/chat/completions"))
+    sim.inject(Fault(status=503, times=1, path="/v1/chat/completions"))
     with gateway_factory() as gw:
         oc = openai.OpenAI(base_url=gw.openai_url, api_key="sk-x", max_retries=0)
         oc.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
@@ -72,7 +72,7 @@ def test_metrics_count_requests_tokens_cost_latency_and_retries(gateway_factory:
     assert s[("thriftgate_tokens_total", frozenset({("model", "gpt-4o-mini"), ("kind", "output")}))] == 32
     assert s[("thriftgate_cost_usd_total", frozenset({("model", "gpt-4o-mini")}))] > 0
     assert (
-        s[("thriftgate_upstream_retries_total", frozenset({("provider", "openai"), ("reason", "500")}))] == 1
+        s[("thriftgate_upstream_retries_total", frozenset({("provider", "openai"), ("reason", "503")}))] == 1
     )
     assert s[("thriftgate_ttft_seconds_count", frozenset({("surface", "openai.chat")}))] == 1
     assert s[("thriftgate_request_latency_seconds_count", frozenset({("surface", "openai.chat")}))] == 3
