@@ -7,23 +7,30 @@ import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
+import openai
 import pytest
 from pydantic import SecretStr
 
+from gateway.app import create_app
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.backoff import Backoff
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
 from gateway.providers.compat import OpenAICompatibleProvider
 from gateway.providers.http import HttpProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.providers.registry import ProviderContext
-from gateway.settings import ProviderSettings
+from gateway.settings import ProviderSettings, SettingsError, UpstreamHeaderSettings, load_settings
+from gateway.storage.db import upgrade
+from tests.gateway.api.conftest import ANTHROPIC_KEY, OPENAI_KEY, make_settings
 from tests.gateway.providers.conftest import SIM_KEY
 from tests.gateway.providers.fakes import FakeUpstream, FullBacklog, Relay, Reply, SleepRecorder, wait_for
-from tests.servers import free_port
+from tests.servers import free_port, serve
 from tests.upstream import Fault, Simulator
 
 KEY = "sk-provider-secret-1234"
@@ -41,6 +48,7 @@ class Make:
         self.sleeps = sleeps
         self.made: list[HttpProvider] = []
         self.retried: list[tuple[str, int | BaseException]] = []
+        self.upstream_headers = UpstreamHeaderSettings()
 
     def __call__(
         self, base_url: str, *, key: str | None = KEY, max_retries: int = 2, **fields: Any
@@ -58,6 +66,7 @@ class Make:
             rand=lambda: 0.5,
             now=lambda: 1_800_000_000.0,
             on_retry=lambda name, cause: self.retried.append((name, cause)),
+            upstream_headers=self.upstream_headers,
         )
         provider = OpenAIProvider("openai", settings, context)
         self.made.append(provider)
@@ -107,7 +116,7 @@ async def test_provider_key_replaces_client_credentials(
         "content-type": "application/json",
         "authorization": "Bearer client-key",
         "x-api-key": "client-key",
-        "openai-organization": "org-1",
+        "cookie": "session=client",
         "idempotency-key": "idem-1",
         "user-agent": "OpenAI/Python 9",
         "connection": "keep-alive, x-custom",
@@ -121,7 +130,7 @@ async def test_provider_key_replaces_client_credentials(
     assert seen.header("authorization") == f"Bearer {KEY}"
     assert seen.header("x-api-key") is None
     assert "client-key" not in str(seen.headers)
-    assert seen.header("openai-organization") == "org-1"
+    assert seen.header("cookie") is None
     assert seen.header("idempotency-key") == "idem-1"
     assert seen.header("user-agent") == "OpenAI/Python 9"
     assert seen.header("keep-alive") is None
@@ -163,8 +172,7 @@ async def test_response_headers_lose_hop_by_hop_and_framing(
             headers=[
                 ("content-type", "application/json"),
                 ("x-request-id", "req_1"),
-                ("set-cookie", "a=1"),
-                ("set-cookie", "b=2"),
+                ("connection", "keep-alive"),
                 ("openai-processing-ms", "12"),
             ],
             body=b'{"id":"x"}' * 100,
@@ -176,7 +184,8 @@ async def test_response_headers_lose_hop_by_hop_and_framing(
     names = [k for k, _ in response.headers]
     assert "content-length" not in names and "content-encoding" not in names
     assert ("x-request-id", "req_1") in response.headers
-    assert [v for k, v in response.headers if k == "set-cookie"] == ["a=1", "b=2"]
+    assert ("openai-processing-ms", "12") in response.headers
+    assert "connection" not in names
     assert "gzip" in (upstream.seen[0].header("accept-encoding") or "")
 
 
@@ -541,3 +550,191 @@ async def test_statuses_that_may_follow_processing_are_returned_at_once(
     response = await make(sim_url, key=SIM_KEY, max_retries=2).send(sim_chat(stream=True))
     assert (response.status_code, response.attempts, len(sim.requests)) == (status, 1, 1)
     assert sleeps.waits == []
+
+
+# ---- operator headers stay with the operator: allow-lists in both directions ----
+
+OPERATOR_RESPONSE_HEADERS = [
+    ("openai-organization", "org-operator"),
+    ("openai-project", "proj_operator"),
+    ("anthropic-organization-id", "0000-operator"),
+    ("set-cookie", "__cf_bm=a; path=/"),
+    ("set-cookie", "_cfuvid=b; path=/"),
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-remaining-tokens", "29999990"),
+    ("anthropic-ratelimit-requests-remaining", "3999"),
+    ("anthropic-ratelimit-output-tokens-limit", "400000"),
+]
+TENANT_RESPONSE_HEADERS = [
+    ("content-type", "application/json"),
+    ("x-request-id", "req_1"),
+    ("request-id", "req_2"),
+    ("retry-after", "1"),
+    ("x-should-retry", "true"),
+]
+
+
+def with_headers(make: Make, forward: list[str] | None = None, passed: list[str] | None = None) -> Make:
+    policy = UpstreamHeaderSettings(
+        **({"forward_request": forward} if forward is not None else {}),
+        **({"pass_response": passed} if passed is not None else {}),
+    )
+    make.upstream_headers = policy
+    return make
+
+
+async def test_clients_cannot_choose_the_billed_organisation_or_project(
+    upstream: FakeUpstream, base_url: str, make: Make
+) -> None:
+    client = {
+        "content-type": "application/json",
+        "openai-organization": "org-victim",
+        "openai-project": "proj_victim",
+        "x-custom-client-header": "1",
+    }
+    await make(base_url).send(chat(headers=client))
+    operator = make(base_url, headers={"OpenAI-Organization": "org-operator", "OpenAI-Project": "proj_op"})
+    await operator.send(chat(headers=client))
+    first, second = upstream.seen
+    assert first.header("openai-organization") is None and first.header("openai-project") is None
+    assert first.header("x-custom-client-header") is None
+    assert first.header("content-type") == "application/json"
+    assert second.header("openai-organization") == "org-operator"  # the operator's choice, once
+    assert second.header("openai-project") == "proj_op"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_operator_response_headers_never_reach_clients(
+    upstream: FakeUpstream, base_url: str, make: Make, stream: bool
+) -> None:
+    headers = OPERATOR_RESPONSE_HEADERS + TENANT_RESPONSE_HEADERS
+    upstream.reset(Reply(headers=headers, chunks=list(SSE)) if stream else Reply(headers=headers))
+    response = await make(base_url).send(chat(stream=stream))
+    await response.aclose()
+    assert response.headers == TENANT_RESPONSE_HEADERS
+
+
+async def test_error_answers_lose_operator_headers_too(
+    upstream: FakeUpstream, base_url: str, make: Make
+) -> None:
+    upstream.reset(Reply(status=400, headers=OPERATOR_RESPONSE_HEADERS + TENANT_RESPONSE_HEADERS))
+    response = await make(base_url).send(chat(stream=True))
+    assert response.status_code == 400
+    assert response.headers == TENANT_RESPONSE_HEADERS
+
+
+async def test_header_lists_are_configurable(upstream: FakeUpstream, base_url: str, make: Make) -> None:
+    with_headers(
+        make,
+        forward=["content-type", "OpenAI-Organization", "x-team-*", "authorization", "host", "cookie"],
+        passed=["x-ratelimit-*", "set-cookie", "content-length", "transfer-encoding"],
+    )
+    upstream.reset(Reply(headers=OPERATOR_RESPONSE_HEADERS + TENANT_RESPONSE_HEADERS))
+    response = await make(base_url).send(
+        chat(
+            headers={
+                "content-type": "application/json",
+                "openai-organization": "org-chosen",
+                "x-team-name": "a",
+                "x-other": "b",
+                "authorization": "Bearer client",
+                "cookie": "c=1",
+                "idempotency-key": "k-1",
+            }
+        )
+    )
+    [seen] = upstream.seen
+    assert seen.header("openai-organization") == "org-chosen"
+    assert seen.header("x-team-name") == "a"
+    assert seen.header("x-other") is None and seen.header("idempotency-key") is None  # not listed
+    assert seen.header("authorization") == f"Bearer {KEY}"  # credentials never cross, listed or not
+    assert seen.header("cookie") is None
+    assert [k for k, _ in response.headers] == [
+        "set-cookie",
+        "set-cookie",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-tokens",
+    ]
+
+
+async def test_anthropic_version_default_applies_when_the_client_sent_none(
+    upstream: FakeUpstream, base_url: str
+) -> None:
+    settings = ProviderSettings(kind="anthropic", base_url=base_url, api_key=SecretStr(KEY))
+    context = ProviderContext(upstream_headers=UpstreamHeaderSettings(forward_request=["content-type"]))
+    provider = AnthropicProvider("anthropic", settings, context)
+    try:
+        await provider.send(
+            UpstreamRequest("POST", "/v1/messages", {"anthropic-version": "2099-01-01"}, b"{}")
+        )
+    finally:
+        await provider.aclose()
+    assert upstream.seen[0].header("anthropic-version") == "2023-06-01"  # the client's is not forwarded
+
+
+def test_header_settings_load_from_the_environment_and_reject_non_names() -> None:
+    env = {
+        "THRIFTGATE_UPSTREAM_HEADERS__PASS_RESPONSE": '["Content-Type", "x-ratelimit-*"]',
+        "THRIFTGATE_UPSTREAM_HEADERS__FORWARD_REQUEST": '["content-type", "openai-organization"]',
+    }
+    settings = load_settings(env=env)
+    assert settings.upstream_headers.pass_response == ["content-type", "x-ratelimit-*"]
+    assert ProviderContext.from_settings(settings).upstream_headers.forward_request == [
+        "content-type",
+        "openai-organization",
+    ]
+    assert "openai-organization" not in load_settings(env={}).upstream_headers.forward_request
+    with pytest.raises(SettingsError, match=r"upstream_headers\.pass_response"):
+        load_settings(env={"THRIFTGATE_UPSTREAM_HEADERS__PASS_RESPONSE": '["x: y"]'})
+
+
+OPERATOR_HEADER_NAMES = ("openai-organization", "openai-project", "anthropic-organization-id", "set-cookie")
+OPERATOR_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+
+def test_through_the_gateway_tenants_see_no_operator_headers_and_choose_no_organisation(
+    sim: Simulator, sim_url: str, tmp_path: Path
+) -> None:
+    sim.config.api_key = None  # the gateway's test settings carry their own provider keys
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"
+    upgrade(db_url)
+    app = create_app(make_settings(sim_url, db_url), env={}, configure_logs=False)
+    user = [{"role": "user", "content": "hi"}]
+    with serve(app) as url:
+        oc = openai.OpenAI(
+            base_url=f"{url}/v1",
+            api_key="sk-client",
+            organization="org-victim",
+            project="proj_victim",
+            max_retries=0,
+        )
+        chat_raw = oc.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=user)  # type: ignore[arg-type]
+        with oc.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini",
+            messages=user,  # type: ignore[arg-type]
+            stream=True,
+        ) as streamed:
+            stream_headers = streamed.headers
+            list(streamed.iter_lines())
+        ac = anthropic.Anthropic(base_url=url, api_key="sk-ant-client", max_retries=0)
+        message_raw = ac.messages.with_raw_response.create(
+            model="claude-haiku-4-5", max_tokens=8, messages=user
+        )  # type: ignore[arg-type]
+        sim.inject(Fault(status=400, path="/v1/chat/completions"))
+        with pytest.raises(openai.BadRequestError) as refused:
+            oc.chat.completions.create(model="gpt-4o-mini", messages=user)  # type: ignore[arg-type]
+    answers = [chat_raw.headers, stream_headers, message_raw.headers, refused.value.response.headers]
+    for headers in answers:
+        names = {k.lower() for k in headers}
+        assert not names & set(OPERATOR_HEADER_NAMES), names
+        assert not [n for n in names if n.startswith(OPERATOR_HEADER_PREFIXES)], names
+    assert chat_raw.headers["x-request-id"].startswith("req_sim")  # what tenants need still passes
+    assert message_raw.headers["request-id"].startswith("req_sim")
+    assert chat_raw.parse().choices[0].message.content
+    assert len(sim.requests) == 4
+    for seen in sim.requests:
+        assert "openai-organization" not in seen.headers and "openai-project" not in seen.headers
+        provider_key = seen.headers.get("x-api-key") or seen.headers.get("authorization", "").removeprefix(
+            "Bearer "
+        )
+        assert provider_key in (OPENAI_KEY, ANTHROPIC_KEY)  # the operator's keys, never the client's
