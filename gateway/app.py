@@ -27,7 +27,7 @@ from gateway.config import Catalogue
 from gateway.keys import KeyStore
 from gateway.logs import configure_logging
 from gateway.logwriter import LogWriter
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, model_labels
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
 from gateway.proxy import Proxy
 from gateway.settings import Settings
@@ -49,7 +49,7 @@ def create_app(
         configure_logging(settings.log_level, json_lines=settings.log_json)
     environ = os.environ if env is None else env
     catalogue = Catalogue(settings)
-    metrics = Metrics()
+    metrics = Metrics(models=model_labels(catalogue), providers=settings.providers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
