@@ -55,7 +55,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
         sessionmaker = make_sessionmaker(engine)
-        keys = KeyStore(sessionmaker, refresh_interval_s=settings.key_refresh_s)
+        keys = KeyStore(
+            sessionmaker, refresh_interval_s=settings.key_refresh_s, change_poll_s=settings.key_change_poll_s
+        )
         logwriter = LogWriter(
             sessionmaker,
             batch_size=settings.log_batch_size,
