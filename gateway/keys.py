@@ -114,6 +114,7 @@ class KeyStore:
         self._postgres = backend == "postgresql"
         self._sqlite = backend == "sqlite"
         self._watcher: asyncio.Task[None] | None = None
+        self._notified: set[asyncio.Task[bool]] = set()
         self.listening = asyncio.Event()
         """PostgreSQL: set while this store's LISTEN connection is up (after its catch-up refresh)."""
         self._limiter = RateLimiter(clock)
@@ -150,10 +151,7 @@ class KeyStore:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self._refresh_interval_s)
-            try:
-                await self.refresh()
-            except Exception as exc:
-                log.error("virtual keys: refresh from the database failed (%s: %s)", type(exc).__name__, exc)
+            await self._refresh_logged()
 
     # ---- other processes' revocations ---------------------------------------------------------------
 
@@ -171,13 +169,8 @@ class KeyStore:
                 except sqlite3.Error as exc:  # e.g. busy for an instant: look again next time
                     log.debug("virtual keys: change check skipped (%s)", exc)
                 else:
-                    if seen is not None and now != seen:
-                        try:
-                            await self.refresh()
-                        except Exception as exc:
-                            log.error("virtual keys: refresh failed (%s: %s)", type(exc).__name__, exc)
-                            now = seen  # try again at the next check
-                    seen = now
+                    if now != seen:  # the first check always reloads: a revocation may precede it
+                        seen = now if await self._refresh_logged() else seen  # failed: again next time
                 await asyncio.sleep(self._change_poll_s)
         finally:
             reader.close()
@@ -209,7 +202,7 @@ class KeyStore:
             finally:
                 self.listening.clear()
                 if conn is not None:
-                    conn.terminate()
+                    await _close_listener(conn)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -218,7 +211,9 @@ class KeyStore:
         if kind == "revoked":
             self._revoked_elsewhere(key_id)
         else:  # an event this version does not know: reload everything
-            asyncio.get_running_loop().create_task(self._refresh_logged())
+            task = asyncio.get_running_loop().create_task(self._refresh_logged())
+            self._notified.add(task)
+            task.add_done_callback(self._notified.discard)
 
     def _revoked_elsewhere(self, key_id: str) -> None:
         key = self._by_id.get(key_id)
@@ -226,11 +221,14 @@ class KeyStore:
             key.revoked = True
             self._limiter.forget(key_id)
 
-    async def _refresh_logged(self) -> None:
+    async def _refresh_logged(self) -> bool:
+        """``refresh``, logging a failure instead of raising it. True when it succeeded."""
         try:
             await self.refresh()
         except Exception as exc:
             log.error("virtual keys: refresh from the database failed (%s: %s)", type(exc).__name__, exc)
+            return False
+        return True
 
     async def refresh(self) -> None:
         """Reads every key from the database into memory: new keys appear, revocations and limit changes
@@ -430,6 +428,17 @@ def _sqlite_reader(url: URL) -> sqlite3.Connection | None:
     reader = sqlite3.connect(db, timeout=0, isolation_level=None, uri=db.startswith("file:"))
     reader.execute("PRAGMA query_only=ON")
     return reader
+
+
+async def _close_listener(conn: Any) -> None:
+    """Closes a LISTEN connection politely (the server logs no broken connection), or drops it."""
+    try:
+        await asyncio.wait_for(conn.close(), 2.0)
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise
+    except Exception:
+        conn.terminate()
 
 
 async def _connect_listener(engine: AsyncEngine | None) -> Any:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.app import create_app
 from gateway.cli import main as cli_main
 from gateway.errors import AuthenticationFailed, BudgetExceeded, InvalidRequest, ModelNotAllowed, RateLimited
-from gateway.keys import LISTENER_APPLICATION_NAME, KeyStore, hash_key
+from gateway.keys import KEY_CHANNEL, LISTENER_APPLICATION_NAME, KeyStore, hash_key
 from gateway.storage import Base, make_engine, make_sessionmaker, repo
 from tests.gateway.api.conftest import _sim_server, create_key, make_settings, sim, sim_url
 from tests.servers import serve
@@ -319,6 +319,25 @@ async def test_the_listener_reconnects_after_its_connection_drops(migrated_url: 
         await store.stop()
         await engine.dispose()
         await revoker_engine.dispose()
+
+
+async def test_an_unknown_notification_reloads_every_key(migrated_url: str) -> None:
+    if not store_is_postgres(migrated_url):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    engine = make_engine(migrated_url)
+    store = KeyStore(make_sessionmaker(engine), refresh_interval_s=3600)
+    other = KeyStore(make_sessionmaker(engine))  # another process's store
+    await store.start()
+    try:
+        await asyncio.wait_for(store.listening.wait(), 10)
+        _, raw = await other.create(name="made-elsewhere")
+        assert refused(store, raw)  # not loaded yet, and no refresh due for an hour
+        async with engine.begin() as conn:  # a later version's event this one does not know
+            await conn.execute(text("SELECT pg_notify(:c, 'limits-changed:key_x')"), {"c": KEY_CHANNEL})
+        await wait_until(lambda: not refused(store, raw), timeout_s=2.0)
+    finally:
+        await store.stop()
+        await engine.dispose()
 
 
 async def test_stop_closes_the_watcher(migrated_url: str) -> None:
