@@ -22,7 +22,9 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 # (component, substring of the frame's file path), first match wins.
 COMPONENTS: tuple[tuple[str, str], ...] = (
     ("entry (cli)", "gateway/cli.py"),
-    ("gateway.proxy", "gateway/proxy.py"),
+    ("gateway.pipeline", "gateway/pipeline.py"),
+    ("gateway.pipeline", "gateway/relay.py"),
+    ("gateway.pipeline", "gateway/http.py"),
     ("gateway.accounting+pricing", "gateway/accounting.py"),
     ("gateway.accounting+pricing", "gateway/pricing.py"),
     ("gateway.logwriter", "gateway/logwriter.py"),

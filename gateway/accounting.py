@@ -98,7 +98,8 @@ def usage_from_openai_embeddings(usage: Mapping[str, Any] | None) -> Usage:
 def usage_from_anthropic(usage: Mapping[str, Any] | None) -> Usage:
     """Messages ``usage``. ``input_tokens`` already excludes cache reads and writes. Cache writes split by
     TTL from ``cache_creation.ephemeral_{5m,1h}_input_tokens`` when present; any part of
-    ``cache_creation_input_tokens`` the split does not cover (all of it, without a split) is 5-minute."""
+    ``cache_creation_input_tokens`` the split does not cover (all of it, without a split) is 5-minute.
+    ``output_tokens`` includes ``output_tokens_details.thinking_tokens`` (the reasoning)."""
     if not usage:
         return Usage()
     written = _int(usage.get("cache_creation_input_tokens"))
@@ -112,6 +113,7 @@ def usage_from_anthropic(usage: Mapping[str, Any] | None) -> Usage:
         cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
         cache_write_5m_tokens=write_5m,
         cache_write_1h_tokens=write_1h,
+        reasoning_tokens=_int(_details(usage, "output_tokens_details").get("thinking_tokens")),
     )
 
 

@@ -14,23 +14,25 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
-from starlette.types import Receive, Scope, Send
+from fastapi import APIRouter, FastAPI
 
 from gateway.api import anthropic, openai, ops, passthrough
 from gateway.api.errors import install_error_handlers
+from gateway.budgets import Budgets
 from gateway.config import Catalogue
+from gateway.http import HotRoutes
 from gateway.keys import KeyStore
 from gateway.logs import configure_logging
 from gateway.logwriter import LogWriter
 from gateway.metrics import Metrics, model_labels
+from gateway.passthrough import Passthrough
+from gateway.pipeline import Pipeline
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
-from gateway.proxy import Proxy
 from gateway.settings import Settings
+from gateway.steps import RequestedModel, Steps
 from gateway.storage.db import make_engine, make_sessionmaker
 
 
@@ -39,17 +41,20 @@ def create_app(
     *,
     env: Mapping[str, str] | None = None,
     provider_kinds: ProviderKinds | None = None,
+    steps: Steps | None = None,
     configure_logs: bool = True,
 ) -> FastAPI:
     """Builds the app for ``settings``. ``env`` is where providers' ``api_key_env`` names are resolved
     (default: the process environment); ``provider_kinds`` replaces the process-wide provider-kind
-    registry (tests register fakes there). ``configure_logs`` installs the JSON log handler on the root
-    logger (process-wide)."""
+    registry (tests register fakes there); ``steps`` replaces the pipeline's steps (default: no cache,
+    the model as named, no prompt-cache planning). ``configure_logs`` installs the JSON log handler on
+    the root logger (process-wide)."""
     if configure_logs:
         configure_logging(settings.log_level, json_lines=settings.log_json)
     environ = os.environ if env is None else env
     catalogue = Catalogue(settings)
     metrics = Metrics(models=model_labels(catalogue), providers=settings.providers)
+    pipeline_steps = steps if steps is not None else Steps(router=RequestedModel(catalogue))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,14 +82,21 @@ def create_app(
                 state.keys = keys
                 state.logwriter = logwriter
                 state.providers = providers
-                state.proxy = Proxy(
+                state.budgets = budgets = Budgets(
+                    default_output_tokens=settings.budget.default_output_tokens,
+                    allow_unpriced=settings.budget.allow_unpriced,
+                )
+                state.pipeline = pipeline = Pipeline(
                     settings=settings,
                     catalogue=catalogue,
                     keys=keys,
+                    budgets=budgets,
                     providers=providers,
+                    steps=pipeline_steps,
                     logwriter=logwriter,
                     metrics=metrics,
                 )
+                state.passthrough = Passthrough(pipeline)
                 yield
             finally:
                 try:
@@ -95,14 +107,9 @@ def create_app(
             await keys.stop()
             await engine.dispose()
 
-    app = ThriftGateApp(
-        hot_routes={**openai.HOT_ROUTES, **anthropic.HOT_ROUTES},
-        title="ThriftGate",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
+    app = FastAPI(title="ThriftGate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # First, so innermost: middleware added later (by the app's user too) wraps the hot routes as well.
+    app.add_middleware(HotRoutes, routes={**openai.HOT_ROUTES, **anthropic.HOT_ROUTES})
     app.state.settings = settings
     app.state.catalogue = catalogue
     app.state.metrics = metrics
@@ -115,27 +122,6 @@ def create_app(
         app.include_router(admin)
     app.include_router(passthrough.router)
     return app
-
-
-class ThriftGateApp(FastAPI):
-    """FastAPI with a direct dispatch for the hot POST routes (chat, embeddings, responses, messages,
-    count_tokens). Their endpoints are registered as ordinary routes too; the direct dispatch only skips
-    the per-request router walk and dependency machinery, about a third of the gateway's own CPU time
-    per request. It is safe because those endpoints never raise: the pipeline renders its own errors."""
-
-    def __init__(self, *, hot_routes: Mapping[str, Callable[[Request], Awaitable[Response]]], **kwargs: Any):
-        super().__init__(**kwargs)
-        self.hot_routes = dict(hot_routes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not self.root_path:
-            endpoint = self.hot_routes.get(scope["path"])
-            if endpoint is not None:
-                scope["app"] = self
-                response = await endpoint(Request(scope, receive, send))
-                await response(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
 
 
 def _admin_router() -> APIRouter | None:

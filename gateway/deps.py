@@ -10,7 +10,9 @@
     db_engine     sqlalchemy.ext.asyncio.AsyncEngine                 *
     sessionmaker  sqlalchemy.ext.asyncio.async_sessionmaker          *
     providers     gateway.providers.registry.Providers               *
-    proxy         gateway.proxy.Proxy (the request pipeline)         *
+    budgets       gateway.budgets.Budgets                            *
+    pipeline      gateway.pipeline.Pipeline (the request pipeline)   *
+    passthrough   gateway.passthrough.Passthrough                    *
 
 The getters are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool,
 which cost more than everything else the gateway does per request.
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
     from gateway.config import Catalogue
     from gateway.keys import KeyStore
     from gateway.metrics import Metrics
-    from gateway.proxy import Proxy
+    from gateway.passthrough import Passthrough
+    from gateway.pipeline import Pipeline
     from gateway.settings import Settings
 
 
@@ -44,8 +47,8 @@ async def get_keystore(request: Request) -> KeyStore:
     return _state(request, "keys")
 
 
-async def get_proxy(request: Request) -> Proxy:
-    return _state(request, "proxy")
+async def get_pipeline(request: Request) -> Pipeline:
+    return _state(request, "pipeline")
 
 
 async def get_metrics(request: Request) -> Metrics:
@@ -60,15 +63,21 @@ async def get_db_engine(request: Request) -> AsyncEngine:
     return _state(request, "db_engine")
 
 
-def proxy_of(request: Request) -> Proxy:
+def pipeline_of(request: Request) -> Pipeline:
     """The request pipeline, for the hot-path routes: they are plain Starlette routes (no dependency
     resolution per request, which costs more than the rest of the gateway's own work)."""
-    return request.app.state.proxy
+    pipeline: Pipeline = request.app.state.pipeline
+    return pipeline
+
+
+def passthrough_of(request: Request) -> Passthrough:
+    passthrough: Passthrough = request.app.state.passthrough
+    return passthrough
 
 
 SettingsDep = Annotated["Settings", Depends(get_settings)]
 KeyStoreDep = Annotated["KeyStore", Depends(get_keystore)]
-ProxyDep = Annotated["Proxy", Depends(get_proxy)]
+PipelineDep = Annotated["Pipeline", Depends(get_pipeline)]
 MetricsDep = Annotated["Metrics", Depends(get_metrics)]
 CatalogueDep = Annotated["Catalogue", Depends(get_catalogue)]
 DbEngineDep = Annotated["AsyncEngine", Depends(get_db_engine)]

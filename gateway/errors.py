@@ -5,20 +5,26 @@
     ├── AuthenticationFailed          401  missing, unknown or revoked key
     ├── PermissionDenied              403
     │   └── ModelNotAllowed           403  the key may not use this model
-    ├── ModelNotFound                 404  not in the catalogue
+    ├── NotFound                      404  no such endpoint (or not forwarded by the passthrough)
+    │   └── ModelNotFound             404  not in the catalogue
     ├── PayloadTooLarge               413  body over ``max_body_bytes``
     ├── RateLimited                   429  RPM/TPM limit; ``retry_after`` seconds
     │   └── BudgetExceeded            429  the key's budget is spent
     ├── UpstreamError                 502  upstream unreachable or broke the protocol
     │   └── UpstreamTimeout           504
+    ├── UpstreamRefused               the upstream's own status: it answered a translated request with
+    │                                 an error, re-rendered in the client's API (a native error answer
+    │                                 is passed back as sent, never raised)
     └── InternalError                 500  an unexpected exception (carries the request id only)
 
-``UpstreamHTTPError`` is not a ``GatewayError``: it carries an upstream 4xx/5xx response (status, headers,
-body bytes) that is passed back to the client exactly as the upstream sent it.
 ``HTTPException`` never appears below ``gateway/api/``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+
+import orjson
 
 
 class GatewayError(Exception):
@@ -63,10 +69,14 @@ class ModelNotAllowed(PermissionDenied):
     code = "model_not_allowed"
 
 
-class ModelNotFound(GatewayError):
+class NotFound(GatewayError):
     status_code = 404
     openai_type = "invalid_request_error"
     anthropic_type = "not_found_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
@@ -124,11 +134,48 @@ class InternalError(GatewayError):
     code = "internal_error"
 
 
-class UpstreamHTTPError(Exception):
-    """An upstream answered with an error status: passed to the client as sent."""
+# (OpenAI type, Anthropic type) of an upstream error status.
+_REFUSED_TYPES = {
+    400: ("invalid_request_error", "invalid_request_error"),
+    401: ("invalid_request_error", "authentication_error"),
+    403: ("invalid_request_error", "permission_error"),
+    404: ("invalid_request_error", "not_found_error"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_exceeded", "rate_limit_error"),
+    529: ("server_error", "overloaded_error"),
+}
+_KEPT_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 
-    def __init__(self, status_code: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        super().__init__(f"upstream answered {status_code}")
+
+class UpstreamRefused(GatewayError):
+    """The upstream answered a translated request with an error status: the client gets that status and
+    the upstream's message, in the client's own API format."""
+
+    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code="upstream_error")
         self.status_code = status_code
-        self.headers = headers
-        self.body = body
+        default = (
+            ("invalid_request_error", "invalid_request_error")
+            if status_code < 500
+            else ("server_error", "api_error")
+        )
+        self.openai_type, self.anthropic_type = _REFUSED_TYPES.get(status_code, default)
+        self._headers = headers or {}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+    @classmethod
+    def from_body(cls, status_code: int, body: bytes, headers: Iterable[tuple[str, str]]) -> UpstreamRefused:
+        """From an upstream error answer in either API's format (``{"error": {"message": ...}}``)."""
+        message = f"upstream answered {status_code}"
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            obj = None
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            message = err["message"]
+        kept = {k: v for k, v in headers if k in _KEPT_HEADERS}
+        return cls(status_code, message, kept)

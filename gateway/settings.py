@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -230,6 +230,46 @@ def default_models() -> dict[str, ModelSettings]:
     return models
 
 
+class PassthroughRoute(_Strict):
+    """One endpoint the passthrough forwards (exact method and path). ``model``: ``required`` (the body's
+    ``model`` must be a catalogue model the key may use; it picks the provider and is rewritten to the
+    upstream id), or ``none`` (not checked; ``provider`` says where it goes). ``metering``: ``openai_chat``
+    (usage read like chat completions', streams included), ``free`` (costs nothing) or ``unpriced``
+    (cost unknown: refused to keys with a budget unless ``budget.allow_unpriced``)."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: str = Field(pattern=r"^/v1(/[A-Za-z0-9_-]+)+$")
+    model: Literal["required", "none"] = "required"
+    provider: str | None = None
+    metering: Literal["openai_chat", "free", "unpriced"] = "unpriced"
+
+
+def default_passthrough_routes() -> list[PassthroughRoute]:
+    return [
+        PassthroughRoute(method="POST", path="/v1/completions", model="required", metering="openai_chat"),
+        PassthroughRoute(
+            method="POST", path="/v1/moderations", model="none", provider="openai", metering="free"
+        ),
+    ]
+
+
+class PassthroughSettings(_Strict):
+    """What the passthrough forwards beyond the gateway's own endpoints. Anything not listed is refused
+    (404): stored objects (files, batches, responses, stored completions ...) live under the operator's
+    provider key and would be shared by every tenant."""
+
+    routes: list[PassthroughRoute] = Field(default_factory=default_passthrough_routes)
+
+
+class BudgetSettings(_Strict):
+    """How budgets hold money for requests in flight (``gateway.budgets``)."""
+
+    default_output_tokens: int = Field(default=1024, ge=0)
+    """The output a request without its own cap is assumed to use, for its hold."""
+    allow_unpriced: bool = False
+    """Whether a key with a budget may use a model (or passthrough endpoint) of unknown price."""
+
+
 class Settings(BaseSettings):
     """Everything the gateway is configured with. Build it with ``load_settings`` (see the module docstring)."""
 
@@ -253,6 +293,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     local_model_dir: str = "./data/models"
+    passthrough: PassthroughSettings = Field(default_factory=PassthroughSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    translation_default_max_tokens: int = Field(default=4096, ge=1)
+    """The output cap sent to an Anthropic model serving an OpenAI-format request that set none
+    (Anthropic requires one)."""
+    allow_background_responses: bool = False
+    """Whether ``background: true`` Responses requests are forwarded (their usage is known only when
+    they are retrieved later, so the gateway cannot meter them)."""
     providers: dict[str, ProviderSettings] = Field(default_factory=default_providers)
     models: dict[str, ModelSettings] = Field(default_factory=default_models)
     upstream_headers: UpstreamHeaderSettings = Field(default_factory=UpstreamHeaderSettings)

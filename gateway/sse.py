@@ -119,9 +119,12 @@ def _error_message(err: Any) -> str:
 
 class StreamTap(Protocol):
     """Inspects each complete event of one stream. ``on_event`` records usage/errors on the tap (its only
-    mutation) and returns whether the event is forwarded to the client."""
+    mutation) and returns whether the event is forwarded to the client. ``deltas`` counts the events that
+    carried output (text or tool arguments): about one token each, the gateway's estimate of the output
+    when a stream ends before its usage arrives."""
 
     error: str | None
+    deltas: int
 
     def on_event(self, raw: bytes) -> bool: ...
 
@@ -134,8 +137,11 @@ class OpenAIChatTap:
     strip_usage_chunk: bool = False
     usage: Mapping[str, Any] | None = None
     error: str | None = None
+    deltas: int = 0
 
     def on_event(self, raw: bytes) -> bool:
+        if b'"content":"' in raw or b'"arguments":"' in raw or b'"text":"' in raw:
+            self.deltas += 1
         # Most chunks carry no usage ("usage":null once the usage chunk is requested) and no error: skip
         # the JSON parse for them.
         if (b'"usage"' not in raw or b'"usage":null' in raw) and b'"error"' not in raw:
@@ -167,8 +173,11 @@ class OpenAIResponsesTap:
 
     usage: Mapping[str, Any] | None = None
     error: str | None = None
+    deltas: int = 0
 
     def on_event(self, raw: bytes) -> bool:
+        if b".delta" in raw:
+            self.deltas += 1
         if not any(marker in raw for marker in _RESPONSES_MARKERS):
             return True
         ev = parse_event(raw)
@@ -197,8 +206,11 @@ class AnthropicTap:
     start_usage: Mapping[str, Any] | None = None
     delta_usages: list[Mapping[str, Any]] = field(default_factory=list)
     error: str | None = None
+    deltas: int = 0
 
     def on_event(self, raw: bytes) -> bool:
+        if b"content_block_delta" in raw:
+            self.deltas += 1
         if b"message_start" not in raw and b"message_delta" not in raw and b"error" not in raw:
             return True
         ev = parse_event(raw)

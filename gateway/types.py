@@ -327,6 +327,9 @@ class StreamStart:
 class TextDelta:
     text: str
     index: int = 0
+    refusal: bool = False
+    """The piece belongs to the choice's refusal (OpenAI ``delta.refusal``, ``Choice.refusal``), not its
+    content."""
 
 
 @dataclass(slots=True, frozen=True)

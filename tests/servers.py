@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
+
+from tests.waiting import wait_until
 
 
 def free_port() -> int:
@@ -32,13 +33,9 @@ def serve(app: Any, *, port: int | None = None, host: str = "127.0.0.1", **confi
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn:{port}", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("server failed to start")
-        if time.monotonic() > deadline:
-            raise TimeoutError("server did not start in 30 s")
-        time.sleep(0.01)
+    wait_until(lambda: server.started or not thread.is_alive(), timeout_s=30, what=f"uvicorn on port {port}")
+    if not server.started:
+        raise RuntimeError("server failed to start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -1,5 +1,6 @@
-"""The Anthropic surface: messages (every stream event forwarded as it arrives, bytes untouched, so
-``cache_control`` and unknown fields survive) and count_tokens (free: logged with zero tokens)."""
+"""The Anthropic surface: messages (to an Anthropic model every stream event forwarded as it arrives, bytes
+untouched, so ``cache_control`` and unknown fields survive; to any other chat model translated) and
+count_tokens (free: logged with zero tokens; the local model counts with its own tokenizer)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.accounting import AnthropicStreamUsage, usage_from_anthropic
-from gateway.api.common import optional_bool, require_int, require_list, require_str
-from gateway.api.errors import ErrorStyle
-from gateway.deps import proxy_of
+from gateway.api.common import optional_bool, optional_int, require_int, require_list, require_str
+from gateway.api.errors import ANTHROPIC_ERRORS
+from gateway.deps import pipeline_of
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.proxy import SurfaceSpec
+from gateway.pipeline import SurfaceSpec
 from gateway.sse import AnthropicTap, anthropic_error_event
-from gateway.types import Surface, Usage
+from gateway.types import Surface, Usage, WireAPI
 
 router = APIRouter(tags=["anthropic"])
 
-ANTHROPIC_WIRE = frozenset({"anthropic", "local"})
+ANTHROPIC_WIRE = frozenset({"anthropic"})
 
 
 def _check_system(payload: dict[str, Any]) -> None:
@@ -61,32 +62,36 @@ def _stream_error(exc: GatewayError, request_id: str) -> bytes:
 
 MESSAGES = SurfaceSpec(
     surface=Surface.ANTHROPIC_MESSAGES,
-    style=ErrorStyle.ANTHROPIC,
-    wire=ANTHROPIC_WIRE,
+    errors=ANTHROPIC_ERRORS,
+    speaks=ANTHROPIC_WIRE,
     validate=_validate_messages,
     usage_of=usage_from_anthropic,
+    wire=WireAPI.ANTHROPIC_MESSAGES,
     new_tap=lambda _strip: AnthropicTap(),
     tap_usage=_tap_usage,
     stream_error=_stream_error,
+    output_cap=lambda p: optional_int(p, "max_tokens"),
 )
 COUNT_TOKENS = SurfaceSpec(
     surface=Surface.ANTHROPIC_COUNT_TOKENS,
-    style=ErrorStyle.ANTHROPIC,
-    wire=ANTHROPIC_WIRE,
+    errors=ANTHROPIC_ERRORS,
+    speaks=ANTHROPIC_WIRE,
     validate=_validate_count_tokens,
     usage_of=None,
+    wire=WireAPI.ANTHROPIC_MESSAGES,
+    count_tokens=True,
 )
 
 
 async def messages(request: Request) -> Response:
-    return await proxy_of(request).handle(request, MESSAGES)
+    return await pipeline_of(request).handle(request, MESSAGES)
 
 
 async def count_tokens(request: Request) -> Response:
-    return await proxy_of(request).handle(request, COUNT_TOKENS)
+    return await pipeline_of(request).handle(request, COUNT_TOKENS)
 
 
-# The hot paths: plain POST routes (see ``gateway.deps.proxy_of``), which the app also dispatches directly.
+# The hot paths: plain POST routes (see ``gateway.http.HotRoutes``), which the app also dispatches directly.
 HOT_ROUTES: dict[str, Callable[[Request], Awaitable[Response]]] = {
     "/v1/messages": messages,
     "/v1/messages/count_tokens": count_tokens,

@@ -3,123 +3,104 @@
     OpenAI     {"error": {"message", "type", "param", "code"}, "request_id"}
     Anthropic  {"type": "error", "error": {"type", "message"}, "request_id"}
 
-Every error response carries ``x-thriftgate-request-id`` and the error's own headers (``retry-after``).
-``UpstreamHTTPError`` is sent back as the upstream sent it. An unexpected exception becomes a 500
-``InternalError`` that names only the request id: never a stack trace.
+The pipeline renders its own errors through these formats (``SurfaceSpec.errors``); the handlers installed
+here catch what is raised outside it (an unknown route, a method not allowed): never a stack trace, always
+the client's format and a request id.
 """
 
 from __future__ import annotations
 
-import enum
-import os
-
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import GatewayError, InternalError, UpstreamHTTPError
+from gateway.errors import GatewayError, InternalError, InvalidRequest, NotFound
+from gateway.http import Inbound, RequestIds
 from gateway.logs import get_logger, redact
+from gateway.pipeline import ErrorFormat
 
 log = get_logger("gateway.api")
 
 REQUEST_ID_HEADER = "x-thriftgate-request-id"
 
 
-def new_request_id() -> str:
-    """A fresh request id (``req_`` + 24 hex digits)."""
-    return "req_" + os.urandom(12).hex()
+class OpenAIErrors:
+    """OpenAI's error body."""
 
-
-class ErrorStyle(enum.StrEnum):
-    OPENAI = "openai"
-    ANTHROPIC = "anthropic"
-
-
-def error_body(style: ErrorStyle, exc: GatewayError, request_id: str) -> bytes:
-    """The JSON body of ``exc`` in ``style``'s format (its message redacted: a provider library's error
-    text could quote a key)."""
-    message = redact(exc.message)
-    if style is ErrorStyle.ANTHROPIC:
-        return orjson.dumps(
-            {
-                "type": "error",
-                "error": {"type": exc.anthropic_type, "message": message},
-                "request_id": request_id,
-            }
-        )
-    return orjson.dumps(
-        {
-            "error": {"message": message, "type": exc.openai_type, "param": exc.param, "code": exc.code},
-            "request_id": request_id,
+    def body(self, exc: GatewayError, request_id: str) -> bytes:
+        # The message is redacted: a provider library's error text could quote a key.
+        error = {
+            "message": redact(exc.message),
+            "type": exc.openai_type,
+            "param": exc.param,
+            "code": exc.code,
         }
-    )
+        return orjson.dumps({"error": error, "request_id": request_id})
+
+    def media_type(self) -> str:
+        return "application/json"
 
 
-def error_response(
-    style: ErrorStyle, exc: GatewayError, request_id: str, extra_headers: dict[str, str] | None = None
-) -> Response:
-    """``exc`` as a complete response in ``style``'s format."""
-    headers = {REQUEST_ID_HEADER: request_id, **exc.headers}
-    if extra_headers:
-        headers.update(extra_headers)
-    return Response(
-        error_body(style, exc, request_id),
-        status_code=exc.status_code,
-        headers=headers,
-        media_type="application/json",
-    )
+class AnthropicErrors:
+    """Anthropic's error body."""
+
+    def body(self, exc: GatewayError, request_id: str) -> bytes:
+        error = {"type": exc.anthropic_type, "message": redact(exc.message)}
+        return orjson.dumps({"type": "error", "error": error, "request_id": request_id})
+
+    def media_type(self) -> str:
+        return "application/json"
 
 
-_DROP_UPSTREAM = frozenset(
-    {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive", "date", "server"}
-)
+OPENAI_ERRORS = OpenAIErrors()
+ANTHROPIC_ERRORS = AnthropicErrors()
 
 
-def upstream_error_response(
-    exc: UpstreamHTTPError, request_id: str, extra_headers: dict[str, str] | None = None
-) -> Response:
-    """The upstream's error answer as it sent it (status, body, content-type, its other headers), plus ours."""
-    resp = Response(exc.body, status_code=exc.status_code)
-    raw = [
-        (k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers if k.lower() not in _DROP_UPSTREAM
-    ]
-    ours = {REQUEST_ID_HEADER: request_id, **(extra_headers or {})}
-    raw += [(k.encode(), v.encode()) for k, v in ours.items()]
-    raw.append((b"content-length", str(len(exc.body)).encode()))
-    resp.raw_headers = raw
-    return resp
+def errors_for(inbound: Inbound) -> ErrorFormat:
+    """The error format of a request whose route does not imply one: Anthropic's when an Anthropic SDK
+    sent it (``anthropic-version`` or ``x-api-key``), else OpenAI's."""
+    return ANTHROPIC_ERRORS if inbound.anthropic else OPENAI_ERRORS
 
 
-def style_for(request: Request) -> ErrorStyle:
-    """The error format a request expects when its route does not say: Anthropic for ``/v1/messages…`` or when
-    it carries ``anthropic-version`` / ``x-api-key``; else OpenAI."""
+def style_for(request: Request) -> ErrorFormat:
+    """The error format from the request itself: Anthropic's for ``/v1/messages…`` or an Anthropic SDK."""
     h = request.headers
     if request.url.path.startswith("/v1/messages") or "anthropic-version" in h or "x-api-key" in h:
-        return ErrorStyle.ANTHROPIC
-    return ErrorStyle.OPENAI
+        return ANTHROPIC_ERRORS
+    return OPENAI_ERRORS
 
 
-def request_id_of(request: Request) -> str:
-    rid = getattr(request.state, "request_id", None)
-    return str(rid) if rid else new_request_id()
+def error_response(errors: ErrorFormat, exc: GatewayError, request_id: str) -> Response:
+    headers = {REQUEST_ID_HEADER: request_id, **exc.headers}
+    return Response(errors.body(exc, request_id), exc.status_code, headers, media_type=errors.media_type())
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Fallback handlers for errors raised outside the request pipeline (which renders its own)."""
+    """Handlers for what is raised outside the request pipeline (which renders its own errors)."""
+    ids = RequestIds()
 
     async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
-        return error_response(style_for(request), exc, request_id_of(request))
+        return error_response(style_for(request), exc, ids())
 
-    async def on_upstream_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, UpstreamHTTPError)
-        return upstream_error_response(exc, request_id_of(request))
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        err: GatewayError
+        if exc.status_code == 404:
+            err = NotFound(f"No route for {request.method} {request.url.path}")
+        elif exc.status_code < 500:
+            err = InvalidRequest(str(exc.detail))
+            err.status_code = exc.status_code
+        else:
+            err = InternalError(str(exc.detail))
+        return error_response(style_for(request), err, ids())
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        rid = request_id_of(request)
+        rid = ids()
         log.error("unhandled error", exc_info=exc, extra={"request_id": rid, "path": request.url.path})
         return error_response(style_for(request), InternalError(f"internal error (request id {rid})"), rid)
 
     app.add_exception_handler(GatewayError, on_gateway_error)
-    app.add_exception_handler(UpstreamHTTPError, on_upstream_http)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)

@@ -1,6 +1,6 @@
-"""The OpenAI surface: chat completions, embeddings, responses (through the pipeline, bytes forwarded as
-sent) and the model list (answered from the catalogue, in Anthropic's format when the client is the
-Anthropic SDK)."""
+"""The OpenAI surface: chat completions, embeddings and responses (through the pipeline: bytes forwarded as
+sent to an OpenAI-speaking model, translated for any other chat model) and the model list (answered from
+the catalogue, in Anthropic's format when the client is the Anthropic SDK)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,18 @@ from gateway.accounting import (
     usage_from_openai_embeddings,
     usage_from_openai_responses,
 )
-from gateway.api.common import optional_bool, require_list, require_str
-from gateway.api.errors import ErrorStyle
-from gateway.deps import ProxyDep, proxy_of
+from gateway.api.common import optional_bool, optional_int, require_list, require_str
+from gateway.api.errors import ANTHROPIC_ERRORS, OPENAI_ERRORS, errors_for
+from gateway.config import Catalogue
+from gateway.deps import pipeline_of
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
-from gateway.proxy import Proxy, SurfaceSpec
+from gateway.pipeline import Call, SurfaceSpec
 from gateway.sse import OpenAIChatTap, OpenAIResponsesTap, openai_error_event, responses_error_event
-from gateway.types import ModelRoute, Surface, Usage
+from gateway.types import ModelRoute, Surface, Usage, WireAPI
 
 router = APIRouter(tags=["openai"])
 
-OPENAI_WIRE = frozenset({"openai", "openai_compatible", "local"})
+OPENAI_WIRE = frozenset({"openai", "openai_compatible"})
 
 
 def _validate_chat(payload: dict[str, Any]) -> tuple[str, bool]:
@@ -69,47 +70,51 @@ def _responses_error(exc: GatewayError, request_id: str) -> bytes:
 
 CHAT = SurfaceSpec(
     surface=Surface.OPENAI_CHAT,
-    style=ErrorStyle.OPENAI,
-    wire=OPENAI_WIRE,
+    errors=OPENAI_ERRORS,
+    speaks=OPENAI_WIRE,
     validate=_validate_chat,
     usage_of=usage_from_openai_chat,
+    wire=WireAPI.OPENAI_CHAT,
     new_tap=lambda strip: OpenAIChatTap(strip_usage_chunk=strip),
     tap_usage=_chat_tap_usage,
     stream_error=_chat_error,
     inject_stream_usage=True,
+    output_cap=lambda p: optional_int(p, "max_completion_tokens", "max_tokens"),
 )
 EMBEDDINGS = SurfaceSpec(
     surface=Surface.OPENAI_EMBEDDINGS,
-    style=ErrorStyle.OPENAI,
-    wire=OPENAI_WIRE,
+    errors=OPENAI_ERRORS,
+    speaks=OPENAI_WIRE,
     validate=_validate_embeddings,
     usage_of=usage_from_openai_embeddings,
+    output_estimated=False,
 )
 RESPONSES = SurfaceSpec(
     surface=Surface.OPENAI_RESPONSES,
-    style=ErrorStyle.OPENAI,
-    wire=OPENAI_WIRE,
+    errors=OPENAI_ERRORS,
+    speaks=OPENAI_WIRE,
     validate=_validate_responses,
     usage_of=usage_from_openai_responses,
     new_tap=lambda _strip: OpenAIResponsesTap(),
     tap_usage=_responses_tap_usage,
     stream_error=_responses_error,
+    output_cap=lambda p: optional_int(p, "max_output_tokens"),
 )
 
 
 async def chat_completions(request: Request) -> Response:
-    return await proxy_of(request).handle(request, CHAT)
+    return await pipeline_of(request).handle(request, CHAT)
 
 
 async def embeddings(request: Request) -> Response:
-    return await proxy_of(request).handle(request, EMBEDDINGS)
+    return await pipeline_of(request).handle(request, EMBEDDINGS)
 
 
 async def responses(request: Request) -> Response:
-    return await proxy_of(request).handle(request, RESPONSES)
+    return await pipeline_of(request).handle(request, RESPONSES)
 
 
-# The hot paths: plain POST routes (see ``gateway.deps.proxy_of``), which the app also dispatches directly.
+# The hot paths: plain POST routes (see ``gateway.http.HotRoutes``), which the app also dispatches directly.
 HOT_ROUTES: dict[str, Callable[[Request], Awaitable[Response]]] = {
     "/v1/chat/completions": chat_completions,
     "/v1/embeddings": embeddings,
@@ -133,29 +138,21 @@ def _anthropic_model(route: ModelRoute) -> dict[str, Any]:
     return {"type": "model", "id": route.alias, "display_name": route.alias, "created_at": _EPOCH_ISO}
 
 
-async def _models(request: Request, proxy: Proxy, model_id: str | None) -> Response:
-    anthropic = "anthropic-version" in request.headers
-    style = ErrorStyle.ANTHROPIC if anthropic else ErrorStyle.OPENAI
-    flight = proxy.begin(request, Surface.OPENAI_MODELS, style)
-    try:
-        h = request.headers
-        cred = ("authorization", h["authorization"]) if "authorization" in h else None
-        if cred is None and "x-api-key" in h:
-            cred = ("x-api-key", h["x-api-key"])
-        key, _ = proxy.authenticate(cred)
-        if key is not None:
-            flight.record.key_id = key.id
+def _models(catalogue: Catalogue, model_id: str | None) -> Callable[[Call], Awaitable[Response]]:
+    async def respond(call: Call) -> Response:
+        anthropic = call.errors is ANTHROPIC_ERRORS
+        key = call.key
         allowed = None if key is None else key.models
         if model_id is not None:
-            flight.record.requested_model = model_id
-            route = proxy.catalogue.resolve(model_id)
+            call.record.requested_model = model_id
+            route = catalogue.resolve(model_id)
             if allowed is not None and route.alias not in allowed:
                 raise ModelNotFound(
                     f"The model {model_id!r} does not exist or is not available to this key", param="model"
                 )
             body: dict[str, Any] = _anthropic_model(route) if anthropic else _openai_model(route)
         else:
-            routes = [r for r in proxy.catalogue.routes() if allowed is None or r.alias in allowed]
+            routes = [r for r in catalogue.routes() if allowed is None or r.alias in allowed]
             if anthropic:
                 data = [_anthropic_model(r) for r in routes]
                 body = {
@@ -166,23 +163,22 @@ async def _models(request: Request, proxy: Proxy, model_id: str | None) -> Respo
                 }
             else:
                 body = {"object": "list", "data": [_openai_model(r) for r in routes]}
-        proxy.finish(flight, 200, None)
-        return Response(
-            orjson.dumps(body),
-            media_type="application/json",
-            headers={"x-thriftgate-request-id": flight.record.request_id},
-        )
-    except GatewayError as exc:
-        return proxy.fail(flight, exc)
-    except Exception as exc:
-        return proxy.crash(flight, exc)
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    return respond
 
 
 @router.get("/v1/models")
-async def list_models(request: Request, proxy: ProxyDep) -> Response:
-    return await _models(request, proxy, None)
+async def list_models(request: Request) -> Response:
+    pipeline = pipeline_of(request)
+    return await pipeline.answer(
+        request, Surface.OPENAI_MODELS, errors_for, _models(pipeline.catalogue, None)
+    )
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(model_id: str, request: Request, proxy: ProxyDep) -> Response:
-    return await _models(request, proxy, model_id)
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    pipeline = pipeline_of(request)
+    return await pipeline.answer(
+        request, Surface.OPENAI_MODELS, errors_for, _models(pipeline.catalogue, model_id)
+    )

@@ -5,6 +5,10 @@ A surface hands a provider one ``UpstreamRequest`` (the body bytes exactly as th
 and gets back one ``UpstreamResponse``: the whole body, or, for a stream, an async iterator of the raw bytes
 as they arrive. Errors the upstream answered (4xx/5xx) come back as responses; only "could not get an
 answer" becomes an exception (``gateway.errors.UpstreamError`` / ``UpstreamTimeout``).
+
+A provider that is no HTTP upstream (the local engine) may instead take canonical requests: it is a
+``ChatProvider`` (``complete``, ``stream``, ``count_tokens``), and the pipeline renders its canonical
+answers in whichever API the client speaks.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from gateway.types import ChatRequest, ChatResponse, StreamEvent
 
 # Headers that describe one connection or one framing of the body, never forwarded in either direction.
 HOP_BY_HOP_HEADERS = frozenset(
@@ -111,4 +117,28 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Closes the provider's connections; it must not be used afterwards."""
+        ...
+
+
+@runtime_checkable
+class ChatProvider(Protocol):
+    """A provider that takes canonical chat requests (the local engine). ``model`` is the upstream model
+    id the catalogue names. Refusals are ``gateway.errors.GatewayError``s (``InvalidRequest`` naming the
+    field it cannot serve), raised before any output."""
+
+    name: str
+    kind: str
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        """The whole answer, usage included. Does not modify ``request``."""
+        ...
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        """Checks ``request`` (raising before any output), then returns its events: ``StreamStart``,
+        deltas, ``StreamStop`` per choice, a final ``UsageReport``. Closing the iterator (``aclose``)
+        stops the generation at once."""
+        ...
+
+    async def count_tokens(self, request: ChatRequest, model: str) -> int:
+        """The input tokens ``request`` would use (its prompt, as the model sees it)."""
         ...

@@ -1,65 +1,134 @@
-"""The ``local`` provider kind: ThriftGate's own inference engine (``local_engine``) as an in-process upstream.
+"""The ``local`` provider kind: ThriftGate's own inference engine (``local_engine``) as an in-process
+``ChatProvider``.
 
-It speaks the same wire APIs as the hosted upstreams — ``/v1/chat/completions`` (OpenAI) and ``/v1/messages``
-(Anthropic), JSON and SSE, with usage and stop reasons — so the surfaces treat it like any other provider:
-the request bytes go in, the API's own response bytes (or SSE events) come out, usage is read from them.
-Every request shares one ``AsyncLLMEngine``, so concurrent clients are batched continuously.
+It takes canonical requests (``gateway.types.ChatRequest``) and answers canonical responses or stream
+events; the pipeline renders them in whichever API the client speaks (``gateway.wire``), so the local
+model serves the OpenAI and the Anthropic SDK alike, streamed or not, and counts tokens for Anthropic's
+count_tokens with its own tokenizer. Every request shares one ``AsyncLLMEngine``, so concurrent clients
+are batched continuously.
+
+What the engine cannot serve is refused with a 400 naming the field (``InvalidRequest``) before anything
+is generated: images, tools, structured output, and fields of either API with no meaning here
+(``ChatRequest.native``: ``logit_bias``, ``thinking`` ...).
 
 Provider options (``providers.local.options`` in thriftgate.yaml, all optional): ``model_dir`` (default: the
 settings' ``local_model_dir`` + ``/smollm2-135m-instruct``), ``variant`` ("default" = the manifest's choice),
 ``num_slots`` (8), ``max_seq_len`` (4096), ``speculative`` ("auto" | "ngram" | "draft" | "off"), ``threads`` (2),
-``default_temperature`` (0.2) and ``default_top_p`` (0.9), used when a request sets none.
-The engine loads on the first request (in a worker thread, the event loop keeps serving).
+``default_temperature`` (0.2), ``default_top_p`` (0.9) and ``default_max_tokens`` (256), used when a request
+sets none. The engine loads on the first request (in a worker thread, the event loop keeps serving).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Mapping
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from gateway.errors import UpstreamError
+from gateway.errors import InvalidRequest, UpstreamError
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
-from gateway.providers.local_wire import (
-    Choice,
-    LocalRequest,
-    SamplingDefaults,
-    WireError,
-    anthropic_message_start,
-    anthropic_stop,
-    anthropic_usage,
-    error_body,
-    new_id,
-    now,
-    openai_chunk,
-    openai_finish,
-    openai_usage,
-    parse_anthropic_messages,
-    parse_openai_chat,
-    render_anthropic_message,
-    render_openai_completion,
-)
 from gateway.providers.registry import ProviderContext, register_provider_kind
-from gateway.sse import encode_event
+from gateway.types import (
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    StopReason,
+    StreamEvent,
+    StreamStart,
+    StreamStop,
+    TextDelta,
+    TextPart,
+    Usage,
+    UsageReport,
+)
 
 if TYPE_CHECKING:
     from gateway.settings import ProviderSettings
     from local_engine.async_engine import AsyncLLMEngine, GenerationOutput
+    from local_engine.sampling import SamplingParams
     from local_engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 MODEL_SUBDIR = "smollm2-135m-instruct"
-_JSON = [("content-type", "application/json")]
-_SSE = [("content-type", "text/event-stream"), ("cache-control", "no-cache")]
+MAX_CHOICES = 8
+
+
+@dataclass(slots=True, frozen=True)
+class SamplingDefaults:
+    """Sampling used where the client sets none. SmolLM2's own generation config recommends temperature
+    0.2 and top-p 0.9: at the APIs' default of 1.0 a 135M model rambles."""
+
+    temperature: float = 0.2
+    top_p: float = 0.9
+    max_tokens: int = 256
+
+
+@dataclass(slots=True)
+class _Generation:
+    """What one choice produced, accumulated from the engine's deltas."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    stop_sequence: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, out: GenerationOutput) -> None:
+        self.text += out.text
+        self.prompt_tokens = out.prompt_tokens
+        self.completion_tokens = out.completion_tokens
+        self.cached_tokens = out.cached_tokens
+        if out.finished:
+            self.finish_reason = out.finish_reason
+            self.stop_sequence = out.stop_sequence
+
+
+def _stop_reason(gen: _Generation) -> StopReason:
+    if gen.finish_reason == "length":
+        return StopReason.MAX_TOKENS
+    if gen.stop_sequence is not None:
+        return StopReason.STOP_SEQUENCE
+    return StopReason.END
+
+
+def _usage(prompt: int, cached: int, completion: int) -> Usage:
+    return Usage(input_tokens=prompt - cached, cache_read_tokens=cached, output_tokens=completion)
+
+
+def chat_messages(req: ChatRequest) -> list[dict[str, str]]:
+    """The request as the chat template's messages (role, text). Raises ``InvalidRequest`` naming what
+    the local model cannot take."""
+    if req.native is not None and req.native.fields:
+        name = next(iter(req.native.fields))
+        raise InvalidRequest(f"The local model does not support '{name}'", param=name)
+    if req.tools and (req.tool_choice is None or req.tool_choice.mode != "none"):
+        raise InvalidRequest("The local model does not support tools", param="tools")
+    if req.response_format is not None and req.response_format.type != "text":
+        raise InvalidRequest("The local model does not support structured output", param="response_format")
+    out: list[dict[str, str]] = []
+    if req.system:
+        out.append({"role": "system", "content": "".join(p.text for p in req.system)})
+    for i, message in enumerate(req.messages):
+        texts: list[str] = []
+        for part in message.content:
+            if not isinstance(part, TextPart):
+                kind = type(part).__name__.removesuffix("Part").lower()
+                raise InvalidRequest(
+                    f"The local model accepts text only; message {i} has a {kind} part", param="messages"
+                )
+            texts.append(part.text)
+        out.append({"role": message.role, "content": "".join(texts)})
+    return out
 
 
 class LocalProvider:
-    """In-process provider over one ``AsyncLLMEngine``; ``send`` never touches the network."""
+    """In-process ``ChatProvider`` over one ``AsyncLLMEngine``; never touches the network."""
 
     def __init__(self, name: str, options: Mapping[str, Any], default_model_root: str) -> None:
         self.name = name
@@ -71,9 +140,17 @@ class LocalProvider:
         self._defaults = SamplingDefaults(
             temperature=float(self._options.get("default_temperature", base.temperature)),
             top_p=float(self._options.get("default_top_p", base.top_p)),
+            max_tokens=int(self._options.get("default_max_tokens", base.max_tokens)),
         )
         self._engine: AsyncLLMEngine | None = None
+        self._tokenizer: Tokenizer | None = None
         self._lock = asyncio.Lock()
+
+    def _check_built(self) -> None:
+        if not (self._model_dir / "manifest.json").exists():
+            raise UpstreamError(
+                f"the local model is not built in {self._model_dir}: run `thriftgate local build`"
+            )
 
     async def engine(self) -> AsyncLLMEngine:
         """The started engine, loading it on first use. Raises UpstreamError if the model is not built."""
@@ -81,10 +158,7 @@ class LocalProvider:
             return self._engine
         async with self._lock:
             if self._engine is None:
-                if not (self._model_dir / "manifest.json").exists():
-                    raise UpstreamError(
-                        f"the local model is not built in {self._model_dir}: run `thriftgate local build`"
-                    )
+                self._check_built()
                 from local_engine.async_engine import AsyncLLMEngine
 
                 o = self._options
@@ -100,53 +174,83 @@ class LocalProvider:
                 await engine.start()
                 log.info("local engine started", extra={"model_dir": str(self._model_dir)})
                 self._engine = engine
+                self._tokenizer = engine.tokenizer  # type: ignore[assignment]
         return self._engine
 
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        path = request.path.rstrip("/")
-        if request.method != "POST" or path not in ("/v1/chat/completions", "/v1/messages"):
-            api = "anthropic" if path.startswith("/v1/messages") else "openai"
-            body = error_body(api, 404, f"the local model does not serve {request.method} {request.path}")
-            return UpstreamResponse(404, list(_JSON), body, None)
-        api = "openai" if path == "/v1/chat/completions" else "anthropic"
+    async def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (loaded alone, without the engine, when only counting)."""
+        if self._tokenizer is None:
+            self._check_built()
+            from local_engine.tokenizer import Tokenizer
+
+            self._tokenizer = await asyncio.to_thread(Tokenizer.load, self._model_dir)
+        return self._tokenizer
+
+    async def _prompt(self, req: ChatRequest) -> list[int]:
+        tokenizer = await self.tokenizer()
+        prompt = tokenizer.apply_chat_template(chat_messages(req), add_generation_prompt=True)
+        return tokenizer.encode(prompt)
+
+    def _params(self, req: ChatRequest, prompt_tokens: int) -> SamplingParams:
+        from local_engine.sampling import SamplingParams
+
+        if not 1 <= req.n <= MAX_CHOICES:
+            raise InvalidRequest(f"The local model serves n from 1 to {MAX_CHOICES}", param="n")
+        s, d = req.sampling, self._defaults
+        max_tokens = req.max_tokens if req.max_tokens is not None else d.max_tokens
+        if max_tokens < 1:
+            raise InvalidRequest("max_tokens must be a positive integer", param="max_tokens")
+        if prompt_tokens + max_tokens > self._max_seq_len:
+            raise InvalidRequest(
+                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the local "
+                f"model's context of {self._max_seq_len} tokens",
+                param="max_tokens",
+            )
         try:
-            data = orjson.loads(request.body or b"")
-            if not isinstance(data, dict):
-                raise WireError("the body must be a JSON object")
-            parse = parse_openai_chat if api == "openai" else parse_anthropic_messages
-            req = parse(data, self._defaults)
-        except orjson.JSONDecodeError:
-            return UpstreamResponse(
-                400, list(_JSON), error_body(api, 400, "the body is not valid JSON"), None
+            return SamplingParams(
+                max_tokens=max_tokens,
+                temperature=d.temperature if s.temperature is None else s.temperature,
+                top_p=d.top_p if s.top_p is None else s.top_p,
+                top_k=s.top_k or 0,
+                seed=s.seed,
+                stop=tuple(x for x in req.stop if x),
             )
-        except WireError as exc:
-            return UpstreamResponse(400, list(_JSON), error_body(api, 400, exc.message, exc.param), None)
+        except ValueError as exc:  # out-of-range values: SamplingParams names the field first
+            raise InvalidRequest(str(exc), param=str(exc).split(" ", 1)[0]) from None
 
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        prompt_ids = await self._prompt(request)
+        params = self._params(request, len(prompt_ids))
         engine = await self.engine()
-        tokenizer = cast("Tokenizer", engine.tokenizer)
-        prompt = tokenizer.apply_chat_template(req.messages, add_generation_prompt=True)
-        prompt_ids = tokenizer.encode(prompt)
-        if len(prompt_ids) + req.params.max_tokens > self._max_seq_len:
-            message = (
-                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({req.params.max_tokens}) exceeds the "
-                f"local model's context of {self._max_seq_len} tokens"
-            )
-            return UpstreamResponse(400, list(_JSON), error_body(api, 400, message, "max_tokens"), None)
-
-        if not req.stream:
-            choices = await asyncio.gather(*(_collect(engine, prompt_ids, req) for _ in range(req.n)))
-            if api == "openai":
-                body = render_openai_completion(req, choices, new_id("chatcmpl-"), now())
-            else:
-                body = render_anthropic_message(req, choices[0], new_id("msg_"))
-            return UpstreamResponse(200, list(_JSON), body, None)
-
-        stream = (
-            _openai_stream(engine, prompt_ids, req)
-            if api == "openai"
-            else _anthropic_stream(engine, prompt_ids, req)
+        gens = await asyncio.gather(*(_collect(engine, prompt_ids, params) for _ in range(request.n)))
+        first = gens[0]
+        return ChatResponse(
+            id=_new_id("chatcmpl-"),
+            model=model,
+            choices=tuple(
+                Choice(
+                    content=(TextPart(g.text),), stop_reason=_stop_reason(g), stop_sequence=g.stop_sequence
+                )
+                for g in gens
+            ),
+            usage=_usage(first.prompt_tokens, first.cached_tokens, sum(g.completion_tokens for g in gens)),
+            created=int(time.time()),
         )
-        return UpstreamResponse(200, list(_SSE), None, stream, closer=stream.aclose)
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        prompt_ids = await self._prompt(request)
+        params = self._params(request, len(prompt_ids))
+        engine = await self.engine()
+        return _events(engine, prompt_ids, params, request.n, model)
+
+    async def count_tokens(self, request: ChatRequest, model: str) -> int:
+        return len(await self._prompt(request))
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """The local model takes canonical requests only (the pipeline never sends it wire bytes)."""
+        raise UpstreamError(
+            f"the local provider serves chat requests only, not {request.method} {request.path}"
+        )
 
     async def aclose(self) -> None:
         if self._engine is not None:
@@ -154,36 +258,30 @@ class LocalProvider:
             self._engine = None
 
 
-async def _collect(engine: AsyncLLMEngine, prompt_ids: list[int], req: LocalRequest) -> Choice:
-    choice = Choice()
-    async for out in engine.generate(prompt_ids, req.params):
-        _accumulate(choice, out)
-    return choice
+def _new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
 
 
-def _accumulate(choice: Choice, out: GenerationOutput) -> None:
-    choice.text += out.text
-    choice.prompt_tokens = out.prompt_tokens
-    choice.completion_tokens = out.completion_tokens
-    choice.cached_tokens = out.cached_tokens
-    if out.finished:
-        choice.finish_reason = out.finish_reason
-        choice.stop_sequence = out.stop_sequence
+async def _collect(engine: AsyncLLMEngine, prompt_ids: list[int], params: SamplingParams) -> _Generation:
+    gen = _Generation()
+    async for out in engine.generate(prompt_ids, params):
+        gen.add(out)
+    return gen
 
 
 async def _merged(
-    engine: AsyncLLMEngine, prompt_ids: list[int], req: LocalRequest
+    engine: AsyncLLMEngine, prompt_ids: list[int], params: SamplingParams, n: int
 ) -> AsyncGenerator[tuple[int, GenerationOutput], None]:
     """The n generations' outputs, interleaved as they are produced; closing it aborts them all."""
-    if req.n == 1:
-        async for out in engine.generate(prompt_ids, req.params):
+    if n == 1:
+        async for out in engine.generate(prompt_ids, params):
             yield 0, out
         return
     queue: asyncio.Queue[tuple[int, GenerationOutput] | BaseException | None] = asyncio.Queue()
 
     async def pump(index: int) -> None:
         try:
-            async for out in engine.generate(prompt_ids, req.params):
+            async for out in engine.generate(prompt_ids, params):
                 await queue.put((index, out))
         except BaseException as exc:  # re-raised in the consumer
             await queue.put(exc)
@@ -191,9 +289,9 @@ async def _merged(
         finally:
             await queue.put(None)
 
-    tasks = [asyncio.create_task(pump(i)) for i in range(req.n)]
+    tasks = [asyncio.create_task(pump(i)) for i in range(n)]
     try:
-        remaining = req.n
+        remaining = n
         while remaining:
             item = await queue.get()
             if item is None:
@@ -208,101 +306,26 @@ async def _merged(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _openai_stream(
-    engine: AsyncLLMEngine, prompt_ids: list[int], req: LocalRequest
-) -> AsyncGenerator[bytes, None]:
-    cid, created = new_id("chatcmpl-"), now()
-    choices = [Choice() for _ in range(req.n)]
-    yield b"".join(
-        openai_chunk(
-            req,
-            cid,
-            created,
-            [
-                {
-                    "index": i,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ],
-        )
-        for i in range(req.n)
-    )
-    outputs = _merged(engine, prompt_ids, req)
+async def _events(
+    engine: AsyncLLMEngine, prompt_ids: list[int], params: SamplingParams, n: int, model: str
+) -> AsyncGenerator[StreamEvent, None]:
+    gens = [_Generation() for _ in range(n)]
+    yield StreamStart(id=_new_id("chatcmpl-"), model=model, created=int(time.time()))
+    outputs = _merged(engine, prompt_ids, params, n)
     try:
         async for index, out in outputs:
-            _accumulate(choices[index], out)
+            gen = gens[index]
+            gen.add(out)
             if out.text:
-                delta = {
-                    "index": index,
-                    "delta": {"content": out.text},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-                yield openai_chunk(req, cid, created, [delta])
+                yield TextDelta(out.text, index=index)
             if out.finished:
-                end = {
-                    "index": index,
-                    "delta": {},
-                    "logprobs": None,
-                    "finish_reason": openai_finish(out.finish_reason),
-                }
-                yield openai_chunk(req, cid, created, [end])
+                yield StreamStop(_stop_reason(gen), gen.stop_sequence, index=index)
     finally:
         await outputs.aclose()
-    if req.include_usage:
-        usage = openai_usage(
-            choices[0].prompt_tokens, sum(c.completion_tokens for c in choices), choices[0].cached_tokens
-        )
-        yield openai_chunk(req, cid, created, [], usage)
-    yield b"data: [DONE]\n\n"
-
-
-async def _anthropic_stream(
-    engine: AsyncLLMEngine, prompt_ids: list[int], req: LocalRequest
-) -> AsyncGenerator[bytes, None]:
-    mid = new_id("msg_")
-    choice = Choice()
-    started = False
-    outputs = _merged(engine, prompt_ids, req)
-    try:
-        async for _, out in outputs:
-            _accumulate(choice, out)
-            if not started:
-                started = True
-                yield anthropic_message_start(req, mid, out.prompt_tokens, out.cached_tokens)
-                yield encode_event(
-                    {
-                        "type": "content_block_start",
-                        "index": 0,
-                        "content_block": {"type": "text", "text": ""},
-                    },
-                    "content_block_start",
-                )
-                yield encode_event({"type": "ping"}, "ping")
-            if out.text:
-                yield encode_event(
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": out.text},
-                    },
-                    "content_block_delta",
-                )
-    finally:
-        await outputs.aclose()
-    yield encode_event({"type": "content_block_stop", "index": 0}, "content_block_stop")
-    stop_reason, stop_sequence = anthropic_stop(choice)
-    yield encode_event(
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-            "usage": anthropic_usage(choice.prompt_tokens, choice.completion_tokens, choice.cached_tokens),
-        },
-        "message_delta",
+    first = gens[0]
+    yield UsageReport(
+        _usage(first.prompt_tokens, first.cached_tokens, sum(g.completion_tokens for g in gens))
     )
-    yield encode_event({"type": "message_stop"}, "message_stop")
 
 
 def _factory(name: str, settings: ProviderSettings, context: ProviderContext) -> LocalProvider:

@@ -107,6 +107,14 @@ def test_anthropic_null_and_missing_fields() -> None:
     assert usage == Usage(input_tokens=7, output_tokens=3)
 
 
+def test_anthropic_thinking_tokens_are_the_reasoning_part_of_the_output() -> None:
+    usage = usage_from_anthropic(
+        {"input_tokens": 7, "output_tokens": 40, "output_tokens_details": {"thinking_tokens": 25}}
+    )
+    assert usage == Usage(input_tokens=7, output_tokens=40, reasoning_tokens=25)
+    assert compute_cost(usage, SONNET_4_5).output == 0.0006  # 40 × 15 / 1e6: reasoning is not billed twice
+
+
 # --- Anthropic streaming -----------------------------------------------------------------------
 
 MESSAGE_START_USAGE = {

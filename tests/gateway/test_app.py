@@ -25,6 +25,7 @@ from tests.gateway.api.conftest import (  # the surface fixtures, shared with te
 )
 from tests.servers import serve
 from tests.upstream import Simulator
+from tests.waiting import wait_until
 
 __all__ = ["_sim_server", "db_url", "gateway_factory", "sim", "sim_url"]
 
@@ -42,7 +43,9 @@ def test_admin_router_and_state(gateway_factory: Any) -> None:
             "sessionmaker",
             "catalogue",
             "providers",
-            "proxy",
+            "pipeline",
+            "passthrough",
+            "budgets",
             "metrics",
         ):
             assert getattr(state, name) is not None
@@ -127,10 +130,11 @@ def test_the_clients_key_never_reaches_a_provider_with_its_own(gateway_factory: 
     assert "sk-client-own-987654" not in str(sim.requests[0].headers)
 
 
-def test_a_model_on_the_other_api_is_refused(gateway_factory: Any, sim: Simulator) -> None:
+def test_a_model_that_cannot_serve_the_endpoint_is_refused(gateway_factory: Any, sim: Simulator) -> None:
+    # chat crosses APIs (tests/gateway/test_pipeline_e2e.py); embeddings from a Claude model cannot
     with gateway_factory() as gw, pytest.raises(openai.BadRequestError) as info:
-        openai.OpenAI(base_url=gw.openai_url, api_key="sk-x", max_retries=0).chat.completions.create(
-            model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}]
+        openai.OpenAI(base_url=gw.openai_url, api_key="sk-x", max_retries=0).embeddings.create(
+            model="claude-sonnet-4-5", input="hi"
         )
     assert info.value.param == "model" and sim.requests == []
 
@@ -148,7 +152,6 @@ def test_default_settings_start_and_serve_ops(tmp_path: Path) -> None:
 
 def test_client_gone_before_its_body_arrived_is_logged_499(gateway_factory: Any, sim: Simulator) -> None:
     import socket
-    import time
     from urllib.parse import urlsplit
 
     with gateway_factory() as gw:
@@ -157,10 +160,7 @@ def test_client_gone_before_its_body_arrived_is_logged_499(gateway_factory: Any,
             s.sendall(
                 b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"model":'
             )
-            time.sleep(0.2)
-        deadline = time.monotonic() + 5
-        while not gw.app.state.proxy.metrics.render().count(b'status="499"') and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: gw.app.state.pipeline.metrics.render().count(b'status="499"'), what="a 499")
     [row] = gw.rows()
     assert row["status_code"] == 499 and row["error"] == "client disconnected"
     assert sim.requests == []

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +23,9 @@ from gateway.storage import Base, make_engine, make_sessionmaker, repo
 from tests.gateway.api.conftest import _sim_server, create_key, make_settings, sim, sim_url
 from tests.servers import serve
 from tests.upstream import Simulator
+from tests.waiting import wait_until_async
 
 __all__ = ["_sim_server", "sim", "sim_url"]  # the surface fixtures, shared with tests/gateway/api/
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> float:
-    """Polls ``condition`` until it holds (failing after ``timeout_s``); returns the seconds it took."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout_s, "condition not met in time"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
-
-
-def refused(store: KeyStore, raw: str) -> bool:
-    try:
-        store.authenticate(raw)
-    except AuthenticationFailed:
-        return True
-    return False
-
-
-def over_budget(store: KeyStore, raw: str) -> bool:
-    try:
-        store.authorize(store.authenticate(raw), "m")
-    except BudgetExceeded:
-        return True
-    return False
 
 
 class FakeClock:
@@ -153,6 +128,22 @@ async def test_rpm_and_tpm_with_retry_after(sessionmaker: async_sessionmaker[Asy
     store.authorize(other, "m", estimated_tokens=200)
 
 
+def _authenticates(store: KeyStore, raw: str) -> bool:
+    try:
+        store.authenticate(raw)
+    except AuthenticationFailed:
+        return False
+    return True
+
+
+def _over_budget(store: KeyStore, raw: str) -> bool:
+    try:
+        store.authorize(store.authenticate(raw), "m")
+    except BudgetExceeded:
+        return True
+    return False
+
+
 async def test_second_replica_sees_keys_revocations_and_spend(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -164,16 +155,18 @@ async def test_second_replica_sees_keys_revocations_and_spend(
         key, raw = await a.create(name="shared", budget_usd=1.0)
         with pytest.raises(AuthenticationFailed):
             b.authenticate(raw)
-        await wait_until(lambda: not refused(b, raw))  # b's refresh task picks it up
+        await wait_until_async(lambda: _authenticates(b, raw), what="b's refresh to load the key")
         assert b.authenticate(raw).id == key.id
 
         # spend written to the database by another replica's log writer
         async with sessionmaker.begin() as s:
             await repo.add_spend(s, {key.id: 1.5})
-        await wait_until(lambda: over_budget(b, raw))
+        await wait_until_async(lambda: _over_budget(b, raw), what="b's refresh to load the spend")
+        with pytest.raises(BudgetExceeded):
+            b.authorize(b.authenticate(raw), "m")
 
         await a.revoke(key.id)
-        await wait_until(lambda: refused(b, raw))
+        await wait_until_async(lambda: not _authenticates(b, raw), what="b's refresh to load the revocation")
         with pytest.raises(AuthenticationFailed, match="revoked"):
             b.authenticate(raw)
     finally:
@@ -274,7 +267,9 @@ async def test_a_key_revoked_by_the_cli_is_refused_by_a_running_store_at_once(
         key, raw = await store.create(name="leaver")
         other, other_raw = await store.create(name="stayer")
         exited = await asyncio.to_thread(revoke_in_another_process, migrated_url, key.id, tmp_path)
-        await wait_until(lambda: refused(store, raw), timeout_s=2.0)
+        await wait_until_async(
+            lambda: not _authenticates(store, raw), 2.0, what="the revocation to reach the store"
+        )
         latency = time.monotonic() - exited
         assert store.authenticate(other_raw).id == other.id  # only that key
     finally:
@@ -309,12 +304,16 @@ async def test_the_listener_reconnects_after_its_connection_drops(migrated_url: 
                 {"name": LISTENER_APPLICATION_NAME},
             )
         assert killed == 1
-        await wait_until(lambda: not store.listening.is_set())
+        await wait_until_async(
+            lambda: not store.listening.is_set(), what="the listener to notice its connection is gone"
+        )
         await revoker.revoke(first.id)  # nobody listens: the catch-up refresh on reconnecting applies it
         await asyncio.wait_for(store.listening.wait(), 10)
-        assert refused(store, first_raw)
+        assert not _authenticates(store, first_raw)
         await revoker.revoke(second.id)
-        await wait_until(lambda: refused(store, second_raw), timeout_s=2.0)
+        await wait_until_async(
+            lambda: not _authenticates(store, second_raw), 2.0, what="the revocation after reconnecting"
+        )
     finally:
         await store.stop()
         await engine.dispose()
@@ -331,10 +330,10 @@ async def test_an_unknown_notification_reloads_every_key(migrated_url: str) -> N
     try:
         await asyncio.wait_for(store.listening.wait(), 10)
         _, raw = await other.create(name="made-elsewhere")
-        assert refused(store, raw)  # not loaded yet, and no refresh due for an hour
+        assert not _authenticates(store, raw)  # not loaded yet, and no refresh due for an hour
         async with engine.begin() as conn:  # a later version's event this one does not know
             await conn.execute(text("SELECT pg_notify(:c, 'limits-changed:key_x')"), {"c": KEY_CHANNEL})
-        await wait_until(lambda: not refused(store, raw), timeout_s=2.0)
+        await wait_until_async(lambda: _authenticates(store, raw), 2.0, what="the reload on an unknown event")
     finally:
         await store.stop()
         await engine.dispose()

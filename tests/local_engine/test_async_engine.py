@@ -12,6 +12,7 @@ from local_engine.async_engine import AsyncLLMEngine, EngineStopped, GenerationO
 from local_engine.engine import LLMEngine
 from local_engine.sampling import SamplingParams
 from tests.local_engine.fakes import ByteTokenizer, FakeRunner
+from tests.waiting import wait_until_async
 
 TOK = ByteTokenizer()
 GREEDY = SamplingParams(max_tokens=30, temperature=0)
@@ -110,10 +111,7 @@ async def test_cancelling_the_consumer_aborts_the_request() -> None:
             collect(engine, "next", SamplingParams(max_tokens=3, temperature=0)), 10
         )
         assert outs[-1].finished
-        for _ in range(100):
-            if not engine.engine.has_unfinished():
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: not engine.engine.has_unfinished(), what="the step loop to finish")
         assert engine.engine.scheduler.num_free_slots == 1
         assert engine.engine.stats.generated_tokens < 50
 

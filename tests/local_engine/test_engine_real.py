@@ -14,6 +14,7 @@ from local_engine.engine import LLMEngine
 from local_engine.runner import ModelRunner
 from local_engine.sampling import SamplingParams
 from local_engine.tokenizer import Tokenizer
+from tests.waiting import wait_until_async
 
 pytestmark = pytest.mark.slow
 
@@ -153,9 +154,6 @@ async def test_cancellation_frees_the_slot(runner: ModelRunner, tokenizer: Token
             ]
             assert outs[-1].finished
             assert core.stats.generated_tokens < 100
-            for _ in range(100):
-                if not core.has_unfinished():
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until_async(lambda: not core.has_unfinished(), what="the step loop to finish")
     finally:
         await engine.stop()

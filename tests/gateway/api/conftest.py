@@ -27,6 +27,7 @@ from gateway.app import create_app
 from gateway.keys import KeyStore
 from gateway.providers.registry import ProviderKinds
 from gateway.settings import ModelPriceOverride, ModelSettings, ProviderSettings, Settings
+from gateway.steps import Steps
 from gateway.storage.db import make_engine, make_sessionmaker, upgrade
 from tests.servers import serve
 from tests.upstream import SimConfig, Simulator
@@ -147,7 +148,8 @@ def create_key(db_url: str, **kwargs: Any) -> tuple[str, str]:
 
 @pytest.fixture
 def gateway_factory(sim: Simulator, sim_url: str, db_url: str) -> Callable[..., Any]:
-    """``gateway_factory(**settings_overrides, env=..., provider_kinds=...)`` → a context manager that runs
+    """``gateway_factory(**settings_overrides, env=..., provider_kinds=..., steps_factory=...)`` → a context
+    manager that runs
     the gateway on a real server and yields a ``Gateway``; leaving it shuts the app down (log flushed)."""
 
     @contextmanager
@@ -155,11 +157,15 @@ def gateway_factory(sim: Simulator, sim_url: str, db_url: str) -> Callable[..., 
         *,
         env: dict[str, str] | None = None,
         provider_kinds: ProviderKinds | None = None,
+        steps_factory: Callable[[Settings], Steps] | None = None,
         upstream_url: str | None = None,
         **overrides: Any,
     ) -> Iterator[Gateway]:
         settings = make_settings(upstream_url or sim_url, db_url, **overrides)  # upstream_url: not the sim
-        app = create_app(settings, env=env or {}, provider_kinds=provider_kinds, configure_logs=False)
+        steps = steps_factory(settings) if steps_factory is not None else None
+        app = create_app(
+            settings, env=env or {}, provider_kinds=provider_kinds, steps=steps, configure_logs=False
+        )
         with serve(app) as url:
             yield Gateway(url, Path(db_url.split("///", 1)[1]), app, settings)
 

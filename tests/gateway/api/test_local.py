@@ -170,3 +170,26 @@ def test_requests_the_local_model_cannot_serve_get_errors_in_each_api_format(
                     }
                 ],
             )
+
+
+def test_count_tokens_uses_the_local_tokenizer(local_gateway: Callable[..., Any], model_root: Path) -> None:
+    from local_engine.tokenizer import Tokenizer
+
+    messages: list[Any] = [{"role": "user", "content": QUESTION}]
+    with local_gateway() as gw:
+        an = anthropic.Anthropic(base_url=gw.url, api_key="sk-ant-x", max_retries=0)
+        counted = an.messages.count_tokens(model="thriftgate-local", system="Be brief.", messages=messages)
+        made = an.messages.create(
+            model="thriftgate-local", max_tokens=4, system="Be brief.", messages=messages
+        )
+    tokenizer = Tokenizer.load(model_root / "smollm2-135m-instruct")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
+        add_generation_prompt=True,
+    )
+    assert counted.input_tokens == len(tokenizer.encode(prompt))
+    # the count is what the model is then billed for (its input, cached or not)
+    assert counted.input_tokens == made.usage.input_tokens + (made.usage.cache_read_input_tokens or 0)
+    count_row = gw.rows()[0]
+    assert count_row["surface"] == "anthropic.count_tokens" and count_row["status_code"] == 200
+    assert count_row["cost_usd"] == 0

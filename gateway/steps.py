@@ -1,0 +1,92 @@
+"""The pipeline's pluggable steps, in the order a request meets them after authorization:
+
+    lookup (cache)  →  route (router)  →  plan (prefix planner)  →  provider  →  store (cache)  →  finish
+
+Each step is a small protocol with a default that does nothing beyond today's behaviour: no cache, the
+model as the client named it, no prompt-cache planning. The caching and routing features replace these
+defaults (``Steps(cache=..., router=..., planner=...)`` in ``create_app``). A step reads the request
+through ``Call`` (its payload, its canonical form built on first use, its key and headers) and never
+writes the response itself: the pipeline renders whatever a step decides, in the client's format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.types import MISS, CacheOutcome, ChatResponse, ModelRoute, RouteDecision
+
+if TYPE_CHECKING:
+    from gateway.config import Catalogue
+    from gateway.pipeline import Call
+
+
+class CacheStep(Protocol):
+    async def lookup(self, call: Call) -> CacheOutcome:
+        """A stored answer for ``call`` (``HIT_*`` with its response), ``MISS``, or ``BYPASS`` when the
+        request must not be answered from or stored in the cache. Does not modify the cache."""
+        ...
+
+    def wants(self, call: Call) -> bool:
+        """Whether ``store`` should be called with this request's answer (after a ``MISS``): the pipeline
+        then builds the canonical answer, teeing a stream. Reads only."""
+        ...
+
+    def store(self, call: Call, response: ChatResponse) -> None:
+        """Stores a complete, successful answer (never an error, never a cut stream)."""
+        ...
+
+
+class RouteStep(Protocol):
+    def route(self, call: Call) -> RouteDecision:
+        """Where ``call`` goes: a target, its fallbacks and the reason. Pure: no I/O, no mutation.
+        Raises ``ModelNotFound`` (or another ``GatewayError``) when nothing can serve it."""
+        ...
+
+
+class PlanStep(Protocol):
+    def plan(self, call: Call, target: ModelRoute) -> None:
+        """Prepares ``call`` for ``target`` (provider prompt-cache markers, cache keys): edits
+        ``call.payload`` through ``call.rewrite`` or replaces ``call.canonical``. Called once per target
+        tried (a fallback gets its own plan)."""
+        ...
+
+
+class NoCache:
+    """No cache: every request is a miss and nothing is stored."""
+
+    async def lookup(self, call: Call) -> CacheOutcome:
+        return MISS
+
+    def wants(self, call: Call) -> bool:
+        return False
+
+    def store(self, call: Call, response: ChatResponse) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class RequestedModel:
+    """Routes every request to the model it names (an alias or ``<provider>/<model>``)."""
+
+    catalogue: Catalogue
+
+    def route(self, call: Call) -> RouteDecision:
+        route = self.catalogue.resolve(call.model)
+        return RouteDecision(target=route, reason="requested", requested=route)
+
+
+class NoPlan:
+    """No prompt-cache planning: the request goes as the client wrote it."""
+
+    def plan(self, call: Call, target: ModelRoute) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class Steps:
+    """The steps one app runs; built by ``create_app``."""
+
+    router: RouteStep
+    cache: CacheStep = field(default_factory=NoCache)
+    planner: PlanStep = field(default_factory=NoPlan)

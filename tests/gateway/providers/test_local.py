@@ -1,0 +1,87 @@
+"""The local provider's pure parts: the canonical request as the chat template's messages, and what it
+refuses (with the field named) before anything is generated. The engine itself is driven through the
+gateway in tests/gateway/api/test_local.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import InvalidRequest, UpstreamError
+from gateway.providers.local import LocalProvider, chat_messages
+from gateway.types import (
+    ChatRequest,
+    ImagePart,
+    Message,
+    NativeFields,
+    ResponseFormat,
+    Sampling,
+    TextPart,
+    Tool,
+    ToolChoice,
+    WireAPI,
+)
+
+
+def request(**fields: object) -> ChatRequest:
+    base: dict[str, object] = {"model": "m", "messages": (Message("user", (TextPart("hi"),)),)}
+    return ChatRequest(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_system_and_turns_become_template_messages() -> None:
+    req = request(
+        system=(TextPart("Be "), TextPart("brief.")),
+        messages=(
+            Message("user", (TextPart("a"), TextPart("b"))),
+            Message("assistant", (TextPart("c"),)),
+            Message("user", (TextPart("d"),)),
+        ),
+    )
+    assert chat_messages(req) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "ab"},
+        {"role": "assistant", "content": "c"},
+        {"role": "user", "content": "d"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"messages": (Message("user", (ImagePart(url="https://x/y.png"),)),)}, "messages"),
+        ({"tools": (Tool("f"),)}, "tools"),
+        ({"response_format": ResponseFormat("json_object")}, "response_format"),
+        ({"native": NativeFields(WireAPI.OPENAI_CHAT, {"logit_bias": {"1": 2}})}, "logit_bias"),
+    ],
+)
+def test_what_the_local_model_cannot_serve_is_refused_naming_the_field(
+    fields: dict[str, object], param: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        chat_messages(request(**fields))
+    assert info.value.param == param
+
+
+def test_tools_switched_off_are_fine() -> None:
+    assert chat_messages(request(tools=(Tool("f"),), tool_choice=ToolChoice("none")))
+
+
+def test_sampling_is_checked_against_the_context(tmp_path: Path) -> None:
+    provider = LocalProvider("local", {"max_seq_len": 100, "default_max_tokens": 50}, str(tmp_path))
+    params = provider._params(request(), prompt_tokens=10)
+    assert (params.max_tokens, params.temperature, params.top_p) == (50, 0.2, 0.9)
+    params = provider._params(request(sampling=Sampling(temperature=0.0, top_k=5, seed=7), stop=("x",)), 10)
+    assert (params.temperature, params.top_k, params.seed, params.stop) == (0.0, 5, 7, ("x",))
+    with pytest.raises(InvalidRequest) as info:
+        provider._params(request(max_tokens=95), prompt_tokens=10)
+    assert info.value.param == "max_tokens"
+    with pytest.raises(InvalidRequest) as info:
+        provider._params(request(n=9), prompt_tokens=10)
+    assert info.value.param == "n"
+
+
+async def test_an_unbuilt_model_is_an_upstream_error(tmp_path: Path) -> None:
+    provider = LocalProvider("local", {}, str(tmp_path))
+    with pytest.raises(UpstreamError, match="thriftgate local build"):
+        await provider.count_tokens(request(), "m")
