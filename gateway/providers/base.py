@@ -46,9 +46,10 @@ class UpstreamRequest:
     """The API path as the client sent it ("/v1/chat/completions", "/v1/messages", "/v1/models"); the
     provider maps it onto its base URL (a "/v1" that ends the base URL and starts the path is kept once)."""
     headers: dict[str, str]
-    """Lower-case client headers worth forwarding (content-type, accept, anthropic-version, anthropic-beta,
-    openai-organization, openai-project, openai-beta, idempotency-key, user-agent, ...). The provider drops
-    hop-by-hop, framing and credential headers from it and sets its own auth."""
+    """Lower-case client headers. An HTTP provider forwards only those ``Settings.upstream_headers`` lists
+    (by default content-type, accept, user-agent, idempotency-key, anthropic-version, anthropic-beta,
+    openai-beta: never openai-organization or openai-project), never hop-by-hop, framing, cookie or
+    credential headers, and sets its own auth."""
     body: bytes | None
     """Sent exactly as given (the fast path forwards the client's bytes untouched)."""
     query: str = ""
