@@ -163,6 +163,29 @@ def render_default_config() -> str:
         f"  public: {'true' if d.metrics.public else 'false'}",
         "  token: null                # a bearer token for scrapers, accepted besides the master key",
         "",
+        "# Budgets: a request holds an estimate of its cost (its input, and its max_tokens or this many",
+        "# output tokens) from admission to finish, so concurrent requests cannot overspend a key's budget.",
+        "# A key with a budget may not use a model (or passthrough route) of unknown price unless allowed.",
+        "budget:",
+        f"  default_output_tokens: {d.budget.default_output_tokens}",
+        f"  allow_unpriced: {'true' if d.budget.allow_unpriced else 'false'}",
+        "# The output cap sent to an Anthropic model serving an OpenAI-format request that set none.",
+        f"translation_default_max_tokens: {d.translation_default_max_tokens}",
+        "# Responses with background: true are answered later and cannot be metered: refused unless true.",
+        f"allow_background_responses: {'true' if d.allow_background_responses else 'false'}",
+        "# The passthrough forwards only these routes (exact method and path) beyond the gateway's own",
+        "# endpoints; anything else is a 404. Stored objects (files, batches, stored responses ...) live under",
+        "# the operator's provider key and would be shared by every tenant: keep them off this list.",
+        "# model: required (checked against the catalogue and the key, rewritten to the upstream id) | none;",
+        "# metering: openai_chat (usage read like chat completions') | free | unpriced.",
+        "passthrough:",
+        "  routes:",
+    ]
+    for r in d.passthrough.routes:
+        entry = f"    - {{method: {r.method}, path: {r.path}, model: {r.model}, metering: {r.metering}"
+        lines.append(entry + (f", provider: {r.provider}}}" if r.provider else "}"))
+    lines += [
+        "",
         "# Upstreams. kind: openai | anthropic | openai_compatible | local. Keys stay on the server: give",
         "# api_key_env (the variable holding the key) or api_key. base_url defaults to the kind's public API.",
         "# Entries here merge over the defaults by name; replace_default_providers: true drops the defaults.",

@@ -20,7 +20,7 @@ which cost more than everything else the gateway does per request.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -35,32 +35,34 @@ if TYPE_CHECKING:
     from gateway.settings import Settings
 
 
-def _state(request: Request, name: str) -> Any:
-    return getattr(request.app.state, name)
-
-
 async def get_settings(request: Request) -> Settings:
-    return _state(request, "settings")
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_keystore(request: Request) -> KeyStore:
-    return _state(request, "keys")
+    keystore: KeyStore = request.app.state.keys
+    return keystore
 
 
 async def get_pipeline(request: Request) -> Pipeline:
-    return _state(request, "pipeline")
+    pipeline: Pipeline = request.app.state.pipeline
+    return pipeline
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return _state(request, "metrics")
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 async def get_catalogue(request: Request) -> Catalogue:
-    return _state(request, "catalogue")
+    catalogue: Catalogue = request.app.state.catalogue
+    return catalogue
 
 
 async def get_db_engine(request: Request) -> AsyncEngine:
-    return _state(request, "db_engine")
+    engine: AsyncEngine = request.app.state.db_engine
+    return engine
 
 
 def pipeline_of(request: Request) -> Pipeline:

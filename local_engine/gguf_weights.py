@@ -120,7 +120,7 @@ class BlockQuant:
     bias: np.ndarray | None
 
     def dequantize(self) -> np.ndarray:
-        values = (self.codes.astype(np.float32) - self.zero_point) * self.scales[..., None]
+        values: np.ndarray = (self.codes.astype(np.float32) - self.zero_point) * self.scales[..., None]
         if self.bias is not None:
             values = values + self.bias[..., None]
         return values.reshape(self.codes.shape[0], -1)

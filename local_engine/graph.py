@@ -212,7 +212,8 @@ def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     d, f = c.hidden_size, c.intermediate_size
 
     def lin(out: int, inp: int) -> np.ndarray:
-        return (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
+        w: np.ndarray = (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
+        return w
 
     w: dict[str, np.ndarray] = {
         "embed": rng.standard_normal((c.vocab_size, d)).astype(np.float32),

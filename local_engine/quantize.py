@@ -41,7 +41,8 @@ def quantize_blockwise(
 
 def dequantize_blockwise(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray) -> np.ndarray:
     """Inverse of ``quantize_blockwise``: float32 ``[N, K]``."""
-    values = (codes.astype(np.float32) - zero_points[..., None].astype(np.float32)) * scales[..., None]
+    centred = codes.astype(np.float32) - zero_points[..., None].astype(np.float32)
+    values: np.ndarray = centred * scales[..., None]
     return values.reshape(codes.shape[0], -1)
 
 
@@ -49,7 +50,8 @@ def pack_nibbles(codes: np.ndarray) -> np.ndarray:
     """Packs 4-bit codes along the last axis, two per byte, the even element in the low nibble."""
     if codes.shape[-1] % 2:
         codes = np.concatenate([codes, np.zeros((*codes.shape[:-1], 1), np.uint8)], axis=-1)
-    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+    packed: np.ndarray = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+    return packed
 
 
 @dataclass(slots=True, frozen=True)

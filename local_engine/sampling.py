@@ -106,7 +106,8 @@ def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = np.asarray(logits, dtype=np.float64)
     shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    out: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return out
 
 
 def token_logprob(logits: np.ndarray, token_id: int, num_top: int) -> TokenLogprob:

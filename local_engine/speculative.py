@@ -94,7 +94,8 @@ def ngram_propose(token_ids: Sequence[int], k: int, *, max_ngram: int = 3, min_n
         hits = np.flatnonzero((windows == suffix).all(axis=1))
         if hits.size:
             start = int(hits[-1]) + n
-            return arr[start : start + k].tolist()
+            proposal: list[int] = arr[start : start + k].tolist()
+            return proposal
     return []
 
 

@@ -26,10 +26,20 @@ from alembic import command
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/thriftgate.db"
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
-# The repository root holds alembic.ini and alembic/ (this file is gateway/storage/db.py).
-_ROOT = Path(__file__).resolve().parents[2]
-ALEMBIC_DIR = _ROOT / "alembic"
-ALEMBIC_INI = _ROOT / "alembic.ini"
+
+def _alembic_files() -> tuple[Path, Path | None]:
+    """Alembic's script directory and, in a source checkout, its alembic.ini. A wheel carries the
+    repository's alembic/ as gateway/migrations (see pyproject.toml) and no alembic.ini; a source checkout or
+    an editable install finds alembic/ and alembic.ini at the repository root (this file is
+    gateway/storage/db.py)."""
+    packaged = Path(__file__).resolve().parents[1] / "migrations"
+    if (packaged / "env.py").is_file():
+        return packaged, None
+    root = Path(__file__).resolve().parents[2]
+    return root / "alembic", root / "alembic.ini"
+
+
+ALEMBIC_DIR, ALEMBIC_INI = _alembic_files()
 
 T = TypeVar("T")
 
@@ -108,7 +118,7 @@ async def ping(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:
 def alembic_config(url: str) -> Config:
     """The Alembic configuration for ``url`` (passed to env.py as an attribute, so a ``%`` in a password
     needs no escaping)."""
-    cfg = Config(str(ALEMBIC_INI)) if ALEMBIC_INI.is_file() else Config()
+    cfg = Config(str(ALEMBIC_INI)) if ALEMBIC_INI is not None and ALEMBIC_INI.is_file() else Config()
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
     cfg.attributes["database_url"] = normalize_url(url).render_as_string(hide_password=False)
     cfg.attributes["configure_logging"] = False

@@ -1,14 +1,17 @@
 """Database fixtures, parametrized over SQLite and PostgreSQL.
 
 ``database_url`` is an empty database: a SQLite file in the test's tmp_path, or, for PostgreSQL, a fresh
-uniquely-named database on 127.0.0.1:5432 (user postgres) created once per test module, emptied before
-each test and dropped afterwards. PostgreSQL tests carry the ``postgres`` marker and are skipped, with
-the reason, only when the server is unreachable. ``migrated_url`` is the same database at Alembic head;
-``sessionmaker`` is bound to it.
+uniquely-named database (user postgres, at ``$PGHOST:$PGPORT``, by default 127.0.0.1:5432) created once per
+test module, emptied before each test and dropped afterwards. PostgreSQL tests carry the ``postgres``
+marker. When the server is unreachable they fail, so that a run without PostgreSQL cannot pass for a
+full one; on a developer's machine without it, ``TG_SKIP_POSTGRES=1`` skips them instead (tests/conftest.py
+then lets the run pass). ``migrated_url`` is the same database at Alembic head; ``sessionmaker`` is bound
+to it.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,8 +22,11 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.storage import make_engine, make_sessionmaker, upgrade
+from tests.conftest import SKIP_POSTGRES_ENV, postgres_opted_out
 
-PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+PG_HOST = os.environ.get("PGHOST") or "127.0.0.1"
+PG_PORT = int(os.environ.get("PGPORT") or 5432)
+PG_USER = "postgres"
 
 
 @dataclass(slots=True)
@@ -48,7 +54,16 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     try:
         admin = _pg_admin()
     except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is unreachable on {PG_HOST}:{PG_PORT} ({str(exc).strip()})")
+        unreachable = f"PostgreSQL is unreachable on {PG_HOST}:{PG_PORT} ({str(exc).strip()})"
+    else:
+        unreachable = None
+    if unreachable is not None:  # outside the except block: the failure needs no chained traceback
+        if postgres_opted_out():
+            pytest.skip(f"{unreachable}; skipped because {SKIP_POSTGRES_ENV} is set")
+        pytest.fail(
+            f"{unreachable}. Start it, or set {SKIP_POSTGRES_ENV}=1 to skip the PostgreSQL tests.",
+            pytrace=False,
+        )
     name = f"thriftgate_test_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')

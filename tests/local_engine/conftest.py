@@ -1,4 +1,5 @@
-"""Fixtures for the local model: a tiny random-weight model (fast) and the real build (slow, cached)."""
+"""Fixtures for the local model: a tiny random-weight model (fast) and the real build (slow, cached), with
+the real model's tokenizer and a float32 runner for the slow tests that run it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from local_engine.convert import build_all, build_test_model, model_dir_for
 from local_engine.graph import tiny_config
 from local_engine.quantize import NBitsLinear
+from local_engine.runner import ModelRunner
+from local_engine.tokenizer import Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,3 +31,22 @@ def model_dir() -> Path:
     out = Path(os.environ.get("THRIFTGATE_LOCAL_MODEL_DIR") or REPO_ROOT / "data" / "models")
     build_all(out)
     return model_dir_for(out)
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer(model_dir: Path) -> Tokenizer:
+    """The real model's tokenizer and chat template."""
+    return Tokenizer.load(model_dir)
+
+
+@pytest.fixture(scope="module")
+def real_runner(model_dir: Path) -> ModelRunner:
+    """The real model, float32 (the speculation target): 4 slots of 1,024 tokens, 2 threads."""
+    return ModelRunner(model_dir, "fp32", num_slots=4, max_seq_len=1024, threads=2)
+
+
+def chat(tokenizer: Tokenizer, content: str, system: str | None = None) -> list[int]:
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": content}
+    ]
+    return list(tokenizer.encode(tokenizer.apply_chat_template(messages)))

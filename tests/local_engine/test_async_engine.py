@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from local_engine.async_engine import AsyncLLMEngine, EngineStopped, GenerationOutput
 from local_engine.engine import LLMEngine
+from local_engine.runner import ModelRunner
 from local_engine.sampling import SamplingParams
+from local_engine.tokenizer import Tokenizer
+from tests.local_engine.conftest import chat
 from tests.local_engine.fakes import ByteTokenizer, FakeRunner
 from tests.waiting import wait_until_async
 
@@ -151,3 +154,47 @@ async def test_a_failing_step_loop_ends_streams_with_engine_stopped() -> None:
         await asyncio.wait_for(collect(engine, "hi"), 10)
     assert isinstance(info.value.__cause__, RuntimeError)
     await engine.stop()
+
+
+# ---- on the real model (slow) ----
+
+
+@contextlib.contextmanager
+def _no_leftover(engine: LLMEngine) -> Iterator[None]:
+    yield
+    assert engine.scheduler.num_free_slots == engine.scheduler.num_slots
+    assert not engine.has_unfinished()
+
+
+@pytest.mark.slow
+async def test_cancellation_frees_the_slot(real_runner: ModelRunner, real_tokenizer: Tokenizer) -> None:
+    core = LLMEngine(real_runner, real_tokenizer, num_slots=1, speculative="off")
+    engine = AsyncLLMEngine(core, real_tokenizer)
+    await engine.start()
+    try:
+        with _no_leftover(core):
+            started = asyncio.Event()
+            ids = chat(real_tokenizer, "Write a long story about a dragon.")
+
+            async def consume() -> None:
+                async for _ in engine.generate(ids, SamplingParams(max_tokens=500, temperature=0)):
+                    started.set()
+
+            task = asyncio.create_task(consume())
+            await asyncio.wait_for(started.wait(), 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # the single slot is free at once: a short request gets it and finishes
+            outs = [
+                o
+                async for o in engine.generate(
+                    chat(real_tokenizer, "What is the capital of France?"),
+                    SamplingParams(max_tokens=8, temperature=0),
+                )
+            ]
+            assert outs[-1].finished
+            assert core.stats.generated_tokens < 100
+            await wait_until_async(lambda: not core.has_unfinished(), what="the step loop to finish")
+    finally:
+        await engine.stop()

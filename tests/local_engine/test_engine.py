@@ -1,4 +1,5 @@
-"""LLMEngine over the FakeRunner: the step loop, batching, prefix cache, speculation and stopping."""
+"""LLMEngine over the FakeRunner: the step loop, batching, prefix cache, speculation and stopping; then the
+same engine over the real ModelRunner, on the tiny random-weight model (fast) and on the real model (slow)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from local_engine.engine import LLMEngine, RequestOutput
 from local_engine.runner import ModelRunner
 from local_engine.sampling import SamplingParams, TokenLogprob
 from local_engine.speculative import SpeculationController
+from local_engine.tokenizer import Tokenizer
+from tests.local_engine.conftest import chat
 from tests.local_engine.fakes import EOS_ID, ByteTokenizer, FakeClock, FakeRunner
 
 TOK = ByteTokenizer()
@@ -379,3 +382,91 @@ def test_real_runner_speculation_prefix_cache_and_batching_agree(
         hit
         == _tiny_run(LLMEngine(tiny_runner, TOK, speculative="off"), {"b": [*shared, 7, 8]}, TINY_PARAMS)["b"]
     )
+
+
+# ---- the engine on the real model (float32 target; slow) ----
+
+PARAGRAPH = (
+    "The river town of Alder Creek was founded in 1852 by timber merchants who floated logs down "
+    "to the sawmills at the coast. When the railway arrived in 1881, the town grew quickly, and by "
+    "the turn of the century it had three hotels, a newspaper, and a brick school. The great flood "
+    "of 1927 destroyed most of the waterfront, and the mills never reopened."
+)
+
+
+def run(engine: LLMEngine, requests: dict[str, list[int]], params: SamplingParams) -> dict[str, list[int]]:
+    for rid, ids in requests.items():
+        engine.add_request(rid, ids, params)
+    out: dict[str, list[int]] = {rid: [] for rid in requests}
+    while engine.has_unfinished():
+        for o in engine.step():
+            out[o.request_id] += o.new_token_ids
+    return out
+
+
+@pytest.mark.slow
+def test_greedy_is_identical_with_prompt_lookup(real_runner: ModelRunner, real_tokenizer: Tokenizer) -> None:
+    ids = chat(real_tokenizer, "Repeat this paragraph exactly:\n\n" + PARAGRAPH)
+    plain = run(LLMEngine(real_runner, real_tokenizer, speculative="off"), {"r": ids}, GREEDY)["r"]
+    engine = LLMEngine(real_runner, real_tokenizer, speculative="ngram")
+    spec = run(engine, {"r": ids}, GREEDY)["r"]
+    assert spec == plain
+    assert engine.stats.acceptance_rate is not None and engine.stats.acceptance_rate > 0.3
+    assert "Alder Creek" in real_tokenizer.decode(plain)
+
+
+@pytest.mark.slow
+def test_greedy_is_identical_with_a_draft_model(
+    model_dir: Path, real_runner: ModelRunner, real_tokenizer: Tokenizer
+) -> None:
+    draft = ModelRunner(model_dir, "int4", num_slots=4, max_seq_len=1024, threads=2)
+    ids = chat(real_tokenizer, "Summarise in one sentence:\n\n" + PARAGRAPH)
+    params = SamplingParams(max_tokens=24, temperature=0)
+    plain = run(LLMEngine(real_runner, real_tokenizer, speculative="off"), {"r": ids}, params)["r"]
+    engine = LLMEngine(real_runner, real_tokenizer, speculative="draft", draft_runner=draft)
+    assert run(engine, {"r": ids}, params)["r"] == plain
+    assert engine.stats.speculative_steps > 0 and engine.stats.accepted_tokens > 0
+
+
+@pytest.mark.slow
+def test_prefix_cache_hit_is_identical_to_a_cold_run(
+    real_runner: ModelRunner, real_tokenizer: Tokenizer
+) -> None:
+    system = (
+        "You are a careful assistant for a local history society. Use only this source:\n" + PARAGRAPH * 2
+    )
+    params = SamplingParams(max_tokens=16, temperature=0)
+    q1 = chat(real_tokenizer, "When was the town founded?", system)
+    q2 = chat(real_tokenizer, "What happened in 1927?", system)
+    cold = run(LLMEngine(real_runner, real_tokenizer, speculative="off"), {"q2": q2}, params)["q2"]
+    engine = LLMEngine(real_runner, real_tokenizer, speculative="off")
+    run(engine, {"q1": q1}, params)
+    engine.add_request("q2", q2, params)
+    tokens: list[int] = []
+    cached = 0
+    while engine.has_unfinished():
+        for o in engine.step():
+            tokens += o.new_token_ids
+            cached = o.cached_tokens
+    assert cached >= 128
+    assert tokens == cold
+
+
+@pytest.mark.slow
+def test_four_concurrent_requests_match_one_at_a_time(
+    real_runner: ModelRunner, real_tokenizer: Tokenizer
+) -> None:
+    questions = [
+        "What is the capital of France?",
+        "Name three primary colours.",
+        "What is 12 plus 30?",
+        "Say hello in Spanish.",
+    ]
+    requests = {str(i): chat(real_tokenizer, q) for i, q in enumerate(questions)}
+    params = SamplingParams(max_tokens=16, temperature=0)
+    alone = {
+        rid: run(LLMEngine(real_runner, real_tokenizer, speculative="off"), {rid: ids}, params)[rid]
+        for rid, ids in requests.items()
+    }
+    together = run(LLMEngine(real_runner, real_tokenizer, speculative="auto"), requests, params)
+    assert together == alone

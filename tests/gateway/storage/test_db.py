@@ -1,5 +1,12 @@
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+import zipfile
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -7,8 +14,13 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from gateway.storage import VirtualKeyRow, make_engine, ping, repo
-from gateway.storage.db import normalize_url
+from gateway.storage import VirtualKeyRow, head_revision, make_engine, ping, repo
+from gateway.storage.db import ALEMBIC_DIR, normalize_url
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+# What the wheel is built from: a copy, so that the build writes nothing into the repository.
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "alembic", "gateway", "local_engine", "routing", "cache")
+PACKAGE_ROOTS = ("gateway", "local_engine", "routing", "cache")
 
 
 def test_normalize_url_picks_async_drivers() -> None:
@@ -90,3 +102,80 @@ async def test_revoke_keeps_first_time(sessionmaker: async_sessionmaker[AsyncSes
         assert (
             await s.execute(text("SELECT count(*) FROM virtual_keys WHERE models IS NULL"))
         ).scalar_one() == 1
+
+
+def test_a_source_checkout_migrates_from_the_repositorys_alembic_folder() -> None:
+    assert ALEMBIC_DIR == REPO_ROOT / "alembic"
+
+
+def _run(*cmd: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_a_wheel_install_migrates_a_new_database(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in WHEEL_SOURCES:
+        if (REPO_ROOT / name).is_dir():
+            shutil.copytree(REPO_ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO_ROOT / name, src / name)
+    pip = (sys.executable, "-m", "pip", "--disable-pip-version-check", "-q")
+    _run(
+        *pip,
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-w",
+        str(tmp_path / "dist"),
+        str(src),
+    )
+    [wheel] = (tmp_path / "dist").glob("thriftgate-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = sorted(
+        str(init.parent.relative_to(src))
+        for root in PACKAGE_ROOTS
+        for init in (src / root).rglob("__init__.py")
+    )
+    missing = [p for p in packages if f"{p}/__init__.py" not in names]
+    assert not missing, f"packages missing from the wheel (list them in pyproject.toml): {missing}"
+    migrations = {
+        f"gateway/migrations/{p.relative_to(src / 'alembic')}" for p in (src / "alembic").rglob("*.py")
+    }
+    assert migrations | {"gateway/migrations/script.py.mako"} <= names
+    assert not any(n.startswith("alembic/") for n in names)  # it would shadow the alembic library
+
+    site = tmp_path / "site"
+    _run(*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel))
+    # The dependencies come from this venv's site-packages; -S skips site processing, so the editable
+    # install's import finder (a .pth file) is not in the way, and the repository is not on sys.path.
+    deps = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    database = tmp_path / "run" / "new.db"
+    database.parent.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": os.pathsep.join([str(site), *deps]),
+        "THRIFTGATE_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+    }
+    script = (
+        "import sys, gateway.storage.db as db; from gateway.cli import main;"
+        "print(db.__file__); print(db.ALEMBIC_DIR); sys.exit(main(['db', 'upgrade']))"
+    )
+    out = _run(sys.executable, "-S", "-c", script, cwd=database.parent, env=env).splitlines()
+    assert (
+        Path(out[0]).resolve() == (site / "gateway" / "storage" / "db.py").resolve()
+    )  # not the repository's
+    assert Path(out[1]).resolve() == (site / "gateway" / "migrations").resolve()
+    assert out[2] == f"database at revision {head_revision()}"
+
+    con = sqlite3.connect(database)
+    try:
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"alembic_version", "virtual_keys", "request_log"} <= tables
+        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(head_revision(),)]
+    finally:
+        con.close()

@@ -1,4 +1,6 @@
-"""Provider keys and virtual keys never appear in clear in logs, the database or any response."""
+"""gateway/logs.py: key shapes are redacted in messages, arguments, extras and tracebacks before any
+handler sees them; and end to end, provider keys and virtual keys never appear in clear in logs, the
+database or any response."""
 
 from __future__ import annotations
 
