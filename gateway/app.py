@@ -27,7 +27,7 @@ from gateway.http import HotRoutes
 from gateway.keys import KeyStore
 from gateway.logs import configure_logging
 from gateway.logwriter import LogWriter
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, model_labels
 from gateway.passthrough import Passthrough
 from gateway.pipeline import Pipeline
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
@@ -53,14 +53,16 @@ def create_app(
         configure_logging(settings.log_level, json_lines=settings.log_json)
     environ = os.environ if env is None else env
     catalogue = Catalogue(settings)
-    metrics = Metrics()
+    metrics = Metrics(models=model_labels(catalogue), providers=settings.providers)
     pipeline_steps = steps if steps is not None else Steps(router=RequestedModel(catalogue))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
         sessionmaker = make_sessionmaker(engine)
-        keys = KeyStore(sessionmaker, refresh_interval_s=settings.key_refresh_s)
+        keys = KeyStore(
+            sessionmaker, refresh_interval_s=settings.key_refresh_s, change_poll_s=settings.key_change_poll_s
+        )
         logwriter = LogWriter(
             sessionmaker,
             batch_size=settings.log_batch_size,

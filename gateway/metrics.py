@@ -1,25 +1,54 @@
 """Prometheus metrics, one ``Metrics`` per app (its own ``CollectorRegistry``: no module-level state, so two
-apps in one process, as in tests, never share counters)."""
+apps in one process, as in tests, never share counters).
+
+Label values are bounded by the configuration, never by what clients send: a model label is one of the
+names ``Metrics`` was built with (``model_labels``: the catalogue's aliases and their upstream ids) or
+``other``, a provider label a configured provider's name or ``other``. Every other label is set by the
+gateway's own code. So a client cycling through model names (``openai/<anything>`` routes) cannot grow the
+registry, and the exposition stays the size the configuration makes it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.types import Usage
 
+if TYPE_CHECKING:
+    from gateway.config import Catalogue
+
+OTHER = "other"
+"""The label of every model (or provider) that is not configured."""
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+def model_labels(catalogue: Catalogue) -> frozenset[str]:
+    """The model names the metrics may label: every catalogue alias and the upstream model id it routes to
+    (the pipeline may report either). Reads the catalogue only."""
+    names: set[str] = set()
+    for route in catalogue.routes():
+        names.add(route.alias)
+        names.add(route.upstream_model)
+    return frozenset(names)
+
+
 class Metrics:
-    """The gateway's metrics. Every ``observe_*`` / ``on_*`` method mutates the registry's counters only."""
+    """The gateway's metrics. Every ``observe_*`` / ``on_*`` method mutates the registry's counters only.
+
+    ``models`` and ``providers`` are the only model and provider label values (anything else is counted
+    as ``other``; a missing model as ``""``); with neither given, every model and provider is ``other``."""
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, *, models: Iterable[str] = (), providers: Iterable[str] = ()) -> None:
+        self._models = frozenset(models) | {""}
+        self._providers = frozenset(providers)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -73,8 +102,11 @@ class Metrics:
         usage: Usage,
         cost_usd: float | None,
     ) -> None:
-        """Records one finished request."""
+        """Records one finished request. ``model`` is labelled as itself only when configured (see the
+        class docstring)."""
         m = model or ""
+        if m not in self._models:
+            m = OTHER
         key = (surface, m, status)
         children = self._per_request.get(key)
         if children is None:
@@ -106,12 +138,15 @@ class Metrics:
 
     def on_upstream_error(self, provider: str, kind: str) -> None:
         """Counts an upstream failure (``kind``: unreachable, timeout, http_<status>, stream_broken, error_event)."""
-        self.upstream_errors.labels(provider, kind).inc()
+        self.upstream_errors.labels(self._provider(provider), kind).inc()
 
     def on_retry(self, provider: str, reason: object) -> None:
         """The providers' retry hook: ``reason`` is a status code or an exception."""
         label = str(reason) if isinstance(reason, int) else type(reason).__name__
-        self.retries.labels(provider, label).inc()
+        self.retries.labels(self._provider(provider), label).inc()
+
+    def _provider(self, name: str) -> str:
+        return name if name in self._providers else OTHER
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry. Does not modify it."""

@@ -24,12 +24,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "THRIFTGATE_"
@@ -143,6 +152,65 @@ class ModelSettings(_Strict):
     price_id: str | None = None
 
 
+# Client request headers an upstream receives, and upstream response headers a client receives, by default.
+DEFAULT_FORWARD_REQUEST_HEADERS: tuple[str, ...] = (
+    "content-type",
+    "accept",
+    "user-agent",
+    "idempotency-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+)
+DEFAULT_PASS_RESPONSE_HEADERS: tuple[str, ...] = (
+    "content-type",
+    "content-disposition",
+    "cache-control",
+    "x-request-id",
+    "request-id",
+    "openai-processing-ms",
+    "openai-version",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'+.^_`|~0-9a-z-]+\*?$")
+
+
+class UpstreamHeaderSettings(_Strict):
+    """Which headers cross the gateway between clients and upstreams: lower-case names, a trailing ``*``
+    matches a prefix (``x-ratelimit-*``). Everything else is dropped, in both directions, by every HTTP
+    provider: the operator's headers (``openai-organization``, ``openai-project``,
+    ``anthropic-organization-id``, ``set-cookie``, the organisation-wide ``x-ratelimit-*`` and
+    ``anthropic-ratelimit-*``) never reach a tenant, and a client cannot choose the organisation or project
+    that is billed (set those in a provider's ``headers``). Credentials, hop-by-hop and framing headers are
+    never forwarded, whatever these lists say."""
+
+    forward_request: list[str] = Field(default_factory=lambda: list(DEFAULT_FORWARD_REQUEST_HEADERS))
+    """Client request headers sent upstream."""
+    pass_response: list[str] = Field(default_factory=lambda: list(DEFAULT_PASS_RESPONSE_HEADERS))
+    """Upstream response headers passed back to the client."""
+
+    @field_validator("forward_request", "pass_response")
+    @classmethod
+    def _header_names(cls, names: list[str]) -> list[str]:
+        out = [n.strip().lower() for n in names]
+        bad = [n for n in out if not _HEADER_NAME.match(n)]
+        if bad:
+            raise ValueError(f"not header names (or name prefixes ending in '*'): {bad}")
+        return out
+
+
+class MetricsSettings(_Strict):
+    """Who may read ``/metrics``. By default: with a master key (or ``token``) configured, requests that
+    present it as ``Authorization: Bearer``; with neither, clients on the loopback interface only."""
+
+    public: bool = False
+    """Serve ``/metrics`` to anyone who can reach the gateway."""
+    token: SecretStr | None = None
+    """A bearer token for scrapers, accepted besides the master key (so a scraper need not hold it)."""
+
+
 def default_providers() -> dict[str, ProviderSettings]:
     return {
         "openai": ProviderSettings(kind="openai", api_key_env="OPENAI_API_KEY"),
@@ -218,6 +286,8 @@ class Settings(BaseSettings):
     retry_backoff_base_s: float = Field(default=0.25, ge=0)
     retry_backoff_max_s: float = Field(default=8.0, ge=0)
     key_refresh_s: float = Field(default=5.0, gt=0)
+    key_change_poll_s: float = Field(default=0.2, gt=0)
+    """SQLite: how often the key table is checked for changes made by other processes (revocations)."""
     log_batch_size: int = Field(default=500, ge=1)
     log_flush_interval_s: float = Field(default=0.5, gt=0)
     log_level: str = "INFO"
@@ -233,6 +303,8 @@ class Settings(BaseSettings):
     they are retrieved later, so the gateway cannot meter them)."""
     providers: dict[str, ProviderSettings] = Field(default_factory=default_providers)
     models: dict[str, ModelSettings] = Field(default_factory=default_models)
+    upstream_headers: UpstreamHeaderSettings = Field(default_factory=UpstreamHeaderSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     config_path: str | None = None
 
     @classmethod

@@ -24,11 +24,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, *, port: int | None = None, **config: Any) -> Iterator[str]:
-    """Serve ``app`` until the block exits; yields its base URL (``http://127.0.0.1:PORT``)."""
+def serve(app: Any, *, port: int | None = None, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
+    """Serve ``app`` until the block exits; yields its base URL (``http://127.0.0.1:PORT``). ``host`` is
+    the address listened on (``0.0.0.0``: every interface; the URL still names loopback)."""
     port = port or free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config)
+        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", **config)
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn:{port}", daemon=True)
     thread.start()

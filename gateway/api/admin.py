@@ -3,7 +3,7 @@
     POST   /admin/keys        create a key; 201 with the raw key, shown this once
     GET    /admin/keys        every key (revoked ones included)
     GET    /admin/keys/{id}   one key
-    DELETE /admin/keys/{id}   revoke a key (immediate in this replica, on the next refresh in others)
+    DELETE /admin/keys/{id}   revoke a key (immediate here; other gateways: see gateway.keys)
 
 The master key (``settings.master_key``) is accepted as ``Authorization: Bearer <key>`` or ``x-api-key``
 and compared in constant time; with no master key configured every admin route answers 403. Errors are

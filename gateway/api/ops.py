@@ -1,14 +1,27 @@
-"""Operations endpoints: liveness, readiness (the database answers) and Prometheus metrics."""
+"""Operations endpoints: liveness, readiness (the database answers) and Prometheus metrics.
+
+``/metrics`` tells whoever reads it the traffic, models and spend of every tenant, so it is guarded
+(``metrics_access``): with a master key or a metrics token configured it needs one of them as
+``Authorization: Bearer``; with neither, only clients on the loopback interface get it; ``metrics.public``
+serves it to anyone.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+import ipaddress
+from typing import Literal
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.deps import DbEngineDep, MetricsDep
+from gateway.deps import DbEngineDep, MetricsDep, SettingsDep
+from gateway.settings import Settings
 from gateway.storage.db import ping
 
 router = APIRouter(tags=["ops"])
+
+MetricsAccess = Literal["allowed", "unauthorized", "forbidden"]
 
 
 @router.get("/healthz")
@@ -26,5 +39,59 @@ async def readyz(engine: DbEngineDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(m: MetricsDep) -> Response:
+async def metrics(request: Request, m: MetricsDep, settings: SettingsDep) -> Response:
+    """The Prometheus exposition, to those ``metrics_access`` lets in (401 or 403 otherwise)."""
+    client = request.client.host if request.client is not None else None
+    access = metrics_access(settings, request.headers.get("authorization"), client)
+    if access == "unauthorized":
+        return _refusal(401, "authentication_error", "/metrics needs the master key or the metrics token.")
+    if access == "forbidden":
+        return _refusal(
+            403,
+            "permission_error",
+            "/metrics is served only to loopback clients while no master key or metrics token is configured.",
+        )
     return Response(m.render(), media_type=m.content_type)
+
+
+def metrics_access(settings: Settings, authorization: str | None, client_host: str | None) -> MetricsAccess:
+    """Whether a request may read ``/metrics``: ``metrics.public``, else a configured master key or
+    metrics token presented as ``Authorization: Bearer`` (compared in constant time), else, when neither is
+    configured, a loopback client. Pure."""
+    if settings.metrics.public:
+        return "allowed"
+    secrets = [
+        s.get_secret_value().encode()
+        for s in (settings.master_key, settings.metrics.token)
+        if s is not None and s.get_secret_value()
+    ]
+    if secrets:
+        scheme, _, value = (authorization or "").partition(" ")
+        presented = value.strip().encode() if scheme.lower() == "bearer" else b""
+        # every secret is compared, so the time taken does not tell which one nearly matched
+        matches = [hmac.compare_digest(presented, secret) for secret in secrets]
+        return "allowed" if presented and any(matches) else "unauthorized"
+    return "allowed" if is_loopback_client(client_host) else "forbidden"
+
+
+def is_loopback_client(host: str | None) -> bool:
+    """Whether a peer address is on the loopback interface (IPv4-mapped IPv6 included). A peer without an
+    IP address (a Unix socket, where a reverse proxy may relay anyone) is not."""
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _refusal(status: int, type_: str, message: str) -> JSONResponse:
+    headers = {"www-authenticate": 'Bearer realm="thriftgate-metrics"'} if status == 401 else None
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "code": "metrics_" + type_.removesuffix("_error")}},
+        status_code=status,
+        headers=headers,
+    )

@@ -1,5 +1,9 @@
 """The retry policy: which answers to retry and how long to wait before the next try. Pure: no I/O, no
-clock of its own (``now`` and ``rand`` are passed in where needed)."""
+clock of its own (``now`` and ``rand`` are passed in where needed).
+
+A retry must never bill a generation twice, so an answer is retried only when it says the upstream did not
+process the request (``RETRYABLE_STATUSES``); which transport failures are retried is decided where they are
+raised (``gateway.providers.http``: failures to connect only)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,23 @@ import email.utils
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+RETRYABLE_STATUSES = frozenset({429, 503, 529})
+"""Statuses that say the request was refused before any work was done, so a retry cannot bill twice:
+
+* 429: OpenAI ("Rate limit reached for requests", ``rate_limit_exceeded``, ``slow_down``) and Anthropic
+  (``rate_limit_error``) refuse the request at admission and document it as retryable after
+  ``retry-after``. (Their quota and spend-limit 429s are refused at admission too: retrying them wastes
+  a few tries, never money.)
+* 503: OpenAI ("Slow Down", "The engine is currently overloaded", ``server_is_overloaded``): no capacity
+  was given to the request; retry after a brief wait.
+* 529: Anthropic (``overloaded_error``, "the API is temporarily overloaded"): the request was refused;
+  safe to retry.
+
+Not retried, although the SDKs retry them: 500 (OpenAI "the server had an error while processing your
+request", Anthropic ``api_error``: the failure may come after the generation started), 502 and 504 (a proxy
+in front of the model lost the origin or stopped waiting for it; the origin may still be generating and
+billing), 408 and 409 (not documented by either API for these endpoints). A client that wants them retried
+can retry itself; the gateway never multiplies its bill."""
 
 
 @dataclass(slots=True, frozen=True)

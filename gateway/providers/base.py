@@ -46,9 +46,10 @@ class UpstreamRequest:
     """The API path as the client sent it ("/v1/chat/completions", "/v1/messages", "/v1/models"); the
     provider maps it onto its base URL (a "/v1" that ends the base URL and starts the path is kept once)."""
     headers: dict[str, str]
-    """Lower-case client headers worth forwarding (content-type, accept, anthropic-version, anthropic-beta,
-    openai-organization, openai-project, openai-beta, idempotency-key, user-agent, ...). The provider drops
-    hop-by-hop, framing and credential headers from it and sets its own auth."""
+    """Lower-case client headers. An HTTP provider forwards only those ``Settings.upstream_headers`` lists
+    (by default content-type, accept, user-agent, idempotency-key, anthropic-version, anthropic-beta,
+    openai-beta: never openai-organization or openai-project), never hop-by-hop, framing, cookie or
+    credential headers, and sets its own auth."""
     body: bytes | None
     """Sent exactly as given (the fast path forwards the client's bytes untouched)."""
     query: str = ""
@@ -104,8 +105,10 @@ class Provider(Protocol):
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """Sends ``request`` with retries up to the moment response headers arrive, never after.
 
-        Retries connection errors, connect/read timeouts and the statuses 429, 500, 502, 503, 504 and 529,
-        with exponential backoff and full jitter, honouring ``retry-after-ms`` and ``retry-after`` (seconds
+        Retries only what the upstream certainly did not process, so no generation is billed twice: failures
+        to connect (refused, DNS, connect or pool timeout) and the statuses 429, 503 and 529 (never a read
+        timeout, a connection broken after the request was written, or 500/502/504), with exponential
+        backoff and full jitter, honouring ``retry-after-ms`` and ``retry-after`` (seconds
         or an HTTP date) when present; an upstream that asks to wait longer than the cap gets its answer
         returned instead of waited for. Raises ``gateway.errors.UpstreamError`` when the upstream cannot be
         reached after the retries and ``UpstreamTimeout`` on a timeout; returns a non-2xx answer as an

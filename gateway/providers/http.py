@@ -2,6 +2,16 @@
 (over aiohttp's connection pool, see ``transport.py``),
 auth, header hygiene, retries before the response headers arrive, and streaming after.
 
+Retries never bill twice: a try is repeated only when the upstream certainly did not process it, that is
+when no connection was made (refused, DNS, connect or pool timeout: ``_NOT_SENT``) or when the upstream
+answered a status that says it refused the request (``backoff.RETRYABLE_STATUSES``). A read timeout, or a
+connection that broke after the request was written, may follow a generation the upstream completed and
+billed: it is raised at once.
+
+Headers cross in each direction only when ``Settings.upstream_headers`` lists them (``HeaderFilter``): every
+upstream request and response passes here, so this is where the operator's headers are kept from tenants
+and tenants are kept from choosing the operator's organisation or project.
+
 Subclasses (``openai.py``, ``anthropic.py``, ``compat.py``) only say what differs: the default base URL,
 how the key is sent, and headers to add when the client did not send them.
 """
@@ -9,7 +19,7 @@ how the key is sent, and headers to add when the client did not send them.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, ClassVar
 
 import httpx
@@ -25,8 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Client headers never forwarded: hop-by-hop and framing (httpx frames the body itself), encoding
-# (the provider negotiates its own), and credentials (the provider sets its own auth).
+# Client headers never forwarded, whatever the settings list: hop-by-hop and framing (httpx frames the body
+# itself), encoding (the provider negotiates its own), and credentials (the provider sets its own auth).
 _DROP_REQUEST_HEADERS = HOP_BY_HOP_HEADERS | {
     "host",
     "content-length",
@@ -35,12 +45,34 @@ _DROP_REQUEST_HEADERS = HOP_BY_HOP_HEADERS | {
     "authorization",
     "x-api-key",
     "api-key",
+    "cookie",
 }
-# Upstream headers never passed back: hop-by-hop, and the framing of a body the gateway re-frames
-# (non-stream bodies are read decoded; streams are re-chunked by the gateway's server).
+# Upstream headers never passed back, whatever the settings list: hop-by-hop, and the framing of a body the
+# gateway re-frames (non-stream bodies are read decoded; streams are re-chunked by the gateway's server).
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {"content-length", "content-encoding"}
-# Upstream errors not worth retrying: the request (or the provider's configuration) is wrong.
-_FATAL_TRANSPORT_ERRORS = (httpx.UnsupportedProtocol, httpx.ProxyError)
+# Transport failures before any byte of the request left: the upstream cannot have seen it. (The aiohttp
+# transport maps refused connections and DNS failures onto ConnectError, and a connect timeout or a wait
+# for a pooled connection that timed out onto ConnectTimeout.)
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class HeaderFilter:
+    """A header allow-list: exact lower-case names, and prefixes (a listed name ending in ``*``), minus the
+    names that may never cross (``never``). Immutable."""
+
+    __slots__ = ("_exact", "_never", "_prefixes")
+
+    def __init__(self, names: Iterable[str], never: Iterable[str] = ()) -> None:
+        listed = [n.lower() for n in names]
+        self._never = frozenset(never)
+        self._exact = frozenset(n for n in listed if not n.endswith("*")) - self._never
+        self._prefixes = tuple(n[:-1] for n in listed if n.endswith("*"))
+
+    def allows(self, name: str) -> bool:
+        """Whether the lower-case header ``name`` may cross. A set lookup unless prefixes are listed."""
+        if name in self._exact:
+            return True
+        return bool(self._prefixes) and name.startswith(self._prefixes) and name not in self._never
 
 
 class HttpProvider:
@@ -77,7 +109,9 @@ class HttpProvider:
         configured_names = {k for k, _ in configured}
         self._fixed_headers = configured + auth
         self._defaults = [(k, v) for k, v in self.default_headers if k not in configured_names]
-        self._drop = _DROP_REQUEST_HEADERS | configured_names
+        policy = context.upstream_headers
+        self._forward = HeaderFilter(policy.forward_request, never=_DROP_REQUEST_HEADERS | configured_names)
+        self._pass = HeaderFilter(policy.pass_response, never=_DROP_RESPONSE_HEADERS)
 
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
         self._client = httpx.AsyncClient(
@@ -104,12 +138,12 @@ class HttpProvider:
         return f"{url}?{query}" if query else url
 
     def _headers(self, request: UpstreamRequest) -> list[tuple[str, str]]:
-        client = request.headers
-        drop = self._drop
-        out = [(k, v) for k, v in client.items() if k not in drop]
+        allows = self._forward.allows
+        out = [(k, v) for k, v in request.headers.items() if allows(k)]
+        forwarded = {k for k, _ in out}
         out.extend(self._fixed_headers)
         for k, v in self._defaults:
-            if k not in client:
+            if k not in forwarded:
                 out.append((k, v))
         if not self._has_key and request.client_auth is not None:
             out.append((request.client_auth[0].lower(), request.client_auth[1]))
@@ -137,9 +171,7 @@ class HttpProvider:
             last = attempt >= self._attempts
             try:
                 response = await self._client.send(http_request, stream=True)
-            except _FATAL_TRANSPORT_ERRORS as exc:
-                raise UpstreamError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-            except httpx.TransportError as exc:
+            except _NOT_SENT as exc:
                 if last:
                     raise self._unreachable(exc, attempt) from exc
                 delay = self._backoff.delay(attempt - 1, {}, self._context.rand, self._context.now)
@@ -147,6 +179,8 @@ class HttpProvider:
                 self._note_retry(exc, attempt, delay)
                 await self._context.sleep(delay)
                 continue
+            except httpx.TransportError as exc:  # sent, or perhaps sent: never retried
+                raise self._unreachable(exc, attempt) from exc
 
             if response.status_code in RETRYABLE_STATUSES and not last:
                 delay = self._backoff.delay(
@@ -181,7 +215,8 @@ class HttpProvider:
             on_retry(self.name, cause)
 
     async def _hand_over(self, response: httpx.Response, stream: bool, attempts: int) -> UpstreamResponse:
-        headers = [(k, v) for k, v in response.headers.multi_items() if k not in _DROP_RESPONSE_HEADERS]
+        allows = self._pass.allows
+        headers = [(k, v) for k, v in response.headers.multi_items() if allows(k)]
         if stream and response.is_success:
             relay = _relay(self.name, response)
             return UpstreamResponse(

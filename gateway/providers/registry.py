@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import UpstreamError
 from gateway.providers.backoff import Backoff
 from gateway.providers.base import Provider, UpstreamRequest, UpstreamResponse
+from gateway.settings import UpstreamHeaderSettings
 
 if TYPE_CHECKING:
     from gateway.settings import ProviderSettings, Settings
@@ -90,14 +91,17 @@ class ProviderContext:
     """Unix time, for an HTTP-date Retry-After."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Shared objects for kinds that need more than HTTP (e.g. the local engine), by name."""
+    upstream_headers: UpstreamHeaderSettings = field(default_factory=UpstreamHeaderSettings)
+    """Which client headers HTTP providers forward and which upstream headers they pass back."""
 
     @classmethod
     def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> ProviderContext:
-        """A context with the settings' retry backoff (``retry_backoff_base_s`` / ``retry_backoff_max_s``)
-        and, in ``extras``, ``local_model_dir`` for the local engine."""
+        """A context with the settings' retry backoff (``retry_backoff_base_s`` / ``retry_backoff_max_s``),
+        their ``upstream_headers`` and, in ``extras``, ``local_model_dir`` for the local engine."""
         backoff = Backoff(base_s=settings.retry_backoff_base_s, max_s=settings.retry_backoff_max_s)
         extras: dict[str, Any] = {"local_model_dir": settings.local_model_dir}
-        return cls(backoff=backoff, env=dict(env) if env is not None else {}, extras=extras)
+        environ = dict(env) if env is not None else {}
+        return cls(backoff=backoff, env=environ, extras=extras, upstream_headers=settings.upstream_headers)
 
 
 ProviderFactory = Callable[[str, "ProviderSettings", ProviderContext], Provider]

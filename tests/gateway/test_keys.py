@@ -1,15 +1,31 @@
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
+import openai
 import pytest
-from sqlalchemy import String, Text, select
+from sqlalchemy import String, Text, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.app import create_app
+from gateway.cli import main as cli_main
 from gateway.errors import AuthenticationFailed, BudgetExceeded, InvalidRequest, ModelNotAllowed, RateLimited
-from gateway.keys import KeyStore, hash_key
-from gateway.storage import Base, repo
+from gateway.keys import KEY_CHANNEL, LISTENER_APPLICATION_NAME, KeyStore, hash_key
+from gateway.storage import Base, make_engine, make_sessionmaker, repo
+from tests.gateway.api.conftest import _sim_server, create_key, make_settings, sim, sim_url
+from tests.servers import serve
+from tests.upstream import Simulator
 from tests.waiting import wait_until_async
+
+__all__ = ["_sim_server", "sim", "sim_url"]  # the surface fixtures, shared with tests/gateway/api/
 
 
 class FakeClock:
@@ -210,3 +226,184 @@ async def test_raw_key_never_stored_or_logged(
         stored = (await s.execute(select(Base.metadata.tables["virtual_keys"].c.key_hash))).scalar_one()
         assert stored == hash_key(raw)
     assert secret not in caplog.text
+
+
+# ---- revocation by another process reaches a running gateway at once ----
+
+
+def revoke_in_another_process(url: str, key_id: str, cwd: Path) -> float:
+    """``thriftgate keys revoke`` as an operator runs it: its own process, engine and connection. Returns the
+    monotonic time it exited (the revocation is committed by then)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THRIFTGATE_")}
+    env["THRIFTGATE_DATABASE_URL"] = url
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from gateway.cli import main; raise SystemExit(main())",
+            "keys",
+            "revoke",
+            key_id,
+        ],
+        cwd=cwd,  # no ./thriftgate.yaml there
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (0, f"revoked {key_id}\n"), done.stderr
+    return time.monotonic()
+
+
+async def test_a_key_revoked_by_the_cli_is_refused_by_a_running_store_at_once(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    engine = make_engine(migrated_url)
+    store = KeyStore(make_sessionmaker(engine), refresh_interval_s=3600)  # only the watcher can explain it
+    await store.start()
+    try:
+        if store_is_postgres(migrated_url):
+            await asyncio.wait_for(store.listening.wait(), 10)
+        key, raw = await store.create(name="leaver")
+        other, other_raw = await store.create(name="stayer")
+        exited = await asyncio.to_thread(revoke_in_another_process, migrated_url, key.id, tmp_path)
+        await wait_until_async(
+            lambda: not _authenticates(store, raw), 2.0, what="the revocation to reach the store"
+        )
+        latency = time.monotonic() - exited
+        assert store.authenticate(other_raw).id == other.id  # only that key
+    finally:
+        await store.stop()
+        await engine.dispose()
+    print(f"revocation reached the running store {latency * 1000:.1f} ms after the CLI exited")
+    assert latency < 2.0
+
+
+def store_is_postgres(url: str) -> bool:
+    return url.startswith("postgresql")
+
+
+async def test_the_listener_reconnects_after_its_connection_drops(migrated_url: str) -> None:
+    if not store_is_postgres(migrated_url):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite polls the key table")
+    engine = make_engine(migrated_url)
+    store = KeyStore(make_sessionmaker(engine), refresh_interval_s=3600)
+    revoker_engine = make_engine(migrated_url)
+    revoker = KeyStore(make_sessionmaker(revoker_engine))  # another process's store: never started
+    await store.start()
+    try:
+        await asyncio.wait_for(store.listening.wait(), 10)
+        first, first_raw = await store.create(name="revoked-while-away")
+        second, second_raw = await store.create(name="revoked-after")
+        async with engine.connect() as conn:  # an administrator (or a failover) kills the LISTEN connection
+            killed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = :name AND datname = current_database()"
+                ),
+                {"name": LISTENER_APPLICATION_NAME},
+            )
+        assert killed == 1
+        await wait_until_async(
+            lambda: not store.listening.is_set(), what="the listener to notice its connection is gone"
+        )
+        await revoker.revoke(first.id)  # nobody listens: the catch-up refresh on reconnecting applies it
+        await asyncio.wait_for(store.listening.wait(), 10)
+        assert not _authenticates(store, first_raw)
+        await revoker.revoke(second.id)
+        await wait_until_async(
+            lambda: not _authenticates(store, second_raw), 2.0, what="the revocation after reconnecting"
+        )
+    finally:
+        await store.stop()
+        await engine.dispose()
+        await revoker_engine.dispose()
+
+
+async def test_an_unknown_notification_reloads_every_key(migrated_url: str) -> None:
+    if not store_is_postgres(migrated_url):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    engine = make_engine(migrated_url)
+    store = KeyStore(make_sessionmaker(engine), refresh_interval_s=3600)
+    other = KeyStore(make_sessionmaker(engine))  # another process's store
+    await store.start()
+    try:
+        await asyncio.wait_for(store.listening.wait(), 10)
+        _, raw = await other.create(name="made-elsewhere")
+        assert not _authenticates(store, raw)  # not loaded yet, and no refresh due for an hour
+        async with engine.begin() as conn:  # a later version's event this one does not know
+            await conn.execute(text("SELECT pg_notify(:c, 'limits-changed:key_x')"), {"c": KEY_CHANNEL})
+        await wait_until_async(lambda: _authenticates(store, raw), 2.0, what="the reload on an unknown event")
+    finally:
+        await store.stop()
+        await engine.dispose()
+
+
+async def test_stop_closes_the_watcher(migrated_url: str) -> None:
+    engine = make_engine(migrated_url)
+    store = KeyStore(make_sessionmaker(engine), change_poll_s=0.01)
+    await store.start()
+    if store_is_postgres(migrated_url):
+        await asyncio.wait_for(store.listening.wait(), 10)
+    await store.stop()
+    assert not store.listening.is_set()
+    if store_is_postgres(migrated_url):
+        async with engine.connect() as conn:
+            listeners = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name AND datname = current_database()"
+                ),
+                {"name": LISTENER_APPLICATION_NAME},
+            )
+        assert listeners == 0
+    await engine.dispose()
+
+
+def test_a_revocation_reaches_a_running_gateway_and_spares_the_request_in_flight(
+    migrated_url: str, sim: Simulator, sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim.config.per_token_s = 0.02
+    sim.config.output_tokens = 200  # a 4 s stream, in flight while the key is revoked
+    key_id, raw = create_key(migrated_url, name="tenant")
+    settings = make_settings(sim_url, migrated_url, key_refresh_s=3600.0)
+    app = create_app(settings, env={}, configure_logs=False)
+    user = [{"role": "user", "content": "Count to a hundred"}]
+    with serve(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=raw, max_retries=0)
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=user,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        arrivals: list[tuple[float, Any]] = []
+        reader = threading.Thread(target=lambda: arrivals.extend((time.monotonic(), c) for c in stream))
+        reader.start()
+        deadline = time.monotonic() + 10
+        while not arrivals:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        # the CLI's own code path (its own engine and event loop), in this process so it is quick
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("THRIFTGATE_DATABASE_URL", migrated_url)
+        assert cli_main(["keys", "revoke", key_id]) == 0
+        exited = time.monotonic()
+        while True:  # new requests with the key are refused within moments
+            try:
+                client.chat.completions.create(model="gpt-4o-mini", messages=user, max_tokens=1)  # type: ignore[arg-type]
+            except openai.AuthenticationError:
+                refused_at = time.monotonic()
+                break
+            assert time.monotonic() - exited < 2.0, "the revocation did not reach the gateway"
+        reader.join(timeout=30)
+    assert not reader.is_alive()
+    assert refused_at < arrivals[-1][0]  # the stream was still arriving when the key was refused ...
+    chunks = [c for _, c in arrivals]
+    assert (
+        chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 200
+    )  # ... and finished whole
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) >= 100
+    print(
+        f"revocation refused by the running gateway {(refused_at - exited) * 1000:.0f} ms after the CLI exited"
+    )

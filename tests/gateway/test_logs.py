@@ -128,7 +128,7 @@ def test_no_key_in_logs_database_or_responses(
             ),
             httpx.get(f"{base}/v1/models", headers=vk),
             httpx.get(f"{base}/v1/files", headers=vk),
-            httpx.get(f"{base}/metrics"),
+            httpx.get(f"{base}/metrics", headers={"authorization": "Bearer master-key-value-1"}),
         ]
     kinds = ProviderKinds()
     kinds.register("openai", _LeakyProvider)

@@ -66,6 +66,34 @@ ANTHROPIC_ROUTES: dict[str, Handler] = {
 _JSON = "application/json"
 
 
+# What the real APIs add to every answer about the account behind the key: the organisation (and project)
+# billed, its organisation-wide rate limits and a load balancer's cookie. A gateway must not pass them on.
+OPENAI_ACCOUNT_HEADERS = {
+    "openai-organization": "org-simulated0000000000000",
+    "openai-project": "proj_simulated0000000000000",
+    "openai-processing-ms": "1",
+    "openai-version": "2020-10-01",
+    "x-ratelimit-limit-requests": "10000",
+    "x-ratelimit-remaining-requests": "9999",
+    "x-ratelimit-reset-requests": "6ms",
+    "x-ratelimit-limit-tokens": "30000000",
+    "x-ratelimit-remaining-tokens": "29999990",
+    "x-ratelimit-reset-tokens": "0s",
+    "set-cookie": "__cf_bm=simulated; path=/; HttpOnly; Secure; SameSite=None",
+}
+ANTHROPIC_ACCOUNT_HEADERS = {
+    "anthropic-organization-id": "00000000-0000-4000-8000-00000000c0de",
+    "anthropic-ratelimit-requests-limit": "4000",
+    "anthropic-ratelimit-requests-remaining": "3999",
+    "anthropic-ratelimit-requests-reset": "2026-01-01T00:00:00Z",
+    "anthropic-ratelimit-input-tokens-limit": "2000000",
+    "anthropic-ratelimit-input-tokens-remaining": "1999990",
+    "anthropic-ratelimit-output-tokens-limit": "400000",
+    "anthropic-ratelimit-output-tokens-remaining": "399990",
+    "set-cookie": "_cfuvid=simulated; path=/; HttpOnly; Secure; SameSite=None",
+}
+
+
 def _retry_headers(retry_after: float | None) -> dict[str, str]:
     if retry_after is None:
         return {}
@@ -153,14 +181,16 @@ class Simulator:
             result = anthropic_api.error_reply(err, request_id) if anthropic else openai_api.error_reply(err)
             result.headers.update(err.headers)
         id_header = "request-id" if anthropic else "x-request-id"
+        account = ANTHROPIC_ACCOUNT_HEADERS if anthropic else OPENAI_ACCOUNT_HEADERS
         if isinstance(result, StreamPlan):
+            result.headers.update(account)
             result.headers[id_header] = request_id
             return SSEResponse(result, config=self.config, on_disconnect=self._count_disconnect)
         if result.status == 200:
             delay = self.config.ttft_s + self.config.per_token_s * result.tokens
             if delay > 0:
                 await asyncio.sleep(delay)
-        headers_out = {**result.headers, id_header: request_id}
+        headers_out = {**account, **result.headers, id_header: request_id}
         return Response(result.body, result.status, headers_out, media_type=result.media_type)
 
     async def _dispatch(self, inc: Incoming) -> Reply | StreamPlan:

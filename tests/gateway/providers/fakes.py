@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.servers import free_port
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -136,13 +139,17 @@ class FakeUpstream:
 
 
 class SleepRecorder:
-    """A ``ProviderContext.sleep`` that records each wait and returns at once."""
+    """A ``ProviderContext.sleep`` that records each wait and returns at once (after awaiting ``then``, when
+    set: e.g. start the upstream that refused the first try)."""
 
     def __init__(self) -> None:
         self.waits: list[float] = []
+        self.then: Callable[[], Awaitable[None]] | None = None
 
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
+        if self.then is not None:
+            await self.then()
         await asyncio.sleep(0)
 
 
@@ -152,3 +159,88 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 3.0) -> Non
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+class Relay:
+    """A TCP relay on a loopback port in front of a real upstream (the provider simulator), run in the
+    test's event loop. ``cut=False`` pipes both ways; ``cut=True`` forwards each request and then drops the
+    client's connection as soon as the upstream starts to answer: the upstream received and processed the
+    request, the client never hears back (a network cut after the request was written).
+
+    ``start()`` may be called after a client has already been refused on ``port`` (nothing listened yet)."""
+
+    def __init__(self, target: str, *, cut: bool = False, port: int | None = None) -> None:
+        host, _, port_text = target.removeprefix("http://").partition(":")
+        self._target = (host, int(port_text))
+        self.cut = cut
+        self.port = port if port is not None else free_port()
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        upstream_r, upstream_w = await asyncio.open_connection(*self._target)
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        forward = asyncio.create_task(pipe(client_r, upstream_w))
+        self._tasks.add(forward)
+        forward.add_done_callback(self._tasks.discard)
+        try:
+            if self.cut:
+                await upstream_r.read(1)  # the upstream has answered: it processed the request
+                client_w.transport.abort()
+                upstream_w.close()
+            else:
+                await pipe(upstream_r, client_w)
+        finally:
+            forward.cancel()
+
+
+class FullBacklog:
+    """A loopback port that listens but never accepts, its accept queue already full: a connect to it
+    hangs until the client's connect timeout (the kernel drops the SYN). Close it with ``close()``."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(0)
+        self.port = int(self._listener.getsockname()[1])
+        self._fillers: list[socket.socket] = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", self.port))
+            self._fillers.append(filler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        for s in (*self._fillers, self._listener):
+            s.close()

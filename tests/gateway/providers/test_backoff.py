@@ -59,5 +59,6 @@ def test_retry_after_date_without_a_named_zone_is_utc() -> None:
     assert retry_after_s(headers, lambda: when - 5) == pytest.approx(5.0)
 
 
-def test_retryable_statuses() -> None:
-    assert frozenset({429, 500, 502, 503, 504, 529}) == RETRYABLE_STATUSES
+def test_retryable_statuses_are_only_refusals() -> None:
+    # 500, 502 and 504 may follow a generation the upstream completed and billed: never retried
+    assert frozenset({429, 503, 529}) == RETRYABLE_STATUSES

@@ -7,21 +7,31 @@ import asyncio
 import email.utils
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import anthropic
+import httpx
+import openai
 import pytest
 from pydantic import SecretStr
 
+from gateway.app import create_app
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.backoff import Backoff
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
 from gateway.providers.compat import OpenAICompatibleProvider
 from gateway.providers.http import HttpProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.providers.registry import ProviderContext
-from gateway.settings import ProviderSettings
-from tests.gateway.providers.fakes import FakeUpstream, Reply, SleepRecorder, wait_for
-from tests.servers import free_port
+from gateway.settings import ProviderSettings, SettingsError, UpstreamHeaderSettings, load_settings
+from gateway.storage.db import upgrade
+from tests.gateway.api.conftest import ANTHROPIC_KEY, OPENAI_KEY, make_settings
+from tests.gateway.providers.conftest import SIM_KEY
+from tests.gateway.providers.fakes import FakeUpstream, FullBacklog, Relay, Reply, SleepRecorder, wait_for
+from tests.servers import free_port, serve
+from tests.upstream import Fault, Simulator
 
 KEY = "sk-provider-secret-1234"
 
@@ -38,6 +48,7 @@ class Make:
         self.sleeps = sleeps
         self.made: list[HttpProvider] = []
         self.retried: list[tuple[str, int | BaseException]] = []
+        self.upstream_headers = UpstreamHeaderSettings()
 
     def __call__(
         self, base_url: str, *, key: str | None = KEY, max_retries: int = 2, **fields: Any
@@ -55,6 +66,7 @@ class Make:
             rand=lambda: 0.5,
             now=lambda: 1_800_000_000.0,
             on_retry=lambda name, cause: self.retried.append((name, cause)),
+            upstream_headers=self.upstream_headers,
         )
         provider = OpenAIProvider("openai", settings, context)
         self.made.append(provider)
@@ -104,7 +116,7 @@ async def test_provider_key_replaces_client_credentials(
         "content-type": "application/json",
         "authorization": "Bearer client-key",
         "x-api-key": "client-key",
-        "openai-organization": "org-1",
+        "cookie": "session=client",
         "idempotency-key": "idem-1",
         "user-agent": "OpenAI/Python 9",
         "connection": "keep-alive, x-custom",
@@ -118,7 +130,7 @@ async def test_provider_key_replaces_client_credentials(
     assert seen.header("authorization") == f"Bearer {KEY}"
     assert seen.header("x-api-key") is None
     assert "client-key" not in str(seen.headers)
-    assert seen.header("openai-organization") == "org-1"
+    assert seen.header("cookie") is None
     assert seen.header("idempotency-key") == "idem-1"
     assert seen.header("user-agent") == "OpenAI/Python 9"
     assert seen.header("keep-alive") is None
@@ -160,8 +172,7 @@ async def test_response_headers_lose_hop_by_hop_and_framing(
             headers=[
                 ("content-type", "application/json"),
                 ("x-request-id", "req_1"),
-                ("set-cookie", "a=1"),
-                ("set-cookie", "b=2"),
+                ("connection", "keep-alive"),
                 ("openai-processing-ms", "12"),
             ],
             body=b'{"id":"x"}' * 100,
@@ -173,11 +184,12 @@ async def test_response_headers_lose_hop_by_hop_and_framing(
     names = [k for k, _ in response.headers]
     assert "content-length" not in names and "content-encoding" not in names
     assert ("x-request-id", "req_1") in response.headers
-    assert [v for k, v in response.headers if k == "set-cookie"] == ["a=1", "b=2"]
+    assert ("openai-processing-ms", "12") in response.headers
+    assert "connection" not in names
     assert "gzip" in (upstream.seen[0].header("accept-encoding") or "")
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 529])
+@pytest.mark.parametrize("status", [429, 503, 529])
 async def test_retryable_status_is_retried_then_returned(
     upstream: FakeUpstream, base_url: str, make: Make, sleeps: SleepRecorder, status: int
 ) -> None:
@@ -204,7 +216,7 @@ async def test_retry_until_success(
 async def test_backoff_is_capped_at_max(
     upstream: FakeUpstream, base_url: str, make: Make, sleeps: SleepRecorder
 ) -> None:
-    upstream.reset(*[Reply(status=500)] * 8)
+    upstream.reset(*[Reply(status=503)] * 8)
     await make(base_url, max_retries=7).send(chat())
     assert sleeps.waits == [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 4.0]  # 0.5 × min(8, 0.25 × 2^n)
 
@@ -244,8 +256,8 @@ async def test_retry_after_beyond_the_cap_returns_the_429(
     assert sleeps.waits == []
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
-async def test_client_errors_are_not_retried(
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422, 500, 502, 504])
+async def test_errors_that_may_have_been_processed_are_not_retried(
     upstream: FakeUpstream, base_url: str, make: Make, sleeps: SleepRecorder, status: int
 ) -> None:
     upstream.reset(Reply(status=status, body=b'{"error":"no"}'), Reply())
@@ -265,19 +277,6 @@ async def test_connection_refused_raises_after_retries(make: Make, sleeps: Sleep
     assert KEY not in str(raised.value)
     assert len(sleeps.waits) == 2
     assert all(isinstance(cause, Exception) for _, cause in make.retried)
-
-
-async def test_read_timeout_is_retried_then_raises_upstream_timeout(
-    upstream: FakeUpstream, base_url: str, make
-) -> None:
-    upstream.reset(Reply(headers_delay_s=1.0), Reply(headers_delay_s=1.0))
-    provider = make(base_url, max_retries=1)
-    started = time.monotonic()
-    with pytest.raises(UpstreamTimeout) as raised:
-        await provider.send(chat(timeout_s=0.2))
-    assert time.monotonic() - started < 1.5  # 2 × 1 s without the timeout
-    assert raised.value.status_code == 504
-    assert len(upstream.seen) == 2
 
 
 async def test_settings_timeout_applies(upstream: FakeUpstream, base_url: str, make: Make) -> None:
@@ -453,3 +452,289 @@ async def test_concurrent_requests_share_one_pool(upstream: FakeUpstream, base_u
         b'{"n":%d}' % i for i in range(0, 40, 2)
     )
     assert all(r in (b"".join(SSE), b'{"ok":true}') for r in results)
+
+
+# ---- retries never bill twice: only what the upstream certainly did not process is retried ----
+
+SIM_CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+SIM_STREAM = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}'
+
+
+def sim_chat(stream: bool = False, **fields: Any) -> UpstreamRequest:
+    return chat(SIM_STREAM if stream else SIM_CHAT, stream=stream, **fields)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_read_timeout_after_the_request_was_sent_is_not_retried(
+    sim: Simulator, sim_url: str, make: Make, sleeps: SleepRecorder, stream: bool
+) -> None:
+    sim.inject(Fault(delay_s=1.0, times=3))  # a slow generation: no headers within the read timeout
+    provider = make(sim_url, key=SIM_KEY, max_retries=2)
+    with pytest.raises(UpstreamTimeout) as raised:
+        await provider.send(sim_chat(stream, timeout_s=0.2))
+    assert len(sim.requests) == 1  # the upstream saw (and would bill) the generation once
+    assert sleeps.waits == [] and make.retried == []
+    assert "ReadTimeout after 1 attempt(s)" in raised.value.message
+    assert raised.value.status_code == 504
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_connection_broken_after_the_request_was_written_is_not_retried(
+    sim: Simulator, sim_url: str, make: Make, sleeps: SleepRecorder, stream: bool
+) -> None:
+    relay = Relay(sim_url, cut=True)
+    await relay.start()
+    try:
+        provider = make(relay.url, key=SIM_KEY, max_retries=2)
+        with pytest.raises(UpstreamError) as raised:
+            await provider.send(sim_chat(stream))
+    finally:
+        await relay.aclose()
+    assert not isinstance(raised.value, UpstreamTimeout)
+    assert (len(sim.requests), relay.connections) == (1, 1)  # processed once upstream, tried once
+    assert sleeps.waits == [] and make.retried == []
+    assert "after 1 attempt(s)" in raised.value.message
+
+
+async def test_refused_connection_is_retried_and_reaches_the_upstream_once(
+    sim: Simulator, sim_url: str, make: Make, sleeps: SleepRecorder
+) -> None:
+    relay = Relay(sim_url)  # not listening yet: the first try is refused
+    sleeps.then = relay.start  # ... and the upstream is up by the retry
+    try:
+        response = await make(relay.url, key=SIM_KEY, max_retries=2).send(sim_chat())
+    finally:
+        await relay.aclose()
+    assert (response.status_code, response.attempts) == (200, 2)
+    assert (len(sim.requests), relay.connections) == (1, 1)
+    assert sleeps.waits == [0.125]
+    [(provider_name, cause)] = make.retried
+    assert provider_name == "openai"
+    assert isinstance(cause, httpx.ConnectError)
+
+
+async def test_unresolvable_host_is_retried(make: Make, sleeps: SleepRecorder) -> None:
+    with pytest.raises(UpstreamError) as raised:
+        await make("http://upstream.invalid", max_retries=2).send(chat())
+    assert "3 attempt(s)" in raised.value.message
+    assert len(sleeps.waits) == 2
+
+
+async def test_connect_timeout_is_retried(make: Make, sleeps: SleepRecorder) -> None:
+    backlog = FullBacklog()
+    try:
+        provider = make(backlog.url, max_retries=2, connect_timeout_s=0.2)
+        with pytest.raises(UpstreamTimeout) as raised:
+            await provider.send(chat())
+    finally:
+        backlog.close()
+    assert "ConnectTimeout after 3 attempt(s)" in raised.value.message
+    assert len(sleeps.waits) == 2
+    assert all(isinstance(cause, httpx.ConnectTimeout) for _, cause in make.retried)
+
+
+@pytest.mark.parametrize("status", [429, 503, 529])
+async def test_statuses_that_say_not_processed_are_retried(
+    sim: Simulator, sim_url: str, make: Make, status: int
+) -> None:
+    sim.inject(Fault(status=status, times=2))
+    response = await make(sim_url, key=SIM_KEY, max_retries=2).send(sim_chat())
+    assert (response.status_code, response.attempts, len(sim.requests)) == (200, 3, 3)
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_statuses_that_may_follow_processing_are_returned_at_once(
+    sim: Simulator, sim_url: str, make: Make, sleeps: SleepRecorder, status: int
+) -> None:
+    sim.inject(Fault(status=status, times=3))
+    response = await make(sim_url, key=SIM_KEY, max_retries=2).send(sim_chat(stream=True))
+    assert (response.status_code, response.attempts, len(sim.requests)) == (status, 1, 1)
+    assert sleeps.waits == []
+
+
+# ---- operator headers stay with the operator: allow-lists in both directions ----
+
+OPERATOR_RESPONSE_HEADERS = [
+    ("openai-organization", "org-operator"),
+    ("openai-project", "proj_operator"),
+    ("anthropic-organization-id", "0000-operator"),
+    ("set-cookie", "__cf_bm=a; path=/"),
+    ("set-cookie", "_cfuvid=b; path=/"),
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-remaining-tokens", "29999990"),
+    ("anthropic-ratelimit-requests-remaining", "3999"),
+    ("anthropic-ratelimit-output-tokens-limit", "400000"),
+]
+TENANT_RESPONSE_HEADERS = [
+    ("content-type", "application/json"),
+    ("x-request-id", "req_1"),
+    ("request-id", "req_2"),
+    ("retry-after", "1"),
+    ("x-should-retry", "true"),
+]
+
+
+def with_headers(make: Make, forward: list[str] | None = None, passed: list[str] | None = None) -> Make:
+    policy = UpstreamHeaderSettings(
+        **({"forward_request": forward} if forward is not None else {}),
+        **({"pass_response": passed} if passed is not None else {}),
+    )
+    make.upstream_headers = policy
+    return make
+
+
+async def test_clients_cannot_choose_the_billed_organisation_or_project(
+    upstream: FakeUpstream, base_url: str, make: Make
+) -> None:
+    client = {
+        "content-type": "application/json",
+        "openai-organization": "org-victim",
+        "openai-project": "proj_victim",
+        "x-custom-client-header": "1",
+    }
+    await make(base_url).send(chat(headers=client))
+    operator = make(base_url, headers={"OpenAI-Organization": "org-operator", "OpenAI-Project": "proj_op"})
+    await operator.send(chat(headers=client))
+    first, second = upstream.seen
+    assert first.header("openai-organization") is None and first.header("openai-project") is None
+    assert first.header("x-custom-client-header") is None
+    assert first.header("content-type") == "application/json"
+    assert second.header("openai-organization") == "org-operator"  # the operator's choice, once
+    assert second.header("openai-project") == "proj_op"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_operator_response_headers_never_reach_clients(
+    upstream: FakeUpstream, base_url: str, make: Make, stream: bool
+) -> None:
+    headers = OPERATOR_RESPONSE_HEADERS + TENANT_RESPONSE_HEADERS
+    upstream.reset(Reply(headers=headers, chunks=list(SSE)) if stream else Reply(headers=headers))
+    response = await make(base_url).send(chat(stream=stream))
+    await response.aclose()
+    assert response.headers == TENANT_RESPONSE_HEADERS
+
+
+async def test_error_answers_lose_operator_headers_too(
+    upstream: FakeUpstream, base_url: str, make: Make
+) -> None:
+    upstream.reset(Reply(status=400, headers=OPERATOR_RESPONSE_HEADERS + TENANT_RESPONSE_HEADERS))
+    response = await make(base_url).send(chat(stream=True))
+    assert response.status_code == 400
+    assert response.headers == TENANT_RESPONSE_HEADERS
+
+
+async def test_header_lists_are_configurable(upstream: FakeUpstream, base_url: str, make: Make) -> None:
+    with_headers(
+        make,
+        forward=["content-type", "OpenAI-Organization", "x-team-*", "authorization", "host", "cookie"],
+        passed=["x-ratelimit-*", "set-cookie", "content-length", "transfer-encoding"],
+    )
+    upstream.reset(Reply(headers=OPERATOR_RESPONSE_HEADERS + TENANT_RESPONSE_HEADERS))
+    response = await make(base_url).send(
+        chat(
+            headers={
+                "content-type": "application/json",
+                "openai-organization": "org-chosen",
+                "x-team-name": "a",
+                "x-other": "b",
+                "authorization": "Bearer client",
+                "cookie": "c=1",
+                "idempotency-key": "k-1",
+            }
+        )
+    )
+    [seen] = upstream.seen
+    assert seen.header("openai-organization") == "org-chosen"
+    assert seen.header("x-team-name") == "a"
+    assert seen.header("x-other") is None and seen.header("idempotency-key") is None  # not listed
+    assert seen.header("authorization") == f"Bearer {KEY}"  # credentials never cross, listed or not
+    assert seen.header("cookie") is None
+    assert [k for k, _ in response.headers] == [
+        "set-cookie",
+        "set-cookie",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-tokens",
+    ]
+
+
+async def test_anthropic_version_default_applies_when_the_client_sent_none(
+    upstream: FakeUpstream, base_url: str
+) -> None:
+    settings = ProviderSettings(kind="anthropic", base_url=base_url, api_key=SecretStr(KEY))
+    context = ProviderContext(upstream_headers=UpstreamHeaderSettings(forward_request=["content-type"]))
+    provider = AnthropicProvider("anthropic", settings, context)
+    try:
+        await provider.send(
+            UpstreamRequest("POST", "/v1/messages", {"anthropic-version": "2099-01-01"}, b"{}")
+        )
+    finally:
+        await provider.aclose()
+    assert upstream.seen[0].header("anthropic-version") == "2023-06-01"  # the client's is not forwarded
+
+
+def test_header_settings_load_from_the_environment_and_reject_non_names() -> None:
+    env = {
+        "THRIFTGATE_UPSTREAM_HEADERS__PASS_RESPONSE": '["Content-Type", "x-ratelimit-*"]',
+        "THRIFTGATE_UPSTREAM_HEADERS__FORWARD_REQUEST": '["content-type", "openai-organization"]',
+    }
+    settings = load_settings(env=env)
+    assert settings.upstream_headers.pass_response == ["content-type", "x-ratelimit-*"]
+    assert ProviderContext.from_settings(settings).upstream_headers.forward_request == [
+        "content-type",
+        "openai-organization",
+    ]
+    assert "openai-organization" not in load_settings(env={}).upstream_headers.forward_request
+    with pytest.raises(SettingsError, match=r"upstream_headers\.pass_response"):
+        load_settings(env={"THRIFTGATE_UPSTREAM_HEADERS__PASS_RESPONSE": '["x: y"]'})
+
+
+OPERATOR_HEADER_NAMES = ("openai-organization", "openai-project", "anthropic-organization-id", "set-cookie")
+OPERATOR_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+
+def test_through_the_gateway_tenants_see_no_operator_headers_and_choose_no_organisation(
+    sim: Simulator, sim_url: str, tmp_path: Path
+) -> None:
+    sim.config.api_key = None  # the gateway's test settings carry their own provider keys
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"
+    upgrade(db_url)
+    app = create_app(make_settings(sim_url, db_url), env={}, configure_logs=False)
+    user = [{"role": "user", "content": "hi"}]
+    with serve(app) as url:
+        oc = openai.OpenAI(
+            base_url=f"{url}/v1",
+            api_key="sk-client",
+            organization="org-victim",
+            project="proj_victim",
+            max_retries=0,
+        )
+        chat_raw = oc.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=user)  # type: ignore[arg-type]
+        with oc.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini",
+            messages=user,  # type: ignore[arg-type]
+            stream=True,
+        ) as streamed:
+            stream_headers = streamed.headers
+            list(streamed.iter_lines())
+        ac = anthropic.Anthropic(base_url=url, api_key="sk-ant-client", max_retries=0)
+        message_raw = ac.messages.with_raw_response.create(
+            model="claude-haiku-4-5", max_tokens=8, messages=user
+        )  # type: ignore[arg-type]
+        sim.inject(Fault(status=400, path="/v1/chat/completions"))
+        with pytest.raises(openai.BadRequestError) as refused:
+            oc.chat.completions.create(model="gpt-4o-mini", messages=user)  # type: ignore[arg-type]
+    answers = [chat_raw.headers, stream_headers, message_raw.headers, refused.value.response.headers]
+    for headers in answers:
+        names = {k.lower() for k in headers}
+        assert not names & set(OPERATOR_HEADER_NAMES), names
+        assert not [n for n in names if n.startswith(OPERATOR_HEADER_PREFIXES)], names
+    assert chat_raw.headers["x-request-id"].startswith("req_sim")  # what tenants need still passes
+    assert message_raw.headers["request-id"].startswith("req_sim")
+    assert chat_raw.parse().choices[0].message.content
+    assert len(sim.requests) == 4
+    for seen in sim.requests:
+        assert "openai-organization" not in seen.headers and "openai-project" not in seen.headers
+        provider_key = seen.headers.get("x-api-key") or seen.headers.get("authorization", "").removeprefix(
+            "Bearer "
+        )
+        assert provider_key in (OPENAI_KEY, ANTHROPIC_KEY)  # the operator's keys, never the client's

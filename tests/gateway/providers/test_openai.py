@@ -91,7 +91,7 @@ async def test_models_get(sim: Simulator, provider: OpenAIProvider) -> None:
     assert sim.requests[0].method == "GET"
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 529])
+@pytest.mark.parametrize("status", [429, 503, 529])
 async def test_simulated_faults_are_retried(sim: Simulator, sim_url: str, status: int) -> None:
     sleeps = SleepRecorder()
     provider = sim_provider(sim_url, sleeps, max_retries=2)
@@ -142,8 +142,8 @@ async def test_retry_after_really_waits(sim: Simulator, sim_url: str) -> None:
     assert 0.3 <= elapsed < 2.0
 
 
-@pytest.mark.parametrize("status", [400, 401, 404])
-async def test_simulated_client_errors_are_not_retried(
+@pytest.mark.parametrize("status", [400, 401, 404, 500, 502, 504])
+async def test_simulated_errors_that_may_follow_processing_are_not_retried(
     sim: Simulator, provider: OpenAIProvider, status: int
 ) -> None:
     sim.inject(Fault(status=status, times=3))
@@ -166,8 +166,8 @@ async def test_simulated_delay_times_out(sim: Simulator, provider: OpenAIProvide
     started = time.monotonic()
     with pytest.raises(UpstreamTimeout):
         await provider.send(chat(timeout_s=0.2))
-    assert time.monotonic() - started < 2.0  # 3 × 1 s without the timeout
-    assert len(sim.requests) == 3  # 1 + max_retries, each timing out before its headers
+    assert time.monotonic() - started < 1.0  # 1 s without the timeout
+    assert len(sim.requests) == 1  # not retried: the upstream may be generating (and billing) it
 
 
 async def test_stream_arrives_token_by_token(sim: Simulator, provider: OpenAIProvider) -> None:
