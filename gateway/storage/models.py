@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -113,10 +114,12 @@ class RequestLogRow(Base):
     cache_write_5m_tokens: Mapped[int] = mapped_column(Integer)
     cache_write_1h_tokens: Mapped[int] = mapped_column(Integer)
     reasoning_tokens: Mapped[int] = mapped_column(Integer)
+    usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cost_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
     counterfactual_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
     saving_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
     saving_mechanism: Mapped[str | None] = mapped_column(String(32), nullable=True)
     priced: Mapped[bool] = mapped_column(Boolean)
     cache: Mapped[str] = mapped_column(String(32))
+    route_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

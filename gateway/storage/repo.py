@@ -93,12 +93,14 @@ def request_row(record: RequestRecord) -> dict[str, Any]:
         "cache_write_5m_tokens": u.cache_write_5m_tokens,
         "cache_write_1h_tokens": u.cache_write_1h_tokens,
         "reasoning_tokens": u.reasoning_tokens,
+        "usage_estimated": record.usage_estimated,
         "cost_usd": record.cost_usd,
         "counterfactual_usd": record.counterfactual_usd,
         "saving_usd": record.saving_usd,
         "saving_mechanism": None if record.saving_mechanism is None else str(record.saving_mechanism),
         "priced": record.priced,
         "cache": record.cache,
+        "route_reason": record.route_reason,
         "error": record.error,
     }
 
