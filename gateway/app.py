@@ -31,8 +31,9 @@ from gateway.metrics import Metrics, model_labels
 from gateway.passthrough import Passthrough
 from gateway.pipeline import Pipeline
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
+from gateway.router import Router
 from gateway.settings import Settings
-from gateway.steps import RequestedModel, Steps
+from gateway.steps import Steps
 from gateway.storage.db import make_engine, make_sessionmaker
 
 
@@ -54,7 +55,8 @@ def create_app(
     environ = os.environ if env is None else env
     catalogue = Catalogue(settings)
     metrics = Metrics(models=model_labels(catalogue), providers=settings.providers)
-    pipeline_steps = steps if steps is not None else Steps(router=RequestedModel(catalogue))
+    pipeline_steps = steps if steps is not None else Steps(router=Router(settings, catalogue))
+    metrics.watch_breakers(pipeline_steps.router.breakers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

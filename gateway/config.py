@@ -68,6 +68,20 @@ class Catalogue:
         """The catalogue's routes, in configuration order."""
         return list(self._routes.values())
 
+    def entry(self, alias: str) -> ModelSettings | None:
+        """The configured entry of a catalogue alias (None for other names). Reads only."""
+        return self._settings.models.get(alias)
+
+    def deployments(self, alias: str) -> list[tuple[ModelRoute, int | None, int | None]]:
+        """(route, rpm, tpm) of every deployment of a catalogue alias, the entry's own first; each route
+        carries the alias, so serving from any of them is serving the same model. Reads only."""
+        entry = self._settings.models[alias]
+        out = [(self._routes[alias], entry.rpm, entry.tpm)]
+        for dep in entry.deployments:
+            same = entry.model_copy(update={"provider": dep.provider, "model": dep.model or entry.model})
+            out.append((self._route(alias, same), dep.rpm, dep.tpm))
+        return out
+
     def _provider_route_uncached(self, model: str) -> ModelRoute:
         provider, _, upstream = model.partition("/")
         return self._route(model, ModelSettings(provider=provider, model=upstream))

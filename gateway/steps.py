@@ -11,6 +11,7 @@ writes the response itself: the pipeline renders whatever a step decides, in the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,6 +42,21 @@ class RouteStep(Protocol):
     def route(self, call: Call) -> RouteDecision:
         """Where ``call`` goes: a target, its fallbacks and the reason. Pure: no I/O, no mutation.
         Raises ``ModelNotFound`` (or another ``GatewayError``) when nothing can serve it."""
+        ...
+
+    def on_send(self, target: ModelRoute, tokens: int) -> None:
+        """The pipeline is sending the request (``tokens`` estimated, input plus output cap) to
+        ``target``: counts it against the deployment's rate limits and breaker probes."""
+        ...
+
+    def on_result(self, target: ModelRoute, *, ok: bool, latency_s: float | None = None) -> None:
+        """How an attempt on ``target`` went: ``ok`` False for an upstream failure (unreachable, timeout,
+        429, 5xx, a stream broken before its first byte); ``latency_s`` the time to its first byte."""
+        ...
+
+    def breakers(self) -> Mapping[str, int]:
+        """Each deployment's circuit-breaker state (0 closed, 1 open, 2 half-open), for ``/metrics``.
+        Reads only."""
         ...
 
 
@@ -74,6 +90,15 @@ class RequestedModel:
     def route(self, call: Call) -> RouteDecision:
         route = self.catalogue.resolve(call.model)
         return RouteDecision(target=route, reason="requested", requested=route)
+
+    def on_send(self, target: ModelRoute, tokens: int) -> None:
+        return None
+
+    def on_result(self, target: ModelRoute, *, ok: bool, latency_s: float | None = None) -> None:
+        return None
+
+    def breakers(self) -> Mapping[str, int]:
+        return {}
 
 
 class NoPlan:
