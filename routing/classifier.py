@@ -2,8 +2,8 @@
 
 Input: the MiniLM embedding of the request's last user turn (the same vector the semantic cache uses)
 and a few cheap signals of its text (length, digits, numbers, multiple choice, maths symbols, lines).
-Output: a score in [0, 1], the estimated probability that the strong model answers correctly where the
-weak one does not, against the reverse (see ``routing.train``). Model: a small two-layer network, whose
+Output: a score, the expected gain in correctness of the strong model over the weak one,
+``E[strong_correct - weak_correct]`` (in [-1, 1] up to the fit's error; see ``routing.train``). Model: a small two-layer network, whose
 weights and calibration curve ship in ``routing/weights/complexity.npz`` (about 100 KB).
 
 ``threshold(share)`` turns a target share of strong-model calls into a score threshold: the score
@@ -54,7 +54,7 @@ def signals(text: str) -> F32:
 
 @dataclass(slots=True, frozen=True)
 class ComplexityClassifier:
-    """``score = sigmoid(w2 · relu(W1 · x + b1) + b2)`` with ``x = [embedding, standardised signals]``."""
+    """``score = w2 · relu(W1 · x + b1) + b2`` with ``x = [embedding, standardised signals]``."""
 
     w1: F32  # [dim + signals, hidden]
     b1: F32  # [hidden]
@@ -76,8 +76,7 @@ class ComplexityClassifier:
     def score_features(self, x: F32) -> F32:
         """Scores of a batch of feature rows ``[n, dim + signals]`` → ``[n]``."""
         h = np.maximum(x @ self.w1 + self.b1, 0.0)
-        z = h @ self.w2 + self.b2
-        out: F32 = (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        out: F32 = (h @ self.w2 + self.b2).astype(np.float32)
         return out
 
     def score(self, embedding: F32, text: str) -> float:

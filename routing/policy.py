@@ -157,11 +157,13 @@ def order_deployments(
 
 
 def _cheapest(cards: list[ModelCard]) -> ModelCard:
+    """The lowest tier, then the lowest price."""
     return min(cards, key=lambda c: (c.tier or 0, c.price if c.price is not None else float("inf")))
 
 
 def _strongest(cards: list[ModelCard]) -> ModelCard:
-    return min(cards, key=lambda c: (-(c.tier or 0), c.price if c.price is not None else float("inf")))
+    """The highest tier, then the highest price (models without tiers are told apart by price)."""
+    return max(cards, key=lambda c: (c.tier or 0, c.price if c.price is not None else 0.0))
 
 
 def choose(
