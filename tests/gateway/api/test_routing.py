@@ -239,13 +239,15 @@ def test_anthropic_stream_falls_back_to_openai_before_the_first_byte(
 ) -> None:
     fault.path, fault.times = "/v1/messages", 5
     sim.inject(fault)
-    with gateway_factory(
-        models=models(), routing=FALLBACK, steps_factory=router_steps(), provider_opts={"max_retries": 0}
-    ) as gw:
-        with an(gw).messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=SHORT) as stream:  # type: ignore[arg-type]
-            text = "".join(stream.text_stream)
-            served = stream.response.headers["x-thriftgate-model"]
-            final = stream.get_final_message()
+    with (
+        gateway_factory(
+            models=models(), routing=FALLBACK, steps_factory=router_steps(), provider_opts={"max_retries": 0}
+        ) as gw,
+        an(gw).messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=SHORT) as stream,  # type: ignore[arg-type]
+    ):
+        text = "".join(stream.text_stream)
+        served = stream.response.headers["x-thriftgate-model"]
+        final = stream.get_final_message()
     assert served == "gpt-4o" and text and final.stop_reason == "end_turn"
     assert len(requests_to(sim, "/v1/chat/completions")) == 1
 
@@ -262,10 +264,12 @@ def test_error_after_the_first_byte_is_an_error_event_in_the_clients_format(
                 got.append(chunk)
         assert got  # something was relayed before the error: no fallback then
         sim.inject(Fault(error_event_after=6, path="/v1/messages"))
-        with pytest.raises(anthropic.APIStatusError) as caught:
-            with an(gw).messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=SHORT) as stream:  # type: ignore[arg-type]
-                for _ in stream.text_stream:
-                    pass
+        with (
+            pytest.raises(anthropic.APIStatusError) as caught,
+            an(gw).messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=SHORT) as stream,  # type: ignore[arg-type]
+        ):
+            for _ in stream.text_stream:
+                pass
         assert "overloaded" in str(caught.value).lower() or "error" in str(caught.value).lower()
     assert requests_to(sim, "/v1/messages")[0]["model"] == "claude-sonnet-4-5"
     assert len(requests_to(sim, "/v1/chat/completions")) == 1  # the anthropic stream did not fall back
