@@ -32,6 +32,8 @@ import numpy.typing as npt
 from routing.classifier import SIGNALS, ComplexityClassifier, bundled_path, signals
 
 F32 = npt.NDArray[np.float32]
+
+
 def _default_data() -> Path:
     """``../shared/data/routing_pairs.dev.jsonl.gz`` beside the repository (or beside the folder of
     worktrees that holds it)."""
