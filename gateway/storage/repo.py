@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.storage.logrow import COLUMNS, clean_row
 from gateway.storage.models import Base, RequestLogRow, VirtualKeyRow
 from gateway.types import RequestRecord
 
@@ -70,39 +71,42 @@ async def add_spend(session: AsyncSession, spend: Mapping[str, float]) -> dict[s
 
 
 def request_row(record: RequestRecord) -> dict[str, Any]:
-    """The log row for ``record`` as a JSON-safe dict (``created_at`` in unix seconds; now when unset).
-    Pure: ``record`` is not modified."""
+    """The log row for ``record`` as a JSON-safe dict (``created_at`` in unix seconds; now when unset),
+    every field bounded to its column and cleaned (``gateway.storage.logrow.clean_row``): a row built here
+    always fits the table. Pure: ``record`` is not modified."""
     u = record.usage
-    return {
-        "request_id": record.request_id,
-        "created_at": record.created_at or time.time(),
-        "key_id": record.key_id,
-        "surface": str(record.surface),
-        "method": record.method,
-        "path": record.path,
-        "requested_model": record.requested_model,
-        "served_model": record.served_model,
-        "provider": record.provider,
-        "status_code": record.status_code,
-        "stream": record.stream,
-        "latency_ms": record.latency_ms,
-        "ttft_ms": record.ttft_ms,
-        "input_tokens": u.input_tokens,
-        "output_tokens": u.output_tokens,
-        "cache_read_tokens": u.cache_read_tokens,
-        "cache_write_5m_tokens": u.cache_write_5m_tokens,
-        "cache_write_1h_tokens": u.cache_write_1h_tokens,
-        "reasoning_tokens": u.reasoning_tokens,
-        "usage_estimated": record.usage_estimated,
-        "cost_usd": record.cost_usd,
-        "counterfactual_usd": record.counterfactual_usd,
-        "saving_usd": record.saving_usd,
-        "saving_mechanism": None if record.saving_mechanism is None else str(record.saving_mechanism),
-        "priced": record.priced,
-        "cache": record.cache,
-        "route_reason": record.route_reason,
-        "error": record.error,
-    }
+    return clean_row(
+        {
+            "request_id": record.request_id,
+            "created_at": record.created_at or time.time(),
+            "key_id": record.key_id,
+            "surface": str(record.surface),
+            "method": record.method,
+            "path": record.path,
+            "requested_model": record.requested_model,
+            "served_model": record.served_model,
+            "provider": record.provider,
+            "status_code": record.status_code,
+            "stream": record.stream,
+            "latency_ms": record.latency_ms,
+            "ttft_ms": record.ttft_ms,
+            "input_tokens": u.input_tokens,
+            "output_tokens": u.output_tokens,
+            "cache_read_tokens": u.cache_read_tokens,
+            "cache_write_5m_tokens": u.cache_write_5m_tokens,
+            "cache_write_1h_tokens": u.cache_write_1h_tokens,
+            "reasoning_tokens": u.reasoning_tokens,
+            "usage_estimated": record.usage_estimated,
+            "cost_usd": record.cost_usd,
+            "counterfactual_usd": record.counterfactual_usd,
+            "saving_usd": record.saving_usd,
+            "saving_mechanism": None if record.saving_mechanism is None else str(record.saving_mechanism),
+            "priced": record.priced,
+            "cache": record.cache,
+            "route_reason": record.route_reason,
+            "error": record.error,
+        }
+    )
 
 
 def spend_by_key(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
@@ -116,12 +120,47 @@ def spend_by_key(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
 
 
 async def insert_request_rows(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One multi-row INSERT of ``rows`` (dicts made by ``request_row``) into request_log."""
+    """Inserts ``rows`` (dicts made by ``request_row``, or cleaned by ``clean_row``) into request_log, in
+    the session's transaction, by the cheapest route the driver offers: one ``COPY`` on PostgreSQL
+    (asyncpg), one ``executemany`` of pre-built tuples on SQLite (aiosqlite), a Core multi-row INSERT
+    elsewhere. Driver errors are raised as the driver raised them (see ``gateway.storage.errors``)."""
     if not rows:
         return
+    conn = await session.connection()
+    driver = conn.dialect.driver
+    if driver == "asyncpg":
+        # The COPY must run inside the session's transaction, which the adapter begins lazily.
+        await conn.execute(_SELECT_ONE)
+        raw = await conn.get_raw_connection()
+        records = [tuple(_pg_value(name, row[name]) for name in COLUMNS) for row in rows]
+        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+            RequestLogRow.__tablename__, records=records, columns=COLUMNS
+        )
+        return
+    if driver == "aiosqlite":
+        raw = await conn.get_raw_connection()
+        params = [tuple(_sqlite_value(name, row[name]) for name in COLUMNS) for row in rows]
+        await raw.driver_connection.executemany(_SQLITE_INSERT, params)  # type: ignore[union-attr]
+        return
     values = [{**row, "created_at": datetime.fromtimestamp(float(row["created_at"]), UTC)} for row in rows]
-    # Core (not ORM bulk) insert: one executemany of the table's INSERT, without per-row ORM bookkeeping.
     await session.execute(insert(Base.metadata.tables[RequestLogRow.__tablename__]), values)
+
+
+_SELECT_ONE = text("SELECT 1")
+_SQLITE_INSERT = f"INSERT INTO {RequestLogRow.__tablename__} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+def _pg_value(name: str, value: Any) -> Any:
+    if name == "created_at":
+        return datetime.fromtimestamp(float(value), UTC)
+    return value
+
+
+def _sqlite_value(name: str, value: Any) -> Any:
+    # SQLAlchemy's SQLite DATETIME text format (naive UTC, always with microseconds): what UTCDateTime reads.
+    if name == "created_at":
+        return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
 
 
 async def write_request_batch(

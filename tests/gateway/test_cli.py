@@ -141,11 +141,11 @@ def test_replay_spill(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture
     ]
     (spill / "request_log-1-1-0.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     status, out, _ = run(capsys, "db", "replay-spill", "--dir", str(spill))
-    assert status == 0 and out.strip() == "replayed 3 rows from 1 spill files"
+    assert status == 0 and out.strip() == f"replayed 3 rows from 1 spill files in {spill}"
     assert list(spill.iterdir()) == []
     assert (
         run(capsys, "db", "replay-spill", "--dir", str(spill))[1].strip()
-        == "replayed 0 rows from 0 spill files"
+        == f"replayed 0 rows from 0 spill files in {spill}"
     )
 
 

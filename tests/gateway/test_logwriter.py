@@ -11,7 +11,8 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.keys import KeyStore
-from gateway.logwriter import LogWriter, replay_spill
+from gateway.logwriter import LogWriter
+from gateway.spill import replay_spill
 from gateway.storage import RequestLogRow, VirtualKeyRow, make_engine, make_sessionmaker
 from gateway.types import RequestRecord, Usage
 from tests.gateway.conftest import Backend
@@ -59,21 +60,18 @@ async def wait_for(cond: Callable[[], Any], within_s: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def count_inserts(engine: AsyncEngine) -> list[int]:
+def count_commits(engine: AsyncEngine) -> list[int]:
+    """One entry per committed transaction (the writer commits once per batch; its INSERT may bypass
+    SQLAlchemy's statement events, going to the driver directly)."""
     calls: list[int] = []
-
-    def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO REQUEST_LOG"):
-            calls.append(1)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    event.listen(engine.sync_engine, "commit", lambda conn: calls.append(1))
     return calls
 
 
 async def test_rows_land_in_batches(
     engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    inserts = count_inserts(engine)
+    inserts = count_commits(engine)
     writer = LogWriter(sessionmaker, batch_size=3, flush_interval_s=30)
     await writer.start()
     for i in range(3):
@@ -199,6 +197,7 @@ async def test_overflow_spills_and_replays(
         flush_interval_s=0.02,
         max_pending=3,
         spill_dir=spill,
+        replay_spill=False,
         retry_base_s=0.02,
         retry_max_s=0.05,
     )
@@ -213,7 +212,8 @@ async def test_overflow_spills_and_replays(
     await _rename(engine, "request_log_away", "request_log")
     await wait_for(lambda: _eq(count_rows(sessionmaker), 3))
     await writer.stop()
-    assert await replay_spill(sessionmaker, spill) == (1, 2)
+    report = await replay_spill(sessionmaker, spill, tmp_path / "quarantine")
+    assert (report.files, report.rows, report.quarantined, report.bad_files) == (1, 2, 0, [])
     assert list(spill.glob("*.jsonl")) == []
     assert await count_rows(sessionmaker) == 5
     async with sessionmaker() as s:
@@ -226,14 +226,17 @@ async def test_stop_while_database_down_spills_everything(
     engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
     await _rename(engine, "request_log", "request_log_away")
-    writer = LogWriter(sessionmaker, flush_interval_s=60, spill_dir=tmp_path, retry_base_s=0.01)
+    writer = LogWriter(
+        sessionmaker, flush_interval_s=60, spill_dir=tmp_path, replay_spill=False, retry_base_s=0.01
+    )
     await writer.start()
     for i in range(3):
         writer.submit(record(i))
     await writer.stop()
     assert writer.pending == 0 and writer.spilled == 3
     await _rename(engine, "request_log_away", "request_log")
-    assert await replay_spill(sessionmaker, tmp_path) == (1, 3)
+    report = await replay_spill(sessionmaker, tmp_path, tmp_path / "quarantine")
+    assert (report.files, report.rows) == (1, 3)
     assert await count_rows(sessionmaker) == 3
 
 
