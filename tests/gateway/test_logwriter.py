@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -13,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from gateway.keys import KeyStore
 from gateway.logwriter import LogWriter
 from gateway.spill import replay_spill
-from gateway.storage import RequestLogRow, VirtualKeyRow, make_engine, make_sessionmaker
+from gateway.storage import RequestLogRow, VirtualKeyRow, make_engine, make_sessionmaker, repo
 from gateway.types import RequestRecord, Usage
 from tests.gateway.conftest import Backend
+from tests.gateway.storage.test_failures import poison
 
 
 def record(i: int, key_id: str | None = None, cost: float | None = 0.001) -> RequestRecord:
@@ -326,3 +328,145 @@ async def test_postgres_connection_outage(
     await wait_for(lambda: _eq(count_rows(sessionmaker), 4))
     await writer.stop()
     assert writer.pending == 0
+
+
+# ---- hole b: one bad row never blocks the rest -----------------------------------------------------
+
+
+def quarantined_entries(directory: Path) -> list[dict[str, Any]]:
+    files = sorted(f for f in directory.glob("request_log-*.jsonl") if f.is_file())
+    return [orjson.loads(line) for f in files for line in f.read_bytes().splitlines()]
+
+
+async def test_a_refused_row_is_quarantined_and_the_rest_of_its_batch_written(
+    backend: Backend, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await poison(engine, backend, "req_poison")
+    store = KeyStore(sessionmaker)
+    key, _ = await store.create(name="k")
+    writer = LogWriter(
+        sessionmaker,
+        batch_size=10,
+        flush_interval_s=60,
+        quarantine_dir=tmp_path / "q",
+        on_flushed=store.spend_flushed,
+    )
+    await writer.start()
+    for i in range(3):
+        writer.submit(record(i, key_id=key.id, cost=0.25))
+    poisoned = record(99, key_id=key.id, cost=100.0)
+    poisoned.request_id = "req_poison"
+    writer.submit(poisoned)
+    for i in range(3, 6):
+        writer.submit(record(i, key_id=key.id, cost=0.25))
+    assert await writer.flush()
+    assert await count_rows(sessionmaker) == 6 and writer.pending == 0
+    assert writer.quarantined == 1 and writer.written == 6
+    assert await spend(sessionmaker, key.id) == pytest.approx(1.5)  # the refused row's cost is not added
+    [entry] = quarantined_entries(tmp_path / "q")
+    assert entry["row"]["request_id"] == "req_poison" and "poisoned row" in entry["error"]
+    writer.submit(record(7))  # and the log goes on
+    await writer.stop()
+    assert await count_rows(sessionmaker) == 7
+
+
+async def test_spilled_rows_are_replayed_automatically_once_the_database_keeps_up(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    spill = tmp_path / "spill"
+    await _rename(engine, "request_log", "request_log_away")
+    writer = LogWriter(
+        sessionmaker,
+        batch_size=2,
+        flush_interval_s=0.02,
+        max_pending=3,
+        spill_dir=spill,
+        retry_base_s=0.02,
+        retry_max_s=0.05,
+    )
+    await writer.start()
+    for i in range(8):
+        writer.submit(record(i))
+    await wait_for(lambda: _true(writer.spilled == 5))
+    assert spill.is_dir() and list(spill.glob("*.jsonl"))
+    assert not writer.health().healthy
+
+    await _rename(engine, "request_log_away", "request_log")
+    await wait_for(lambda: _eq(count_rows(sessionmaker), 8))
+    assert list(spill.iterdir()) == [] and writer.replayed == 5
+    await writer.stop()
+    async with sessionmaker() as s:
+        ids = sorted((await s.execute(select(RequestLogRow.request_id))).scalars())
+    assert ids == sorted(f"req_{i}" for i in range(8))
+
+
+async def test_spill_files_left_by_an_earlier_process_are_replayed_at_start(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    from gateway.spill import write_spill
+
+    write_spill(tmp_path, [repo.request_row(record(i)) for i in range(4)])
+    writer = LogWriter(sessionmaker, flush_interval_s=0.02, spill_dir=tmp_path)
+    await writer.start()
+    writer.submit(record(10))
+    await wait_for(lambda: _eq(count_rows(sessionmaker), 5))
+    await writer.stop()
+    assert list(tmp_path.glob("*.jsonl")) == []
+
+
+async def test_health_reports_persistent_failure_then_recovery(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    writer = LogWriter(
+        sessionmaker, flush_interval_s=0.02, retry_base_s=0.01, retry_max_s=0.02, unhealthy_after_failures=3
+    )
+    assert writer.health().healthy
+    await _rename(engine, "request_log", "request_log_away")
+    await writer.start()
+    writer.submit(record(0))
+    await wait_for(lambda: _true(not writer.health().healthy))
+    health = writer.health()
+    assert health.failures >= 3 and "failed" in (health.reason or "") and health.pending == 1
+    await _rename(engine, "request_log_away", "request_log")
+    await wait_for(lambda: _true(writer.health().healthy))
+    await writer.stop()
+    assert await count_rows(sessionmaker) == 1
+
+
+async def test_health_reports_a_writer_that_falls_behind(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    writer = LogWriter(sessionmaker, flush_interval_s=60, behind_after_s=0.05)
+    await writer.start()
+    writer.submit(record(0))  # never flushed within behind_after_s: the interval is 60 s
+    await wait_for(lambda: _true(not writer.health().healthy))
+    assert "waited" in (writer.health().reason or "")
+    await writer.stop()
+    assert writer.health().healthy
+
+
+async def test_replay_never_stops_at_a_bad_file_or_line(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    spill, q = tmp_path / "spill", tmp_path / "quarantine"
+    spill.mkdir()
+    good = [orjson.dumps(repo.request_row(record(i))) for i in range(3)]
+    old_unbounded = {**repo.request_row(record(3)), "requested_model": "m" * 300, "path": "/v1/\x00"}
+    (spill / "request_log-1-1-0.jsonl").write_bytes(
+        b"\n".join([good[0], b"{not json", b"[1, 2]", good[1]]) + b"\n"
+    )
+    (spill / "request_log-2-1-0.jsonl").write_bytes(b"\xff\xfe garbage\n")
+    (spill / "request_log-3-1-0.jsonl").write_bytes(good[2] + b"\n" + orjson.dumps(old_unbounded) + b"\n")
+    unreadable = spill / "request_log-4-1-0.jsonl"
+    unreadable.mkdir()  # reading it fails (IsADirectoryError)
+    report = await replay_spill(sessionmaker, spill, q)
+    assert (report.files, report.rows, report.quarantined) == (3, 4, 3)
+    assert [name for name, _ in report.bad_files] == ["request_log-4-1-0.jsonl"]
+    assert list(spill.iterdir()) == []
+    assert await count_rows(sessionmaker) == 4
+    async with sessionmaker() as s:
+        models = (await s.execute(select(RequestLogRow.requested_model, RequestLogRow.path))).all()
+    assert ("m" * 199 + "…", "/v1/") in models  # a row spilled before rows were bounded is cleaned on replay
+    raws = [e["raw"] for e in quarantined_entries(q) if "raw" in e]
+    assert raws == ["{not json", "[1, 2]", "\ufffd\ufffd garbage"]
+    assert (q / "unreadable-request_log-4-1-0.jsonl").is_dir()
