@@ -403,7 +403,7 @@ async def test_spilled_rows_are_replayed_automatically_once_the_database_keeps_u
 async def test_spill_files_left_by_an_earlier_process_are_replayed_at_start(
     sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
-    from gateway.spill import write_spill
+    from gateway.spill import spill_files, write_spill
 
     write_spill(tmp_path, [repo.request_row(record(i)) for i in range(4)])
     writer = LogWriter(sessionmaker, flush_interval_s=0.02, spill_dir=tmp_path)
@@ -411,7 +411,7 @@ async def test_spill_files_left_by_an_earlier_process_are_replayed_at_start(
     writer.submit(record(10))
     await wait_for(lambda: _eq(count_rows(sessionmaker), 5))
     await writer.stop()
-    assert list(tmp_path.glob("*.jsonl")) == []
+    assert spill_files(tmp_path) == []
 
 
 async def test_health_reports_persistent_failure_then_recovery(
