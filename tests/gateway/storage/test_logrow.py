@@ -71,9 +71,16 @@ def test_request_row_bounds_and_cleans_every_field() -> None:
 def test_clean_values_are_untouched() -> None:
     assert clean_text("gpt-4o-mini", 200) == "gpt-4o-mini"
     assert clean_text("modèle — ünïcode ✓", 200) == "modèle — ünïcode ✓"
-    record = RequestRecord(request_id="req_1", surface="openai.chat", method="POST", path="/v1/chat/completions")
+    record = RequestRecord(
+        request_id="req_1", surface="openai.chat", method="POST", path="/v1/chat/completions"
+    )
     row = repo.request_row(record)
-    assert (row["request_id"], row["path"], row["cache"], row["error"]) == ("req_1", "/v1/chat/completions", "miss", None)
+    assert (row["request_id"], row["path"], row["cache"], row["error"]) == (
+        "req_1",
+        "/v1/chat/completions",
+        "miss",
+        None,
+    )
 
 
 def test_clean_row_is_total_on_rows_from_elsewhere() -> None:
