@@ -326,37 +326,48 @@ def test_hostile_unauthenticated_requests_never_stop_the_request_log(
     assert not (tmp_path / "quarantine").exists()
 
 
-def test_readyz_reports_a_request_log_that_keeps_failing(
+def test_readyz_reports_a_request_log_that_keeps_failing_and_spilled_rows_come_back(
     db_url: str, sim_url: str, sim: Simulator, tmp_path: Path
 ) -> None:
+    """The writer fails (its table is gone): /readyz says so, the rows over max_pending are spilled under
+    data_dir, and once the table is back everything is written, the spilled rows replayed by the writer."""
     settings = make_settings(
         sim_url,
         db_url,
         log_flush_interval_s=0.01,
-        log_writer=LogWriterSettings(unhealthy_after_failures=2),
-        data_dir=str(tmp_path),
+        log_writer=LogWriterSettings(unhealthy_after_failures=2, max_pending=1, behind_after_s=1.0),
+        data_dir=str(tmp_path / "data"),
     )
     app = create_app(settings, env={}, configure_logs=False)
     oc_messages = [{"role": "user", "content": "hi"}]
     with serve(app) as url:
         assert httpx.get(f"{url}/readyz").status_code == 200
         exec_sql(db_url, "ALTER TABLE request_log RENAME TO request_log_away")
-        openai.OpenAI(base_url=f"{url}/v1", api_key="sk-x", max_retries=0).chat.completions.create(
-            model="gpt-4o-mini",
-            messages=oc_messages,  # type: ignore[arg-type]
-        )
+        oc = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-x", max_retries=0)
+        for _ in range(2):
+            oc.chat.completions.create(model="gpt-4o-mini", messages=oc_messages)  # type: ignore[arg-type]
         down = wait_until(lambda: readyz_when(url, 503), what="readyz 503")
-        failing = samples(httpx.get(f"{url}/metrics").text)
+        failing = wait_until(
+            lambda: metrics_when(url, "thriftgate_log_rows_spilled_total", 1), what="a spill"
+        )
+        spilled = sorted((tmp_path / "data" / "spill").glob("request_log-*.jsonl"))
         exec_sql(db_url, "ALTER TABLE request_log_away RENAME TO request_log")
-        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout_s=10, what="readyz 200")
+        wait_until(lambda: readyz_when(url, 200), timeout_s=15, what="readyz 200")
+        recovered = wait_until(
+            lambda: metrics_when(url, "thriftgate_log_rows_replayed_total", 1), what="replay"
+        )
+        rows = wait_until(lambda: rows_when(db_url, 2), what="both rows")
     body = down.json()
     assert body["database"] == "ok" and body["status"] == "not ready"
-    assert body["log_writer"]["status"] == "unhealthy" and body["log_writer"]["pending"] == 1
-    assert "failed" in body["log_writer"]["reason"]
+    assert body["log_writer"]["status"] == "unhealthy" and body["log_writer"]["pending"] <= 2
     assert failing[("thriftgate_log_queue_depth", frozenset())] == 1
     assert failing[("thriftgate_log_write_failures_total", frozenset())] >= 2
     assert failing[("thriftgate_log_writer_healthy", frozenset())] == 0
-    assert len(read_log(db_url)) == 1
+    assert len(spilled) == 1  # under data_dir, not the working directory
+    assert recovered[("thriftgate_log_queue_depth", frozenset())] == 0
+    assert recovered[("thriftgate_log_writer_healthy", frozenset())] == 1
+    assert [r["status_code"] for r in rows] == [200, 200]
+    assert list((tmp_path / "data" / "spill").iterdir()) == []
 
 
 def test_metrics_count_quarantined_rows(db_url: str, sim_url: str, sim: Simulator, tmp_path: Path) -> None:
