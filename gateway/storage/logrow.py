@@ -75,19 +75,32 @@ def clean_text(value: Any, limit: int, *, keep_lines: bool = False) -> str:
     return text
 
 
-def _int(value: Any, low: int, high: int) -> int:
-    if type(value) is int and low <= value <= high:
+def text_value(value: Any, limit: int, *, keep_lines: bool = False) -> str | None:
+    """``clean_text`` of ``value``; None stays None."""
+    if value is None:
+        return None
+    if type(value) is str and len(value) <= limit and value.isprintable():
+        return value
+    return clean_text(value, limit, keep_lines=keep_lines)
+
+
+def int_value(value: Any, high: int) -> int:
+    """``value`` as an integer in ``[0, high]`` (0 when it is not a number)."""
+    if type(value) is int and 0 <= value <= high:
         return value
     try:
         number = int(value)
     except (TypeError, ValueError, OverflowError):
-        return low
-    return min(max(number, low), high)
+        return 0
+    return min(max(number, 0), high)
 
 
-def _float(value: Any, bound: float) -> float | None:
+def float_value(value: Any, bound: float) -> float | None:
+    """``value`` as a finite float in ``[-bound, bound]``; None when missing, not a number or not finite."""
     if value is None:
         return None
+    if type(value) is float and -bound <= value <= bound:  # NaN fails the comparison
+        return value
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
@@ -98,26 +111,28 @@ def _float(value: Any, bound: float) -> float | None:
 
 
 def clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``row`` with exactly the log's columns (``COLUMNS``), each bounded and cleaned (see the
-    module docstring). Pure; never raises."""
+    """A copy of ``row`` with exactly the log's columns (``COLUMNS``, in order), each bounded and cleaned
+    (see the module docstring). Pure; never raises."""
     out: dict[str, Any] = {}
-    for name, limit in TEXT_COLUMNS.items():
+    for name in COLUMNS:
         value = row.get(name)
-        if value is None:
-            out[name] = "" if name in REQUIRED_TEXT else None
+        limit = TEXT_COLUMNS.get(name)
+        if limit is not None:
+            text = text_value(value, limit, keep_lines=name == "error")
+            out[name] = "" if text is None and name in REQUIRED_TEXT else text
+        elif name == "created_at":
+            created = float_value(value, 1e11)
+            out[name] = created if created is not None and created > 0 else time.time()
+        elif name == "status_code":
+            out[name] = int_value(value, 999)
+        elif name in TOKEN_COLUMNS:
+            out[name] = int_value(value, INT32_MAX)
+        elif name in MONEY_COLUMNS:
+            out[name] = float_value(value, MONEY_MAX)
+        elif name in FLOAT_COLUMNS:
+            out[name] = float_value(value, 1e300)
         else:
-            out[name] = clean_text(value, limit, keep_lines=name == "error")
-    created = _float(row.get("created_at"), 1e11)
-    out["created_at"] = created if created is not None and created > 0 else time.time()
-    out["status_code"] = _int(row.get("status_code"), 0, 999)
-    for name in TOKEN_COLUMNS:
-        out[name] = _int(row.get(name), 0, INT32_MAX)
-    for name in FLOAT_COLUMNS:
-        out[name] = _float(row.get(name), 1e300)
-    for name in MONEY_COLUMNS:
-        out[name] = _float(row.get(name), MONEY_MAX)
-    for name in BOOL_COLUMNS:
-        out[name] = bool(row.get(name))
+            out[name] = bool(value)
     if not out["cache"]:
         out["cache"] = "miss"
-    return {name: out[name] for name in COLUMNS}
+    return out

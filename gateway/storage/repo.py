@@ -14,7 +14,15 @@ from typing import Any
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.storage.logrow import COLUMNS, clean_row
+from gateway.storage.logrow import (
+    COLUMNS,
+    INT32_MAX,
+    MONEY_MAX,
+    TEXT_COLUMNS,
+    float_value,
+    int_value,
+    text_value,
+)
 from gateway.storage.models import Base, RequestLogRow, VirtualKeyRow
 from gateway.types import RequestRecord
 
@@ -72,41 +80,47 @@ async def add_spend(session: AsyncSession, spend: Mapping[str, float]) -> dict[s
 
 def request_row(record: RequestRecord) -> dict[str, Any]:
     """The log row for ``record`` as a JSON-safe dict (``created_at`` in unix seconds; now when unset),
-    every field bounded to its column and cleaned (``gateway.storage.logrow.clean_row``): a row built here
-    always fits the table. Pure: ``record`` is not modified."""
+    every field bounded to its column and cleaned exactly as ``gateway.storage.logrow.clean_row`` would
+    (a row built here always fits the table), in the table's column order. Pure: ``record`` is not
+    modified. On the request path, so the common case (clean values) costs one check per field."""
     u = record.usage
-    return clean_row(
-        {
-            "request_id": record.request_id,
-            "created_at": record.created_at or time.time(),
-            "key_id": record.key_id,
-            "surface": str(record.surface),
-            "method": record.method,
-            "path": record.path,
-            "requested_model": record.requested_model,
-            "served_model": record.served_model,
-            "provider": record.provider,
-            "status_code": record.status_code,
-            "stream": record.stream,
-            "latency_ms": record.latency_ms,
-            "ttft_ms": record.ttft_ms,
-            "input_tokens": u.input_tokens,
-            "output_tokens": u.output_tokens,
-            "cache_read_tokens": u.cache_read_tokens,
-            "cache_write_5m_tokens": u.cache_write_5m_tokens,
-            "cache_write_1h_tokens": u.cache_write_1h_tokens,
-            "reasoning_tokens": u.reasoning_tokens,
-            "usage_estimated": record.usage_estimated,
-            "cost_usd": record.cost_usd,
-            "counterfactual_usd": record.counterfactual_usd,
-            "saving_usd": record.saving_usd,
-            "saving_mechanism": None if record.saving_mechanism is None else str(record.saving_mechanism),
-            "priced": record.priced,
-            "cache": record.cache,
-            "route_reason": record.route_reason,
-            "error": record.error,
-        }
-    )
+    created = record.created_at
+    mechanism = record.saving_mechanism
+    return {
+        "request_id": text_value(record.request_id, _LIMIT["request_id"]) or "",
+        "created_at": created if created and 0 < created < 1e11 else time.time(),
+        "key_id": text_value(record.key_id, _LIMIT["key_id"]),
+        "surface": text_value(str(record.surface), _LIMIT["surface"]),
+        "method": text_value(record.method, _LIMIT["method"]) or "",
+        "path": text_value(record.path, _LIMIT["path"]) or "",
+        "requested_model": text_value(record.requested_model, _LIMIT["requested_model"]),
+        "served_model": text_value(record.served_model, _LIMIT["served_model"]),
+        "provider": text_value(record.provider, _LIMIT["provider"]),
+        "status_code": int_value(record.status_code, 999),
+        "stream": bool(record.stream),
+        "latency_ms": float_value(record.latency_ms, 1e300),
+        "ttft_ms": float_value(record.ttft_ms, 1e300),
+        "input_tokens": int_value(u.input_tokens, INT32_MAX),
+        "output_tokens": int_value(u.output_tokens, INT32_MAX),
+        "cache_read_tokens": int_value(u.cache_read_tokens, INT32_MAX),
+        "cache_write_5m_tokens": int_value(u.cache_write_5m_tokens, INT32_MAX),
+        "cache_write_1h_tokens": int_value(u.cache_write_1h_tokens, INT32_MAX),
+        "reasoning_tokens": int_value(u.reasoning_tokens, INT32_MAX),
+        "usage_estimated": bool(record.usage_estimated),
+        "cost_usd": float_value(record.cost_usd, MONEY_MAX),
+        "counterfactual_usd": float_value(record.counterfactual_usd, MONEY_MAX),
+        "saving_usd": float_value(record.saving_usd, MONEY_MAX),
+        "saving_mechanism": None
+        if mechanism is None
+        else text_value(str(mechanism), _LIMIT["saving_mechanism"]),
+        "priced": bool(record.priced),
+        "cache": text_value(record.cache, _LIMIT["cache"]) or "miss",
+        "route_reason": text_value(record.route_reason, _LIMIT["route_reason"]),
+        "error": text_value(record.error, _LIMIT["error"], keep_lines=True),
+    }
+
+
+_LIMIT = TEXT_COLUMNS
 
 
 def spend_by_key(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:

@@ -280,5 +280,5 @@ def test_log_writer_settings() -> None:
     )
     assert s.log_writer.max_pending == 5 and s.log_writer.replay_spill is False
     assert s.log_writer.unhealthy_after_failures == 3 and s.log_writer.behind_after_s == 30.0
-    with pytest.raises(SettingsError, match="log_writer.max_pending"):
+    with pytest.raises(SettingsError, match=r"log_writer\.max_pending"):
         load_settings(env={"THRIFTGATE_LOG_WRITER__MAX_PENDING": "0"})
