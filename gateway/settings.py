@@ -307,7 +307,7 @@ class Settings(BaseSettings):
     key_refresh_s: float = Field(default=5.0, gt=0)
     key_change_poll_s: float = Field(default=0.2, gt=0)
     """SQLite: how often the key table is checked for changes made by other processes (revocations)."""
-    log_batch_size: int = Field(default=500, ge=1)
+    log_batch_size: int = Field(default=2000, ge=1)
     log_flush_interval_s: float = Field(default=0.5, gt=0)
     log_level: str = "INFO"
     log_json: bool = True
