@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.storage.logrow import (
@@ -62,19 +62,26 @@ async def revoke_key(session: AsyncSession, key_id: str, at: datetime) -> bool:
 async def add_spend(session: AsyncSession, spend: Mapping[str, float]) -> dict[str, float]:
     """``UPDATE virtual_keys SET spend_usd = spend_usd + :x`` for each key; returns each existing key's new
     total (keys that no longer exist are left out). Atomic per row, so replicas never lose each other's
-    increments."""
-    totals: dict[str, float] = {}
-    for key_id, amount in sorted(spend.items()):
-        result = await session.execute(
-            update(VirtualKeyRow)
-            .where(VirtualKeyRow.id == key_id)
-            .values(spend_usd=VirtualKeyRow.spend_usd + amount)
-            .returning(VirtualKeyRow.spend_usd)
-        )
-        new_total = result.scalar_one_or_none()
-        if new_total is not None:
-            totals[key_id] = float(new_total)
-    return totals
+    increments. Two statements whatever the number of keys: one executemany of the UPDATE (in key order,
+    so concurrent writers lock rows in the same order), then one SELECT of the totals, which this
+    transaction's row locks keep as they were left by it."""
+    if not spend:
+        return {}
+    table = _KEYS
+    items = sorted(spend.items())
+    await session.execute(_ADD_SPEND, [{"key": key_id, "amount": amount} for key_id, amount in items])
+    result = await session.execute(
+        select(table.c.id, table.c.spend_usd).where(table.c.id.in_([key_id for key_id, _ in items]))
+    )
+    return {key_id: float(total) for key_id, total in result.all()}
+
+
+_KEYS = Base.metadata.tables[VirtualKeyRow.__tablename__]
+_ADD_SPEND = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("key"))
+    .values(spend_usd=_KEYS.c.spend_usd + bindparam("amount"))
+)
 
 
 # ---- request log --------------------------------------------------------------------------------
