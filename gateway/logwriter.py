@@ -67,7 +67,9 @@ class LogWriter:
     """Queues request-log rows and writes them in batches (see the module docstring).
 
     ``on_flushed`` (e.g. ``KeyStore.spend_flushed``) is called after each committed batch with
-    ``{key_id: (added_usd, new_total_usd)}``. The counters ``written``, ``spilled``, ``replayed`` and
+    ``{key_id: (added_usd, new_total_usd)}``. ``replay_spill`` turns the automatic replay on (the app
+    does, from its settings; off by default so that a writer built elsewhere never loads files it was
+    not pointed at). The counters ``written``, ``spilled``, ``replayed`` and
     ``quarantined`` only grow."""
 
     def __init__(
@@ -79,7 +81,7 @@ class LogWriter:
         max_pending: int = 100_000,
         spill_dir: Path | None = None,
         quarantine_dir: Path | None = None,
-        replay_spill: bool = True,
+        replay_spill: bool = False,
         on_flushed: SpendCallback | None = None,
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,

@@ -381,6 +381,7 @@ async def test_spilled_rows_are_replayed_automatically_once_the_database_keeps_u
         flush_interval_s=0.02,
         max_pending=3,
         spill_dir=spill,
+        replay_spill=True,
         retry_base_s=0.02,
         retry_max_s=0.05,
     )
@@ -406,7 +407,7 @@ async def test_spill_files_left_by_an_earlier_process_are_replayed_at_start(
     from gateway.spill import spill_files, write_spill
 
     write_spill(tmp_path, [repo.request_row(record(i)) for i in range(4)])
-    writer = LogWriter(sessionmaker, flush_interval_s=0.02, spill_dir=tmp_path)
+    writer = LogWriter(sessionmaker, flush_interval_s=0.02, spill_dir=tmp_path, replay_spill=True)
     await writer.start()
     writer.submit(record(10))
     await wait_for(lambda: _eq(count_rows(sessionmaker), 5))
