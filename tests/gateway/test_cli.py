@@ -212,3 +212,19 @@ def test_local_build_writes_under_data_dir(
     status, out, _ = run(capsys, "local", "build")
     assert status == 0 and out.strip() == str(model_dir / "manifest.json")
     assert not (tmp_path / "data").exists()
+
+
+def test_replay_spill_keeps_the_files_when_the_database_fails(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    assert run(capsys, "db", "upgrade")[0] == 0
+    spill = tmp_path / "spill"
+    write_spill(spill, [repo.request_row(RequestRecord("req_1", "openai.chat", "POST", "/v1/x"))])
+    [path] = list(spill.iterdir())
+    with sqlite3.connect(tmp_path / "cli" / "tg.db") as conn:
+        conn.execute("ALTER TABLE request_log RENAME TO request_log_away")
+    status, _, err = run(capsys, "db", "replay-spill", "--dir", str(spill))
+    assert status == 1 and "the database failed" in err and "no such table" in err
+    assert list(spill.iterdir()) == [path]  # untouched, for the next try

@@ -471,3 +471,23 @@ async def test_replay_never_stops_at_a_bad_file_or_line(
     raws = [e["raw"] for e in quarantined_entries(q) if "raw" in e]
     assert raws == ["{not json", "[1, 2]", "\ufffd\ufffd garbage"]
     assert (q / "unreadable-request_log-4-1-0.jsonl").is_dir()
+
+
+async def test_two_replayers_never_load_a_file_twice(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """Replicas sharing a data directory replay the same spill folder: a file is claimed (renamed)
+    before it is read, so each row lands once."""
+    from gateway.spill import write_spill
+
+    for f in range(6):
+        write_spill(tmp_path, [repo.request_row(record(f * 10 + i)) for i in range(5)])
+    a = LogWriter(sessionmaker, spill_dir=tmp_path, quarantine_dir=tmp_path / "q")
+    b = LogWriter(sessionmaker, spill_dir=tmp_path, quarantine_dir=tmp_path / "q")
+    first, second = await asyncio.gather(a.replay_spilled(), b.replay_spilled())
+    assert first.files + second.files == 6 and first.rows + second.rows == 30
+    assert a.replayed + b.replayed == 30
+    assert await count_rows(sessionmaker) == 30
+    async with sessionmaker() as s:
+        ids = (await s.execute(select(RequestLogRow.request_id))).scalars().all()
+    assert len(set(ids)) == 30
