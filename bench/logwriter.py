@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import insert, update  # noqa: E402
+from sqlalchemy import func, insert, select, update  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 
 from bench.host import machine  # noqa: E402
@@ -254,18 +253,35 @@ def rss_mib(server: Server) -> float:
     return server.rss_mib()["rss_mib"]
 
 
-def gateway_runs(plan: Plan, work: Path) -> dict[str, Any]:
+def gateway_runs(plan: Plan, work: Path, database: str) -> dict[str, Any]:
+    """The gateway's peak and the run at it, on SQLite (``database == "sqlite"``, the default) or a fresh
+    PostgreSQL database."""
     wrk = ensure_wrk()
     sim_port, gw_port = free_port(), free_port()
-    gw_dir = work / "gateway"
+    gw_dir = work / f"gateway-{database}"
     gw_dir.mkdir(parents=True)
     logs = work / "logs"
     sim, gw = simulator(sim_port, logs), gateway(gw_port, sim_port, gw_dir, logs)
+    db_url = f"sqlite+aiosqlite:///{gw_dir / 'thriftgate.db'}"
+    pg = postgres_database() if database == "postgres" else None
+    if database == "postgres":
+        if pg is None:
+            raise SystemExit("--gateway-db postgres: PostgreSQL is unreachable")
+        db_url = pg[0]
+        gw.env = {**(gw.env or {}), "THRIFTGATE_DATABASE_URL": db_url}
+    try:
+        return _gateway_runs(plan, wrk, sim, gw, gw_port, db_url)
+    finally:
+        if pg is not None:
+            pg[1]()
+
+
+def _gateway_runs(plan: Plan, wrk: str, sim: Server, gw: Server, gw_port: int, db_url: str) -> dict[str, Any]:
     url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
     body = request_body(stream=False)
     headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
     servers: list[Server] = []
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"database": db_url.split(":", 1)[0]}
     with running(servers, [(sim, 60), (gw, 120)]):
         run_wrk(wrk, url, body, headers, CONNECTIONS, 5)  # warm-up
         gw.settle()
@@ -306,7 +322,7 @@ def gateway_runs(plan: Plan, work: Path) -> dict[str, Any]:
         written = metric(gw_port, "thriftgate_log_rows_written_total")
         spilled = metric(gw_port, "thriftgate_log_rows_spilled_total")
         quarantined = metric(gw_port, "thriftgate_log_rows_quarantined_total")
-    rows = _count_rows(gw_dir / "thriftgate.db")
+    rows = _count_rows(db_url)
     served = sum(p["requests"] for p in peaks) + sustained["requests"]
     warm = [s["rss_mib"] for s in samples if s["t_s"] >= seconds / 5]
     depth = [s["queue_depth"] for s in samples if s["queue_depth"] is not None]
@@ -342,11 +358,18 @@ def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
     return False
 
 
-def _count_rows(db: Path) -> int | None:
+def _count_rows(url: str) -> int | None:
+    async def count() -> int:
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return int((await conn.execute(select(func.count()).select_from(RequestLogRow))).scalar_one())
+        finally:
+            await engine.dispose()
+
     try:
-        with sqlite3.connect(db) as conn:
-            return int(conn.execute("SELECT count(*) FROM request_log").fetchone()[0])
-    except sqlite3.Error:
+        return asyncio.run(count())
+    except Exception:
         return None
 
 
@@ -386,7 +409,7 @@ def report(result: dict[str, Any]) -> str:
         s = gw["sustained"]
         lines += [
             "",
-            f"Gateway peak (SQLite, the real log writer, {CONNECTIONS} connections, wrk, median of"
+            f"Gateway peak ({gw['database']}, the real log writer, {CONNECTIONS} connections, wrk, median of"
             f" {len(gw['peak']['runs'])}): **{peak:,.0f} req/s**.",
             "",
             f"{s['minutes']:g} minutes at that peak: {s['rps']:,.0f} req/s, p99 {s['latency_ms']['p99']:.1f} ms.",
@@ -418,6 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rows", type=int, help="rows per writer-alone run (default 50,000; quick 20,000)")
     p.add_argument("--no-gateway", action="store_true", help="measure the writer alone only")
+    p.add_argument(
+        "--gateway-db",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the gateway's database (default sqlite)",
+    )
     args = p.parse_args(argv)
     plan = Plan(
         rows=args.rows or (20_000 if args.quick else 50_000),
@@ -437,12 +466,13 @@ def main(argv: list[str] | None = None) -> int:
         result["writer_alone"] = writer_alone(plan, work)
         if not args.no_gateway:
             print("gateway ...", flush=True)
-            result["gateway"] = gateway_runs(plan, work)
+            result["gateway"] = gateway_runs(plan, work, args.gateway_db)
     result["loadavg_at_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "logwriter.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = "logwriter" if args.gateway_db == "sqlite" or args.no_gateway else "logwriter_postgres"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     text = report(result)
-    (RESULTS / "logwriter.md").write_text(text)
+    (RESULTS / f"{name}.md").write_text(text)
     print(text)
     return 0
 
