@@ -1,7 +1,7 @@
 """The request log's files under the data directory: spilled rows (waiting for the database) and
 quarantined rows (refused by it).
 
-    <data_dir>/spill/request_log-<ns>-<pid>-<n>.jsonl       rows the writer could not queue; replayed
+    <data_dir>/spill/request_log-<ns>-<pid>-<id>.jsonl      rows the writer could not queue; replayed
     <data_dir>/quarantine/request_log-<YYYYMMDD>.jsonl      rows the database refused, one JSON object a
                                                             line: {"at", "error", "source", "row" | "raw"}
 
@@ -14,10 +14,10 @@ files back with it and never stops at one bad file or line: those go to the quar
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -164,8 +164,6 @@ def _report(on_flushed: SpendCallback | None, flushed: Mapping[str, tuple[float,
 
 # ---- spill files --------------------------------------------------------------------------------
 
-_spill_seq = itertools.count()
-
 
 def write_spill(directory: Path, rows: Sequence[Row]) -> list[Path]:
     """Writes ``rows`` to new spill files (at most ``SPILL_FILE_ROWS`` each, each written atomically and
@@ -173,7 +171,7 @@ def write_spill(directory: Path, rows: Sequence[Row]) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for start in range(0, len(rows), SPILL_FILE_ROWS):
-        path = directory / f"request_log-{time.time_ns()}-{os.getpid()}-{next(_spill_seq)}.jsonl"
+        path = directory / f"request_log-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as f:
             f.write(b"".join(_dump(row) + b"\n" for row in rows[start : start + SPILL_FILE_ROWS]))

@@ -51,6 +51,8 @@ def blame(exc: BaseException) -> Blame:
         if isinstance(state, str) and len(state) == 5:
             return "rows" if state[:2] in _ROW_SQLSTATE_CLASSES else "database"
     for e in chain:
+        if isinstance(e, sqlite3.ProgrammingError) and "closed" in str(e):
+            return "database"  # "Cannot operate on a closed database."
         if isinstance(e, _SQLITE_ROW_ERRORS):
             return "rows"
         if isinstance(e, _DATABASE_ERRORS):

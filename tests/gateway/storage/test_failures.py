@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -77,3 +80,15 @@ async def poison(engine: AsyncEngine, backend: Backend, request_id: str) -> None
         await conn.execute(
             text("CREATE TRIGGER poison BEFORE INSERT ON request_log FOR EACH ROW EXECUTE FUNCTION poison()")
         )
+
+
+def test_a_closed_sqlite_connection_is_the_databases_fault(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "x.db")
+    conn.close()
+    with pytest.raises(sqlite3.ProgrammingError) as info:
+        conn.execute("SELECT 1")
+    assert blame(info.value) == "database"
+    assert (
+        blame(sqlite3.ProgrammingError("Error binding parameter 1: type 'dict' is not supported")) == "rows"
+    )
+    assert blame(OverflowError("Python int too large to convert to SQLite INTEGER")) == "rows"
