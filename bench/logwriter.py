@@ -62,6 +62,9 @@ RESULTS = ROOT / "bench" / "results"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BASELINE_BATCH = 500
 CONNECTIONS = 64
+SATURATED_BURN_US = 550.0
+"""Python CPU per emulated request: about the gateway's own (0.58 ms per non-streamed request in
+bench/results/overhead.md), so the emulated loop peaks near the gateway's peak on the same machine."""
 
 
 @dataclass(slots=True)
@@ -71,6 +74,7 @@ class Plan:
     peak_seconds: int
     peak_repeats: int
     minutes: float
+    saturated_seconds: float
 
 
 def record(i: int, now: float) -> RequestRecord:
@@ -168,6 +172,72 @@ async def _previous_add_spend(session: AsyncSession, spend: dict[str, float]) ->
         )
 
 
+async def measure_saturated(url: str, seconds: float, burn_us: float, work: Path) -> dict[str, Any]:
+    """The writer inside an event loop saturated like the gateway's at its peak: 64 tasks, each handling
+    "requests" of ``burn_us`` of Python CPU that yield to the loop and then ``submit`` a row. The writer
+    keeps up when the rows it wrote during the run match the rows submitted and its queue stays small."""
+    engine = make_engine(url)
+    try:
+        writer = LogWriter(
+            make_sessionmaker(engine),
+            batch_size=Settings().log_batch_size,
+            flush_interval_s=Settings().log_flush_interval_s,
+            spill_dir=work / "spill",
+            quarantine_dir=work / "quarantine",
+        )
+        writer.submit(record(10**9 + 2, time.time()))
+        await writer.flush()
+        written0 = writer.written
+        await writer.start()
+        stop = time.monotonic() + seconds
+        submitted = 0
+        depth: list[int] = []
+
+        async def handler(worker: int) -> None:
+            nonlocal submitted
+            i = 0
+            while time.monotonic() < stop:
+                end = time.perf_counter() + burn_us / 2e6
+                while time.perf_counter() < end:  # parsing, routing ...
+                    pass
+                await asyncio.sleep(0)  # the upstream call
+                end = time.perf_counter() + burn_us / 2e6
+                while time.perf_counter() < end:  # relaying, accounting ...
+                    pass
+                writer.submit(record(worker * 10**7 + i, time.time()))
+                submitted += 1
+                i += 1
+
+        async def sample() -> None:
+            while time.monotonic() < stop:
+                depth.append(writer.pending)
+                await asyncio.sleep(0.1)
+
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(sample(), *(handler(w) for w in range(CONNECTIONS)))
+        elapsed = time.perf_counter() - t0
+        written_during = writer.written - written0
+        pending_at_end = writer.pending
+        t1 = time.perf_counter()
+        await writer.stop()
+        drain_s = time.perf_counter() - t1
+        cpu = time.process_time() - c0
+        assert writer.quarantined == 0 and writer.spilled == 0
+    finally:
+        await engine.dispose()
+    return {
+        "burn_us": burn_us,
+        "seconds": round(elapsed, 2),
+        "requests_per_s": submitted / elapsed,
+        "rows_written_per_s": written_during / elapsed,
+        "written_fraction": written_during / submitted if submitted else 0.0,
+        "pending_at_end": pending_at_end,
+        "queue_depth_max": max(depth) if depth else 0,
+        "drain_s": round(drain_s, 3),
+        "cpu_us_per_request": 1e6 * cpu / submitted if submitted else 0.0,
+    }
+
+
 def _core_values(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "created_at": datetime.fromtimestamp(float(row["created_at"]), UTC)}
 
@@ -219,6 +289,14 @@ def writer_alone(plan: Plan, work: Path) -> dict[str, Any]:
                     flush=True,
                 )
             out[name] = {kind: {**_median(r), "runs": r} for kind, r in runs.items()}
+            sat = _run(measure_saturated(url, plan.saturated_seconds, SATURATED_BURN_US, work))
+            out[name]["saturated"] = sat
+            print(
+                f"  {name:8s} in a saturated loop: {sat['requests_per_s']:.0f} req/s, written"
+                f" {sat['rows_written_per_s']:.0f} rows/s ({100 * sat['written_fraction']:.1f}%), queue max"
+                f" {sat['queue_depth_max']}",
+                flush=True,
+            )
     finally:
         if pg is not None:
             pg[1]()
@@ -454,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         peak_seconds=10,
         peak_repeats=1 if args.quick else 3,
         minutes=args.minutes if args.minutes is not None else (0.5 if args.quick else 2.0),
+        saturated_seconds=10 if args.quick else 30,
     )
     result: dict[str, Any] = {
         "command": "python bench/logwriter.py " + " ".join(argv if argv is not None else sys.argv[1:]),

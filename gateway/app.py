@@ -63,8 +63,12 @@ def create_app(
         keys = KeyStore(
             sessionmaker, refresh_interval_s=settings.key_refresh_s, change_poll_s=settings.key_change_poll_s
         )
+        # The log writer runs on its own loop and thread, with its own engine (see gateway.logwriter).
+        log_engine = make_engine(settings.database_url)
         logwriter = LogWriter(
-            sessionmaker,
+            make_sessionmaker(log_engine),
+            own_thread=True,
+            close=log_engine.dispose,
             batch_size=settings.log_batch_size,
             flush_interval_s=settings.log_flush_interval_s,
             max_pending=settings.log_writer.max_pending,

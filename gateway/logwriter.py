@@ -16,16 +16,26 @@ key) every ``flush_interval_s``, or at once when a batch is full. Nothing is dro
 * ``stop`` flushes everything; if the database is still down then, the rest is spilled.
 
 ``health`` says whether the writer is persistently failing or behind (``/readyz`` reports it).
+
+Where it runs: on the caller's event loop, or (``own_thread=True``, as the gateway runs it) on its own loop
+in its own thread, with its own engine. At the gateway's peak its event loop is saturated: every await of
+the writer then waits behind a full round of the request handlers (64 connections: tens of ms), and a
+batch, a dozen round trips to the database, took seconds, so the log fell behind. On its own loop the
+writer waits only for the database; it needs a few percent of one core, which the GIL's switching gives
+it. ``submit`` stays a deque append on the caller's thread; the spend of each commit is reported back to
+the caller's loop (``on_flushed`` runs there).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -48,6 +58,7 @@ log = get_logger(__name__)
 DEFAULT_DATA_DIR = Path("./data")
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +80,9 @@ class LogWriter:
     ``on_flushed`` (e.g. ``KeyStore.spend_flushed``) is called after each committed batch with
     ``{key_id: (added_usd, new_total_usd)}``. ``replay_spill`` turns the automatic replay on (the app
     does, from its settings; off by default so that a writer built elsewhere never loads files it was
-    not pointed at). The counters ``written``, ``spilled``, ``replayed`` and
+    not pointed at). ``own_thread`` runs it on its own event loop in its own thread (the sessionmaker's
+    engine must then be used by nothing else: its connections belong to that loop); ``close`` (e.g. the
+    engine's ``dispose``) is awaited on the writer's loop once it has stopped. The counters ``written``, ``spilled``, ``replayed`` and
     ``quarantined`` only grow."""
 
     def __init__(
@@ -87,6 +100,8 @@ class LogWriter:
         retry_max_s: float = 30.0,
         unhealthy_after_failures: int = 3,
         behind_after_s: float = 30.0,
+        own_thread: bool = False,
+        close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._batch_size = max(1, batch_size)
@@ -102,6 +117,14 @@ class LogWriter:
         self._retry_max_s = retry_max_s
         self._unhealthy_after_failures = max(1, unhealthy_after_failures)
         self._behind_after_s = behind_after_s
+        self._own_thread = own_thread
+        self._close = close
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the writer's loop (own thread only)
+        self._caller_loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()  # guards moving rows between _queue and _overflow
+        self._wake_sent = False
+        self._final_attempts = 2
         self._queue: deque[Row] = deque()
         self._inflight = 0
         self._overflow: list[Row] = []
@@ -133,7 +156,9 @@ class LogWriter:
         pending = self.pending
         lag = now - self._caught_up_at if pending else 0.0
         reason = None
-        if self._task is not None and self._task.done():
+        if (self._task is not None and self._task.done()) or (
+            self._thread is not None and not self._thread.is_alive()
+        ):
             reason = "the writer task has stopped"
         elif self._failures >= self._unhealthy_after_failures:
             reason = f"{self._failures} consecutive writes failed"
@@ -145,36 +170,84 @@ class LogWriter:
 
     def submit(self, record: RequestRecord) -> None:
         """Queues ``record`` for writing. O(1); never blocks, never raises (a record that cannot be
-        converted is logged as an error). Call it from the event loop's thread."""
+        converted is logged as an error). Call it from one thread (the caller's event loop)."""
         try:
             self._queue.append(repo.request_row(record))
-            self._trim()
+            if len(self._queue) + self._inflight > self._max_pending:
+                self._trim()
             if len(self._queue) >= self._batch_size or self._overflow:
-                self._wake.set()
+                self._signal()
         except Exception:
             log.exception("request log: could not queue request %s", getattr(record, "request_id", "?"))
 
+    def _signal(self) -> None:
+        """Wakes the writer (from the caller's thread); in own-thread mode at most once per wake-up."""
+        if self._loop is None:
+            self._wake.set()
+        elif not self._wake_sent:
+            self._wake_sent = True
+            self._loop.call_soon_threadsafe(self._wake.set)
+
     async def start(self) -> None:
-        """Starts the background writer."""
-        if self._task is None:
-            self._stopping = False
+        """Starts the background writer (a task on this loop, or its own thread)."""
+        self._caller_loop = asyncio.get_running_loop()
+        self._stopping = False
+        if self._own_thread:
+            if self._thread is None:
+                started = threading.Event()
+                self._thread = threading.Thread(
+                    target=lambda: asyncio.run(self._thread_main(started)),
+                    name="thriftgate-logwriter",
+                    daemon=True,
+                )
+                self._thread.start()
+                await asyncio.to_thread(started.wait)
+        elif self._task is None:
             self._task = asyncio.create_task(self._run(), name="thriftgate-logwriter")
+
+    async def _thread_main(self, started: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        started.set()
+        try:
+            await self._run()
+            await self._finish()
+        finally:
+            if self._close is not None:
+                await self._close()
 
     async def stop(self, *, final_attempts: int = 2) -> None:
         """Writes everything pending, then stops. If the database still fails after ``final_attempts``
         tries, spills the rest to ``spill_dir`` (so nothing is lost) and logs an error."""
         self._stopping = True
+        self._final_attempts = final_attempts
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            loop = self._loop
+            assert loop is not None
+            loop.call_soon_threadsafe(self._wake.set)
+            await asyncio.to_thread(thread.join)
+            self._loop = None
+            return
         self._wake.set()
         task, self._task = self._task, None
         if task is not None:
             await task
+        try:
+            await self._finish()
+        finally:
+            if self._close is not None:
+                await self._close()
+
+    async def _finish(self) -> None:
+        final_attempts = self._final_attempts
         for attempt in range(final_attempts):
             await self._spill_overflow()
             if await self._drain():
                 break
             if attempt + 1 < final_attempts:
                 await asyncio.sleep(self._backoff(attempt))
-        if self._queue:
+        with self._lock:
             self._overflow.extend(self._queue)
             self._queue.clear()
         await self._spill_overflow()
@@ -186,17 +259,42 @@ class LogWriter:
     async def flush(self) -> bool:
         """Writes everything queued now; True if nothing is left pending (except rows that failed to be
         spilled). For tests and shutdown paths; the background task does this on its own."""
+        return await self._on_writer_loop(self._flush)
+
+    async def _flush(self) -> bool:
         await self._spill_overflow()
         return await self._drain()
 
     async def replay_spilled(self) -> ReplayReport:
         """Replays every spill file now (what the background task does one file per cycle once the
         database keeps up). Stops at a database failure."""
+        return await self._on_writer_loop(self._replay_all)
+
+    async def _replay_all(self) -> ReplayReport:
         report = ReplayReport()
         for path in spill_files(self.spill_dir):
             if not await self._replay_one(path, report):
                 break
         return report
+
+    async def _on_writer_loop(self, work: Callable[[], Awaitable[T]]) -> T:
+        loop = self._loop
+        if loop is None:
+            return await work()
+
+        async def run() -> T:
+            return await work()
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), loop))
+
+    def _report_flushed(self, flushed: Mapping[str, tuple[float, float]]) -> None:
+        if self._on_flushed is None:
+            return
+        caller = self._caller_loop
+        if self._loop is not None and caller is not None and not caller.is_closed():
+            caller.call_soon_threadsafe(self._on_flushed, flushed)
+        else:
+            self._on_flushed(flushed)
 
     # ---- the background task ---------------------------------------------------------------------
 
@@ -208,6 +306,7 @@ class LogWriter:
             except TimeoutError:
                 pass
             self._wake.clear()
+            self._wake_sent = False
             if self._stopping:
                 return
             await self._spill_overflow()
@@ -222,21 +321,25 @@ class LogWriter:
     async def _drain(self) -> bool:
         """Writes the queue batch by batch. False (rows kept, error logged) on a database failure."""
         while self._queue:
-            n = min(self._batch_size, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(n)]
-            self._inflight = n
+            with self._lock:
+                n = min(self._batch_size, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(n)]
+                self._inflight = n
             try:
                 result = await write_rows(
-                    self._sessionmaker, batch, self.quarantine, on_flushed=self._on_flushed
+                    self._sessionmaker, batch, self.quarantine, on_flushed=self._report_flushed
                 )
             except BaseException:
-                self._queue.extendleft(reversed(batch))
-                self._inflight = 0
+                with self._lock:
+                    self._queue.extendleft(reversed(batch))
+                    self._inflight = 0
                 raise
-            self._inflight = 0
-            self.written += result.written
+            with self._lock:
+                self._inflight = 0
+                self.written += result.written
+                if result.database_error is not None:
+                    self._queue.extendleft(reversed(result.unwritten))
             if result.database_error is not None:
-                self._queue.extendleft(reversed(result.unwritten))
                 self._trim()
                 self._failures += 1
                 self.write_failures += 1
@@ -263,7 +366,9 @@ class LogWriter:
 
     async def _replay_one(self, path: Path, report: ReplayReport) -> bool:
         before = report.rows
-        ok = await replay_file(self._sessionmaker, path, self.quarantine, report, on_flushed=self._on_flushed)
+        ok = await replay_file(
+            self._sessionmaker, path, self.quarantine, report, on_flushed=self._report_flushed
+        )
         self.replayed += report.rows - before
         if not ok:
             self._failures += 1
@@ -271,17 +376,20 @@ class LogWriter:
         return ok
 
     def _trim(self) -> None:
-        while len(self._queue) + self._inflight > self._max_pending and self._queue:
-            self._overflow.append(self._queue.popleft())
+        with self._lock:
+            while len(self._queue) + self._inflight > self._max_pending and self._queue:
+                self._overflow.append(self._queue.popleft())
 
     async def _spill_overflow(self) -> None:
         if not self._overflow:
             return
-        rows, self._overflow = self._overflow, []
+        with self._lock:
+            rows, self._overflow = self._overflow, []
         try:
             paths = await asyncio.to_thread(write_spill, self.spill_dir, rows)
         except Exception as exc:
-            self._overflow[:0] = rows
+            with self._lock:
+                self._overflow[:0] = rows
             log.error(
                 "request log: %d rows over max_pending=%d could not be spilled to %s (%s); kept in memory",
                 len(rows),

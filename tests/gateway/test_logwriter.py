@@ -491,3 +491,73 @@ async def test_two_replayers_never_load_a_file_twice(
     async with sessionmaker() as s:
         ids = (await s.execute(select(RequestLogRow.request_id))).scalars().all()
     assert len(set(ids)) == 30
+
+
+# ---- on its own thread (as the gateway runs it) -----------------------------------------------------
+
+
+async def test_own_thread_writes_and_reports_spend_on_the_callers_loop(
+    migrated_url: str, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    import threading
+
+    store = KeyStore(sessionmaker)
+    await store.start()
+    key, _ = await store.create(name="k", budget_usd=1.0)
+    reported_on: set[int] = set()
+
+    def on_flushed(flushed: Any) -> None:
+        reported_on.add(threading.get_ident())
+        store.spend_flushed(flushed)
+
+    own_engine = make_engine(migrated_url)
+    writer = LogWriter(
+        make_sessionmaker(own_engine),
+        own_thread=True,
+        close=own_engine.dispose,
+        batch_size=3,
+        flush_interval_s=0.02,
+        spill_dir=tmp_path,
+        on_flushed=on_flushed,
+    )
+    await writer.start()
+    for i in range(7):
+        store.record_usage(key.id, 10, 0.01)
+        writer.submit(record(i, key_id=key.id, cost=0.01))
+    await wait_for(lambda: _eq(count_rows(sessionmaker), 7))
+    assert writer.health().healthy
+    writer.submit(record(7, key_id=key.id, cost=0.01))
+    store.record_usage(key.id, 10, 0.01)
+    await writer.stop()  # flushes the last row, reports its spend, disposes of its engine
+    assert await count_rows(sessionmaker) == 8 and writer.written == 8 and writer.pending == 0
+    assert reported_on == {threading.get_ident()}
+    assert await spend(sessionmaker, key.id) == pytest.approx(0.08)
+    assert key.spend_usd == pytest.approx(0.08)  # moved from the in-memory delta exactly once
+    await store.stop()
+
+
+async def test_own_thread_keeps_rows_while_the_database_fails_and_spills_them_at_stop(
+    migrated_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await _rename(engine, "request_log", "request_log_away")
+    own_engine = make_engine(migrated_url)
+    writer = LogWriter(
+        make_sessionmaker(own_engine),
+        own_thread=True,
+        close=own_engine.dispose,
+        flush_interval_s=0.01,
+        retry_base_s=0.01,
+        retry_max_s=0.02,
+        unhealthy_after_failures=2,
+        spill_dir=tmp_path,
+    )
+    await writer.start()
+    for i in range(3):
+        writer.submit(record(i))
+    await wait_for(lambda: _true(not writer.health().healthy))
+    assert writer.pending == 3 and writer.write_failures >= 2
+    await writer.stop()
+    assert writer.spilled == 3 and writer.pending == 0
+    await _rename(engine, "request_log_away", "request_log")
+    report = await replay_spill(sessionmaker, tmp_path, tmp_path / "quarantine")
+    assert report.rows == 3
