@@ -11,6 +11,9 @@
    keys, so each batch also adds spend to 50 keys. The baseline, in the same run on the same data: the
    previous write path (SQLAlchemy Core ``executemany`` of dict rows and one ``UPDATE ... RETURNING`` per
    key, 500 rows per transaction).
+   Then the writer beside a saturated event loop (64 tasks emulating requests of the gateway's own CPU
+   cost, each submitting a row) for ``saturated_seconds``: on that loop, and on its own loop and thread
+   (what the gateway does): does it write as fast as rows arrive, and how deep does its queue get?
 2. **The gateway's peak**: the provider simulator and ``thriftgate serve`` (SQLite, the real log writer) as
    their own processes, the overhead benchmark's chat completion at 64 connections with wrk.
 3. **RSS at that peak** for ``--minutes``: the same load without pause; the gateway's RSS and its log
@@ -172,10 +175,13 @@ async def _previous_add_spend(session: AsyncSession, spend: dict[str, float]) ->
         )
 
 
-async def measure_saturated(url: str, seconds: float, burn_us: float, work: Path) -> dict[str, Any]:
-    """The writer inside an event loop saturated like the gateway's at its peak: 64 tasks, each handling
+async def measure_saturated(
+    url: str, seconds: float, burn_us: float, work: Path, *, own_thread: bool
+) -> dict[str, Any]:
+    """The writer beside an event loop saturated like the gateway's at its peak: 64 tasks, each handling
     "requests" of ``burn_us`` of Python CPU that yield to the loop and then ``submit`` a row. The writer
-    keeps up when the rows it wrote during the run match the rows submitted and its queue stays small."""
+    keeps up when the rows it wrote during the run match the rows submitted and its queue stays small.
+    ``own_thread``: on its own loop and thread (as the gateway runs it), else on the saturated loop."""
     engine = make_engine(url)
     try:
         writer = LogWriter(
@@ -184,11 +190,13 @@ async def measure_saturated(url: str, seconds: float, burn_us: float, work: Path
             flush_interval_s=Settings().log_flush_interval_s,
             spill_dir=work / "spill",
             quarantine_dir=work / "quarantine",
+            own_thread=own_thread,
+            close=engine.dispose if own_thread else None,  # its connections belong to the writer's loop
         )
+        await writer.start()
         writer.submit(record(10**9 + 2, time.time()))
         await writer.flush()
         written0 = writer.written
-        await writer.start()
         stop = time.monotonic() + seconds
         submitted = 0
         depth: list[int] = []
@@ -224,8 +232,10 @@ async def measure_saturated(url: str, seconds: float, burn_us: float, work: Path
         cpu = time.process_time() - c0
         assert writer.quarantined == 0 and writer.spilled == 0
     finally:
-        await engine.dispose()
+        if not own_thread:
+            await engine.dispose()
     return {
+        "own_thread": own_thread,
         "burn_us": burn_us,
         "seconds": round(elapsed, 2),
         "requests_per_s": submitted / elapsed,
@@ -289,14 +299,17 @@ def writer_alone(plan: Plan, work: Path) -> dict[str, Any]:
                     flush=True,
                 )
             out[name] = {kind: {**_median(r), "runs": r} for kind, r in runs.items()}
-            sat = _run(measure_saturated(url, plan.saturated_seconds, SATURATED_BURN_US, work))
-            out[name]["saturated"] = sat
-            print(
-                f"  {name:8s} in a saturated loop: {sat['requests_per_s']:.0f} req/s, written"
-                f" {sat['rows_written_per_s']:.0f} rows/s ({100 * sat['written_fraction']:.1f}%), queue max"
-                f" {sat['queue_depth_max']}",
-                flush=True,
-            )
+            for mode, own in (("saturated_same_loop", False), ("saturated_own_thread", True)):
+                sat = _run(
+                    measure_saturated(url, plan.saturated_seconds, SATURATED_BURN_US, work, own_thread=own)
+                )
+                out[name][mode] = sat
+                print(
+                    f"  {name:8s} {mode}: {sat['requests_per_s']:.0f} req/s, written"
+                    f" {sat['rows_written_per_s']:.0f} rows/s ({100 * sat['written_fraction']:.1f}%), queue max"
+                    f" {sat['queue_depth_max']}, CPU {sat['cpu_us_per_request']:.0f} µs/request",
+                    flush=True,
+                )
     finally:
         if pg is not None:
             pg[1]()
@@ -483,6 +496,25 @@ def report(result: dict[str, Any]) -> str:
             f" | {b['rows_per_s']:,.0f} | {b['write_cpu_us_per_row']:.1f}"
             f" | {'—' if ratio is None else f'{ratio:.1f}×'} | {met} |"
         )
+    lines += [
+        "",
+        f"The writer beside an event loop saturated like the gateway's at its peak ({CONNECTIONS} tasks, each"
+        f" emulated request {SATURATED_BURN_US:.0f} µs of Python CPU around one await, then `submit`),"
+        f" {result['plan']['saturated_seconds']} s: on that same loop (how the gateway ran it before) and on its"
+        " own loop and thread (how it runs it now).",
+        "",
+        "| database | writer | requests/s | rows written/s during the run | written | queue max | CPU µs/request |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("sqlite", "postgres"):
+        for mode, label in (("saturated_same_loop", "same loop"), ("saturated_own_thread", "own thread")):
+            sat = alone.get(name, {}).get(mode)
+            if sat is None:
+                continue
+            lines.append(
+                f"| {name} | {label} | {sat['requests_per_s']:,.0f} | {sat['rows_written_per_s']:,.0f}"
+                f" | {100 * sat['written_fraction']:.1f}% | {sat['queue_depth_max']:,} | {sat['cpu_us_per_request']:.0f} |"
+            )
     if gw:
         s = gw["sustained"]
         lines += [
@@ -517,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--minutes", type=float, help="length of the run at the gateway's peak (default 2; quick 0.5)"
     )
-    p.add_argument("--rows", type=int, help="rows per writer-alone run (default 50,000; quick 20,000)")
+    p.add_argument("--rows", type=int, help="rows per writer-alone run (default 30,000; quick 10,000)")
     p.add_argument("--no-gateway", action="store_true", help="measure the writer alone only")
     p.add_argument(
         "--gateway-db",
@@ -527,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     plan = Plan(
-        rows=args.rows or (20_000 if args.quick else 50_000),
+        rows=args.rows or (10_000 if args.quick else 30_000),
         repeats=1 if args.quick else 3,
         peak_seconds=10,
         peak_repeats=1 if args.quick else 3,
