@@ -1,7 +1,7 @@
 """The request-log writer's throughput and cost, beside the gateway's own peak, in one run.
 
-    .venv/bin/python bench/logwriter.py                 # ~4 min: writer alone, gateway peak, 2 min at peak
-    .venv/bin/python bench/logwriter.py --quick         # ~1.5 min
+    .venv/bin/python bench/logwriter.py                 # ~8 min: writer alone, gateway peak, 2 min at peak
+    .venv/bin/python bench/logwriter.py --quick         # ~2.5 min
     .venv/bin/python bench/logwriter.py --minutes 10    # the 10-minute RSS run
 
 1. **The writer alone**, on SQLite (a file, WAL) and PostgreSQL (127.0.0.1:5432, a fresh database): ``rows``

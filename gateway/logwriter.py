@@ -82,8 +82,8 @@ class LogWriter:
     does, from its settings; off by default so that a writer built elsewhere never loads files it was
     not pointed at). ``own_thread`` runs it on its own event loop in its own thread (the sessionmaker's
     engine must then be used by nothing else: its connections belong to that loop); ``close`` (e.g. the
-    engine's ``dispose``) is awaited on the writer's loop once it has stopped. The counters ``written``, ``spilled``, ``replayed`` and
-    ``quarantined`` only grow."""
+    engine's ``dispose``) is awaited on the writer's loop once it has stopped. The counters ``written``,
+    ``spilled``, ``replayed`` and ``quarantined`` only grow."""
 
     def __init__(
         self,
@@ -210,7 +210,10 @@ class LogWriter:
         self._wake = asyncio.Event()
         started.set()
         try:
-            await self._run()
+            try:
+                await self._run()
+            except Exception:
+                log.exception("request log: the writer failed; writing or spilling what is pending")
             await self._finish()
         finally:
             if self._close is not None:
