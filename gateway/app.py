@@ -77,6 +77,8 @@ def create_app(
             replay_spill=settings.log_writer.replay_spill,
             unhealthy_after_failures=settings.log_writer.unhealthy_after_failures,
             behind_after_s=settings.log_writer.behind_after_s,
+            retry_base_s=min(0.5, settings.log_writer.retry_max_s),
+            retry_max_s=settings.log_writer.retry_max_s,
             on_flushed=keys.spend_flushed,  # flushed spend moves from the in-memory delta to the DB total
         )
         metrics.track_log_writer(logwriter)

@@ -274,6 +274,8 @@ class LogWriterSettings(_Strict):
     """``/readyz`` reports the writer unhealthy after this many consecutive failed writes..."""
     behind_after_s: float = Field(default=30.0, gt=0)
     """... or while rows have waited longer than this (seconds), or were spilled this recently."""
+    retry_max_s: float = Field(default=30.0, gt=0)
+    """While the database fails, writes are retried with a backoff doubling from 0.5 s up to this."""
 
 
 class BudgetSettings(_Strict):

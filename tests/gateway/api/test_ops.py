@@ -335,7 +335,9 @@ def test_readyz_reports_a_request_log_that_keeps_failing_and_spilled_rows_come_b
         sim_url,
         db_url,
         log_flush_interval_s=0.01,
-        log_writer=LogWriterSettings(unhealthy_after_failures=2, max_pending=1, behind_after_s=1.0),
+        log_writer=LogWriterSettings(
+            unhealthy_after_failures=2, max_pending=1, behind_after_s=1.0, retry_max_s=0.2
+        ),
         data_dir=str(tmp_path / "data"),
     )
     app = create_app(settings, env={}, configure_logs=False)
