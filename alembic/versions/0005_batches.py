@@ -93,6 +93,7 @@ def upgrade() -> None:
         sa.Column("line", sa.Integer(), nullable=False),
         sa.Column("custom_id", sa.String(255), nullable=False),
         sa.Column("model", sa.String(256), nullable=False),
+        sa.Column("target", sa.String(256), nullable=True),
         sa.Column("body", sa.Text(), nullable=False),
         sa.Column("digest", sa.String(64), nullable=False),
         sa.Column("duplicate_of", sa.BigInteger(), nullable=True),

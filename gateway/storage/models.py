@@ -205,6 +205,8 @@ class BatchItemRow(Base):
     line: Mapped[int] = mapped_column(Integer)
     custom_id: Mapped[str] = mapped_column(String(255))
     model: Mapped[str] = mapped_column(String(256))
+    target: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    """The model alias that served it (set when routed), for pricing a result that arrives later."""
     body: Mapped[str] = mapped_column(Text)
     digest: Mapped[str] = mapped_column(String(64))
     duplicate_of: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
