@@ -113,7 +113,7 @@ def test_bad_line_is_refused_naming_it(gateway_factory: Any, sim: Simulator, tmp
             )
         same_id = jsonl([chat_line("a", "x"), chat_line("a", "y")])
         uploaded = client.files.create(file=("input.jsonl", same_id), purpose="batch")
-        with pytest.raises(openai.BadRequestError, match="Line 2.*custom_id"):
+        with pytest.raises(openai.BadRequestError, match=r"Line 2.*custom_id"):
             client.batches.create(
                 input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
             )
