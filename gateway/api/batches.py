@@ -324,7 +324,7 @@ async def create_batch(request: Request) -> Response:
         if not isinstance(file_id, str) or not file_id:
             raise InvalidRequest("Missing required parameter: 'input_file_id'", param="input_file_id")
         endpoint = body.get("endpoint")
-        if endpoint not in OPENAI_SPECS:
+        if not isinstance(endpoint, str) or endpoint not in OPENAI_SPECS:
             raise InvalidRequest(f"'endpoint' must be one of {', '.join(OPENAI_SPECS)}", param="endpoint")
         window = body.get("completion_window", "24h")
         if window not in WINDOWS:

@@ -164,8 +164,8 @@ async def progress(sessionmaker: async_sessionmaker[AsyncSession], job_id: str) 
         spent = saved = 0.0
         for state, n, cost, saving in rows:
             by_state[state] = int(n)
-            spent += float(cost)
-            saved += float(saving)
+            spent += float(cost or 0)
+            saved += float(saving or 0)
     return Progress(by_state, spent, saved)
 
 

@@ -595,7 +595,7 @@ class BatchWorker:
             call.mechanism = SavingMechanism.BATCH
             body = orjson.dumps(r.body).decode()
             if r.status_code is not None and 200 <= r.status_code < 300:
-                usage = (
+                usage: Usage = (
                     spec.usage_of(r.body.get("usage") if isinstance(r.body, dict) else None)
                     if spec.usage_of
                     else Usage()
@@ -655,8 +655,8 @@ class BatchWorker:
             await s.commit()
         for item, *_ in updates:
             self._release(job, item)
-        for call, status, usage, error in finished:  # accounted once the results are recorded
-            self.pipeline.finish(call, status or 500, usage, error)
+        for call, status, used, error in finished:  # accounted once the results are recorded
+            self.pipeline.finish(call, status or 500, used, error)
         self.wake()
 
     # ---- recovery, cancellation, expiry ---------------------------------------------------------------
