@@ -26,6 +26,7 @@ from gateway.api.errors import install_error_handlers
 from gateway.batch.files import FileStore
 from gateway.batch.worker import BatchWorker
 from gateway.budgets import Budgets
+from gateway.coalescer import coalescing
 from gateway.config import Catalogue
 from gateway.http import HotRoutes
 from gateway.keys import KeyStore
@@ -76,6 +77,13 @@ def create_app(
         context = ProviderContext.from_settings(settings, environ)
         context.on_retry = metrics.on_retry
         providers = Providers.from_settings(settings, environ, context=context, kinds=provider_kinds)
+        if settings.batch.embeddings_window_ms > 0:
+            wrap = coalescing(
+                lambda p: p.kind in ("openai", "openai_compatible"),
+                settings.batch.embeddings_window_ms / 1000.0,
+                settings.batch.embeddings_max_inputs,
+            )
+            providers = Providers({name: wrap(providers[name]) for name in providers}, providers.context)
         await keys.start()
         try:
             await logwriter.start()

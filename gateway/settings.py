@@ -303,6 +303,11 @@ class BatchSettings(_Strict):
     """The most fan-out requests started per second (None: only the concurrency bounds them)."""
     max_attempts: int = Field(default=3, ge=1)
     """Tries of an item refused before reaching a model (rate limits: 429)."""
+    embeddings_window_ms: float = Field(default=0.0, ge=0)
+    """Live ``/v1/embeddings`` requests for one model arriving within this window are sent upstream as
+    one request and split back (``gateway.coalescer``). 0: off (a lone request would wait the window)."""
+    embeddings_max_inputs: int = Field(default=2048, ge=1)
+    """The most inputs one coalesced embeddings request carries (OpenAI's limit)."""
 
 
 class Settings(BaseSettings):
