@@ -438,8 +438,17 @@ class BatchWorker:
             log.warning("upstream batch refused", extra={"upload": up.id, "error": exc.message})
             await self._requeue_upload(up, exc)
             return
-        except UpstreamError as exc:  # perhaps created: recovery looks for it once the lease runs out
+        except UpstreamError as exc:  # perhaps created: recovery looks for it, after a pause
             log.warning("upstream batch creation unknown", extra={"upload": up.id, "error": exc.message})
+            async with self.sm() as s:
+                await s.execute(
+                    update(BatchUploadRow)
+                    .where(BatchUploadRow.id == up.id)
+                    .values(
+                        claimed_by=None, lease_until=now() + timedelta(seconds=self.settings.poll_interval_s)
+                    )
+                )
+                await s.commit()
             return
         async with self.sm() as s:
             await s.execute(

@@ -8,17 +8,50 @@ import json
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
+import pytest
 
+from gateway.config import Catalogue
+from gateway.providers.registry import ProviderKinds
+from gateway.settings import ModelPriceOverride, ModelSettings, ProviderSettings
+from gateway.steps import Steps
 from gateway.storage import upgrade
-from tests.gateway.api.conftest import _sim_server, sim, sim_url
+from gateway.types import (
+    MISS,
+    CacheOutcome,
+    CacheStatus,
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    RouteDecision,
+    StopReason,
+    TextPart,
+    Usage,
+)
+from tests.gateway.api.conftest import (
+    _sim_server,
+    create_key,
+    db_url,
+    gateway_factory,
+    make_settings,
+    sim,
+    sim_url,
+)
+from tests.gateway.api.test_batches import batch_settings
 from tests.gateway.batch.conftest import gateway_process, write_config
+from tests.gateway.test_pipeline_e2e import FakeCache
 from tests.upstream import Simulator
 from tests.waiting import wait_until
 
-__all__ = ["_sim_server", "sim", "sim_url"]  # the surface fixtures, shared with tests/gateway/api/
+__all__ = [
+    "_sim_server",
+    "db_url",
+    "gateway_factory",
+    "sim",
+    "sim_url",
+]  # the surface fixtures, shared with tests/gateway/api/
 
 
 def chat_line(custom_id: str, text: str, model: str = "gpt-4o-mini") -> dict[str, Any]:
@@ -111,3 +144,152 @@ def test_two_gateways_share_a_job_and_run_each_item_once(
         r.json["messages"][0]["content"] for r in sim.requests if r.path == "/v1/messages" and r.json
     )
     assert len(fanned) == 15 and max(fanned.values()) == 1
+
+
+# ---- the pipeline's steps apply to items; budgets; targets without a batch API ----------------------------
+
+
+class FakeLocal:
+    """A canonical provider (the local engine's place): answers every request, counting them."""
+
+    calls: ClassVar[list[str]] = []
+
+    def __init__(self, name: str, _settings: Any, _context: Any) -> None:
+        self.name = name
+        self.kind = "local"
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        text = "".join(p.text for m in request.messages for p in m.content if isinstance(p, TextPart))
+        FakeLocal.calls.append(text)
+        return ChatResponse(
+            id="local-1",
+            model=model,
+            choices=(Choice(content=(TextPart(f"local: {text}"),), stop_reason=StopReason.END),),
+            usage=Usage(input_tokens=5, output_tokens=3),
+            created=1,
+        )
+
+    async def stream(self, request: ChatRequest, model: str) -> Any:
+        raise NotImplementedError
+
+    async def count_tokens(self, request: ChatRequest, model: str) -> int:
+        return 1
+
+    async def send(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Cheaper:
+    """Routes gpt-4o to gpt-4o-mini (a router's decision), everything else as named."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+
+    def route(self, call: Any) -> RouteDecision:
+        requested = self.catalogue.resolve(call.model)
+        target = self.catalogue.resolve("gpt-4o-mini") if call.model == "gpt-4o" else requested
+        return RouteDecision(target=target, reason="cheaper", requested=requested)
+
+
+def test_items_meet_the_cache_router_and_local_engine(
+    gateway_factory: Any, sim: Simulator, sim_url: str, tmp_path: Path
+) -> None:
+    sim.config.batches = True
+    hit = ChatResponse(
+        id="chatcmpl-cached",
+        model="gpt-4o-mini",
+        choices=(Choice(content=(TextPart("from the cache"),), stop_reason=StopReason.END),),
+        usage=Usage(input_tokens=3, output_tokens=3),
+        created=1,
+    )
+
+    class Cache(FakeCache):
+        async def lookup(self, call: Any) -> CacheOutcome:
+            text = call.canonical.messages[-1].content[0].text
+            if text == "cached":
+                return CacheOutcome(CacheStatus.HIT_EXACT, hit, counterfactual_usd=0.002)
+            return MISS
+
+    cache = Cache()
+    FakeLocal.calls = []
+    kinds = ProviderKinds()
+    kinds.register("local", FakeLocal)
+    providers = dict(make_settings(sim_url, "sqlite://").providers)
+    providers["local"] = ProviderSettings(kind="local")
+    models = dict(make_settings(sim_url, "sqlite://").models)
+    models["local-model"] = ModelSettings(
+        provider="local", model="tiny", prices=ModelPriceOverride(input=0, output=0)
+    )
+    lines = [
+        chat_line("hit", "cached"),
+        chat_line("routed", "route me", model="gpt-4o"),
+        chat_line("local-1", "run here", model="local-model"),
+        chat_line("local-2", "run here too", model="local-model"),
+        chat_line("plain", "plain"),
+    ]
+
+    def steps(settings: Any) -> Steps:
+        return Steps(router=Cheaper(Catalogue(settings)), cache=cache)
+
+    with gateway_factory(
+        batch=batch_settings(tmp_path),
+        steps_factory=steps,
+        provider_kinds=kinds,
+        providers=providers,
+        models=models,
+    ) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = _finished(client, batch.id)
+        out = {o["custom_id"]: o["response"]["body"] for o in _output(client, batch)}
+    assert out["hit"]["choices"][0]["message"]["content"] == "from the cache"
+    assert out["routed"]["model"] == "gpt-4o-mini"
+    assert out["local-1"]["choices"][0]["message"]["content"] == "local: run here"
+    assert sorted(FakeLocal.calls) == ["run here", "run here too"]
+    assert sorted(sim._batches.sent)  # the routed and plain items went through the batch API
+    upstream = [r for r in sim.requests if r.path == "/v1/files" and r.method == "POST"]
+    assert len(upstream) == 1 and b"route me" in upstream[0].body and b"cached" not in upstream[0].body
+    assert sorted(m for m, _ in cache.stored) == ["gpt-4o", "gpt-4o-mini", "local-model", "local-model"]
+    rows = {
+        r["requested_model"] + "/" + str(r["cache"]): r
+        for r in gw.rows()
+        if r["path"] == "/v1/chat/completions"
+    }
+    assert rows["gpt-4o-mini/hit-exact"]["saving_mechanism"] == "cache"
+    routed = rows["gpt-4o/miss"]
+    assert routed["served_model"] == "gpt-4o-mini" and routed["saving_mechanism"] == "batch"
+    assert routed["counterfactual_usd"] > 2 * routed["cost_usd"]  # gpt-4o at the live price
+    assert rows["local-model/miss"]["provider"] == "local"
+
+
+def test_budget_is_held_at_submission_and_released_item_by_item(
+    gateway_factory: Any, sim: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    sim.config.batches = True
+    sim.config.batch_latency_s = 0.5
+    key_id, raw = create_key(db_url, budget_usd=0.01)
+    big = [chat_line(f"b{i}", f"q{i}", model="gpt-4o") for i in range(200)]  # 200 x 1024 output tokens
+    small = [chat_line(f"s{i}", f"q{i}") for i in range(3)]
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key=raw, max_retries=0)
+        uploaded = client.files.create(file=("big.jsonl", jsonl(big)), purpose="batch")
+        with pytest.raises(openai.RateLimitError) as err:
+            client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        assert "batch of 200 requests" in err.value.message
+        budgets = gw.app.state.pipeline.budgets
+        assert budgets.held(key_id) == 0
+        uploaded = client.files.create(file=("small.jsonl", jsonl(small)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert budgets.held(key_id) > 0
+        _finished(client, batch.id)
+        assert budgets.held(key_id) == pytest.approx(0, abs=1e-12)
