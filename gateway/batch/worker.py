@@ -517,9 +517,7 @@ class BatchWorker:
                 await s.execute(
                     update(BatchUploadRow)
                     .where(BatchUploadRow.id.in_([u.id for u in ups]))
-                    .values(
-                        claimed_by=self.id, lease_until=t + timedelta(seconds=self.settings.poll_interval_s)
-                    )
+                    .values(claimed_by=self.id, lease_until=t + timedelta(seconds=self.settings.lease_s))
                 )
             jobs = {
                 j.id: j
@@ -531,8 +529,18 @@ class BatchWorker:
         for up in ups:
             try:
                 await self._poll(up, jobs[up.job_id])
-            except GatewayError as exc:
+            except GatewayError as exc:  # polled again at the next interval
                 log.warning("upstream batch poll failed", extra={"upload": up.id, "error": exc.message})
+                async with self.sm() as s:
+                    await s.execute(
+                        update(BatchUploadRow)
+                        .where(BatchUploadRow.id == up.id, BatchUploadRow.state == POLLING)
+                        .values(
+                            claimed_by=None,
+                            lease_until=now() + timedelta(seconds=self.settings.poll_interval_s),
+                        )
+                    )
+                    await s.commit()
 
     async def _poll(self, up: BatchUploadRow, job: BatchJobRow) -> None:
         provider = self.pipeline.providers.get(up.provider)
@@ -550,6 +558,15 @@ class BatchWorker:
                 await s.commit()
         poll, info = await api.poll(provider, up.upstream_batch_id)
         if not poll.ended:
+            async with self.sm() as s:  # the next poll, by any worker
+                await s.execute(
+                    update(BatchUploadRow)
+                    .where(BatchUploadRow.id == up.id, BatchUploadRow.claimed_by == self.id)
+                    .values(
+                        claimed_by=None, lease_until=now() + timedelta(seconds=self.settings.poll_interval_s)
+                    )
+                )
+                await s.commit()
             return
         results = await api.results(provider, info)
         await self._apply(up, job, results)
@@ -567,7 +584,7 @@ class BatchWorker:
                     )
                 )
             }
-        finished: list[tuple[Call, int | None, Usage | None, str | None]] = []
+        finished: list[tuple[int, Call, int | None, Usage | None, str | None]] = []
         updates: list[tuple[BatchItemRow, str, int | None, str, float | None, float | None, str | None]] = []
         for r in results:
             assert isinstance(r, Result)
@@ -623,13 +640,13 @@ class BatchWorker:
                         SavingMechanism.BATCH.value,
                     )
                 )
-                finished.append((call, r.status_code, usage, None))
+                finished.append((item.id, call, r.status_code, usage, None))
                 if spec.wire is not None and self.pipeline.steps.cache.wants(call):
                     with contextlib.suppress(Exception):  # an answer the cache cannot read is not stored
                         self.pipeline.steps.cache.store(call, wire.parse_response(spec.wire, r.body))
             else:
                 updates.append((item, FAILED, r.status_code, body, None, None, None))
-                finished.append((call, r.status_code, None, f"upstream answered {r.status_code}"))
+                finished.append((item.id, call, r.status_code, None, f"upstream answered {r.status_code}"))
         end_state = (
             EXPIRED if job.status == "expiring" else CANCELLED if job.status == "cancelling" else FAILED
         )
@@ -645,9 +662,10 @@ class BatchWorker:
                     None,
                 )
             )
+        done: set[int] = set()  # another replica may have recorded some already: each is accounted once
         async with self.sm() as s:
             for item, state, status, body, cost, saving, mech in updates:
-                await store.finish_item(
+                if await store.finish_item(
                     s,
                     item.id,
                     state,
@@ -657,15 +675,18 @@ class BatchWorker:
                     saving=saving,
                     mechanism=mech,
                     only_from=(SUBMITTED,),
-                )
+                ):
+                    done.add(item.id)
             await s.execute(
                 update(BatchUploadRow).where(BatchUploadRow.id == up.id).values(state=DONE, claimed_by=None)
             )
             await s.commit()
         for item, *_ in updates:
-            self._release(job, item)
-        for call, status, used, error in finished:  # accounted once the results are recorded
-            self.pipeline.finish(call, status or 500, used, error)
+            if item.id in done:
+                self._release(job, item)
+        for item_id, call, status, used, error in finished:  # accounted once the results are recorded
+            if item_id in done:
+                self.pipeline.finish(call, status or 500, used, error)
         self.wake()
 
     # ---- recovery, cancellation, expiry ---------------------------------------------------------------
