@@ -24,8 +24,9 @@ from gateway.api import anthropic, openai
 from gateway.api.errors import ANTHROPIC_ERRORS, OPENAI_ERRORS
 from gateway.batch import BatchNotCancellable, lines, store
 from gateway.batch.files import FileStore, file_json, new_id
+from gateway.batch.finals import anthropic_results
 from gateway.batch.store import CANCELLED, DUPLICATE, EXPIRED, FAILED, PENDING, SUCCEEDED
-from gateway.batch.worker import BatchWorker, anthropic_results
+from gateway.batch.worker import BatchWorker
 from gateway.budgets import estimate_usd
 from gateway.deps import pipeline_of
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge

@@ -5,8 +5,11 @@
     store.py    the job and item tables: submission, claims with leases, state changes
     upstream.py the providers' batch APIs (OpenAI files + batches, Anthropic message batches)
     results.py  items → result lines in each API's own format
-    worker.py   the worker loop: dedup, cache, route, then provider batch API / fan-out; polling,
-                expiry, cancellation, crash recovery
+    worker.py   the worker loop: dedup, cache, route, then provider batch API / fan-out; expiry,
+                cancellation, crash recovery
+    uploads.py  the worker's upstream batches: submitted, polled, results recorded and accounted
+    finals.py   the end of a job: duplicates resolved, output and error files written
+    cli.py      ``thriftgate batch ...`` through a running gateway
 
 Item states::
 

@@ -29,6 +29,7 @@ RUNNING = ("in_progress", "cancelling", "expiring")
 CREATING, POLLING, DONE = "creating", "submitted", "done"
 
 INSERT_CHUNK = 1000
+PAGE = 1000  # items read per query when a job is walked through
 
 
 def now() -> datetime:

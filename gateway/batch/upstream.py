@@ -16,6 +16,7 @@ import orjson
 
 from gateway.errors import UpstreamError
 from gateway.providers.base import Provider, UpstreamRequest
+from gateway.types import ModelPrices
 
 _JSON = {"content-type": "application/json"}
 
@@ -204,6 +205,22 @@ class AnthropicBatches:
                     Result(item_id, None, {"type": kind}, "cancelled" if kind == "canceled" else "expired")
                 )
         return iter(found)
+
+
+def discounted(prices: ModelPrices | None, factor: float) -> ModelPrices | None:
+    if prices is None:
+        return None
+
+    def f(v: float | None) -> float | None:
+        return None if v is None else v * factor
+
+    return ModelPrices(
+        f(prices.input),
+        f(prices.output),
+        f(prices.cache_read),
+        f(prices.cache_write_5m),
+        f(prices.cache_write_1h),
+    )
 
 
 def _anthropic_status(error: Any) -> int:

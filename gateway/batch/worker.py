@@ -9,8 +9,10 @@
    its prompt-cache planner; then a provider with a batch API gets it in an upstream batch (recorded as
    submitted before the batch is created), anything else (the local engine, other providers, a model of
    the other API) goes through the whole pipeline as a rate-limited fan-out (recorded as sending first);
-4. polls upstream batches and records their results (priced at ``batch.discount``, saving ``batch``);
-5. finalizes finished jobs: duplicates take their original's answer, output and error files are written.
+4. polls upstream batches and records their results (priced at ``batch.discount``, saving ``batch``):
+   ``gateway.batch.uploads``;
+5. finalizes finished jobs: duplicates take their original's answer, output and error files are written:
+   ``gateway.batch.finals``.
 
 Budgets: a job holds its estimate from submission; each item releases its share as it ends (a fan-out
 item just before it enters the pipeline, which holds its own). Holds live in the process (see
@@ -26,30 +28,26 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
 from gateway import wire
-from gateway.accounting import account
 from gateway.batch import store
-from gateway.batch.files import FileStore, new_id
-from gateway.batch.results import anthropic_line, no_answer, openai_line
+from gateway.batch.files import FileStore
+from gateway.batch.finals import Finals
+from gateway.batch.results import no_answer
 from gateway.batch.store import (
     CANCELLED,
     CLAIMED,
     CREATING,
-    DONE,
-    DUPLICATE,
     EXPIRED,
     FAILED,
-    PENDING,
-    POLLING,
     QUEUED,
     RUNNING,
     SENDING,
@@ -57,17 +55,16 @@ from gateway.batch.store import (
     SUCCEEDED,
     now,
 )
-from gateway.batch.upstream import BATCH_APIS, BATCH_ENDPOINTS, Refused, Result
-from gateway.errors import GatewayError, UpstreamError
+from gateway.batch.uploads import Uploads
+from gateway.batch.upstream import BATCH_APIS, BATCH_ENDPOINTS
+from gateway.errors import GatewayError
 from gateway.logs import get_logger
 from gateway.pipeline import Call, SurfaceSpec
 from gateway.providers.base import ChatProvider, Provider
-from gateway.storage.models import BatchItemRow, BatchJobRow, BatchUploadRow, FileRow
+from gateway.storage.models import BatchItemRow, BatchJobRow, BatchUploadRow
 from gateway.types import (
-    ModelPrices,
     ModelRoute,
     RequestRecord,
-    RouteDecision,
     SavingMechanism,
     Usage,
 )
@@ -78,24 +75,6 @@ if TYPE_CHECKING:
     from gateway.settings import BatchSettings
 
 log = get_logger("gateway.batch")
-
-PAGE = 1000
-
-
-def discounted(prices: ModelPrices | None, factor: float) -> ModelPrices | None:
-    if prices is None:
-        return None
-
-    def f(v: float | None) -> float | None:
-        return None if v is None else v * factor
-
-    return ModelPrices(
-        f(prices.input),
-        f(prices.output),
-        f(prices.cache_read),
-        f(prices.cache_write_5m),
-        f(prices.cache_write_1h),
-    )
 
 
 def item_request(path: str, body: bytes) -> Request:
@@ -151,6 +130,8 @@ class BatchWorker:
         self._next_poll = 0.0
         self._next_start = 0.0
         self._keys: dict[str, VirtualKey | None] = {}
+        self.uploads = Uploads(self)
+        self.finals = Finals(self)
 
     # ---- life ---------------------------------------------------------------------------------------
 
@@ -201,8 +182,8 @@ class BatchWorker:
                 await self.dispatch(claimed)
         if time.monotonic() >= self._next_poll:
             self._next_poll = time.monotonic() + min(self.settings.poll_interval_s, 1.0)
-            await self.poll_uploads()
-        await self.finalize()
+            await self.uploads.poll()
+        await self.finals.finalize()
         return busy
 
     async def _hold_again(self) -> None:
@@ -290,7 +271,7 @@ class BatchWorker:
         for (job_id, provider_name, endpoint), entries in groups.items():
             size = self.settings.upload_max_items
             for i in range(0, len(entries), size):
-                await self._upload(jobs[job_id], provider_name, endpoint, entries[i : i + size])
+                await self.uploads.upload(jobs[job_id], provider_name, endpoint, entries[i : i + size])
 
     def _batchable(self, job: BatchJobRow, target: ModelRoute, provider: Provider) -> bool:
         kind = target.provider_kind
@@ -388,306 +369,7 @@ class BatchWorker:
                 await s.commit()
         self.wake()
 
-    # ---- provider batch APIs ----------------------------------------------------------------------------
-
-    async def _upload(
-        self,
-        job: BatchJobRow,
-        provider_name: str,
-        endpoint: str,
-        entries: list[tuple[BatchItemRow, Call, ModelRoute]],
-    ) -> None:
-        by_target: dict[str, list[int]] = defaultdict(list)
-        for item, _call, target in entries:
-            by_target[target.alias].append(item.id)
-        async with self.sm() as s, s.begin():
-            up = BatchUploadRow(
-                job_id=job.id,
-                provider=provider_name,
-                endpoint=endpoint,
-                state=CREATING,
-                claimed_by=self.id,
-                lease_until=now() + timedelta(seconds=self.settings.lease_s),
-                cancel_sent=False,
-                created_at=now(),
-            )
-            s.add(up)
-            await s.flush()
-            moved: set[int] = set()
-            for alias, ids in by_target.items():
-                moved.update(
-                    await store.mark(s, ids, self.id, SUBMITTED, upload_id=up.id, target=alias, attempt=1)
-                )
-        lines = []
-        for item, call, target in entries:
-            if item.id in moved:
-                body = call.payload if call.rewritten else orjson.loads(item.body)
-                lines.append((item.id, orjson.dumps({**body, "model": target.upstream_model})))
-        await self._create_upstream(up, lines)
-
-    async def _create_upstream(self, up: BatchUploadRow, lines: list[tuple[int, bytes]]) -> None:
-        provider = self.pipeline.providers.get(up.provider)
-        assert provider is not None
-        api = BATCH_APIS[provider.kind]
-        try:
-            if not lines:
-                file_id, batch_id = None, None
-            else:
-                file_id, batch_id = await api.create(provider, up.id, up.endpoint, lines)
-        except Refused as exc:
-            log.warning("upstream batch refused", extra={"upload": up.id, "error": exc.message})
-            await self._requeue_upload(up, exc)
-            return
-        except UpstreamError as exc:  # perhaps created: recovery looks for it, after a pause
-            log.warning("upstream batch creation unknown", extra={"upload": up.id, "error": exc.message})
-            async with self.sm() as s:
-                await s.execute(
-                    update(BatchUploadRow)
-                    .where(BatchUploadRow.id == up.id)
-                    .values(
-                        claimed_by=None, lease_until=now() + timedelta(seconds=self.settings.poll_interval_s)
-                    )
-                )
-                await s.commit()
-            return
-        async with self.sm() as s:
-            await s.execute(
-                update(BatchUploadRow)
-                .where(BatchUploadRow.id == up.id)
-                .values(
-                    state=POLLING if batch_id else DONE,
-                    upstream_file_id=file_id,
-                    upstream_batch_id=batch_id,
-                    claimed_by=None,
-                    lease_until=now() + timedelta(seconds=self.settings.poll_interval_s),
-                )
-            )
-            await s.commit()
-
-    async def _requeue_upload(self, up: BatchUploadRow, exc: GatewayError) -> None:
-        """The provider refused the batch (nothing runs): its items go back to the queue, or fail after
-        ``max_attempts``."""
-        async with self.sm() as s:
-            items = list(
-                await s.scalars(
-                    select(BatchItemRow).where(
-                        BatchItemRow.upload_id == up.id, BatchItemRow.state == SUBMITTED
-                    )
-                )
-            )
-            for item in items:
-                if item.attempt + 1 < self.settings.max_attempts:
-                    await s.execute(
-                        update(BatchItemRow)
-                        .where(BatchItemRow.id == item.id)
-                        .values(
-                            state=QUEUED,
-                            upload_id=None,
-                            claimed_by=None,
-                            attempt=item.attempt + 1,
-                            lease_until=now() + timedelta(seconds=2.0 ** (item.attempt + 1)),
-                        )
-                    )
-                else:
-                    await store.finish_item(
-                        s,
-                        item.id,
-                        FAILED,
-                        status_code=None,
-                        response=no_answer("upstream_refused", exc.message),
-                    )
-            await s.execute(
-                update(BatchUploadRow).where(BatchUploadRow.id == up.id).values(state=DONE, claimed_by=None)
-            )
-            await s.commit()
-
-    async def poll_uploads(self) -> None:
-        t = now()
-        async with self.sm() as s:
-            ups = list(
-                await s.scalars(
-                    select(BatchUploadRow)
-                    .where(BatchUploadRow.state == POLLING, BatchUploadRow.lease_until < t)
-                    .order_by(BatchUploadRow.id)
-                    .limit(20)
-                    .with_for_update(skip_locked=True)
-                )
-            )
-            if ups:
-                await s.execute(
-                    update(BatchUploadRow)
-                    .where(BatchUploadRow.id.in_([u.id for u in ups]))
-                    .values(claimed_by=self.id, lease_until=t + timedelta(seconds=self.settings.lease_s))
-                )
-            jobs = {
-                j.id: j
-                for j in await s.scalars(
-                    select(BatchJobRow).where(BatchJobRow.id.in_({u.job_id for u in ups}))
-                )
-            }
-            await s.commit()
-        for up in ups:
-            try:
-                await self._poll(up, jobs[up.job_id])
-            except GatewayError as exc:  # polled again at the next interval
-                log.warning("upstream batch poll failed", extra={"upload": up.id, "error": exc.message})
-                async with self.sm() as s:
-                    await s.execute(
-                        update(BatchUploadRow)
-                        .where(BatchUploadRow.id == up.id, BatchUploadRow.state == POLLING)
-                        .values(
-                            claimed_by=None,
-                            lease_until=now() + timedelta(seconds=self.settings.poll_interval_s),
-                        )
-                    )
-                    await s.commit()
-
-    async def _poll(self, up: BatchUploadRow, job: BatchJobRow) -> None:
-        provider = self.pipeline.providers.get(up.provider)
-        if provider is None:
-            return
-        api = BATCH_APIS[provider.kind]
-        assert up.upstream_batch_id is not None
-        if job.status in ("cancelling", "expiring") and not up.cancel_sent:
-            with contextlib.suppress(GatewayError):  # it may have ended meanwhile
-                await api.cancel(provider, up.upstream_batch_id)
-            async with self.sm() as s:
-                await s.execute(
-                    update(BatchUploadRow).where(BatchUploadRow.id == up.id).values(cancel_sent=True)
-                )
-                await s.commit()
-        poll, info = await api.poll(provider, up.upstream_batch_id)
-        if not poll.ended:
-            async with self.sm() as s:  # the next poll, by any worker
-                await s.execute(
-                    update(BatchUploadRow)
-                    .where(BatchUploadRow.id == up.id, BatchUploadRow.claimed_by == self.id)
-                    .values(
-                        claimed_by=None, lease_until=now() + timedelta(seconds=self.settings.poll_interval_s)
-                    )
-                )
-                await s.commit()
-            return
-        results = await api.results(provider, info)
-        await self._apply(up, job, results)
-
-    async def _apply(self, up: BatchUploadRow, job: BatchJobRow, results: Any) -> None:
-        key = await self._key(job.key_id)
-        spec = self._spec(job)
-        catalogue = self.pipeline.catalogue
-        async with self.sm() as s:
-            items = {
-                i.id: i
-                for i in await s.scalars(
-                    select(BatchItemRow).where(
-                        BatchItemRow.upload_id == up.id, BatchItemRow.state == SUBMITTED
-                    )
-                )
-            }
-        finished: list[tuple[int, Call, int | None, Usage | None, str | None]] = []
-        updates: list[tuple[BatchItemRow, str, int | None, str, float | None, float | None, str | None]] = []
-        for r in results:
-            assert isinstance(r, Result)
-            item = items.pop(r.item_id, None)
-            if item is None:
-                continue
-            call = self._call(job, item, key)
-            if r.kind != "answered":
-                state = {"expired": EXPIRED, "cancelled": CANCELLED}.get(r.kind, FAILED)
-                updates.append(
-                    (
-                        item,
-                        state,
-                        None,
-                        no_answer(
-                            f"batch_{r.kind}", f"the upstream batch {r.kind} before running this request"
-                        ),
-                        None,
-                        None,
-                        None,
-                    )
-                )
-                continue
-            target = catalogue.resolve(item.target or item.model)
-            try:
-                requested = catalogue.resolve(item.model)
-            except GatewayError:
-                requested = target
-            self.pipeline.target(
-                call, target, RouteDecision(target=target, reason="batch", requested=requested)
-            )
-            call.prices = discounted(target.prices, self.settings.discount)
-            call.counterfactual_prices = requested.prices
-            call.mechanism = SavingMechanism.BATCH
-            body = orjson.dumps(r.body).decode()
-            if r.status_code is not None and 200 <= r.status_code < 300:
-                usage: Usage = (
-                    spec.usage_of(r.body.get("usage") if isinstance(r.body, dict) else None)
-                    if spec.usage_of
-                    else Usage()
-                )
-                acc = account(
-                    usage, call.prices, requested=call.counterfactual_prices, mechanism=call.mechanism
-                )
-                updates.append(
-                    (
-                        item,
-                        SUCCEEDED,
-                        r.status_code,
-                        body,
-                        acc.cost.total,
-                        acc.saving_usd,
-                        SavingMechanism.BATCH.value,
-                    )
-                )
-                finished.append((item.id, call, r.status_code, usage, None))
-                if spec.wire is not None and self.pipeline.steps.cache.wants(call):
-                    with contextlib.suppress(Exception):  # an answer the cache cannot read is not stored
-                        self.pipeline.steps.cache.store(call, wire.parse_response(spec.wire, r.body))
-            else:
-                updates.append((item, FAILED, r.status_code, body, None, None, None))
-                finished.append((item.id, call, r.status_code, None, f"upstream answered {r.status_code}"))
-        end_state = (
-            EXPIRED if job.status == "expiring" else CANCELLED if job.status == "cancelling" else FAILED
-        )
-        for item in items.values():  # no result: the upstream batch ended without it
-            updates.append(
-                (
-                    item,
-                    end_state,
-                    None,
-                    no_answer(f"batch_{end_state}", "the upstream batch ended without running this request"),
-                    None,
-                    None,
-                    None,
-                )
-            )
-        done: set[int] = set()  # another replica may have recorded some already: each is accounted once
-        async with self.sm() as s:
-            for item, state, status, body, cost, saving, mech in updates:
-                if await store.finish_item(
-                    s,
-                    item.id,
-                    state,
-                    status_code=status,
-                    response=body,
-                    cost=cost,
-                    saving=saving,
-                    mechanism=mech,
-                    only_from=(SUBMITTED,),
-                ):
-                    done.add(item.id)
-            await s.execute(
-                update(BatchUploadRow).where(BatchUploadRow.id == up.id).values(state=DONE, claimed_by=None)
-            )
-            await s.commit()
-        for item, *_ in updates:
-            if item.id in done:
-                self._release(job, item)
-        for item_id, call, status, used, error in finished:  # accounted once the results are recorded
-            if item_id in done:
-                self.pipeline.finish(call, status or 500, used, error)
-        self.wake()
+    # ---- provider batch APIs (gateway.batch.uploads) and the end of a job (gateway.batch.finals) ------
 
     # ---- recovery, cancellation, expiry ---------------------------------------------------------------
 
@@ -703,7 +385,7 @@ class BatchWorker:
                 await s.scalars(
                     select(BatchItemRow)
                     .where(BatchItemRow.state == SENDING, BatchItemRow.lease_until < t)
-                    .limit(PAGE)
+                    .limit(store.PAGE)
                     .with_for_update(skip_locked=True)
                 )
             )
@@ -733,62 +415,7 @@ class BatchWorker:
                 up.lease_until = t + timedelta(seconds=self.settings.lease_s)
             await s.commit()
         for up in stuck:
-            await self._resume_upload(up)
-
-    async def _resume_upload(self, up: BatchUploadRow) -> None:
-        """An upstream batch whose creation was cut off: adopt it if it exists, else create it (OpenAI
-        finds it by metadata); a message batch cannot be found, so its items fail rather than risk
-        running twice."""
-        provider = self.pipeline.providers.get(up.provider)
-        if provider is None:
-            return
-        api = BATCH_APIS[provider.kind]
-        try:
-            found = await api.find(provider, up.id)
-        except GatewayError as exc:
-            log.warning("upstream batch lookup failed", extra={"upload": up.id, "error": exc.message})
-            return
-        async with self.sm() as s:
-            items = list(
-                await s.scalars(
-                    select(BatchItemRow)
-                    .where(BatchItemRow.upload_id == up.id, BatchItemRow.state == SUBMITTED)
-                    .order_by(BatchItemRow.id)
-                )
-            )
-            if found is not None:
-                await s.execute(
-                    update(BatchUploadRow)
-                    .where(BatchUploadRow.id == up.id)
-                    .values(state=POLLING, upstream_batch_id=found, claimed_by=None, lease_until=now())
-                )
-                await s.commit()
-                return
-            if provider.kind != "openai":
-                for item in items:
-                    await store.finish_item(
-                        s,
-                        item.id,
-                        FAILED,
-                        status_code=None,
-                        only_from=(SUBMITTED,),
-                        response=no_answer(
-                            "interrupted",
-                            "the gateway stopped while sending this request's batch; it is not sent again, so it cannot run twice",
-                        ),
-                    )
-                await s.execute(
-                    update(BatchUploadRow)
-                    .where(BatchUploadRow.id == up.id)
-                    .values(state=DONE, claimed_by=None)
-                )
-                await s.commit()
-                return
-        lines = []
-        for item in items:
-            target = self.pipeline.catalogue.resolve(item.target or item.model)
-            lines.append((item.id, orjson.dumps({**orjson.loads(item.body), "model": target.upstream_model})))
-        await self._create_upstream(up, lines)
+            await self.uploads.resume(up)
 
     async def end_jobs(self) -> None:
         """Expires jobs past their window; ends the items of cancelling / expiring jobs not yet sent."""
@@ -819,209 +446,3 @@ class BatchWorker:
                     )
                 )
             await s.commit()
-
-    # ---- finalize ---------------------------------------------------------------------------------------
-
-    async def finalize(self) -> None:
-        t = now()
-        stale = t - timedelta(seconds=self.settings.lease_s)
-        async with self.sm() as s:
-            pending = (
-                select(BatchItemRow.id)
-                .where(BatchItemRow.job_id == BatchJobRow.id, BatchItemRow.state.in_(PENDING))
-                .exists()
-            )
-            jobs = list(
-                await s.scalars(
-                    select(BatchJobRow)
-                    .where(
-                        (BatchJobRow.status.in_(RUNNING) & ~pending)
-                        | and_(BatchJobRow.status == "finalizing", BatchJobRow.finalizing_at < stale)
-                    )
-                    .limit(5)
-                    .with_for_update(skip_locked=True)
-                )
-            )
-            final: dict[str, str] = {}
-            for job in jobs:
-                final[job.id] = (
-                    self._final_of(job)
-                    if job.status == "finalizing"  # a finalizer that died: done again
-                    else {"cancelling": "cancelled", "expiring": "expired"}.get(job.status, "completed")
-                )
-                job.status = "finalizing"
-                job.finalizing_at = t
-            await s.commit()
-        for job in jobs:
-            await self._finalize(job, final[job.id])
-
-    @staticmethod
-    def _final_of(job: BatchJobRow) -> str:
-        if job.cancelling_at is not None:
-            return "cancelled"
-        return "expired" if job.expires_at < now() else "completed"
-
-    async def _finalize(self, job: BatchJobRow, final: str) -> None:
-        await self._resolve_duplicates(job)
-        output_id = error_id = None
-        if job.api == "openai":
-            output_id, error_id = await self._write_files(job)
-        async with self.sm() as s:
-            values: dict[str, Any] = {"status": final, "output_file_id": output_id, "error_file_id": error_id}
-            values[
-                {"completed": "completed_at", "cancelled": "cancelled_at", "expired": "expired_at"}[final]
-            ] = now()
-            await s.execute(update(BatchJobRow).where(BatchJobRow.id == job.id).values(**values))
-            await s.commit()
-        if job.key_id is not None:
-            async with self.sm() as s:
-                left = await s.scalar(
-                    select(func.coalesce(func.sum(BatchItemRow.estimate_usd), 0)).where(
-                        BatchItemRow.job_id == job.id, BatchItemRow.state == DUPLICATE
-                    )
-                )
-            if left:
-                self.pipeline.budgets.release(job.key_id, float(left))
-        log.info("batch finished", extra={"batch": job.id, "status": final})
-
-    async def _resolve_duplicates(self, job: BatchJobRow) -> None:
-        """Each duplicate takes its original's end (cost 0, saving what the original would have cost)."""
-        key = await self._key(job.key_id)
-        last = 0
-        while True:
-            async with self.sm() as s:
-                dups = list(
-                    await s.scalars(
-                        select(BatchItemRow)
-                        .where(
-                            BatchItemRow.job_id == job.id,
-                            BatchItemRow.state == DUPLICATE,
-                            BatchItemRow.id > last,
-                        )
-                        .order_by(BatchItemRow.id)
-                        .limit(PAGE)
-                    )
-                )
-                if not dups:
-                    return
-                last = dups[-1].id
-                lines = {d.duplicate_of for d in dups}
-                originals = {
-                    o.line: o
-                    for o in await s.scalars(
-                        select(BatchItemRow).where(
-                            BatchItemRow.job_id == job.id, BatchItemRow.line.in_(lines)
-                        )
-                    )
-                }
-                calls = []
-                for d in dups:
-                    o = originals.get(d.duplicate_of or 0)
-                    if o is None or o.state in PENDING or o.state == DUPLICATE:
-                        continue
-                    paid = (o.cost_usd or 0.0) + (o.saving_usd or 0.0) if o.state == SUCCEEDED else None
-                    await store.finish_item(
-                        s,
-                        d.id,
-                        o.state,
-                        status_code=o.status_code,
-                        response=o.response,
-                        cost=0.0 if o.state == SUCCEEDED else None,
-                        saving=paid,
-                        mechanism=SavingMechanism.CACHE.value if o.state == SUCCEEDED else None,
-                        only_from=(DUPLICATE,),
-                    )
-                    if o.state == SUCCEEDED:
-                        call = self._call(job, d, key)
-                        call.record.cache = "batch-duplicate"
-                        call.record.served_model = o.target
-                        call.counterfactual_usd = paid
-                        call.mechanism = SavingMechanism.CACHE
-                        calls.append(call)
-                await s.commit()
-            for call in calls:
-                self.pipeline.finish(call, 200, Usage(), cached=True)
-
-    async def _write_files(self, job: BatchJobRow) -> tuple[str | None, str | None]:
-        """The OpenAI output and error files, written a page of items at a time."""
-        root = self.files.root
-        paths = {}
-        handles = {}
-        counts = {True: 0, False: 0}
-        rows: dict[bool, FileRow | None] = {True: None, False: None}
-        for ok in (True, False):
-            file_id = new_id("file-")
-            rel = f"{file_id[-2:]}/{file_id}"
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            paths[ok] = (file_id, rel)
-            handles[ok] = open(root / rel, "wb")  # noqa: SIM115, ASYNC230 (local files, closed below)
-        try:
-            async for item in self._items(job.id):
-                found = openai_line(item)
-                if found is not None:
-                    ok, line = found
-                    handles[ok].write(line)
-                    counts[ok] += 1
-        finally:
-            for h in handles.values():
-                h.flush()
-                os.fsync(h.fileno())
-                h.close()
-        async with self.sm() as s:
-            for ok in (True, False):
-                file_id, rel = paths[ok]
-                if not counts[ok]:
-                    (root / rel).unlink(missing_ok=True)
-                    continue
-                suffix = "output" if ok else "error"
-                rows[ok] = FileRow(
-                    id=file_id,
-                    key_id=job.key_id,
-                    purpose="batch_output",
-                    filename=f"{job.id}_{suffix}.jsonl",
-                    bytes=(root / rel).stat().st_size,
-                    path=rel,
-                    created_at=now(),
-                )
-                s.add(rows[ok])
-            await s.commit()
-        out, err = rows[True], rows[False]
-        return (out.id if out else None), (err.id if err else None)
-
-    async def _items(self, job_id: str) -> AsyncIterator[BatchItemRow]:
-        last = 0
-        while True:
-            async with self.sm() as s:
-                page = list(
-                    await s.scalars(
-                        select(BatchItemRow)
-                        .where(BatchItemRow.job_id == job_id, BatchItemRow.line > last)
-                        .order_by(BatchItemRow.line)
-                        .limit(PAGE)
-                    )
-                )
-            if not page:
-                return
-            last = page[-1].line
-            for item in page:
-                yield item
-
-
-async def anthropic_results(sm: async_sessionmaker[AsyncSession], job_id: str) -> AsyncIterator[bytes]:
-    """An ended message batch's results, a page of items at a time."""
-    last = 0
-    while True:
-        async with sm() as s:
-            page = list(
-                await s.scalars(
-                    select(BatchItemRow)
-                    .where(BatchItemRow.job_id == job_id, BatchItemRow.line > last)
-                    .order_by(BatchItemRow.line)
-                    .limit(PAGE)
-                )
-            )
-        if not page:
-            return
-        last = page[-1].line
-        for item in page:
-            yield anthropic_line(item)
