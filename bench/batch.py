@@ -163,7 +163,7 @@ def through_gateway(
         submitted = time.perf_counter() - t0
         batch = created.json()
         while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
-            time.sleep(0.1)
+            time.sleep(0.5)
             batch = client.get(f"/v1/batches/{batch['id']}").json()
         wall = time.perf_counter() - t0
         cpu = server.cpu_seconds() - cpu0

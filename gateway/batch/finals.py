@@ -148,29 +148,36 @@ class Finals:
                     )
                 }
                 calls = []
+                rows: list[dict[str, Any]] = []
+                ended = now()
                 for d in dups:
                     o = originals.get(d.duplicate_of or 0)
                     if o is None or o.state in PENDING or o.state == DUPLICATE:
                         continue
-                    paid = (o.cost_usd or 0.0) + (o.saving_usd or 0.0) if o.state == SUCCEEDED else None
-                    await store.finish_item(
-                        s,
-                        d.id,
-                        o.state,
-                        status_code=o.status_code,
-                        response=o.response,
-                        cost=0.0 if o.state == SUCCEEDED else None,
-                        saving=paid,
-                        mechanism=SavingMechanism.CACHE.value if o.state == SUCCEEDED else None,
-                        only_from=(DUPLICATE,),
+                    ok = o.state == SUCCEEDED
+                    paid = (o.cost_usd or 0.0) + (o.saving_usd or 0.0) if ok else None
+                    rows.append(
+                        {
+                            "id": d.id,
+                            "state": o.state,
+                            "status_code": o.status_code,
+                            "response": o.response,
+                            "cost_usd": 0.0 if ok else None,
+                            "saving_usd": paid,
+                            "mechanism": SavingMechanism.CACHE.value if ok else None,
+                            "target": o.target,
+                            "finished_at": ended,
+                        }
                     )
-                    if o.state == SUCCEEDED:
+                    if ok:
                         call = self._call(job, d, key)
                         call.record.cache = "batch-duplicate"
                         call.record.served_model = o.target
                         call.counterfactual_usd = paid
                         call.mechanism = SavingMechanism.CACHE
                         calls.append(call)
+                if rows:  # by primary key, in one executemany (only this finalizer holds the job)
+                    await s.execute(update(BatchItemRow), rows)
                 await s.commit()
             for call in calls:
                 self.pipeline.finish(call, 200, Usage(), cached=True)

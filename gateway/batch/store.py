@@ -272,6 +272,15 @@ async def finish_item(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def any_unfinished(session: AsyncSession) -> bool:
+    """Whether any job has not ended yet. Reads only."""
+    found = await session.scalar(
+        select(BatchJobRow.id).where(BatchJobRow.status.in_((*RUNNING, "finalizing"))).limit(1)
+    )
+    await session.commit()
+    return found is not None
+
+
 async def renew(session: AsyncSession, worker: str, lease_s: float) -> None:
     until = now() + timedelta(seconds=lease_s)
     await session.execute(

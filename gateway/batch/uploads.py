@@ -338,31 +338,39 @@ class Uploads:
                     None,
                 )
             )
-        done: set[int] = set()  # another replica may have recorded some already: each is accounted once
         async with self.sm() as s:
-            for item, state, status, body, cost, saving, mech in updates:
-                if await store.finish_item(
-                    s,
-                    item.id,
-                    state,
-                    status_code=status,
-                    response=body,
-                    cost=cost,
-                    saving=saving,
-                    mechanism=mech,
-                    only_from=(SUBMITTED,),
-                ):
-                    done.add(item.id)
-            await s.execute(
-                update(BatchUploadRow).where(BatchUploadRow.id == up.id).values(state=DONE, claimed_by=None)
+            # Whoever moves the upload to done records its results: two replicas never both do.
+            flipped = await s.execute(
+                update(BatchUploadRow)
+                .where(BatchUploadRow.id == up.id, BatchUploadRow.state == POLLING)
+                .values(state=DONE, claimed_by=None)
             )
+            if flipped.rowcount != 1:  # type: ignore[attr-defined]
+                await s.rollback()
+                return
+            ended = now()
+            rows = [
+                {
+                    "id": item.id,
+                    "state": state,
+                    "status_code": status,
+                    "response": body,
+                    "cost_usd": cost,
+                    "saving_usd": saving,
+                    "mechanism": mech,
+                    "finished_at": ended,
+                    "claimed_by": None,
+                    "lease_until": None,
+                }
+                for item, state, status, body, cost, saving, mech in updates
+            ]
+            if rows:
+                await s.execute(update(BatchItemRow), rows)  # by primary key, in one executemany
             await s.commit()
         for item, *_ in updates:
-            if item.id in done:
-                self._release(job, item)
-        for item_id, call, status, used, error in finished:  # accounted once the results are recorded
-            if item_id in done:
-                self.pipeline.finish(call, status or 500, used, error)
+            self._release(job, item)
+        for _item_id, call, status, used, error in finished:  # accounted once the results are recorded
+            self.pipeline.finish(call, status or 500, used, error)
         self.wake()
 
     async def resume(self, up: BatchUploadRow) -> None:

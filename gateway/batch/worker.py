@@ -169,6 +169,10 @@ class BatchWorker:
     async def tick(self) -> bool:
         """One round of work; whether it found items to dispatch."""
         self._keys.clear()
+        if not self._tasks:
+            async with self.sm() as s:
+                if not await store.any_unfinished(s):
+                    return False  # one cheap query while there is nothing to do
         async with self.sm() as s:
             await store.renew(s, self.id, self.settings.lease_s)
         await self.recover()
