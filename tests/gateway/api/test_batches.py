@@ -327,3 +327,28 @@ def test_anthropic_bad_request_named(gateway_factory: Any, sim: Simulator, tmp_p
         del bad["params"]["max_tokens"]
         with pytest.raises(anthropic.BadRequestError, match=r"requests\.1\.params.*max_tokens"):
             client.messages.batches.create(requests=[_message_request("a", "x"), bad])
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/embeddings", "/v1/responses"])
+def test_embeddings_and_responses_batches(
+    gateway_factory: Any, sim: Simulator, tmp_path: Path, endpoint: str
+) -> None:
+    sim.config.batches = True
+    if endpoint == "/v1/embeddings":
+        bodies = [{"model": "text-embedding-3-small", "input": f"text {i}"} for i in range(3)]
+    else:
+        bodies = [{"model": "gpt-4o-mini", "input": f"question {i}"} for i in range(3)]
+    lines = [
+        {"custom_id": f"x{i}", "method": "POST", "url": endpoint, "body": b} for i, b in enumerate(bodies)
+    ]
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
+        batch = ended(client, batch.id)
+        out = parse_jsonl(client.files.content(batch.output_file_id).text)
+    assert sorted(o["custom_id"] for o in out) == ["x0", "x1", "x2"]
+    kind = "list" if endpoint == "/v1/embeddings" else "response"
+    assert all(o["response"]["body"]["object"] == kind for o in out)
+    rows = [r for r in gw.rows() if r["path"] == endpoint]
+    assert len(rows) == 3 and all(r["saving_mechanism"] == "batch" and r["input_tokens"] > 0 for r in rows)
