@@ -540,3 +540,21 @@ async def message_batch_results(batch_id: str, request: Request) -> Response:
         )
 
     return await _serve(request, Surface.ANTHROPIC_BATCHES, ANTHROPIC_ERRORS, respond)
+
+
+@router.delete("/v1/messages/batches/{batch_id}")
+async def delete_message_batch(batch_id: str, request: Request) -> Response:
+    """Deletes an ended message batch and its results (one still processing must be cancelled first)."""
+
+    async def respond(call: Call) -> Response:
+        batches = _batches(request)
+        job = await store.owned_job(batches.sessionmaker, batch_id, _key_id(call), "anthropic")
+        if job.status not in _ENDED:
+            raise InvalidRequest(
+                f"Batch {batch_id} is still processing and cannot be deleted; cancel it first."
+            )
+        await store.delete_job(batches.sessionmaker, job.id)
+        body = {"id": job.id, "type": "message_batch_deleted"}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    return await _serve(request, Surface.ANTHROPIC_BATCHES, ANTHROPIC_ERRORS, respond)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.batch.lines import Item
@@ -180,6 +180,14 @@ async def request_cancel(sessionmaker: async_sessionmaker[AsyncSession], job_id:
             job.status = "cancelling"
             job.cancelling_at = now()
         return job
+
+
+async def delete_job(sessionmaker: async_sessionmaker[AsyncSession], job_id: str) -> None:
+    """Deletes an ended job with its items and upstream batches."""
+    async with sessionmaker() as session, session.begin():
+        await session.execute(delete(BatchItemRow).where(BatchItemRow.job_id == job_id))
+        await session.execute(delete(BatchUploadRow).where(BatchUploadRow.job_id == job_id))
+        await session.execute(delete(BatchJobRow).where(BatchJobRow.id == job_id))
 
 
 # ---- claims -----------------------------------------------------------------------------------------

@@ -300,6 +300,9 @@ def test_anthropic_message_batch_end_to_end(gateway_factory: Any, sim: Simulator
         assert results["again"].type == "succeeded" and results["again"].message == results["m0"].message
         assert results["bad"].type == "errored"
         assert [b.id for b in client.messages.batches.list()] == [batch.id]
+        assert client.messages.batches.delete(batch.id).type == "message_batch_deleted"
+        with pytest.raises(anthropic.NotFoundError):
+            client.messages.batches.retrieve(batch.id)
     rows = [r for r in gw.rows() if r["path"] == "/v1/messages" and r["saving_mechanism"] == "batch"]
     assert len(rows) == 4
 
@@ -317,6 +320,9 @@ def test_anthropic_cancel(gateway_factory: Any, sim: Simulator, tmp_path: Path) 
             timeout_s=30,
         )
         assert batch.request_counts.canceled == 3
+        pending = client.messages.batches.create(requests=[_message_request("p", "q")])
+        with pytest.raises(anthropic.BadRequestError, match="cancel it first"):
+            client.messages.batches.delete(pending.id)
         assert {r.result.type for r in client.messages.batches.results(batch.id)} == {"canceled"}
 
 
