@@ -424,6 +424,7 @@ class BatchWorker:
     async def end_jobs(self) -> None:
         """Expires jobs past their window; ends the items of cancelling / expiring jobs not yet sent."""
         t = now()
+        released: list[tuple[str, float]] = []
         async with self.sm() as s:
             await s.execute(
                 update(BatchJobRow)
@@ -435,9 +436,10 @@ class BatchWorker:
                 ("expiring", EXPIRED, "batch_expired"),
             ):
                 ids = select(BatchJobRow.id).where(BatchJobRow.status == status).scalar_subquery()
-                await s.execute(
+                ended = await s.execute(
                     update(BatchItemRow)
                     .where(BatchItemRow.job_id.in_(ids), BatchItemRow.state.in_((QUEUED, CLAIMED)))
+                    .returning(BatchItemRow.job_id, BatchItemRow.estimate_usd)
                     .values(
                         state=state,
                         claimed_by=None,
@@ -449,4 +451,20 @@ class BatchWorker:
                         ),
                     )
                 )
+                released.extend((job_id, amount) for job_id, amount in ended)
+            owners = {}
+            if released:
+                owners = dict(
+                    (
+                        await s.execute(
+                            select(BatchJobRow.id, BatchJobRow.key_id).where(
+                                BatchJobRow.id.in_({job_id for job_id, _ in released})
+                            )
+                        )
+                    ).tuples()
+                )
             await s.commit()
+        for job_id, amount in released:  # their share of the job's hold
+            key_id = owners.get(job_id)
+            if key_id is not None and amount:
+                self.pipeline.budgets.release(key_id, float(amount))
