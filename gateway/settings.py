@@ -291,7 +291,7 @@ class BatchSettings(_Strict):
     """The most items one upstream batch carries."""
     poll_interval_s: float = Field(default=5.0, gt=0)
     """How often upstream batches are polled."""
-    tick_s: float = Field(default=0.2, gt=0)
+    tick_s: float = Field(default=0.5, gt=0)
     """How often the worker looks for work when it found none."""
     claim_size: int = Field(default=500, ge=1)
     """Items claimed per database round trip."""

@@ -4,20 +4,26 @@ and run each item once. Both on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import openai
 import pytest
+from sqlalchemy import update
 
+from gateway.api.openai import CHAT
+from gateway.batch import lines, store
 from gateway.config import Catalogue
 from gateway.providers.registry import ProviderKinds
 from gateway.settings import ModelPriceOverride, ModelSettings, ProviderSettings
 from gateway.steps import Steps
-from gateway.storage import upgrade
+from gateway.storage import make_engine, make_sessionmaker, upgrade
+from gateway.storage.models import BatchItemRow, BatchJobRow
 from gateway.types import (
     MISS,
     CacheOutcome,
@@ -293,3 +299,48 @@ def test_budget_is_held_at_submission_and_released_item_by_item(
         assert budgets.held(key_id) > 0
         _finished(client, batch.id)
         assert budgets.held(key_id) == pytest.approx(0, abs=1e-12)
+
+
+def test_a_dead_workers_claims_are_taken_over_and_its_sends_never_repeated(
+    gateway_factory: Any, sim: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    """Rows as a killed worker leaves them: a claimed item (nothing sent: run again) and an item it was
+    sending (perhaps sent: failed as interrupted, never sent again), both with their leases run out."""
+
+    async def seed() -> None:
+        engine = make_engine(db_url)
+        sm = make_sessionmaker(engine)
+        t = datetime.now(UTC)
+        job = BatchJobRow(
+            id="batch_seeded", api="openai", key_id=None, endpoint="/v1/chat/completions",
+            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
+            expires_at=t + timedelta(days=1),
+        )  # fmt: skip
+        seen = lines.Duplicates()
+        items = [
+            lines.openai_line(i + 1, jsonl([chat_line(c, c, model="claude-haiku-4-5")]), "/v1/chat/completions",
+                              CHAT.validate, CHAT.output_cap)
+            for i, c in enumerate(("was-claimed", "was-sending", "untouched"))
+        ]  # fmt: skip
+        await store.submit(sm, job, iter(items), lambda _i: 0.0, seen.original, lambda *_: None)
+        async with sm() as s:
+            past = t - timedelta(seconds=30)
+            for custom_id, state in (("was-claimed", "claimed"), ("was-sending", "sending")):
+                await s.execute(
+                    update(BatchItemRow)
+                    .where(BatchItemRow.custom_id == custom_id)
+                    .values(state=state, claimed_by="dead-worker", lease_until=past)
+                )
+            await s.commit()
+        await engine.dispose()
+
+    asyncio.run(seed())
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        batch = _finished(client, "batch_seeded")
+        out = _output(client, batch)
+        errors = [json.loads(x) for x in client.files.content(batch.error_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in out) == ["untouched", "was-claimed"]
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("was-sending", "interrupted")]
+    sent = [r.json["messages"][0]["content"] for r in sim.requests if r.path == "/v1/messages"]
+    assert sorted(sent) == ["untouched", "was-claimed"]
