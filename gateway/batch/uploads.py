@@ -29,7 +29,7 @@ from gateway.batch.store import (
     SUCCEEDED,
     now,
 )
-from gateway.batch.upstream import BATCH_APIS, Refused, Result, discounted
+from gateway.batch.upstream import BATCH_APIS, Found, Refused, Result, discounted
 from gateway.errors import GatewayError, UpstreamError
 from gateway.logs import get_logger
 from gateway.pipeline import Call
@@ -374,18 +374,13 @@ class Uploads:
         self.wake()
 
     async def resume(self, up: BatchUploadRow) -> None:
-        """An upstream batch whose creation was cut off: adopt it if it exists, else create it (OpenAI
-        finds it by metadata); a message batch cannot be found, so its items fail rather than risk
-        running twice."""
+        """An upstream batch whose creation was cut off: adopt it if it exists upstream (OpenAI: found by
+        its metadata; Anthropic: by its results naming our items), look again later while that cannot be
+        told, else create it (it never got there, so nothing runs twice)."""
         provider = self.pipeline.providers.get(up.provider)
         if provider is None:
             return
         api = BATCH_APIS[provider.kind]
-        try:
-            found = await api.find(provider, up.id)
-        except GatewayError as exc:
-            log.warning("upstream batch lookup failed", extra={"upload": up.id, "error": exc.message})
-            return
         async with self.sm() as s:
             items = list(
                 await s.scalars(
@@ -394,34 +389,21 @@ class Uploads:
                     .order_by(BatchItemRow.id)
                 )
             )
-            if found is not None:
-                await s.execute(
-                    update(BatchUploadRow)
-                    .where(BatchUploadRow.id == up.id)
-                    .values(state=POLLING, upstream_batch_id=found, claimed_by=None, lease_until=now())
-                )
+        try:
+            found = await api.find(provider, up.id, {i.id for i in items}, up.created_at)
+        except GatewayError as exc:
+            log.warning("upstream batch lookup failed", extra={"upload": up.id, "error": exc.message})
+            found = Found(None, True)
+        if found.batch_id is not None or found.undecided:
+            async with self.sm() as s:
+                values: dict[str, Any] = {"claimed_by": None}
+                if found.batch_id is not None:
+                    values.update(state=POLLING, upstream_batch_id=found.batch_id, lease_until=now())
+                else:
+                    values["lease_until"] = now() + timedelta(seconds=self.settings.poll_interval_s)
+                await s.execute(update(BatchUploadRow).where(BatchUploadRow.id == up.id).values(**values))
                 await s.commit()
-                return
-            if provider.kind != "openai":
-                for item in items:
-                    await store.finish_item(
-                        s,
-                        item.id,
-                        FAILED,
-                        status_code=None,
-                        only_from=(SUBMITTED,),
-                        response=no_answer(
-                            "interrupted",
-                            "the gateway stopped while sending this request's batch; it is not sent again, so it cannot run twice",
-                        ),
-                    )
-                await s.execute(
-                    update(BatchUploadRow)
-                    .where(BatchUploadRow.id == up.id)
-                    .values(state=DONE, claimed_by=None)
-                )
-                await s.commit()
-                return
+            return
         lines = []
         for item in items:
             target = self.pipeline.catalogue.resolve(item.target or item.model)

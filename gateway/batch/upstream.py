@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from gateway.providers.base import Provider, UpstreamRequest
 from gateway.types import ModelPrices
 
 _JSON = {"content-type": "application/json"}
+_SKEW = timedelta(minutes=5)
 
 
 class Refused(UpstreamError):
@@ -34,6 +36,15 @@ class Result:
     status_code: int | None
     body: Any
     kind: str  # "answered", "expired", "cancelled", "failed"
+
+
+@dataclass(slots=True, frozen=True)
+class Found:
+    """A lookup for an upstream batch whose creation was cut off: its id, or None; ``undecided``: a
+    candidate could not be read yet (look again later, create nothing)."""
+
+    batch_id: str | None
+    undecided: bool
 
 
 @dataclass(slots=True, frozen=True)
@@ -109,13 +120,13 @@ class OpenAIBatches:
         return file["id"], batch["id"]
 
     @staticmethod
-    async def find(provider: Provider, upload_id: int) -> str | None:
+    async def find(provider: Provider, upload_id: int, item_ids: set[int], since: datetime) -> Found:
         """The batch created for ``upload_id`` before a crash, if any (found by its metadata)."""
         page = _json(await _call(provider, "GET", "/v1/batches?limit=100"), "batch list")
         for b in page.get("data") or []:
             if (b.get("metadata") or {}).get("thriftgate_upload") == str(upload_id):
-                return str(b["id"])
-        return None
+                return Found(str(b["id"]), False)
+        return Found(None, False)
 
     @staticmethod
     async def poll(provider: Provider, batch_id: str) -> tuple[Poll, Any]:
@@ -171,8 +182,29 @@ class AnthropicBatches:
         return None, str(batch["id"])
 
     @staticmethod
-    async def find(provider: Provider, upload_id: int) -> str | None:
-        return None  # message batches carry no metadata to find them by
+    async def find(provider: Provider, upload_id: int, item_ids: set[int], since: datetime) -> Found:
+        """Message batches carry no metadata: the ones created since ``since`` (less a margin for clock
+        skew) are candidates, and an ended one whose results name one of ``item_ids`` (our item ids are
+        the custom_ids) is it. A candidate still processing cannot be read yet: undecided."""
+        page = _json(await _call(provider, "GET", "/v1/messages/batches?limit=100"), "message batch list")
+        undecided = False
+        for b in page.get("data") or []:
+            try:
+                created = datetime.fromisoformat(str(b.get("created_at")).replace("Z", "+00:00"))
+            except ValueError:
+                created = since
+            if created < since - _SKEW:
+                continue
+            if b.get("processing_status") != "ended":
+                undecided = True
+                continue
+            content = await _call(provider, "GET", f"/v1/messages/batches/{b['id']}/results", headers={})
+            for raw in (content or b"").splitlines():
+                if raw.strip():
+                    custom_id = orjson.loads(raw).get("custom_id")
+                    if isinstance(custom_id, str) and custom_id.isdigit() and int(custom_id) in item_ids:
+                        return Found(str(b["id"]), False)
+        return Found(None, undecided)
 
     @staticmethod
     async def poll(provider: Provider, batch_id: str) -> tuple[Poll, Any]:

@@ -2,8 +2,8 @@
 
 1. renews its leases and takes over the work of dead workers (``recover``): claims that ran out go back
    to the queue (nothing was sent); a fan-out item that was being sent is failed, never sent again; an
-   upstream batch being created is looked up upstream (OpenAI: by its metadata) and adopted, or created
-   again when it never got there;
+   upstream batch being created is looked up upstream (OpenAI: by its metadata; Anthropic: by results
+   naming its items) and adopted, or created again when it never got there;
 2. ends what was cancelled or expired (``end_jobs``);
 3. claims queued items and dispatches each: the pipeline's cache step (a hit answers it), its route step,
    its prompt-cache planner; then a provider with a batch API gets it in an upstream batch (recorded as

@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anthropic
 import openai
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from gateway.api.anthropic import MESSAGES
 from gateway.api.openai import CHAT
 from gateway.batch import lines, store
 from gateway.config import Catalogue
@@ -23,7 +25,7 @@ from gateway.providers.registry import ProviderKinds
 from gateway.settings import ModelPriceOverride, ModelSettings, ProviderSettings
 from gateway.steps import Steps
 from gateway.storage import make_engine, make_sessionmaker, upgrade
-from gateway.storage.models import BatchItemRow, BatchJobRow
+from gateway.storage.models import BatchItemRow, BatchJobRow, BatchUploadRow
 from gateway.types import (
     MISS,
     CacheOutcome,
@@ -37,6 +39,7 @@ from gateway.types import (
     Usage,
 )
 from tests.gateway.api.conftest import (
+    ANTHROPIC_KEY,
     _sim_server,
     create_key,
     db_url,
@@ -344,3 +347,62 @@ def test_a_dead_workers_claims_are_taken_over_and_its_sends_never_repeated(
     assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("was-sending", "interrupted")]
     sent = [r.json["messages"][0]["content"] for r in sim.requests if r.path == "/v1/messages"]
     assert sorted(sent) == ["untouched", "was-claimed"]
+
+
+@pytest.mark.parametrize("reached_upstream", [True, False])
+def test_a_message_batch_cut_off_mid_creation_is_found_or_created_once(
+    gateway_factory: Any, sim: Simulator, sim_url: str, db_url: str, tmp_path: Path, reached_upstream: bool
+) -> None:
+    """A worker died between recording an upload and learning its message batch's id: the batch is
+    adopted when it reached Anthropic (found by its results), created when it did not; never both."""
+    sim.config.batches = True
+    t = datetime.now(UTC)
+    params = [
+        {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": f"q{i}"}]}
+        for i in range(3)
+    ]
+
+    async def seed() -> list[int]:
+        engine = make_engine(db_url)
+        sm = make_sessionmaker(engine)
+        job = BatchJobRow(
+            id="msgbatch_seeded", api="anthropic", key_id=None, endpoint="/v1/messages",
+            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
+            expires_at=t + timedelta(days=1),
+        )  # fmt: skip
+        items = [
+            lines.anthropic_request(i, {"custom_id": f"m{i}", "params": p}, MESSAGES.validate, MESSAGES.output_cap)
+            for i, p in enumerate(params)
+        ]  # fmt: skip
+        await store.submit(sm, job, iter(items), lambda _i: 0.0, lambda _i: None, lambda *_: None)
+        async with sm() as s:
+            up = BatchUploadRow(
+                job_id=job.id, provider="anthropic", endpoint="/v1/messages", state="creating",
+                claimed_by="dead-worker", lease_until=t - timedelta(seconds=30), cancel_sent=False, created_at=t,
+            )  # fmt: skip
+            s.add(up)
+            await s.flush()
+            await s.execute(
+                update(BatchItemRow).values(state="submitted", upload_id=up.id, target="claude-haiku-4-5")
+            )
+            ids = [i.id for i in await s.scalars(select(BatchItemRow).order_by(BatchItemRow.id))]
+            await s.commit()
+        await engine.dispose()
+        return ids
+
+    ids = asyncio.run(seed())
+    if reached_upstream:  # the dead worker's create did reach Anthropic
+        upstream = anthropic.Anthropic(base_url=sim_url, api_key=ANTHROPIC_KEY, max_retries=0)
+        upstream.messages.batches.create(
+            requests=[{"custom_id": str(i), "params": p} for i, p in zip(ids, params, strict=True)]  # type: ignore[misc]
+        )
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="sk-ant-client", max_retries=0)
+        wait_until(
+            lambda: client.messages.batches.retrieve("msgbatch_seeded").processing_status == "ended",
+            timeout_s=30,
+        )
+        results = {r.custom_id: r.result.type for r in client.messages.batches.results("msgbatch_seeded")}
+    assert results == {"m0": "succeeded", "m1": "succeeded", "m2": "succeeded"}
+    assert sorted(sim._batches.sent) == sorted(str(i) for i in ids)  # each item in one upstream batch
+    assert len(sim._batches.jobs) == 1
