@@ -194,20 +194,35 @@ def render_default_config() -> str:
         "# live price), any other model through the pipeline, 'fanout_concurrency' at a time.",
         "batch:",
         f"  enabled: {'true' if b.enabled else 'false'}",
-        f"  data_dir: {_scalar(b.data_dir)}         # uploaded and result files (never in the database)",
+        _commented(
+            f"  data_dir: {_scalar(b.data_dir)}", "# uploaded and result files (never in the database)"
+        ),
         f"  max_file_bytes: {b.max_file_bytes}",
-        f"  max_items: {b.max_items}              # requests per job",
-        f"  completion_window_s: {b.completion_window_s:g}     # a job not done by then expires (unrun items: batch_expired)",
-        f"  provider_batch: {'true' if b.provider_batch else 'false'}         # false: every item through the live pipeline",
-        f"  discount: {b.discount:g}                # the provider batch price as a fraction of the live price",
-        f"  upload_max_items: {b.upload_max_items}        # items per upstream batch",
-        f"  poll_interval_s: {b.poll_interval_s:g}          # how often upstream batches are polled",
-        f"  tick_s: {b.tick_s:g}                  # how often an idle worker looks for work",
-        f"  claim_size: {b.claim_size}              # items claimed per database round trip",
-        f"  lease_s: {b.lease_s:g}                # a claim not renewed this long belongs to a dead worker",
-        f"  fanout_concurrency: {b.fanout_concurrency}        # items in flight for models without a batch API",
-        "  fanout_rps: null             # most fan-out requests started per second (null: unlimited)",
-        f"  max_attempts: {b.max_attempts}              # tries of an item refused before any model ran it (429)",
+        _commented(f"  max_items: {b.max_items}", "# requests per job"),
+        _commented(
+            f"  completion_window_s: {b.completion_window_s:g}",
+            "# a job not done by then expires (unrun items: batch_expired)",
+        ),
+        _commented(
+            f"  provider_batch: {'true' if b.provider_batch else 'false'}",
+            "# false: every item through the live pipeline",
+        ),
+        _commented(
+            f"  discount: {b.discount:g}", "# the provider batch price as a fraction of the live price"
+        ),
+        _commented(f"  upload_max_items: {b.upload_max_items}", "# items per upstream batch"),
+        _commented(f"  poll_interval_s: {b.poll_interval_s:g}", "# how often upstream batches are polled"),
+        _commented(f"  tick_s: {b.tick_s:g}", "# how often an idle worker looks for work"),
+        _commented(f"  claim_size: {b.claim_size}", "# items claimed per database round trip"),
+        _commented(f"  lease_s: {b.lease_s:g}", "# a claim not renewed this long belongs to a dead worker"),
+        _commented(
+            f"  fanout_concurrency: {b.fanout_concurrency}",
+            "# items in flight for models without a batch API",
+        ),
+        _commented("  fanout_rps: null", "# most fan-out requests started per second (null: unlimited)"),
+        _commented(
+            f"  max_attempts: {b.max_attempts}", "# tries of an item refused before any model ran it (429)"
+        ),
         "  # Live /v1/embeddings requests for one model within this window go upstream as one request",
         "  # and are split back (own vectors, own share of the usage). 0 = off: a lone request waits it.",
         f"  embeddings_window_ms: {b.embeddings_window_ms:g}",
@@ -287,6 +302,11 @@ def write_default_config(path: str | Path, *, force: bool = False) -> Path:
 def _prices(prices: ModelPriceOverride) -> str:
     parts = [f"{k}: {v}" for k, v in prices.model_dump().items() if v is not None]
     return "{" + ", ".join(parts) + "}"
+
+
+def _commented(setting: str, comment: str) -> str:
+    """A setting line with its comment in the comment column."""
+    return f"{setting:<30} {comment}"
 
 
 def _scalar(value: str) -> str:
