@@ -57,7 +57,7 @@ from gateway.batch.store import (
 )
 from gateway.batch.uploads import Uploads
 from gateway.batch.upstream import BATCH_APIS, BATCH_ENDPOINTS
-from gateway.errors import GatewayError
+from gateway.errors import AuthenticationFailed, GatewayError
 from gateway.logs import get_logger
 from gateway.pipeline import Call, SurfaceSpec
 from gateway.providers.base import ChatProvider, Provider
@@ -251,7 +251,7 @@ class BatchWorker:
             spec = self._spec(job)
             try:
                 if job.key_id is not None and (key is None or key.revoked):
-                    raise GatewayError("The API key that submitted this batch was revoked")
+                    raise AuthenticationFailed("The API key that submitted this batch was revoked")
                 if spec.wire is not None:
                     outcome = await self.pipeline.steps.cache.lookup(call)
                     call.outcome = outcome
