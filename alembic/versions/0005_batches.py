@@ -108,6 +108,10 @@ def upgrade() -> None:
         sa.Column("cost_usd", Money(), nullable=True),
         sa.Column("saving_usd", Money(), nullable=True),
         sa.Column("mechanism", sa.String(32), nullable=True),
+        sa.Column("input_tokens", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("cached_tokens", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("output_tokens", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("reasoning_tokens", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("finished_at", UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
             ["job_id"], ["batch_jobs.id"], name="fk_batch_items_job_id_batch_jobs", ondelete="CASCADE"

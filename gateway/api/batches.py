@@ -304,6 +304,13 @@ async def openai_batch_json(batches: Batches, job: BatchJobRow) -> dict[str, Any
             "completed": p.count(SUCCEEDED),
             "failed": p.count(FAILED, EXPIRED),
         },
+        "usage": {
+            "input_tokens": p.tokens["input_tokens"],
+            "input_tokens_details": {"cached_tokens": p.tokens["cached_tokens"]},
+            "output_tokens": p.tokens["output_tokens"],
+            "output_tokens_details": {"reasoning_tokens": p.tokens["reasoning_tokens"]},
+            "total_tokens": p.tokens["input_tokens"] + p.tokens["output_tokens"],
+        },
         "metadata": job.metadata_,
         "thriftgate": {
             "pending": p.count(*PENDING, DUPLICATE),

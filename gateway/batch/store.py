@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.batch.lines import Item
 from gateway.errors import NotFound
 from gateway.storage.models import BatchItemRow, BatchJobRow, BatchUploadRow
+from gateway.types import Usage
 
 # item states
 QUEUED, CLAIMED, SENDING, SUBMITTED = "queued", "claimed", "sending", "submitted"
@@ -29,6 +30,7 @@ RUNNING = ("in_progress", "cancelling", "expiring")
 CREATING, POLLING, DONE = "creating", "submitted", "done"
 
 INSERT_CHUNK = 1000
+TOKEN_COLUMNS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
 PAGE = 1000  # items read per query when a job is walked through
 
 
@@ -136,14 +138,15 @@ async def list_jobs(
 
 
 class Progress:
-    """Counts of a job's items by state, and money so far."""
+    """Counts of a job's items by state, money and tokens so far."""
 
-    __slots__ = ("by_state", "saved_usd", "spent_usd")
+    __slots__ = ("by_state", "saved_usd", "spent_usd", "tokens")
 
-    def __init__(self, by_state: dict[str, int], spent: float, saved: float) -> None:
+    def __init__(self, by_state: dict[str, int], spent: float, saved: float, tokens: dict[str, int]) -> None:
         self.by_state = by_state
         self.spent_usd = spent
         self.saved_usd = saved
+        self.tokens = tokens
 
     def count(self, *states: str) -> int:
         return sum(self.by_state.get(s, 0) for s in states)
@@ -157,17 +160,21 @@ async def progress(sessionmaker: async_sessionmaker[AsyncSession], job_id: str) 
                 func.count(),
                 func.coalesce(func.sum(BatchItemRow.cost_usd), 0),
                 func.coalesce(func.sum(BatchItemRow.saving_usd), 0),
+                *(func.coalesce(func.sum(getattr(BatchItemRow, name)), 0) for name in TOKEN_COLUMNS),
             )
             .where(BatchItemRow.job_id == job_id)
             .group_by(BatchItemRow.state)
         )
         by_state: dict[str, int] = {}
         spent = saved = 0.0
-        for state, n, cost, saving in rows:
+        tokens = dict.fromkeys(TOKEN_COLUMNS, 0)
+        for state, n, cost, saving, *counts in rows:
             by_state[state] = int(n)
             spent += float(cost or 0)
             saved += float(saving or 0)
-    return Progress(by_state, spent, saved)
+            for name, count in zip(TOKEN_COLUMNS, counts, strict=True):
+                tokens[name] += int(count or 0)
+    return Progress(by_state, spent, saved, tokens)
 
 
 async def request_cancel(sessionmaker: async_sessionmaker[AsyncSession], job_id: str) -> BatchJobRow | None:
@@ -249,6 +256,18 @@ async def mark(
     return [r[0] for r in result]
 
 
+def token_columns(usage: Usage | None) -> dict[str, int]:
+    """An item's token columns from its usage (OpenAI's counting: the input with its cached part)."""
+    if usage is None:
+        return {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0}
+    return {
+        "input_tokens": usage.total_input_tokens,
+        "cached_tokens": usage.cache_read_tokens,
+        "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    }
+
+
 async def finish_item(
     session: AsyncSession,
     item_id: int,
@@ -259,6 +278,7 @@ async def finish_item(
     cost: float | None = None,
     saving: float | None = None,
     mechanism: str | None = None,
+    usage: Usage | None = None,
     only_from: Sequence[str] = PENDING,
 ) -> bool:
     """Records an item's end (only from a pending state: an item ends once). Does not commit."""
@@ -273,6 +293,7 @@ async def finish_item(
             saving_usd=saving,
             mechanism=mechanism,
             finished_at=now(),
+            **token_columns(usage),
             claimed_by=None,
             lease_until=None,
         )

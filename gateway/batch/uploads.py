@@ -261,7 +261,9 @@ class Uploads:
                 )
             }
         finished: list[tuple[int, Call, int | None, Usage | None, str | None]] = []
-        updates: list[tuple[BatchItemRow, str, int | None, str, float | None, float | None, str | None]] = []
+        updates: list[
+            tuple[BatchItemRow, str, int | None, str, float | None, float | None, str | None, Usage | None]
+        ] = []
         for r in results:
             assert isinstance(r, Result)
             item = items.pop(r.item_id, None)
@@ -278,6 +280,7 @@ class Uploads:
                         no_answer(
                             f"batch_{r.kind}", f"the upstream batch {r.kind} before running this request"
                         ),
+                        None,
                         None,
                         None,
                         None,
@@ -314,6 +317,7 @@ class Uploads:
                         acc.cost.total,
                         acc.saving_usd,
                         SavingMechanism.BATCH.value,
+                        usage,
                     )
                 )
                 finished.append((item.id, call, r.status_code, usage, None))
@@ -321,7 +325,7 @@ class Uploads:
                     with contextlib.suppress(Exception):  # an answer the cache cannot read is not stored
                         self.pipeline.steps.cache.store(call, wire.parse_response(spec.wire, r.body))
             else:
-                updates.append((item, FAILED, r.status_code, body, None, None, None))
+                updates.append((item, FAILED, r.status_code, body, None, None, None, None))
                 finished.append((item.id, call, r.status_code, None, f"upstream answered {r.status_code}"))
         end_state = (
             EXPIRED if job.status == "expiring" else CANCELLED if job.status == "cancelling" else FAILED
@@ -333,6 +337,7 @@ class Uploads:
                     end_state,
                     None,
                     no_answer(f"batch_{end_state}", "the upstream batch ended without running this request"),
+                    None,
                     None,
                     None,
                     None,
@@ -361,8 +366,9 @@ class Uploads:
                     "finished_at": ended,
                     "claimed_by": None,
                     "lease_until": None,
+                    **store.token_columns(used),
                 }
-                for item, state, status, body, cost, saving, mech in updates
+                for item, state, status, body, cost, saving, mech, used in updates
             ]
             if rows:
                 await s.execute(update(BatchItemRow), rows)  # by primary key, in one executemany

@@ -236,6 +236,15 @@ class BatchWorker:
         call.model = item.model
         return call
 
+    def _usage(self, job: BatchJobRow, body: str) -> Usage | None:
+        """The usage in an answer's JSON (None when it has none)."""
+        usage_of = self._spec(job).usage_of
+        try:
+            found = orjson.loads(body).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return usage_of(found) if usage_of is not None and isinstance(found, dict) else None
+
     def _error_body(self, call: Call, exc: GatewayError) -> str:
         return call.errors.body(exc, call.record.request_id).decode()
 
@@ -368,8 +377,16 @@ class BatchWorker:
                     if job.key_id is not None:
                         self.pipeline.budgets.hold(job.key_id, item.estimate_usd)
                 else:
-                    state = SUCCEEDED if 200 <= status < 300 else FAILED
-                    await store.finish_item(s, item.id, state, status_code=status, response=body, cost=cost)
+                    ok = 200 <= status < 300
+                    await store.finish_item(
+                        s,
+                        item.id,
+                        SUCCEEDED if ok else FAILED,
+                        status_code=status,
+                        response=body,
+                        cost=cost,
+                        usage=self._usage(job, body) if ok else None,
+                    )
                 await s.commit()
         self.wake()
 

@@ -221,4 +221,10 @@ class BatchItemRow(Base):
     cost_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
     saving_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
     mechanism: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Tokens the upstream billed for this item (0 for a duplicate or a cache hit): OpenAI's counting,
+    the input including its cached part, the output its reasoning."""
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -80,6 +80,11 @@ def test_openai_batch_end_to_end(gateway_factory: Any, sim: Simulator, db_url: s
         assert by_id["dup-0"]["response"]["body"] == by_id["req-0"]["response"]["body"]
         assert len(sim._batches.sent) == 6
         assert [b.id for b in client.batches.list()] == [batch.id]
+        ran = [by_id[f"req-{i}"]["response"]["body"]["usage"] for i in range(6)]  # duplicates: not billed
+        assert batch.usage is not None
+        assert batch.usage.input_tokens == sum(u["prompt_tokens"] for u in ran) > 0
+        assert batch.usage.output_tokens == sum(u["completion_tokens"] for u in ran)
+        assert batch.usage.total_tokens == batch.usage.input_tokens + batch.usage.output_tokens
         extra = client.batches.retrieve(batch.id).model_extra["thriftgate"]
         assert extra["deduplicated"] == 2 and extra["saved_usd"] > 0
         assert any(f.id == batch.output_file_id for f in client.files.list())

@@ -258,6 +258,8 @@ def test_items_meet_the_cache_router_and_local_engine(
         batch = _finished(client, batch.id)
         out = {o["custom_id"]: o["response"]["body"] for o in _output(client, batch)}
     assert out["hit"]["choices"][0]["message"]["content"] == "from the cache"
+    billed = [b["usage"]["prompt_tokens"] for c, b in out.items() if c != "hit"]  # a cache hit costs none
+    assert batch.usage.input_tokens == sum(billed)
     assert out["routed"]["model"] == "gpt-4o-mini"
     assert out["local-1"]["choices"][0]["message"]["content"] == "local: run here"
     assert sorted(FakeLocal.calls) == ["run here", "run here too"]
