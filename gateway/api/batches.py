@@ -270,7 +270,7 @@ async def delete_file(file_id: str, request: Request) -> Response:
 _OPENAI_STATUS = {"expiring": "finalizing"}
 
 
-async def _extras(sm: async_sessionmaker[AsyncSession], job_id: str) -> int:
+async def _deduplicated(sm: async_sessionmaker[AsyncSession], job_id: str) -> int:
     async with sm() as s:
         n = await s.scalar(
             select(func.count()).where(BatchItemRow.job_id == job_id, BatchItemRow.duplicate_of.is_not(None))
@@ -315,7 +315,7 @@ async def openai_batch_json(batches: Batches, job: BatchJobRow) -> dict[str, Any
         "thriftgate": {
             "pending": p.count(*PENDING, DUPLICATE),
             "cancelled": p.count(CANCELLED),
-            "deduplicated": await _extras(batches.sessionmaker, job.id),
+            "deduplicated": await _deduplicated(batches.sessionmaker, job.id),
             "spent_usd": round(p.spent_usd, 10),
             "saved_usd": round(p.saved_usd, 10),
         },
