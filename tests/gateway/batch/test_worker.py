@@ -51,7 +51,7 @@ from tests.gateway.api.conftest import (
 from tests.gateway.api.test_batches import batch_settings
 from tests.gateway.batch.conftest import gateway_process, write_config
 from tests.gateway.test_pipeline_e2e import FakeCache
-from tests.upstream import Simulator
+from tests.upstream import Fault, Simulator
 from tests.waiting import wait_until
 
 __all__ = [
@@ -408,3 +408,22 @@ def test_a_message_batch_cut_off_mid_creation_is_found_or_created_once(
     assert results == {"m0": "succeeded", "m1": "succeeded", "m2": "succeeded"}
     assert sorted(sim._batches.sent) == sorted(str(i) for i in ids)  # each item in one upstream batch
     assert len(sim._batches.jobs) == 1
+
+
+def test_a_fan_out_item_refused_with_429_is_tried_again_later(
+    gateway_factory: Any, sim: Simulator, tmp_path: Path
+) -> None:
+    """A rate limit refused the request before any model ran it: the item goes back to the queue (with a
+    backoff) instead of failing; the second try answers it."""
+    sim.inject(Fault(status=429, path="/v1/messages", times=1))
+    lines_ = [chat_line("limited", "please", model="claude-haiku-4-5")]  # through the pipeline (translated)
+    with gateway_factory(batch=batch_settings(tmp_path), provider_opts={"max_retries": 0}) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = _finished(client, batch.id)
+        out = _output(client, batch)
+    assert [(o["custom_id"], o["response"]["status_code"]) for o in out] == [("limited", 200)]
+    assert sum(1 for r in sim.requests if r.path == "/v1/messages") == 2
