@@ -241,7 +241,7 @@ class Simulator:
             return self._openai_cache.cached_tokens(openai_scope, tokens, config.openai_min_cache_tokens)
 
         def anthropic_cache(blocks: Sequence[CacheBlock]) -> CacheUsage:
-            return self._anthropic_cache.apply(scope, blocks, config.anthropic_min_cache_tokens)
+            return self._anthropic_cache.apply(scope, blocks, config.anthropic_min_tokens(model))
 
         ctx = Ctx(config, seq, int(time.time()), openai_cached, anthropic_cache)
         try:

@@ -1,0 +1,282 @@
+"""The prompt-prefix planner (cache/prefix.py): pure decisions over hand-built prompts, a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cache.prefix import (
+    MAX_BREAKPOINTS,
+    Candidate,
+    Economics,
+    PrefixPlanner,
+    ReuseTracker,
+    Sighting,
+    anthropic_prompt,
+    canonical_prompt,
+    choose,
+    expected_reads,
+    min_tokens_for,
+)
+from gateway.accounting import account, without_prompt_cache
+from gateway.pricing import lookup_prices
+from gateway.settings import DEFAULT_PREFIX_MIN_TOKENS
+from gateway.types import (
+    CacheMark,
+    ChatRequest,
+    Message,
+    ModelPrices,
+    ModelRoute,
+    SavingMechanism,
+    TextPart,
+    Usage,
+)
+from gateway.types import WireAPI
+from gateway.wire import parse_request
+
+SONNET = lookup_prices("anthropic", "claude-sonnet-4-5")
+ROUTE = ModelRoute("claude-sonnet-4-5", "anthropic", "anthropic", "claude-sonnet-4-5", SONNET)
+HAIKU = ModelRoute("claude-haiku-4-5", "anthropic", "anthropic", "claude-haiku-4-5", None)
+ECON = Economics.of(SONNET)
+
+
+def words(n: int, tag: str = "w") -> str:
+    """About ``n`` planner tokens (4 characters each)."""
+    return " ".join(f"{tag}{i:02d}"[:3] for i in range(n))
+
+
+SYSTEM = words(2000, "s")  # ~2,000 tokens
+TOOLS = [{"name": f"tool{i}", "description": words(150, "d"), "input_schema": {"type": "object"}} for i in range(3)]
+
+
+def body(*turns: str, system: Any = SYSTEM, tools: Any = None) -> dict[str, Any]:
+    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+    out: dict[str, Any] = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": msgs}
+    if system is not None:
+        out["system"] = system
+    if tools is not None:
+        out["tools"] = tools
+    return out
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def planner(clock: Clock, **kw: Any) -> PrefixPlanner:
+    return PrefixPlanner(clock=clock, **kw)
+
+
+# ---- prices and expectations -------------------------------------------------------------------------
+
+
+def test_economics_follow_the_models_prices() -> None:
+    assert SONNET is not None and SONNET.input is not None
+    assert ECON.read_saving == pytest.approx(SONNET.input * 0.9)
+    assert ECON.write_premium["5m"] == pytest.approx(SONNET.input * 0.25)
+    assert ECON.write_premium["1h"] == pytest.approx(SONNET.input * 1.0)
+    unknown = Economics.of(None)  # Anthropic's multipliers when the price is unknown
+    assert (unknown.read_saving, unknown.write_premium["5m"]) == pytest.approx((0.9, 0.25))
+    # one read pays a 5-minute write, never a 1-hour one
+    assert ECON.best_ttl({"5m": 1.0, "1h": 1.0}) == "5m"
+    assert ECON.best_ttl({"5m": 0.2, "1h": 0.2}) is None
+    assert ECON.best_ttl({"5m": 0.3, "1h": 20.0}) == "1h"
+
+
+def test_expected_reads_follow_the_observed_interval() -> None:
+    assert expected_reads(None, "5m") == 0.0
+    frequent = Sighting(count=3, interval_s=30.0)
+    assert expected_reads(frequent, "5m") > 100
+    hourly = Sighting(count=3, interval_s=1200.0)  # every 20 minutes
+    assert expected_reads(hourly, "5m") < 0.3 < 10 < expected_reads(hourly, "1h")
+    assert ECON.best_ttl({t: expected_reads(hourly, t) for t in ("5m", "1h")}) == "1h"
+    rare = Sighting(count=1, interval_s=6 * 3600.0)
+    assert ECON.best_ttl({t: expected_reads(rare, t) for t in ("5m", "1h")}) is None
+
+
+def test_min_tokens_per_model() -> None:
+    assert min_tokens_for("claude-sonnet-4-5", DEFAULT_PREFIX_MIN_TOKENS) == 1024
+    assert min_tokens_for("claude-haiku-4-5-20251001", DEFAULT_PREFIX_MIN_TOKENS) == 4096
+    assert min_tokens_for("claude-3-5-haiku-latest", DEFAULT_PREFIX_MIN_TOKENS) == 2048
+    assert min_tokens_for("claude-opus-4-5", DEFAULT_PREFIX_MIN_TOKENS) == 4096
+    assert min_tokens_for("claude-opus-4-1", DEFAULT_PREFIX_MIN_TOKENS) == 1024
+
+
+# ---- choose (pure) -----------------------------------------------------------------------------------
+
+MANY = {"5m": 50.0, "1h": 500.0}
+
+
+def cand(boundary: str, block: int, tokens: int = 5000, reads: dict[str, float] | None = None) -> Candidate:
+    return Candidate(boundary, block, tokens, reads or MANY)  # type: ignore[arg-type]
+
+
+def test_nothing_below_the_minimum() -> None:
+    plan = choose([cand("system", 0, tokens=1000)], [], 1024, ECON)
+    assert plan.marks == () and "below 1024" in plan.summary()
+    assert choose([cand("system", 0, tokens=3000)], [], 4096, ECON).marks == ()
+    few = {"5m": 2.0, "1h": 2.0}
+    assert choose([cand("system", 0, tokens=1024, reads=few)], [], 1024, ECON).marks == ((0, "5m"),)
+
+
+def test_no_write_when_no_reuse_is_expected() -> None:
+    none = {"5m": 0.0, "1h": 0.0}
+    plan = choose([cand("system", 3, reads=none), cand("history", 9, reads=none)], [], 1024, ECON)
+    assert plan.marks == () and plan.summary() == "bp=0 (no reuse expected)"
+
+
+def test_never_more_than_four_breakpoints_and_client_marks_count() -> None:
+    cands = [cand("tools", 1), cand("system", 3), cand("history", 9)]
+    client = [(0, "5m"), (5, "5m")]
+    plan = choose(cands, client, 1024, ECON)  # type: ignore[arg-type]
+    assert len(plan.marks) + len(client) <= MAX_BREAKPOINTS and len(plan.marks) == 2
+    full = [(0, "5m"), (2, "5m"), (5, "5m"), (7, "5m")]
+    assert choose(cands, full, 1024, ECON).marks == ()  # type: ignore[arg-type]
+    # a client mark on a candidate's block is kept as it is, never doubled
+    assert 3 not in dict(choose(cands, [(3, "1h")], 1024, ECON).marks)  # type: ignore[arg-type]
+
+
+def test_one_hour_marks_precede_five_minute_marks() -> None:
+    # tools recur every minute (5m pays), tools + system every 20 minutes (1h pays): tools rise to 1h
+    tools = cand("tools", 1, reads={"5m": 100.0, "1h": 1000.0})
+    system = cand("system", 3, reads={"5m": 0.2, "1h": 19.0})
+    assert choose([tools, system], [], 1024, ECON).marks == ((1, "1h"), (3, "1h"))
+    # after a client 5-minute mark, a 1-hour mark of ours drops to 5 minutes or goes
+    assert choose([system], [(0, "5m")], 1024, ECON).marks == ()  # type: ignore[list-item]
+    history = cand("history", 9, reads={"5m": 0.9, "1h": 0.95})
+    assert choose([history], [(0, "5m")], 1024, ECON).marks == ((9, "5m"),)  # type: ignore[list-item]
+
+
+# ---- the tracker ---------------------------------------------------------------------------------------
+
+
+def test_tracker_is_bounded_and_learns_intervals() -> None:
+    t = ReuseTracker(max_entries=2)
+    t.observe("a", b"x", 0.0)
+    t.observe("a", b"x", 60.0)
+    seen = t.sighting("a", b"x", 120.0)
+    assert seen is not None and seen.count == 2 and seen.interval_s == pytest.approx(60.0)
+    assert t.sighting("b", b"x", 120.0) is None  # per tenant
+    t.observe("a", b"y", 1.0)
+    t.observe("a", b"z", 2.0)
+    assert len(t) == 2 and t.sighting("a", b"x", 3.0) is None  # least recently seen evicted
+
+
+def test_tracker_continuation_rate() -> None:
+    t = ReuseTracker()
+    assert t.continuation_rate("a", "5m") == 0.0
+    for _ in range(10):
+        t.observe_prompt("a", None)
+        t.observe_prompt("a", 30.0)
+    assert 0.4 < t.continuation_rate("a", "5m") < 0.5
+    t.observe_prompt("a", 1200.0)  # continued after 20 minutes: within 1h only
+    assert t.continuation_rate("a", "1h") > t.continuation_rate("a", "5m")
+
+
+# ---- the planner end to end over bodies ------------------------------------------------------------------
+
+
+def test_a_prefix_seen_once_gets_no_marker_then_a_five_minute_one() -> None:
+    clock = Clock()
+    p = planner(clock)
+    first = p.decide(anthropic_prompt(body("hello")), "k1", ROUTE)
+    assert first.marks == ()  # nothing seen before: no write premium on a guess
+    clock.now += 30
+    second = p.decide(anthropic_prompt(body("another question")), "k1", ROUTE)
+    assert second.boundaries == (("system", "5m"),)
+    clock.now += 30
+    assert p.decide(anthropic_prompt(body("hi")), "other-key", ROUTE).marks == ()  # per tenant
+
+
+def test_a_short_prefix_is_never_marked_and_haiku_needs_4096() -> None:
+    clock = Clock()
+    p = planner(clock)
+    for _ in range(3):
+        clock.now += 10
+        assert p.decide(anthropic_prompt(body("q", system=words(500))), "k", ROUTE).marks == ()
+    for _ in range(3):
+        clock.now += 10
+        plan = p.decide(anthropic_prompt(body("q", system=words(3000))), "k", HAIKU)
+    assert plan.marks == () and "below 4096" in plan.summary()
+
+
+def test_a_prefix_recurring_every_20_minutes_gets_the_hour() -> None:
+    clock = Clock()
+    p = planner(clock)
+    plans = []
+    for _ in range(4):
+        plans.append(p.decide(anthropic_prompt(body("q")), "k", ROUTE))
+        clock.now += 1200
+    assert plans[0].marks == () and plans[-1].boundaries == (("system", "1h"),)
+
+
+def test_conversations_that_continue_get_their_end_marked() -> None:
+    clock = Clock()
+    p = planner(clock)
+    turns = ["u" + words(300, "q")]
+    for i in range(8):  # a tenant whose conversations continue within a minute
+        clock.now += 40
+        plan = p.decide(anthropic_prompt(body(*turns)), "k", ROUTE)
+        turns += [f"answer {i}", f"question {i} " + words(50, "z")]
+    assert ("history", "5m") in plan.boundaries
+    # a tenant whose every prompt is a one-off never gets a history marker
+    q = planner(clock)
+    for i in range(8):
+        clock.now += 40
+        one_off = q.decide(anthropic_prompt(body(f"unique {i} " + words(1500, str(i)), system=None)), "k2", ROUTE)
+        assert one_off.marks == ()
+
+
+def test_client_breakpoints_are_kept_and_counted() -> None:
+    clock = Clock()
+    p = planner(clock)
+    marked = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    for _ in range(3):
+        clock.now += 10
+        plan = p.decide(anthropic_prompt(body("q", system=marked)), "k", ROUTE)
+    assert plan.client == 1 and all(b != "system" for b, _ in plan.boundaries)
+    four = [{"type": "text", "text": words(400, str(i)), "cache_control": {"type": "ephemeral"}} for i in range(4)]
+    for _ in range(3):
+        clock.now += 10
+        plan = p.decide(anthropic_prompt(body("q", system=four)), "k", ROUTE)
+    assert plan.marks == () and plan.client == 4
+
+
+def test_canonical_and_native_prompts_agree() -> None:
+    raw = body("hi", system=SYSTEM, tools=TOOLS)
+    native = anthropic_prompt(raw)
+    canonical = canonical_prompt(parse_request(WireAPI.ANTHROPIC_MESSAGES, raw))
+    assert [b.section for b in native.blocks] == [b.section for b in canonical.blocks]
+    assert [b.where for b in native.blocks] == [b.where for b in canonical.blocks]
+    assert native.message_ends == canonical.message_ends == (4,)
+    req = ChatRequest(
+        model="m",
+        system=(TextPart("s", cache=CacheMark("1h")),),
+        messages=(Message("user", (TextPart("x"),)),),
+    )
+    assert canonical_prompt(req).blocks[0].mark == "1h"
+
+
+# ---- cost: the write premium and the read discount at real prices --------------------------------------
+
+
+def test_the_write_premium_is_a_negative_saving_and_a_read_a_positive_one() -> None:
+    assert SONNET is not None
+    write = Usage(input_tokens=100, output_tokens=50, cache_write_5m_tokens=10_000)
+    acc = account(write, SONNET, counterfactual_usage=without_prompt_cache(write), mechanism=SavingMechanism.PREFIX_CACHE)
+    # Sonnet 4.5: $3 input, $3.75 5-minute write: the premium is 10,000 x $0.75 / 1M
+    assert acc.saving_usd == pytest.approx(-0.0075)
+    assert acc.mechanism is SavingMechanism.PREFIX_CACHE
+    read = Usage(input_tokens=100, output_tokens=50, cache_read_tokens=10_000)
+    acc = account(read, SONNET, counterfactual_usage=without_prompt_cache(read), mechanism=SavingMechanism.PREFIX_CACHE)
+    assert acc.saving_usd == pytest.approx(0.027)  # 10,000 x ($3 - $0.30) / 1M
+    hour = Usage(cache_write_1h_tokens=10_000)
+    acc = account(hour, SONNET, counterfactual_usage=without_prompt_cache(hour), mechanism=SavingMechanism.PREFIX_CACHE)
+    assert acc.saving_usd == pytest.approx(-0.03)  # $6 - $3 per million
+    # a routing mechanism with a negative saving is still not reported
+    assert account(read, SONNET, requested=ModelPrices(0.0, 0.0), mechanism=SavingMechanism.ROUTING).mechanism is None
