@@ -161,7 +161,9 @@ def canonical_prompt(req: ChatRequest, chars_per_token: float = 4.0) -> Prompt:
     for i, tool in enumerate(req.tools):
         key = _tool_key(tool)
         blocks.append(
-            Block("tools", (i,), b"tools:" + key, _estimate(key.decode(), chars_per_token), _ttl_of(tool.cache))
+            Block(
+                "tools", (i,), b"tools:" + key, _estimate(key.decode(), chars_per_token), _ttl_of(tool.cache)
+            )
         )
     for i, part in enumerate(req.system):
         est = _estimate(part.text, chars_per_token)
@@ -379,11 +381,15 @@ def choose(
         return PrefixPlan(client=len(client), note="no reuse expected")
     # The breakpoint budget: the boundary whose marking saves the most wins (system before tools at a tie).
     if len(chosen) > room:
-        rank = sorted(chosen.values(), key=lambda ct: -economics.net(ct[0].reads[ct[1]], ct[1]) * ct[0].tokens)
+        rank = sorted(
+            chosen.values(), key=lambda ct: -economics.net(ct[0].reads[ct[1]], ct[1]) * ct[0].tokens
+        )
         chosen = {c.block: (c, t) for c, t in rank[:room]}
     # TTL order: a mark after a client's 5-minute mark is 5-minute; an earlier mark of ours rises to 1h
     # when a later one is 1h, or goes.
-    ordered = sorted([*((i, t, True) for i, t in client.items()), *((i, t, False) for i, (_, t) in chosen.items())])
+    ordered = sorted(
+        [*((i, t, True) for i, t in client.items()), *((i, t, False) for i, (_, t) in chosen.items())]
+    )
     cap: TTL = "1h"
     for i, ttl, is_client in ordered:
         if is_client:
@@ -509,19 +515,22 @@ class PrefixPlanner:
             if end >= 0:
                 seen = tracker.sighting(tenant, digests[end], now)
                 reads = {ttl: expected_reads(seen, ttl) for ttl in TTL_S}
-                candidates.append(Candidate(boundary, end, upto[end], reads))  # type: ignore[arg-type]
+                candidates.append(Candidate(boundary, end, upto[end], reads))
         last = len(prompt.blocks) - 1
         if last >= 0 and prompt.blocks[last].section == "messages":
             rates = {ttl: tracker.continuation_rate(tenant, ttl) for ttl in TTL_S}
-            candidates.append(Candidate("history", last, upto[last], rates))  # type: ignore[arg-type]
+            candidates.append(Candidate("history", last, upto[last], rates))
         # tools are worth a mark of their own only when they recur more than tools + system do
-        if len(candidates) >= 2 and candidates[0].boundary == "tools" and candidates[1].boundary == "system":
-            if candidates[0].reads["1h"] <= candidates[1].reads["1h"]:
-                candidates.pop(0)
+        if (
+            len(candidates) >= 2
+            and (candidates[0].boundary, candidates[1].boundary) == ("tools", "system")
+            and candidates[0].reads["1h"] <= candidates[1].reads["1h"]
+        ):
+            candidates.pop(0)
         client = [(i, b.mark) for i, b in enumerate(prompt.blocks) if b.mark is not None]
         plan = choose(
             candidates,
-            client,  # type: ignore[arg-type]
+            client,
             min_tokens_for(target.upstream_model, self.min_tokens, self.default_min_tokens),
             Economics.of(target.prices),
         )
@@ -571,7 +580,10 @@ class PrefixPlanner:
         else:
             req = call.canonical
             meta = dict(req.metadata)
-            meta[WireAPI.OPENAI_CHAT.value] = {**(meta.get(WireAPI.OPENAI_CHAT.value) or {}), "prompt_cache_key": key}
+            meta[WireAPI.OPENAI_CHAT.value] = {
+                **(meta.get(WireAPI.OPENAI_CHAT.value) or {}),
+                "prompt_cache_key": key,
+            }
             call.canonical = replace(req, metadata=meta)
         call.record.plan = PrefixPlan(cache_key=key).summary()
 
@@ -606,7 +618,7 @@ def _mark_anthropic_body(call: Call, prompt: Prompt, marks: Sequence[tuple[int, 
             m, j = block.where
             msg = dict(messages[m])
             content = msg.get("content")
-            parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+            parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or ())
             parts[j] = {**parts[j], "cache_control": _control(ttl)}
             msg["content"] = parts
             messages[m] = msg

@@ -20,7 +20,6 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from cache.prefix import PrefixPlanner, ReuseTracker
-
 from gateway.api import anthropic, openai, ops, passthrough
 from gateway.api.errors import install_error_handlers
 from gateway.budgets import Budgets

@@ -31,8 +31,8 @@ from gateway.types import (
     SavingMechanism,
     TextPart,
     Usage,
+    WireAPI,
 )
-from gateway.types import WireAPI
 from gateway.wire import parse_request
 
 SONNET = lookup_prices("anthropic", "claude-sonnet-4-5")
@@ -47,7 +47,9 @@ def words(n: int, tag: str = "w") -> str:
 
 
 SYSTEM = words(2000, "s")  # ~2,000 tokens
-TOOLS = [{"name": f"tool{i}", "description": words(150, "d"), "input_schema": {"type": "object"}} for i in range(3)]
+TOOLS = [
+    {"name": f"tool{i}", "description": words(150, "d"), "input_schema": {"type": "object"}} for i in range(3)
+]
 
 
 def body(*turns: str, system: Any = SYSTEM, tools: Any = None) -> dict[str, Any]:
@@ -228,7 +230,9 @@ def test_conversations_that_continue_get_their_end_marked() -> None:
     q = planner(clock)
     for i in range(8):
         clock.now += 40
-        one_off = q.decide(anthropic_prompt(body(f"unique {i} " + words(1500, str(i)), system=None)), "k2", ROUTE)
+        one_off = q.decide(
+            anthropic_prompt(body(f"unique {i} " + words(1500, str(i)), system=None)), "k2", ROUTE
+        )
         assert one_off.marks == ()
 
 
@@ -240,7 +244,9 @@ def test_client_breakpoints_are_kept_and_counted() -> None:
         clock.now += 10
         plan = p.decide(anthropic_prompt(body("q", system=marked)), "k", ROUTE)
     assert plan.client == 1 and all(b != "system" for b, _ in plan.boundaries)
-    four = [{"type": "text", "text": words(400, str(i)), "cache_control": {"type": "ephemeral"}} for i in range(4)]
+    four = [
+        {"type": "text", "text": words(400, str(i)), "cache_control": {"type": "ephemeral"}} for i in range(4)
+    ]
     for _ in range(3):
         clock.now += 10
         plan = p.decide(anthropic_prompt(body("q", system=four)), "k", ROUTE)
@@ -268,15 +274,27 @@ def test_canonical_and_native_prompts_agree() -> None:
 def test_the_write_premium_is_a_negative_saving_and_a_read_a_positive_one() -> None:
     assert SONNET is not None
     write = Usage(input_tokens=100, output_tokens=50, cache_write_5m_tokens=10_000)
-    acc = account(write, SONNET, counterfactual_usage=without_prompt_cache(write), mechanism=SavingMechanism.PREFIX_CACHE)
+    acc = account(
+        write,
+        SONNET,
+        counterfactual_usage=without_prompt_cache(write),
+        mechanism=SavingMechanism.PREFIX_CACHE,
+    )
     # Sonnet 4.5: $3 input, $3.75 5-minute write: the premium is 10,000 x $0.75 / 1M
     assert acc.saving_usd == pytest.approx(-0.0075)
     assert acc.mechanism is SavingMechanism.PREFIX_CACHE
     read = Usage(input_tokens=100, output_tokens=50, cache_read_tokens=10_000)
-    acc = account(read, SONNET, counterfactual_usage=without_prompt_cache(read), mechanism=SavingMechanism.PREFIX_CACHE)
+    acc = account(
+        read, SONNET, counterfactual_usage=without_prompt_cache(read), mechanism=SavingMechanism.PREFIX_CACHE
+    )
     assert acc.saving_usd == pytest.approx(0.027)  # 10,000 x ($3 - $0.30) / 1M
     hour = Usage(cache_write_1h_tokens=10_000)
-    acc = account(hour, SONNET, counterfactual_usage=without_prompt_cache(hour), mechanism=SavingMechanism.PREFIX_CACHE)
+    acc = account(
+        hour, SONNET, counterfactual_usage=without_prompt_cache(hour), mechanism=SavingMechanism.PREFIX_CACHE
+    )
     assert acc.saving_usd == pytest.approx(-0.03)  # $6 - $3 per million
     # a routing mechanism with a negative saving is still not reported
-    assert account(read, SONNET, requested=ModelPrices(0.0, 0.0), mechanism=SavingMechanism.ROUTING).mechanism is None
+    assert (
+        account(read, SONNET, requested=ModelPrices(0.0, 0.0), mechanism=SavingMechanism.ROUTING).mechanism
+        is None
+    )
