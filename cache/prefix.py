@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
+from gateway.errors import GatewayError
+from gateway.logs import get_logger
 from gateway.settings import DEFAULT_PREFIX_MIN_TOKENS
 from gateway.types import (
     CacheMark,
@@ -57,6 +59,8 @@ from gateway.types import (
 
 if TYPE_CHECKING:
     from gateway.pipeline import Call
+
+log = get_logger("cache.prefix")
 
 TTL = Literal["5m", "1h"]
 TTL_S: Mapping[TTL, float] = {"5m": 300.0, "1h": 3600.0}
@@ -481,10 +485,20 @@ class PrefixPlanner:
             return
         native = target.provider_kind in spec.speaks
         tenant = call.key.id if call.key is not None else "-"
-        if target.provider_kind == "anthropic":
-            self._anthropic(call, target, tenant, native)
-        elif target.provider_kind == "openai" and self.openai_cache_key:
-            self._openai(call, tenant, native)
+        try:
+            if target.provider_kind == "anthropic":
+                self._anthropic(call, target, tenant, native)
+            elif target.provider_kind == "openai" and self.openai_cache_key:
+                self._openai(call, tenant, native)
+        except GatewayError:
+            raise  # the request itself is malformed: the pipeline answers it in the client's format
+        except Exception as exc:  # a body the planner does not understand goes as the client sent it
+            log.warning(
+                "prefix planner: request left as sent (%s)",
+                type(exc).__name__,
+                extra={"request_id": call.record.request_id},
+            )
+            call.record.plan = "error"
 
     # -- Anthropic
 
@@ -562,16 +576,14 @@ class PrefixPlanner:
             if call.payload.get("prompt_cache_key") is not None:
                 call.record.plan = "key=client"
                 return
-            stable = _json_key(
-                [call.payload.get("tools"), [m for m in call.payload.get("messages") or () if _is_system(m)]]
-            )
+            stable = _openai_stable_prefix(call.payload)
         else:
             req = call.canonical
             if (req.metadata.get(WireAPI.OPENAI_CHAT.value) or {}).get("prompt_cache_key") is not None:
                 call.record.plan = "key=client"
                 return
             stable = _json_key([[_tool_key(t).decode() for t in req.tools], [p.text for p in req.system]])
-        if stable in (b"[null,[]]", b"[[],[]]"):
+        if stable == b"[[],[]]":
             return  # no tools and no system prompt: OpenAI's own prefix routing is all there is
         digest = hashlib.blake2b(tenant.encode() + b"\x00" + stable, digest_size=12).hexdigest()
         key = f"tg-{digest}"
@@ -588,8 +600,25 @@ class PrefixPlanner:
         call.record.plan = PrefixPlan(cache_key=key).summary()
 
 
-def _is_system(message: Any) -> bool:
-    return isinstance(message, Mapping) and message.get("role") in ("system", "developer")
+def _openai_stable_prefix(body: Mapping[str, Any]) -> bytes:
+    """An OpenAI chat body's tools and system texts, serialised as ``canonical_prompt`` serialises the
+    canonical request's (so a translated request gets the same key)."""
+    tools = []
+    for t in body.get("tools") or ():
+        fn = t.get("function") if isinstance(t, Mapping) else None
+        if isinstance(fn, Mapping):
+            tool = [fn.get("name"), fn.get("description"), fn.get("parameters") or {}, fn.get("strict")]
+            tools.append(_json_key(tool).decode())
+    texts: list[Any] = []
+    for m in body.get("messages") or ():
+        if not (isinstance(m, Mapping) and m.get("role") in ("system", "developer")):
+            break  # leading instructions only, as the canonical request's system
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        else:
+            texts += [p.get("text") for p in content or () if isinstance(p, Mapping)]
+    return _json_key([tools, texts])
 
 
 # ---- applying a plan -------------------------------------------------------------------------------------

@@ -179,10 +179,15 @@ def test_openai_gets_a_prompt_cache_key_unless_the_client_set_one(
         ask_openai(gw, "gpt-4o-mini", "one", False)
         ask_openai(gw, "gpt-4o-mini", "two", True)
         ask_openai(gw, "gpt-4o-mini", "three", False, prompt_cache_key="mine")
+        # an Anthropic client on an OpenAI model gets the same key through translation
+        an(gw).messages.create(
+            model="gpt-4o-mini", max_tokens=16, system=SYSTEM, messages=[{"role": "user", "content": "four"}]
+        )
     keys = [b.get("prompt_cache_key") for b in upstream_bodies(sim, "/v1/chat/completions")]
     assert keys[0] is not None and keys[0].startswith("tg-") and keys[1] == keys[0] and keys[2] == "mine"
+    assert keys[3] == keys[0]
     rows = gw.rows()
-    assert [r["plan"] for r in rows] == [f"key={keys[0]}", f"key={keys[0]}", "key=client"]
+    assert [r["plan"] for r in rows] == [f"key={keys[0]}", f"key={keys[0]}", "key=client", f"key={keys[0]}"]
     assert rows[1]["cache_read_tokens"] >= 1024  # the same key and prefix: OpenAI's cache hits
     assert all(r["saving_mechanism"] is None for r in rows)  # OpenAI's automatic caching is not ours
 
