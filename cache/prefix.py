@@ -125,28 +125,32 @@ def anthropic_prompt(body: Mapping[str, Any], chars_per_token: float = 4.0) -> P
     Does not modify ``body``."""
     blocks: list[Block] = []
 
-    def add(section: Any, where: tuple[int, ...], block: Any) -> None:
+    def add(section: Any, where: tuple[int, ...], block: Any, tag: bytes) -> None:
+        mark = None
         if isinstance(block, str):
-            block = {"type": "text", "text": block}
-        plain = {k: v for k, v in block.items() if k != "cache_control"} if isinstance(block, dict) else block
-        text = plain.get("text") if isinstance(plain, dict) else None
-        key = _json_key(plain)
+            text: Any = block
+            key = _json_key({"text": block, "type": "text"})
+        else:
+            control = block.get("cache_control") if isinstance(block, dict) else None
+            if control is not None:
+                mark = _mark_ttl(control)
+                block = {k: v for k, v in block.items() if k != "cache_control"}
+            text = block.get("text") if isinstance(block, dict) else None
+            key = _json_key(block)
         tokens = _estimate(text if isinstance(text, str) else key.decode(), chars_per_token)
-        mark = _mark_ttl(block.get("cache_control")) if isinstance(block, dict) else None
-        blocks.append(Block(section, where, section.encode() + b":" + key, tokens, mark))
+        blocks.append(Block(section, where, tag + key, tokens, mark))
 
     for i, tool in enumerate(body.get("tools") or ()):
-        add("tools", (i,), tool)
+        add("tools", (i,), tool, b"tools:")
     system = body.get("system")
     for i, part in enumerate([system] if isinstance(system, str) else system or ()):
-        add("system", (i,), part)
+        add("system", (i,), part, b"system:")
     ends: list[int] = []
     for m, msg in enumerate(body.get("messages") or ()):
         content = msg.get("content") if isinstance(msg, Mapping) else None
-        role = str(msg.get("role")) if isinstance(msg, Mapping) else ""
+        tag = str(msg.get("role") if isinstance(msg, Mapping) else "").encode() + b"|messages:"
         for j, part in enumerate([content] if isinstance(content, str) else content or ()):
-            add("messages", (m, j), part)
-            blocks[-1] = replace(blocks[-1], key=role.encode() + b"|" + blocks[-1].key)
+            add("messages", (m, j), part, tag)
         ends.append(len(blocks) - 1)
     return Prompt(tuple(blocks), tuple(ends))
 
