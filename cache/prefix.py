@@ -7,7 +7,8 @@ only where a read is expected:
     prompt  = tools → system → messages (Anthropic's cache order), one ``Block`` per tool, system
               block and message content block
     boundaries: end of tools, end of system, end of the prompt (the conversation so far, which the
-              next turn starts with)
+              next turn starts with), and the end of the previous turn's prompt when this turn added
+              more blocks than Anthropic's 20-block lookback (so the previous turn's entry is still read)
     tools / system: the prefix was seen before for this tenant (``ReuseTracker``); the reuse interval
               I observed gives the chance the next read comes within a TTL, q = 1 - exp(-TTL / I),
               and the reads expected before the cached entry lapses (each read refreshes it), q / (1 - q)
@@ -65,12 +66,13 @@ log = get_logger("cache.prefix")
 TTL = Literal["5m", "1h"]
 TTL_S: Mapping[TTL, float] = {"5m": 300.0, "1h": 3600.0}
 MAX_BREAKPOINTS = 4
+LOOKBACK_BLOCKS = 20  # Anthropic checks this many blocks before a breakpoint for a cached prefix
 DEFAULT_MIN_TOKENS = 1024
 ANTHROPIC_MIN_TOKENS: Mapping[str, int] = DEFAULT_PREFIX_MIN_TOKENS
 # Anthropic's multipliers of the input price, used when the model has no known price.
 _RELATIVE = ModelPrices(input=1.0, output=None, cache_read=0.1, cache_write_5m=1.25, cache_write_1h=2.0)
 
-Boundary = Literal["tools", "system", "history"]
+Boundary = Literal["tools", "system", "early", "history"]
 
 
 # ---- the prompt as the planner sees it ----------------------------------------------------------------
@@ -424,6 +426,32 @@ def choose(
     return PrefixPlan(marks, boundaries, client=len(client), note="" if marks else "no reuse expected")
 
 
+def _with_early_history(
+    plan: PrefixPlan, earlier: int, last: int, tokens: int, min_tokens: int
+) -> PrefixPlan:
+    """Anthropic looks for a cached prefix at most ``LOOKBACK_BLOCKS`` blocks before a breakpoint: when
+    this turn added more blocks than that, the end of the previous prompt (written by the previous turn's
+    history mark) gets a mark of its own at the history mark's TTL, so it is still read. It costs nothing
+    more: that stretch is written once either way, and read when cached."""
+    marks = dict(plan.marks)
+    if (
+        last not in marks
+        or earlier in marks
+        or last - earlier < LOOKBACK_BLOCKS
+        or tokens < min_tokens
+        or len(marks) + plan.client >= MAX_BREAKPOINTS
+    ):
+        return plan
+    ttl = marks[last]
+    marks[earlier] = ttl
+    boundaries = [b for b in plan.boundaries if b[0] != "history"]
+    return replace(
+        plan,
+        marks=tuple(sorted(marks.items())),
+        boundaries=(*boundaries, ("early", ttl), ("history", ttl)),
+    )
+
+
 # ---- digests and candidates ---------------------------------------------------------------------------
 
 
@@ -546,26 +574,28 @@ class PrefixPlanner:
         ):
             candidates.pop(0)
         client = [(i, b.mark) for i, b in enumerate(prompt.blocks) if b.mark is not None]
-        plan = choose(
-            candidates,
-            client,
-            min_tokens_for(target.upstream_model, self.min_tokens, self.default_min_tokens),
-            Economics.of(target.prices),
-        )
-        self._record(prompt, digests, tenant, now)
+        min_tokens = min_tokens_for(target.upstream_model, self.min_tokens, self.default_min_tokens)
+        plan = choose(candidates, client, min_tokens, Economics.of(target.prices))
+        earlier = self._continued(prompt, digests, tenant)
+        if earlier is not None and prompt.blocks[earlier[0]].mark is None:
+            plan = _with_early_history(plan, earlier[0], last, upto[earlier[0]], min_tokens)
+        self._record(prompt, digests, tenant, now, None if earlier is None else now - earlier[1])
         return plan
 
-    def _record(self, prompt: Prompt, digests: list[bytes], tenant: str, now: float) -> None:
+    def _continued(self, prompt: Prompt, digests: list[bytes], tenant: str) -> tuple[int, float] | None:
+        """The end of the latest earlier prompt this one extends, and when that prompt was seen."""
+        for end in reversed(prompt.message_ends[:-1]):
+            if end >= 0:
+                before = self.tracker.last_seen(tenant, b"p" + digests[end])
+                if before is not None:
+                    return end, before
+        return None
+
+    def _record(
+        self, prompt: Prompt, digests: list[bytes], tenant: str, now: float, continued_after_s: float | None
+    ) -> None:
         tracker = self.tracker
-        continued: float | None = None
-        for end in reversed(prompt.message_ends[:-1]):  # the latest earlier prompt this one extends
-            if end < 0:
-                continue
-            before = tracker.last_seen(tenant, b"p" + digests[end])
-            if before is not None:
-                continued = now - before
-                break
-        tracker.observe_prompt(tenant, continued)
+        tracker.observe_prompt(tenant, continued_after_s)
         for boundary in ("tools", "system"):
             end = _section_end(prompt, boundary)
             if end >= 0:

@@ -13,6 +13,7 @@ from cache.prefix import (
     PrefixPlanner,
     ReuseTracker,
     Sighting,
+    _mark_anthropic_body,
     anthropic_prompt,
     canonical_prompt,
     choose,
@@ -20,6 +21,8 @@ from cache.prefix import (
     min_tokens_for,
 )
 from gateway.accounting import account, without_prompt_cache
+from gateway.api.anthropic import MESSAGES
+from gateway.pipeline import Call
 from gateway.pricing import lookup_prices
 from gateway.settings import DEFAULT_PREFIX_MIN_TOKENS
 from gateway.types import (
@@ -28,12 +31,15 @@ from gateway.types import (
     Message,
     ModelPrices,
     ModelRoute,
+    RequestRecord,
     SavingMechanism,
     TextPart,
     Usage,
     WireAPI,
 )
 from gateway.wire import parse_request
+from tests.upstream.anthropic_api import prompt_blocks
+from tests.upstream.prompt_cache import AnthropicPromptCache, CacheUsage
 
 SONNET = lookup_prices("anthropic", "claude-sonnet-4-5")
 ROUTE = ModelRoute("claude-sonnet-4-5", "anthropic", "anthropic", "claude-sonnet-4-5", SONNET)
@@ -298,3 +304,39 @@ def test_the_write_premium_is_a_negative_saving_and_a_read_a_positive_one() -> N
         account(read, SONNET, requested=ModelPrices(0.0, 0.0), mechanism=SavingMechanism.ROUTING).mechanism
         is None
     )
+
+
+def test_a_turn_longer_than_the_lookback_keeps_the_previous_entry_readable() -> None:
+    """An agent turn that adds more than 20 blocks: the previous prompt's end gets a mark of its own, and
+    the simulator (Anthropic's 20-block lookback) reads it."""
+    clock = Clock()
+    p = planner(clock)
+    cache = AnthropicPromptCache(clock)
+    opening = "context " + words(1500, "c")
+    for c in range(4):  # this key's conversations continue: the history mark pays
+        clock.now += 30
+        p.decide(anthropic_prompt(body(f"{c} {opening}", system=None)), "k", ROUTE)
+        clock.now += 30
+        p.decide(anthropic_prompt(body(f"{c} {opening}", "ok", "more", system=None)), "k", ROUTE)
+
+    def send(raw: dict[str, Any]) -> tuple[Any, CacheUsage]:
+        call = Call(
+            RequestRecord("r", "anthropic.messages", "POST", "/v1/messages"), MESSAGES, MESSAGES.errors
+        )
+        call.payload = raw
+        prompt = anthropic_prompt(raw)
+        plan = p.decide(prompt, "k", ROUTE)
+        if plan.marks:
+            _mark_anthropic_body(call, prompt, plan.marks)
+        return plan, cache.apply("k", prompt_blocks(call.payload), 1024)
+
+    clock.now += 30
+    first, usage = send(body(opening, system=None))
+    assert first.boundaries == (("history", "5m"),) and usage.write_5m > 1500
+    results = [{"type": "text", "text": f"result {i}"} for i in range(24)]
+    clock.now += 30
+    long_turn = body(opening, "calling tools", "x", system=None)
+    long_turn["messages"][-1]["content"] = results
+    plan, usage = send(long_turn)
+    assert plan.boundaries == (("early", "5m"), ("history", "5m"))
+    assert usage.read >= 1500  # the previous turn's entry, found through the early mark
