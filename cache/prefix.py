@@ -539,7 +539,8 @@ class PrefixPlanner:
             prompt = anthropic_prompt(call.payload, self.chars_per_token)
         else:
             prompt = canonical_prompt(call.canonical, self.chars_per_token)
-        plan = self.decide(prompt, tenant, target)
+        # a fallback target plans the same request again: its prefixes are not a second sighting
+        plan = self.decide(prompt, tenant, target, record=call.record.plan is None)
         if plan.marks:
             if native:
                 _mark_anthropic_body(call, prompt, plan.marks)
@@ -549,8 +550,8 @@ class PrefixPlanner:
                 call.mechanism = SavingMechanism.PREFIX_CACHE
         call.record.plan = plan.summary()
 
-    def decide(self, prompt: Prompt, tenant: str, target: ModelRoute) -> PrefixPlan:
-        """Plans ``prompt`` for ``target`` and records its prefixes in the tracker."""
+    def decide(self, prompt: Prompt, tenant: str, target: ModelRoute, *, record: bool = True) -> PrefixPlan:
+        """Plans ``prompt`` for ``target``; ``record``: and records its prefixes in the tracker."""
         now = self.clock()
         tracker = self.tracker
         digests = prefix_digests(prompt)
@@ -579,7 +580,8 @@ class PrefixPlanner:
         earlier = self._continued(prompt, digests, tenant)
         if earlier is not None and prompt.blocks[earlier[0]].mark is None:
             plan = _with_early_history(plan, earlier[0], last, upto[earlier[0]], min_tokens)
-        self._record(prompt, digests, tenant, now, None if earlier is None else now - earlier[1])
+        if record:
+            self._record(prompt, digests, tenant, now, None if earlier is None else now - earlier[1])
         return plan
 
     def _continued(self, prompt: Prompt, digests: list[bytes], tenant: str) -> tuple[int, float] | None:

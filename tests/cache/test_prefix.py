@@ -19,6 +19,7 @@ from cache.prefix import (
     choose,
     expected_reads,
     min_tokens_for,
+    prefix_digests,
 )
 from gateway.accounting import account, without_prompt_cache
 from gateway.api.anthropic import MESSAGES
@@ -340,3 +341,18 @@ def test_a_turn_longer_than_the_lookback_keeps_the_previous_entry_readable() -> 
     plan, usage = send(long_turn)
     assert plan.boundaries == (("early", "5m"), ("history", "5m"))
     assert usage.read >= 1500  # the previous turn's entry, found through the early mark
+
+
+def test_planning_again_for_a_fallback_is_not_a_second_sighting() -> None:
+    clock = Clock()
+    p = planner(clock)
+    p.decide(anthropic_prompt(body("q")), "k", ROUTE)
+    entries = len(p.tracker)
+    clock.now += 1
+    assert p.decide(anthropic_prompt(body("q")), "k", HAIKU, record=False).marks == ()
+    assert len(p.tracker) == entries
+    clock.now += 30
+    assert p.decide(anthropic_prompt(body("q2")), "k", ROUTE).boundaries == (("system", "5m"),)
+    system_digest = prefix_digests(anthropic_prompt(body("q3")))[0]
+    seen = p.tracker.sighting("k", system_digest, clock.now)
+    assert seen is not None and seen.count == 2  # the first request and this one, not the fallback
