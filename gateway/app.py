@@ -19,7 +19,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from cache.prefix import PrefixPlanner, ReuseTracker
+from cache.prefix import PrefixPlanner
+from cache.reuse import ReuseTracker
 from gateway.api import anthropic, openai, ops, passthrough
 from gateway.api.errors import install_error_handlers
 from gateway.budgets import Budgets

@@ -1,4 +1,5 @@
-"""The prompt-prefix planner (cache/prefix.py): pure decisions over hand-built prompts, a fake clock."""
+"""The prompt-prefix planner (cache/prefix.py): pure decisions over hand-built prompts, a fake clock,
+and the simulator's prompt cache where a decision's effect matters."""
 
 from __future__ import annotations
 
@@ -6,39 +7,20 @@ from typing import Any
 
 import pytest
 
-from cache.prefix import (
-    MAX_BREAKPOINTS,
-    Candidate,
-    Economics,
-    PrefixPlanner,
-    ReuseTracker,
-    Sighting,
-    _mark_anthropic_body,
-    anthropic_prompt,
-    canonical_prompt,
-    choose,
-    expected_reads,
-    min_tokens_for,
-    prefix_digests,
-)
+from cache.prefix import MAX_BREAKPOINTS, Candidate, Economics, PrefixPlanner, choose, min_tokens_for
+from cache.prompt_blocks import anthropic_prompt, mark_anthropic_body, prefix_digests
 from gateway.accounting import account, without_prompt_cache
 from gateway.api.anthropic import MESSAGES
 from gateway.pipeline import Call
 from gateway.pricing import lookup_prices
 from gateway.settings import DEFAULT_PREFIX_MIN_TOKENS
 from gateway.types import (
-    CacheMark,
-    ChatRequest,
-    Message,
     ModelPrices,
     ModelRoute,
     RequestRecord,
     SavingMechanism,
-    TextPart,
     Usage,
-    WireAPI,
 )
-from gateway.wire import parse_request
 from tests.upstream.anthropic_api import prompt_blocks
 from tests.upstream.prompt_cache import AnthropicPromptCache, CacheUsage
 
@@ -97,17 +79,6 @@ def test_economics_follow_the_models_prices() -> None:
     assert ECON.best_ttl({"5m": 0.3, "1h": 20.0}) == "1h"
 
 
-def test_expected_reads_follow_the_observed_interval() -> None:
-    assert expected_reads(None, "5m") == 0.0
-    frequent = Sighting(count=3, interval_s=30.0)
-    assert expected_reads(frequent, "5m") > 100
-    hourly = Sighting(count=3, interval_s=1200.0)  # every 20 minutes
-    assert expected_reads(hourly, "5m") < 0.3 < 10 < expected_reads(hourly, "1h")
-    assert ECON.best_ttl({t: expected_reads(hourly, t) for t in ("5m", "1h")}) == "1h"
-    rare = Sighting(count=1, interval_s=6 * 3600.0)
-    assert ECON.best_ttl({t: expected_reads(rare, t) for t in ("5m", "1h")}) is None
-
-
 def test_min_tokens_per_model() -> None:
     assert min_tokens_for("claude-sonnet-4-5", DEFAULT_PREFIX_MIN_TOKENS) == 1024
     assert min_tokens_for("claude-haiku-4-5-20251001", DEFAULT_PREFIX_MIN_TOKENS) == 4096
@@ -162,29 +133,6 @@ def test_one_hour_marks_precede_five_minute_marks() -> None:
 
 
 # ---- the tracker ---------------------------------------------------------------------------------------
-
-
-def test_tracker_is_bounded_and_learns_intervals() -> None:
-    t = ReuseTracker(max_entries=2)
-    t.observe("a", b"x", 0.0)
-    t.observe("a", b"x", 60.0)
-    seen = t.sighting("a", b"x", 120.0)
-    assert seen is not None and seen.count == 2 and seen.interval_s == pytest.approx(60.0)
-    assert t.sighting("b", b"x", 120.0) is None  # per tenant
-    t.observe("a", b"y", 1.0)
-    t.observe("a", b"z", 2.0)
-    assert len(t) == 2 and t.sighting("a", b"x", 3.0) is None  # least recently seen evicted
-
-
-def test_tracker_continuation_rate() -> None:
-    t = ReuseTracker()
-    assert t.continuation_rate("a", "5m") == 0.0
-    for _ in range(10):
-        t.observe_prompt("a", None)
-        t.observe_prompt("a", 30.0)
-    assert 0.4 < t.continuation_rate("a", "5m") < 0.5
-    t.observe_prompt("a", 1200.0)  # continued after 20 minutes: within 1h only
-    assert t.continuation_rate("a", "1h") > t.continuation_rate("a", "5m")
 
 
 # ---- the planner end to end over bodies ------------------------------------------------------------------
@@ -260,21 +208,6 @@ def test_client_breakpoints_are_kept_and_counted() -> None:
     assert plan.marks == () and plan.client == 4
 
 
-def test_canonical_and_native_prompts_agree() -> None:
-    raw = body("hi", system=SYSTEM, tools=TOOLS)
-    native = anthropic_prompt(raw)
-    canonical = canonical_prompt(parse_request(WireAPI.ANTHROPIC_MESSAGES, raw))
-    assert [b.section for b in native.blocks] == [b.section for b in canonical.blocks]
-    assert [b.where for b in native.blocks] == [b.where for b in canonical.blocks]
-    assert native.message_ends == canonical.message_ends == (4,)
-    req = ChatRequest(
-        model="m",
-        system=(TextPart("s", cache=CacheMark("1h")),),
-        messages=(Message("user", (TextPart("x"),)),),
-    )
-    assert canonical_prompt(req).blocks[0].mark == "1h"
-
-
 # ---- cost: the write premium and the read discount at real prices --------------------------------------
 
 
@@ -328,7 +261,7 @@ def test_a_turn_longer_than_the_lookback_keeps_the_previous_entry_readable() -> 
         prompt = anthropic_prompt(raw)
         plan = p.decide(prompt, "k", ROUTE)
         if plan.marks:
-            _mark_anthropic_body(call, prompt, plan.marks)
+            mark_anthropic_body(call, prompt, plan.marks)
         return plan, cache.apply("k", prompt_blocks(call.payload), 1024)
 
     clock.now += 30
