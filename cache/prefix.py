@@ -322,12 +322,12 @@ class PrefixPlanner:
         candidates: list[Candidate] = []
         for boundary in ("tools", "system"):
             end = section_end(prompt, boundary)
-            if end >= 0:
+            if end >= 0 and prompt.blocks[end].markable:
                 seen = tracker.sighting(tenant, digests[end], now)
                 reads = {ttl: expected_reads(seen, ttl) for ttl in TTL_S}
                 candidates.append(Candidate(boundary, end, upto[end], reads))
         last = len(prompt.blocks) - 1
-        if last >= 0 and prompt.blocks[last].section == "messages":
+        if last >= 0 and prompt.blocks[last].section == "messages" and prompt.blocks[last].markable:
             rates = {ttl: tracker.continuation_rate(tenant, ttl) for ttl in TTL_S}
             candidates.append(Candidate("history", last, upto[last], rates))
         # tools are worth a mark of their own only when they recur more than tools + system do
@@ -341,7 +341,11 @@ class PrefixPlanner:
         min_tokens = min_tokens_for(target.upstream_model, self.min_tokens, self.default_min_tokens)
         plan = choose(candidates, client, min_tokens, Economics.of(target.prices))
         earlier = self._continued(prompt, digests, tenant)
-        if earlier is not None and prompt.blocks[earlier[0]].mark is None:
+        if (
+            earlier is not None
+            and prompt.blocks[earlier[0]].mark is None
+            and prompt.blocks[earlier[0]].markable
+        ):
             plan = _with_early_history(plan, earlier[0], last, upto[earlier[0]], min_tokens)
         if record:
             self._record(prompt, digests, tenant, now, None if earlier is None else now - earlier[1])

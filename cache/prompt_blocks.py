@@ -33,13 +33,15 @@ LOOKBACK_BLOCKS = 20  # Anthropic checks this many blocks before a breakpoint fo
 class Block:
     """One cacheable block: a tool, a system block or a message content block, in cache order.
     ``where`` locates it in its request (``(i,)`` for a tool or system block, ``(message, part)``);
-    ``key`` is its content without any cache marker; ``mark`` the client's own marker's TTL."""
+    ``key`` is its content without any cache marker; ``mark`` the client's own marker's TTL;
+    ``markable``: Anthropic accepts ``cache_control`` on it (not on thinking blocks or empty text)."""
 
     section: Literal["tools", "system", "messages"]
     where: tuple[int, ...]
     key: bytes
     tokens: int
     mark: TTL | None = None
+    markable: bool = True
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,6 +62,9 @@ def _mark_ttl(control: Any) -> TTL | None:
     return None
 
 
+_UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
+
+
 def json_key(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
@@ -71,9 +76,11 @@ def anthropic_prompt(body: Mapping[str, Any], chars_per_token: float = 4.0) -> P
 
     def add(section: Any, where: tuple[int, ...], block: Any, tag: bytes) -> None:
         mark = None
+        markable = True
         if isinstance(block, str):
             text: Any = block
             key = json_key({"text": block, "type": "text"})
+            markable = bool(block)
         else:
             control = block.get("cache_control") if isinstance(block, dict) else None
             if control is not None:
@@ -81,8 +88,10 @@ def anthropic_prompt(body: Mapping[str, Any], chars_per_token: float = 4.0) -> P
                 block = {k: v for k, v in block.items() if k != "cache_control"}
             text = block.get("text") if isinstance(block, dict) else None
             key = json_key(block)
+            kind = block.get("type") if isinstance(block, dict) else None
+            markable = isinstance(block, dict) and kind not in _UNMARKABLE and (kind != "text" or bool(text))
         tokens = _estimate(text if isinstance(text, str) else key.decode(), chars_per_token)
-        blocks.append(Block(section, where, tag + key, tokens, mark))
+        blocks.append(Block(section, where, tag + key, tokens, mark, markable))
 
     for i, tool in enumerate(body.get("tools") or ()):
         add("tools", (i,), tool, b"tools:")
@@ -127,7 +136,9 @@ def canonical_prompt(req: ChatRequest, chars_per_token: float = 4.0) -> Prompt:
             text = getattr(plain, "text", None)
             key = repr(plain).encode()
             est = _estimate(text if isinstance(text, str) else key.decode(), chars_per_token)
-            blocks.append(Block("messages", (m, j), msg.role.encode() + b"|" + key, est, _ttl_of(p.cache)))
+            markable = not isinstance(text, str) or bool(text)
+            tag = msg.role.encode() + b"|"
+            blocks.append(Block("messages", (m, j), tag + key, est, _ttl_of(p.cache), markable))
         ends.append(len(blocks) - 1)
     return Prompt(tuple(blocks), tuple(ends))
 

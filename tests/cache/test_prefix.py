@@ -289,3 +289,17 @@ def test_planning_again_for_a_fallback_is_not_a_second_sighting() -> None:
     system_digest = prefix_digests(anthropic_prompt(body("q3")))[0]
     seen = p.tracker.sighting("k", system_digest, clock.now)
     assert seen is not None and seen.count == 2  # the first request and this one, not the fallback
+
+
+def test_an_empty_last_block_gets_no_history_mark() -> None:
+    clock = Clock()
+    p = planner(clock)
+    turns = ["u" + words(1500, "q")]
+    for _ in range(6):
+        clock.now += 30
+        p.decide(anthropic_prompt(body(*turns, system=None)), "k", ROUTE)
+        turns += ["answer", "next"]
+    clock.now += 30
+    assert p.decide(anthropic_prompt(body(*turns, system=None)), "k", ROUTE).marks != ()
+    clock.now += 30
+    assert p.decide(anthropic_prompt(body(*turns[:-1], "", system=None)), "k", ROUTE).marks == ()

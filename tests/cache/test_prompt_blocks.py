@@ -59,3 +59,13 @@ def test_marks_render_as_cache_control_on_the_planned_blocks() -> None:
     assert out["messages"][-1]["content"][0]["cache_control"] == {"type": "ephemeral", "ttl": "5m"}
     assert "cache_control" not in str(out["tools"])
     assert req.system[0].cache is None  # the original is untouched
+
+
+def test_thinking_blocks_and_empty_text_cannot_carry_a_mark() -> None:
+    raw = body("q", "a", "")
+    raw["messages"][1]["content"] = [
+        {"type": "thinking", "thinking": "hm", "signature": "sig"},
+        {"type": "text", "text": "a"},
+    ]
+    blocks = anthropic_prompt(raw).blocks
+    assert [b.markable for b in blocks] == [True, True, False, True, False]
