@@ -15,7 +15,7 @@ only where a read is expected:
     end of prompt: the tenant's observed rate of conversations continued within each TTL; such an
               entry is read at most once (the next turn writes a longer one)
     a marker at a TTL goes in when  reads × (input - read price)  >  (write price - input)
-              at the model's own prices; the TTL with the larger expected net saving wins
+              at the model's own prices; the TTL whose write and reads save the most per request wins
               (so with Anthropic's prices a conversation's end never takes the 1-hour TTL: one read
               saves 0.9x, the 1-hour write costs 1x more)
     a prefix shorter than the model's minimum (1,024 / 2,048 / 4,096 tokens) is never marked; at most
@@ -147,8 +147,8 @@ class PrefixPlan:
     cache_key: str | None = None
 
     def summary(self) -> str:
-        """The request-log form: ``bp=2 system:1h history:5m client=0``, ``bp=0 (no reuse seen)``,
-        ``key=tg-...``."""
+        """The request-log form: ``bp=2 system:1h history:5m``, ``bp=1 system:5m client=1``,
+        ``bp=0 (no reuse expected)``, ``key=tg-...``."""
         if self.cache_key is not None:
             return f"key={self.cache_key}"
         parts = [f"bp={len(self.marks)}", *(f"{b}:{t}" for b, t in self.boundaries)]
@@ -182,7 +182,7 @@ def choose(
             chosen[c.block] = (c, ttl)
     if not chosen:
         return PrefixPlan(client=len(client), note="no reuse expected")
-    # The breakpoint budget: the boundary whose marking saves the most wins (system before tools at a tie).
+    # The breakpoint budget: the boundaries whose marks save the most (per request, over their tokens) win.
     if len(chosen) > room:
         rank = sorted(
             chosen.values(), key=lambda ct: -economics.net(ct[0].reads[ct[1]], ct[1]) * ct[0].tokens
