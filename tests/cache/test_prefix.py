@@ -3,6 +3,7 @@ and the simulator's prompt cache where a decision's effect matters."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,9 +12,11 @@ from cache.prefix import MAX_BREAKPOINTS, Candidate, Economics, PrefixPlanner, c
 from cache.prompt_blocks import anthropic_prompt, mark_anthropic_body, prefix_digests
 from gateway.accounting import account, without_prompt_cache
 from gateway.api.anthropic import MESSAGES
+from gateway.app import default_steps
+from gateway.config import Catalogue
 from gateway.pipeline import Call
 from gateway.pricing import lookup_prices
-from gateway.settings import DEFAULT_PREFIX_MIN_TOKENS
+from gateway.settings import DEFAULT_PREFIX_MIN_TOKENS, load_settings
 from gateway.types import (
     ModelPrices,
     ModelRoute,
@@ -303,3 +306,16 @@ def test_an_empty_last_block_gets_no_history_mark() -> None:
     assert p.decide(anthropic_prompt(body(*turns, system=None)), "k", ROUTE).marks != ()
     clock.now += 30
     assert p.decide(anthropic_prompt(body(*turns[:-1], "", system=None)), "k", ROUTE).marks == ()
+
+
+def test_the_settings_block(tmp_path: Path) -> None:
+    cfg = tmp_path / "tg.yaml"
+    cfg.write_text("prefix:\n  min_tokens: {my-model: 8192}\n  tracker_entries: 10\n")
+    settings = load_settings(cfg, env={"THRIFTGATE_PREFIX__OPENAI_CACHE_KEY": "false"})
+    assert settings.prefix.min_tokens["my-model"] == 8192
+    assert settings.prefix.min_tokens["claude-haiku-4-5"] == 4096  # merged over the defaults
+    assert settings.prefix.openai_cache_key is False
+    steps = default_steps(settings, Catalogue(settings))
+    assert isinstance(steps.planner, PrefixPlanner) and steps.planner.tracker.max_entries == 10
+    off = load_settings(cfg, env={"THRIFTGATE_PREFIX__ENABLED": "false"})
+    assert not isinstance(default_steps(off, Catalogue(off)).planner, PrefixPlanner)
