@@ -22,9 +22,12 @@ only where a read is expected:
     4 breakpoints, the client's own kept and counted; 1-hour markers before 5-minute ones (an
     Anthropic rule)
 
-OpenAI caches prefixes by itself; the planner sets ``prompt_cache_key`` (when the client did not) to a
-hash of the tenant and the stable prefix (tools and system), so requests sharing that prefix are routed
-to the same cache. The local engine keeps its own prefix KV cache: its requests are never edited.
+OpenAI caches prefixes by itself, on the machine a request is routed to by its first 256 tokens and its
+``prompt_cache_key``; a (prefix, key) group above about 15 requests a minute overflows onto machines
+with cold caches. The planner sets ``prompt_cache_key`` (when the client did not) to a hash of the
+tenant and the stable prefix (tools and system); when that prefix is busier than ``OPENAI_GROUP_RPM``
+a minute, a bucket of the conversation (its first turn) is appended, so each group stays on one machine
+and a conversation's turns stay together. The local engine keeps its own prefix KV cache: its requests are never edited.
 
 The prompt's blocks and the markers are ``cache/prompt_blocks.py``'s, the record of reuse is
 ``cache/reuse.py``'s ``ReuseTracker``. Everything here is pure over plain data except ``PrefixPlanner``,
@@ -39,7 +42,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cache.prompt_blocks import (
     LOOKBACK_BLOCKS,
@@ -69,6 +72,8 @@ if TYPE_CHECKING:
 log = get_logger("cache.prefix")
 
 MAX_BREAKPOINTS = 4
+OPENAI_GROUP_RPM = 12  # below OpenAI's ~15 requests a minute per (prefix, prompt_cache_key) machine
+OPENAI_MAX_BUCKETS = 64
 DEFAULT_MIN_TOKENS = 1024
 ANTHROPIC_MIN_TOKENS: Mapping[str, int] = DEFAULT_PREFIX_MIN_TOKENS
 # Anthropic's multipliers of the input price, used when the model has no known price.
@@ -245,6 +250,25 @@ def _with_early_history(
     )
 
 
+def openai_buckets(per_minute: float) -> int:
+    """How many prompt_cache_key groups a prefix sent ``per_minute`` times a minute is spread over, so
+    that each stays under ``OPENAI_GROUP_RPM`` (OpenAI moves a group above about 15 a minute onto more
+    machines, with cold caches). A power of two, so that when it doubles half the conversations keep
+    their group (``hash % 2n`` is ``hash % n`` or that plus n)."""
+    buckets = 1
+    while buckets * OPENAI_GROUP_RPM < per_minute and buckets < OPENAI_MAX_BUCKETS:
+        buckets *= 2
+    return buckets
+
+
+def _first_turn(body: Mapping[str, Any]) -> bytes:
+    """The first message after the instructions: what identifies a conversation across its turns."""
+    for m in body.get("messages") or ():
+        if isinstance(m, Mapping) and m.get("role") not in ("system", "developer"):
+            return json_key(m.get("content"))
+    return b""
+
+
 # ---- the PlanStep ---------------------------------------------------------------------------------------
 
 
@@ -284,7 +308,7 @@ class PrefixPlanner:
             if target.provider_kind == "anthropic":
                 self._anthropic(call, target, tenant, native)
             elif target.provider_kind == "openai" and self.openai_cache_key:
-                self._openai(call, tenant, native)
+                self._openai(call, tenant, native, record=call.record.plan is None)
         except GatewayError:
             raise  # the request itself is malformed: the pipeline answers it in the client's format
         except Exception as exc:  # a body the planner does not understand goes as the client sent it
@@ -374,7 +398,7 @@ class PrefixPlanner:
 
     # -- OpenAI
 
-    def _openai(self, call: Call, tenant: str, native: bool) -> None:
+    def _openai(self, call: Call, tenant: str, native: bool, record: bool) -> None:
         if native:
             if call.payload.get("prompt_cache_key") is not None:
                 call.record.plan = "key=client"
@@ -388,8 +412,16 @@ class PrefixPlanner:
             stable = json_key([[tool_key(t).decode() for t in req.tools], [p.text for p in req.system]])
         if stable == b"[[],[]]":
             return  # no tools and no system prompt: OpenAI's own prefix routing is all there is
-        digest = hashlib.blake2b(tenant.encode() + b"\x00" + stable, digest_size=12).hexdigest()
-        key = f"tg-{digest}"
+        digest = hashlib.blake2b(tenant.encode() + b"\x00" + stable, digest_size=12)
+        key = f"tg-{digest.hexdigest()}"
+        now = self.clock()
+        tracked = b"o" + digest.digest()
+        buckets = openai_buckets(self.tracker.per_minute(tenant, tracked, now) + 1.0)
+        if buckets > 1:  # a busy prefix: conversations spread over groups that each stay on one machine
+            first = _first_turn(call.payload) if native else repr(call.canonical.messages[:1]).encode()
+            key += f"-{int.from_bytes(hashlib.blake2b(first, digest_size=4).digest()) % buckets}"
+        if record:
+            self.tracker.observe(tenant, tracked, now)
         if native:
             call.rewrite("prompt_cache_key", key)
         else:

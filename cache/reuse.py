@@ -26,6 +26,7 @@ class _Seen:
     last: float
     count: int
     interval_s: float | None
+    per_minute: float = 1.0  # sightings in about the last minute (exponentially weighted)
 
 
 @dataclass(slots=True)
@@ -60,6 +61,12 @@ class ReuseTracker:
         interval = gap if seen.interval_s is None else 0.5 * seen.interval_s + 0.5 * gap
         return Sighting(seen.count, max(interval, 1e-3))
 
+    def per_minute(self, tenant: str, digest: bytes, now: float) -> float:
+        """About how many times ``digest`` was seen in the last minute (an exponentially weighted
+        count; 0: never, or forgotten). Does not modify the tracker."""
+        seen = self._seen.get((tenant, digest))
+        return 0.0 if seen is None else seen.per_minute * math.exp(-max(now - seen.last, 0.0) / 60.0)
+
     def last_seen(self, tenant: str, digest: bytes) -> float | None:
         """When ``digest`` was last seen (None: never, or forgotten). Does not modify the tracker."""
         seen = self._seen.get((tenant, digest))
@@ -76,6 +83,7 @@ class ReuseTracker:
             return
         gap = max(now - seen.last, 0.0)
         seen.interval_s = gap if seen.interval_s is None else 0.5 * seen.interval_s + 0.5 * gap
+        seen.per_minute = seen.per_minute * math.exp(-gap / 60.0) + 1.0
         seen.last = now
         seen.count += 1
         self._seen.move_to_end(key)

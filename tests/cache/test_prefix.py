@@ -8,10 +8,19 @@ from typing import Any
 
 import pytest
 
-from cache.prefix import MAX_BREAKPOINTS, Candidate, Economics, PrefixPlanner, choose, min_tokens_for
+from cache.prefix import (
+    MAX_BREAKPOINTS,
+    Candidate,
+    Economics,
+    PrefixPlanner,
+    choose,
+    min_tokens_for,
+    openai_buckets,
+)
 from cache.prompt_blocks import anthropic_prompt, mark_anthropic_body, prefix_digests
 from gateway.accounting import account, without_prompt_cache
 from gateway.api.anthropic import MESSAGES
+from gateway.api.openai import CHAT
 from gateway.app import default_steps
 from gateway.config import Catalogue
 from gateway.pipeline import Call
@@ -319,3 +328,32 @@ def test_the_settings_block(tmp_path: Path) -> None:
     assert isinstance(steps.planner, PrefixPlanner) and steps.planner.tracker.max_entries == 10
     off = load_settings(cfg, env={"THRIFTGATE_PREFIX__ENABLED": "false"})
     assert not isinstance(default_steps(off, Catalogue(off)).planner, PrefixPlanner)
+
+
+def test_openai_buckets_keep_each_group_under_the_machine_rate() -> None:
+    assert [openai_buckets(r) for r in (1, 12, 13, 24, 25, 100, 10_000)] == [1, 1, 2, 2, 4, 16, 64]
+
+
+def test_a_busy_openai_prefix_gets_a_key_per_conversation_bucket() -> None:
+    clock = Clock()
+    p = planner(clock)
+    openai_route = ModelRoute("gpt-4o", "openai", "openai", "gpt-4o", None)
+
+    def key_for(first: str, later: str | None = None) -> str:
+        msgs = [{"role": "system", "content": "rules " * 300}, {"role": "user", "content": first}]
+        if later is not None:
+            msgs += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": later}]
+        call = Call(RequestRecord("r", "openai.chat", "POST", "/v1/chat/completions"), CHAT, CHAT.errors)
+        call.payload = {"model": "gpt-4o", "messages": msgs}
+        p.plan(call, openai_route)
+        return str(call.payload["prompt_cache_key"])
+
+    quiet = key_for("hello")
+    assert quiet.startswith("tg-") and "-" not in quiet[3:]
+    for i in range(60):  # one a second: about 60 a minute
+        clock.now += 1.0
+        key_for(f"conversation {i}")
+    busy = {key_for(f"conversation {i}") for i in range(40)}
+    assert 2 <= len(busy) <= 8 and all(k.startswith(quiet + "-") for k in busy)
+    # a conversation keeps its group across its turns
+    assert key_for("conversation 7") == key_for("conversation 7", "and then?")

@@ -29,6 +29,10 @@ class SimConfig:
         default_factory=lambda: dict(ANTHROPIC_MIN_CACHE_TOKENS)
     )
     openai_min_cache_tokens: int = 1024  # OpenAI caches prefixes from this length, in 128-token steps
+    # OpenAI routing: a (first 256 tokens, prompt_cache_key) group above this many requests a minute
+    # overflows onto this many other machines, each with its own cache (0: never)
+    openai_machine_rpm: int = 15
+    openai_overflow_machines: int = 4
     record: bool = True  # keep every request in ``Simulator.requests`` (benchmarks may turn it off)
     # serve /v1/files, /v1/batches and /v1/messages/batches; off: those paths are unknown URLs (404)
     batches: bool = False
