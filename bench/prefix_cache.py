@@ -21,7 +21,13 @@ Tenants (one virtual key each) on ``claude-sonnet-4-5`` unless noted:
   prompt, a conversation every ~15 min, 1-3 turns a minute or two apart;
 - ``summarize``: one-shot summaries of distinct ~3k-token documents under a short system prompt, one a
   minute;
-- ``tiny``: short prompts (below every minimum), one every 20 s.
+- ``tiny``: short prompts (below every minimum), one every 20 s;
+- ``assistant``, on OpenAI's ``gpt-4o-mini``: a ~2.5k-token system prompt, a conversation every ~12 s,
+  2-8 turns of ~250 words each, 10-60 s apart (~25 requests a minute sharing their first 256 tokens).
+  OpenAI caches automatically on the machine a request is routed to; the simulator routes by the first
+  256 tokens and ``prompt_cache_key`` and overflows a group above 15 a minute onto cold machines. Compared:
+  no key (``none``; the ``naive`` run skips this tenant, it would send the same requests) and the planner's
+  key.
 
 Input cost is priced from the request log's tokens (plain input, cache reads, 5-minute and 1-hour writes) at
 each model's genai-prices prices; output is the same in every approach and left out. The planner's logged
@@ -137,6 +143,7 @@ class Tenant:
     model: str
     system: str
     tools: list[dict[str, Any]] = field(default_factory=list)
+    openai: bool = False  # sent to /v1/chat/completions (an OpenAI model) instead of /v1/messages
 
 
 @dataclass(slots=True)
@@ -163,6 +170,7 @@ def build_tenants(rng: random.Random) -> dict[str, Tenant]:
         "analyst": Tenant("analyst", "claude-haiku-4-5", text(rng, 6000)),
         "summarize": Tenant("summarize", "claude-sonnet-4-5", "Summarize the document in three bullets."),
         "tiny": Tenant("tiny", "claude-sonnet-4-5", "You are terse."),
+        "assistant": Tenant("assistant", "gpt-4o-mini", text(rng, 2500), openai=True),
     }
 
 
@@ -194,6 +202,9 @@ def workload(rng: random.Random, duration_s: float) -> list[Turn]:
     t = 0.0
     while (t := t + rng.expovariate(1 / 20)) < duration_s:
         conversation("tiny", t, rng.randint(1, 3), lambda: rng.uniform(10, 60), text(rng, 15))
+    t = 0.0
+    while (t := t + rng.expovariate(1 / 12)) < duration_s:
+        conversation("assistant", t, rng.randint(2, 8), lambda: rng.uniform(10, 60), text(rng, 250))
     return sorted(turns, key=lambda x: (x.t, x.conv))
 
 
@@ -237,8 +248,22 @@ def replay(approach: str, tenants: dict[str, Tenant], turns: list[Turn], workdir
             for turn in turns:
                 clock.now = turn.t
                 tenant = tenants[turn.tenant]
+                if tenant.openai and approach == "naive":
+                    continue  # OpenAI has no markers: the naive run sends its requests as "none" does
                 messages = history.setdefault(turn.conv, [])
                 messages.append({"role": "user", "content": turn.question})
+                if tenant.openai:
+                    chat: Any = [{"role": "system", "content": tenant.system}, *messages]
+                    r = client.post(
+                        "/v1/chat/completions",
+                        json={"model": tenant.model, "max_tokens": 64, "messages": chat},
+                        headers={"authorization": f"Bearer {keys[turn.tenant]}"},
+                    )
+                    r.raise_for_status()
+                    messages.append(
+                        {"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]}
+                    )
+                    continue
                 body: dict[str, Any] = {
                     "model": tenant.model,
                     "max_tokens": 64,
@@ -314,9 +339,14 @@ def main() -> None:
                 flush=True,
             )
     catalogue = Catalogue(make_settings("http://unused", "sqlite+aiosqlite:///unused.db"))
-    costs = {a: input_cost(r.rows, catalogue) for a, r in runs.items()}
+    openai_names = {name for name, t in tenants.items() if t.openai}
+
+    def split(run: Run, openai: bool) -> list[dict[str, Any]]:
+        return [r for r in run.rows if (run.tenant_of_key.get(r["key_id"]) in openai_names) == openai]
+
+    costs = {a: input_cost(split(r, False), catalogue) for a, r in runs.items()}
     none_total = costs["none"]["total"]
-    planner_rows = runs["planner"].rows
+    planner_rows = split(runs["planner"], False)
     logged_saving = sum(r["saving_usd"] or 0.0 for r in planner_rows)
     measured_saving = none_total - costs["planner"]["total"]
     plans: dict[str, int] = {}
@@ -324,15 +354,37 @@ def main() -> None:
         plan = r["plan"] or "-"
         plan = plan if plan.startswith("bp=0") else " ".join(p for p in plan.split() if ":" in p) or plan
         plans[plan] = plans.get(plan, 0) + 1
+    openai_result: dict[str, Any] = {}
+    for approach in ("none", "planner"):
+        rows = split(runs[approach], True)
+        uncached = sum(r["cache_read_tokens"] + r["input_tokens"] for r in rows)
+        openai_result[approach] = {
+            "input_cost_usd": input_cost(rows, catalogue)["total"],
+            "cached_share": sum(r["cache_read_tokens"] for r in rows) / uncached if uncached else 0.0,
+            "keys": len({r["plan"] for r in rows if (r["plan"] or "").startswith("key=")}),
+        }
+    openai_rows = split(runs["none"], True)
+    openai_result["uncached_input_cost_usd"] = sum(
+        compute_cost(
+            Usage(input_tokens=r["input_tokens"] + r["cache_read_tokens"]),
+            catalogue.resolve(r["requested_model"]).prices,
+        ).input
+        or 0.0
+        for r in openai_rows
+    )
 
     # per tenant, the same approach order
     tenant_table: dict[str, dict[str, float]] = {}
     for approach, run in runs.items():
         for name, rows in by_tenant(run.rows, run.tenant_of_key):
             tenant_table.setdefault(name, {})[approach] = input_cost(rows, catalogue)["total"]
+    for name in openai_names:  # not replayed in the naive run: the same requests as in none
+        tenant_table[name]["naive"] = tenant_table[name]["none"]
 
     targets = {
         "planner <= naive": costs["planner"]["total"] <= costs["naive"]["total"],
+        "OpenAI: planner's key <= no key": openai_result["planner"]["input_cost_usd"]
+        <= openai_result["none"]["input_cost_usd"],
         "planner >= 60% below none": costs["planner"]["total"] <= 0.4 * none_total,
         "logged saving == measured saving": abs(logged_saving - measured_saving)
         <= 1e-6 * max(1.0, none_total),
@@ -346,7 +398,8 @@ def main() -> None:
         "requests": len(turns),
         "requests_by_tenant": {name: sum(1 for t in turns if t.tenant == name) for name in tenants},
         "input_cost_usd": costs,
-        "tokens": {a: tokens(r.rows) for a, r in runs.items()},
+        "tokens": {a: tokens(split(r, False)) for a, r in runs.items()},
+        "openai": openai_result,
         "input_cost_by_tenant_usd": tenant_table,
         "planner_logged_saving_usd": logged_saving,
         "planner_measured_saving_usd": measured_saving,
@@ -375,6 +428,8 @@ def render(r: dict[str, Any]) -> str:
         f"{r['requests']} requests ({', '.join(f'{k} {v}' for k, v in r['requests_by_tenant'].items())}), "
         "through the gateway to the provider simulator. Input cost only (output is identical).",
         "",
+        "Anthropic tenants (support, analyst, summarize, tiny):",
+        "",
         "| approach | input cost | plain input | cache reads | cache writes | below none |",
         "|---|---|---|---|---|---|",
     ]
@@ -400,6 +455,20 @@ def render(r: dict[str, Any]) -> str:
     lines += ["", "By tenant (input cost):", "", "| tenant | none | naive | planner |", "|---|---|---|---|"]
     for name, v in r["input_cost_by_tenant_usd"].items():
         lines.append(f"| {name} | ${v['none']:.4f} | ${v['naive']:.4f} | ${v['planner']:.4f} |")
+    o = r["openai"]
+    lines += [
+        "",
+        f"OpenAI tenant (assistant, gpt-4o-mini, {r['requests_by_tenant'].get('assistant', 0)} requests): "
+        "automatic prefix caching on the machine each request is routed to (first 256 tokens + "
+        "prompt_cache_key; a group above 15 a minute overflows onto cold machines). Uncached: "
+        f"${o['uncached_input_cost_usd']:.4f}.",
+        "",
+        "| approach | input cost | cached share of input | distinct keys |",
+        "|---|---|---|---|",
+        f"| no key (none, naive) | ${o['none']['input_cost_usd']:.4f} | {100 * o['none']['cached_share']:.1f}% | 0 |",
+        f"| planner's key | ${o['planner']['input_cost_usd']:.4f} | {100 * o['planner']['cached_share']:.1f}% | "
+        f"{o['planner']['keys']} |",
+    ]
     lines += [
         "",
         f"Planner saving as logged (prefix_cache, write premiums negative): ${r['planner_logged_saving_usd']:.4f}; "
