@@ -400,15 +400,17 @@ class PrefixPlanner:
 
     def _openai(self, call: Call, tenant: str, native: bool, record: bool) -> None:
         if native:
-            if call.payload.get("prompt_cache_key") is not None:
-                call.record.plan = "key=client"
-                return
-            stable = openai_stable_prefix(call.payload)
+            existing = call.payload.get("prompt_cache_key")
         else:
             req = call.canonical
-            if (req.metadata.get(WireAPI.OPENAI_CHAT.value) or {}).get("prompt_cache_key") is not None:
+            existing = (req.metadata.get(WireAPI.OPENAI_CHAT.value) or {}).get("prompt_cache_key")
+        if existing is not None:
+            if call.record.plan != f"key={existing}":  # not ours from an earlier target's plan
                 call.record.plan = "key=client"
-                return
+            return
+        if native:
+            stable = openai_stable_prefix(call.payload)
+        else:
             stable = json_key([[tool_key(t).decode() for t in req.tools], [p.text for p in req.system]])
         if stable == b"[[],[]]":
             return  # no tools and no system prompt: OpenAI's own prefix routing is all there is

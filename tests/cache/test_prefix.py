@@ -357,3 +357,17 @@ def test_a_busy_openai_prefix_gets_a_key_per_conversation_bucket() -> None:
     assert 2 <= len(busy) <= 8 and all(k.startswith(quiet + "-") for k in busy)
     # a conversation keeps its group across its turns
     assert key_for("conversation 7") == key_for("conversation 7", "and then?")
+
+
+def test_an_openai_fallback_keeps_the_key_the_first_plan_set() -> None:
+    p = planner(Clock())
+    route = ModelRoute("gpt-4o", "openai", "openai", "gpt-4o", None)
+    call = Call(RequestRecord("r", "openai.chat", "POST", "/v1/chat/completions"), CHAT, CHAT.errors)
+    call.payload = {
+        "model": "gpt-4o",
+        "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+    }
+    p.plan(call, route)
+    first = (call.payload["prompt_cache_key"], call.record.plan)
+    p.plan(call, ModelRoute("gpt-4o-mini", "openai", "openai", "gpt-4o-mini", None))
+    assert (call.payload["prompt_cache_key"], call.record.plan) == first and first[1] == f"key={first[0]}"
