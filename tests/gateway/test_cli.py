@@ -45,8 +45,8 @@ def fresh_store_authenticate(url: str, raw: str) -> str:
 def test_db_upgrade_current_downgrade(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "db", "current")[1].startswith("none")
     status, out, _ = run(capsys, "db", "upgrade")
-    assert status == 0 and "0001" in out
-    assert run(capsys, "db", "current")[1].strip() == "0001 (head)"
+    assert status == 0 and "database at revision" in out
+    assert run(capsys, "db", "current")[1].strip().endswith("(head)")
     assert run(capsys, "db", "downgrade", "base")[0] == 0
     assert run(capsys, "db", "current")[1].startswith("none")
 
