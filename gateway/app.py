@@ -21,6 +21,8 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from cache.prefix import PrefixPlanner
+from cache.reuse import ReuseTracker
 from gateway.api import anthropic, batches, openai, ops, passthrough
 from gateway.api.errors import install_error_handlers
 from gateway.batch.files import FileStore
@@ -59,7 +61,7 @@ def create_app(
     environ = os.environ if env is None else env
     catalogue = Catalogue(settings)
     metrics = Metrics(models=model_labels(catalogue), providers=settings.providers)
-    pipeline_steps = steps if steps is not None else Steps(router=RequestedModel(catalogue))
+    pipeline_steps = steps if steps is not None else default_steps(settings, catalogue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -162,6 +164,27 @@ def _start_batches(
     )
     app.state.batches = batches.Batches(settings.batch, sessionmaker, files, worker)
     return worker
+
+
+def default_steps(settings: Settings, catalogue: Catalogue) -> Steps:
+    """The steps an app runs unless told otherwise: the model as named, and the prompt-prefix planner
+    when ``prefix.enabled``."""
+    steps = Steps(router=RequestedModel(catalogue))
+    if settings.prefix.enabled:
+        steps.planner = prefix_planner(settings)
+    return steps
+
+
+def prefix_planner(settings: Settings) -> PrefixPlanner:
+    """A ``PrefixPlanner`` configured by ``settings.prefix``."""
+    s = settings.prefix
+    return PrefixPlanner(
+        min_tokens=s.min_tokens,
+        default_min_tokens=s.default_min_tokens,
+        chars_per_token=s.chars_per_token,
+        openai_cache_key=s.openai_cache_key,
+        tracker=ReuseTracker(max_entries=s.tracker_entries),
+    )
 
 
 def _admin_router() -> APIRouter | None:

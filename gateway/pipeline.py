@@ -41,7 +41,7 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from gateway import wire
-from gateway.accounting import account
+from gateway.accounting import account, without_prompt_cache
 from gateway.budgets import Reservation
 from gateway.errors import (
     AuthenticationFailed,
@@ -884,6 +884,14 @@ class Pipeline:
             if call.mechanism is not None and call.counterfactual_prices is not None:
                 acc = account(
                     usage, call.prices, requested=call.counterfactual_prices, mechanism=call.mechanism
+                )
+            elif call.mechanism is SavingMechanism.PREFIX_CACHE:
+                # the planner placed every breakpoint: as sent, the same tokens would not have been cached
+                acc = account(
+                    usage,
+                    call.prices,
+                    counterfactual_usage=without_prompt_cache(usage),
+                    mechanism=call.mechanism,
                 )
             else:
                 acc = account(usage, call.prices)

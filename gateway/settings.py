@@ -310,6 +310,35 @@ class BatchSettings(_Strict):
     """The most inputs one coalesced embeddings request carries (OpenAI's limit)."""
 
 
+# Anthropic's minimum cacheable prompt by model id prefix (the longest match wins; others: 1,024 tokens).
+DEFAULT_PREFIX_MIN_TOKENS: dict[str, int] = {
+    "claude-opus-4-5": 4096,
+    "claude-haiku-4-5": 4096,
+    "claude-3-5-haiku": 2048,
+    "claude-3-haiku": 2048,
+}
+
+
+class PrefixSettings(_Strict):
+    """The prompt-prefix planner (``cache/prefix.py``): provider prompt-cache markers where they pay."""
+
+    enabled: bool = True
+    min_tokens: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PREFIX_MIN_TOKENS))
+    """Shortest prefix each model caches, by model id prefix; merges over the defaults."""
+    default_min_tokens: int = Field(default=1024, ge=1)
+    chars_per_token: float = Field(default=4.0, gt=0)
+    """How prompt lengths are estimated (an over-estimate only places a marker the provider ignores)."""
+    openai_cache_key: bool = True
+    """Set ``prompt_cache_key`` on OpenAI requests that carry none, from the tenant and stable prefix."""
+    tracker_entries: int = Field(default=50_000, ge=1)
+    """Prefixes remembered (tenant, prefix hash), least recently seen forgotten first."""
+
+    @field_validator("min_tokens", mode="before")
+    @classmethod
+    def _merge_min_tokens(cls, value: Any) -> Any:
+        return {**DEFAULT_PREFIX_MIN_TOKENS, **value} if isinstance(value, dict) else value
+
+
 class Settings(BaseSettings):
     """Everything the gateway is configured with. Build it with ``load_settings`` (see the module docstring)."""
 
@@ -346,6 +375,7 @@ class Settings(BaseSettings):
     models: dict[str, ModelSettings] = Field(default_factory=default_models)
     upstream_headers: UpstreamHeaderSettings = Field(default_factory=UpstreamHeaderSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    prefix: PrefixSettings = Field(default_factory=PrefixSettings)
     config_path: str | None = None
 
     @classmethod

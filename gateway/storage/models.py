@@ -123,6 +123,7 @@ class RequestLogRow(Base):
     priced: Mapped[bool] = mapped_column(Boolean)
     cache: Mapped[str] = mapped_column(String(32))
     route_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    plan: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
