@@ -1,7 +1,8 @@
 """``create_app(settings)``: the ThriftGate ASGI app.
 
 Routes: the OpenAI surface (``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/responses``,
-``/v1/models``), the Anthropic surface (``/v1/messages``, ``/v1/messages/count_tokens``), the admin API
+``/v1/models``), the Anthropic surface (``/v1/messages``, ``/v1/messages/count_tokens``), the batch
+surfaces (``/v1/files``, ``/v1/batches``, ``/v1/messages/batches``, with their worker), the admin API
 (``/admin``, when present), ops (``/healthz``, ``/readyz``, ``/metrics``) and, last, the passthrough for any
 other ``/v1/...`` path.
 
@@ -18,12 +19,16 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cache.prefix import PrefixPlanner
 from cache.reuse import ReuseTracker
-from gateway.api import anthropic, openai, ops, passthrough
+from gateway.api import anthropic, batches, openai, ops, passthrough
 from gateway.api.errors import install_error_handlers
+from gateway.batch.files import FileStore
+from gateway.batch.worker import BatchWorker
 from gateway.budgets import Budgets
+from gateway.coalescer import coalescing
 from gateway.config import Catalogue
 from gateway.http import HotRoutes
 from gateway.keys import KeyStore
@@ -74,6 +79,13 @@ def create_app(
         context = ProviderContext.from_settings(settings, environ)
         context.on_retry = metrics.on_retry
         providers = Providers.from_settings(settings, environ, context=context, kinds=provider_kinds)
+        if settings.batch.embeddings_window_ms > 0:
+            wrap = coalescing(
+                lambda p: p.kind in ("openai", "openai_compatible"),
+                settings.batch.embeddings_window_ms / 1000.0,
+                settings.batch.embeddings_max_inputs,
+            )
+            providers = Providers({name: wrap(providers[name]) for name in providers}, providers.context)
         await keys.start()
         try:
             await logwriter.start()
@@ -99,7 +111,14 @@ def create_app(
                     metrics=metrics,
                 )
                 state.passthrough = Passthrough(pipeline)
-                yield
+                worker = _start_batches(app, settings, sessionmaker, pipeline)
+                if worker is not None:
+                    await worker.start()
+                try:
+                    yield
+                finally:
+                    if worker is not None:
+                        await worker.stop()
             finally:
                 try:
                     await providers.aclose()
@@ -119,11 +138,32 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(openai.router)
     app.include_router(anthropic.router)
+    if settings.batch.enabled:
+        app.include_router(batches.router)
     admin = _admin_router()
     if admin is not None:
         app.include_router(admin)
     app.include_router(passthrough.router)
     return app
+
+
+def _start_batches(
+    app: FastAPI, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], pipeline: Pipeline
+) -> BatchWorker | None:
+    """The batch surfaces' state and their worker (not started), when batches are enabled."""
+    if not settings.batch.enabled:
+        return None
+    files = FileStore(settings.batch.data_dir, sessionmaker)
+    worker = BatchWorker(
+        settings=settings.batch,
+        sessionmaker=sessionmaker,
+        pipeline=pipeline,
+        files=files,
+        specs=batches.OPENAI_SPECS,
+        anthropic_specs=batches.ANTHROPIC_SPECS,
+    )
+    app.state.batches = batches.Batches(settings.batch, sessionmaker, files, worker)
+    return worker
 
 
 def default_steps(settings: Settings, catalogue: Catalogue) -> Steps:

@@ -44,6 +44,9 @@ class Surface(enum.StrEnum):
     OPENAI_MODELS = "openai.models"
     ANTHROPIC_MESSAGES = "anthropic.messages"
     ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens"
+    OPENAI_FILES = "openai.files"
+    OPENAI_BATCHES = "openai.batches"
+    ANTHROPIC_BATCHES = "anthropic.batches"
     PASSTHROUGH = "passthrough"
 
 

@@ -122,7 +122,12 @@ class Simulator:
         self._openai_router = OpenAIRouter(clock)
         self._anthropic_cache = AnthropicPromptCache(clock)
         self._seq = itertools.count(1)
-        self._batches = BatchService(self._run_batch_line, clock, lambda: self.config.batch_latency_s)
+        self._batches = BatchService(
+            self._run_batch_line,
+            clock,
+            lambda: self.config.batch_latency_s,
+            lambda: (self.config.batch_expire_s, self.config.batch_expire_keep),
+        )
         install_log_filter()
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=methods)])

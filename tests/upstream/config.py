@@ -37,6 +37,10 @@ class SimConfig:
     # serve /v1/files, /v1/batches and /v1/messages/batches; off: those paths are unknown URLs (404)
     batches: bool = False
     batch_latency_s: float = 0.0  # a batch shows as in progress this long (on the simulator's clock)
+    # a batch still in progress this long after its creation expires: its first ``batch_expire_keep``
+    # requests keep their answers, the rest are reported expired (None: batches never expire)
+    batch_expire_s: float | None = None
+    batch_expire_keep: int = 0
 
     def anthropic_min_tokens(self, model: str) -> int:
         """The shortest prefix ``model`` caches (see ``anthropic_min_cache_tokens_by_model``)."""
