@@ -125,6 +125,7 @@ def request_row(record: RequestRecord) -> dict[str, Any]:
         "priced": bool(record.priced),
         "cache": text_value(record.cache, _LIMIT["cache"]) or "miss",
         "route_reason": text_value(record.route_reason, _LIMIT["route_reason"]),
+        "plan": text_value(record.plan, _LIMIT["plan"]),
         "error": text_value(record.error, _LIMIT["error"], keep_lines=True),
     }
 
