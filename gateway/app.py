@@ -70,12 +70,25 @@ def create_app(
         keys = KeyStore(
             sessionmaker, refresh_interval_s=settings.key_refresh_s, change_poll_s=settings.key_change_poll_s
         )
+        # The log writer runs on its own loop and thread, with its own engine (see gateway.logwriter).
+        log_engine = make_engine(settings.database_url)
         logwriter = LogWriter(
-            sessionmaker,
+            make_sessionmaker(log_engine),
+            own_thread=True,
+            close=log_engine.dispose,
             batch_size=settings.log_batch_size,
             flush_interval_s=settings.log_flush_interval_s,
+            max_pending=settings.log_writer.max_pending,
+            spill_dir=settings.spill_dir,
+            quarantine_dir=settings.quarantine_dir,
+            replay_spill=settings.log_writer.replay_spill,
+            unhealthy_after_failures=settings.log_writer.unhealthy_after_failures,
+            behind_after_s=settings.log_writer.behind_after_s,
+            retry_base_s=min(0.5, settings.log_writer.retry_max_s),
+            retry_max_s=settings.log_writer.retry_max_s,
             on_flushed=keys.spend_flushed,  # flushed spend moves from the in-memory delta to the DB total
         )
+        metrics.track_log_writer(logwriter)
         context = ProviderContext.from_settings(settings, environ)
         context.on_retry = metrics.on_retry
         providers = Providers.from_settings(settings, environ, context=context, kinds=provider_kinds)

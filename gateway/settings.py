@@ -261,6 +261,23 @@ class PassthroughSettings(_Strict):
     routes: list[PassthroughRoute] = Field(default_factory=default_passthrough_routes)
 
 
+class LogWriterSettings(_Strict):
+    """How the request log is written (``gateway.logwriter``), beyond ``log_batch_size`` and
+    ``log_flush_interval_s``."""
+
+    max_pending: int = Field(default=100_000, ge=1)
+    """Rows kept in memory while the database is slow or down; the oldest beyond this are spilled to
+    ``<data_dir>/spill``."""
+    replay_spill: bool = True
+    """Replay spilled rows automatically once the database keeps up again."""
+    unhealthy_after_failures: int = Field(default=3, ge=1)
+    """``/readyz`` reports the writer unhealthy after this many consecutive failed writes..."""
+    behind_after_s: float = Field(default=30.0, gt=0)
+    """... or while rows have waited longer than this (seconds), or were spilled this recently."""
+    retry_max_s: float = Field(default=30.0, gt=0)
+    """While the database fails, writes are retried with a backoff doubling from 0.5 s up to this."""
+
+
 class BudgetSettings(_Strict):
     """How budgets hold money for requests in flight (``gateway.budgets``)."""
 
@@ -348,7 +365,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    database_url: str = "sqlite+aiosqlite:///./data/thriftgate.db"
+    data_dir: str = "./data"
+    """Where the gateway keeps its files: the SQLite database (unless ``database_url`` is set), the
+    request log's ``spill/`` and ``quarantine/`` folders and the local engine's ``models/``."""
+    database_url: str = ""
+    """Empty (or null): SQLite at ``<data_dir>/thriftgate.db``."""
     master_key: SecretStr | None = None
     require_virtual_key: bool | None = None
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
@@ -357,11 +378,13 @@ class Settings(BaseSettings):
     key_refresh_s: float = Field(default=5.0, gt=0)
     key_change_poll_s: float = Field(default=0.2, gt=0)
     """SQLite: how often the key table is checked for changes made by other processes (revocations)."""
-    log_batch_size: int = Field(default=500, ge=1)
+    log_batch_size: int = Field(default=2000, ge=1)
     log_flush_interval_s: float = Field(default=0.5, gt=0)
     log_level: str = "INFO"
     log_json: bool = True
-    local_model_dir: str = "./data/models"
+    local_model_dir: str = ""
+    """Empty (or null): ``<data_dir>/models``."""
+    log_writer: LogWriterSettings = Field(default_factory=LogWriterSettings)
     passthrough: PassthroughSettings = Field(default_factory=PassthroughSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
@@ -390,6 +413,29 @@ class Settings(BaseSettings):
         # The environment is layered by load_settings (over the YAML file), never read implicitly.
         return (init_settings,)
 
+    @field_validator("database_url", "local_model_dir", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @model_validator(mode="after")
+    def _paths_follow_data_dir(self) -> Settings:
+        if not self.database_url:
+            self.database_url = sqlite_url(os.path.join(self.data_dir, "thriftgate.db"))
+        if not self.local_model_dir:
+            self.local_model_dir = os.path.join(self.data_dir, "models")
+        return self
+
+    @property
+    def spill_dir(self) -> Path:
+        """Request-log rows waiting for the database: ``<data_dir>/spill``."""
+        return Path(self.data_dir) / "spill"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Request-log rows the database refused: ``<data_dir>/quarantine``."""
+        return Path(self.data_dir) / "quarantine"
+
     @model_validator(mode="after")
     def _models_use_configured_providers(self) -> Settings:
         for alias, model in self.models.items():
@@ -407,6 +453,11 @@ class Settings(BaseSettings):
         if self.require_virtual_key is not None:
             return self.require_virtual_key
         return self.master_key is not None
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of the SQLite database file at ``path`` (relative paths stay relative)."""
+    return f"sqlite+aiosqlite:///{Path(path).as_posix() if isinstance(path, Path) else path}"
 
 
 def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
