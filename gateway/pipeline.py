@@ -41,7 +41,7 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from gateway import wire
-from gateway.accounting import account
+from gateway.accounting import account, without_prompt_cache
 from gateway.budgets import Reservation
 from gateway.errors import (
     AuthenticationFailed,
@@ -68,6 +68,7 @@ from gateway.logs import get_logger, redact
 from gateway.providers.base import ChatProvider, Provider, UpstreamRequest, UpstreamResponse
 from gateway.relay import Canonical, SSETap, StreamAdapter, Translation
 from gateway.sse import StreamTap
+from gateway.steps import RouteHealth
 from gateway.types import (
     MISS,
     CacheOutcome,
@@ -325,11 +326,13 @@ class Pipeline:
 
     # ---- the JSON surfaces ----------------------------------------------------------------------------
 
-    async def handle(self, request: Request, spec: SurfaceSpec) -> Response:
-        """Serves one request of a JSON surface end to end (never raises: errors become responses)."""
+    async def handle(self, request: Request, spec: SurfaceSpec, *, key: VirtualKey | None = None) -> Response:
+        """Serves one request of a JSON surface end to end (never raises: errors become responses).
+        ``key``: a request the gateway makes itself on behalf of that key (a batch item): the key is not
+        looked up from the request's credentials, everything else (limits, budget, steps) applies."""
         call = self.begin(request, spec.surface, spec.errors, spec)
         try:
-            return await self._handle(request, call, spec)
+            return await self._handle(request, call, spec, key)
         except GatewayError as exc:
             return self.fail(call, exc)
         except ClientDisconnect:
@@ -337,7 +340,9 @@ class Pipeline:
         except Exception as exc:
             return self.crash(call, exc)
 
-    async def _handle(self, request: Request, call: Call, spec: SurfaceSpec) -> Response:
+    async def _handle(
+        self, request: Request, call: Call, spec: SurfaceSpec, key: VirtualKey | None = None
+    ) -> Response:
         rec = call.record
         await self.receive(request, call, passthrough=False)
         call.payload = parse_json_object(call.inbound.body)
@@ -345,7 +350,11 @@ class Pipeline:
         check_model_name(call.model)
         rec.requested_model = call.model
         rec.stream = call.stream
-        self.authenticate(call)
+        if key is None:
+            self.authenticate(call)
+        else:
+            call.key = key
+            rec.key_id = key.id
         self.authorize(call, call.model, self._tokens_estimate(call, spec))
 
         if spec.wire is not None and not spec.count_tokens:
@@ -364,7 +373,7 @@ class Pipeline:
                 param="background",
             )
         candidates = (decision.target, *decision.fallbacks)
-        router = self.steps.router
+        router = self.steps.router if isinstance(self.steps.router, RouteHealth) else _NO_HEALTH
         tokens = self._tokens_estimate(call, spec)
         last: Exception | None = None
         for i, target in enumerate(candidates):
@@ -924,6 +933,14 @@ class Pipeline:
                 acc = account(
                     usage, call.prices, requested=call.counterfactual_prices, mechanism=call.mechanism
                 )
+            elif call.mechanism is SavingMechanism.PREFIX_CACHE:
+                # the planner placed every breakpoint: as sent, the same tokens would not have been cached
+                acc = account(
+                    usage,
+                    call.prices,
+                    counterfactual_usage=without_prompt_cache(usage),
+                    mechanism=call.mechanism,
+                )
             else:
                 acc = account(usage, call.prices)
             cost = acc.cost.total
@@ -953,6 +970,19 @@ class Pipeline:
 
 
 _SSE_HEADERS = (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
+
+
+class _NoHealth:
+    """Stands in for a router that does not track upstream health."""
+
+    def on_send(self, target: ModelRoute, tokens: int) -> None:
+        return None
+
+    def on_result(self, target: ModelRoute, *, ok: bool, latency_s: float | None = None) -> None:
+        return None
+
+
+_NO_HEALTH = _NoHealth()
 
 
 def _retryable(status: int) -> bool:

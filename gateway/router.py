@@ -124,7 +124,11 @@ class Router:
             alias: _card(alias, catalogue.entry(alias), catalogue.deployments(alias))
             for alias in catalogue.aliases()
         }
-        for name in (*r.auto.models, *(p.to for p in r.policies if p.to), *r.fallbacks):
+        # The default auto set names default catalogue models: a catalogue without them has no auto set
+        # (requests for "auto" are refused); an auto set configured by hand must exist.
+        explicit_auto = "models" in r.auto.model_fields_set
+        auto_models = tuple(m for m in r.auto.models if explicit_auto or m in cards)
+        for name in (*auto_models, *(p.to for p in r.policies if p.to), *r.fallbacks):
             if name not in cards:
                 raise ValueError(f"routing: {name!r} is not a catalogue model")
         for chain in r.fallbacks.values():
@@ -142,7 +146,7 @@ class Router:
         self._vectors: OrderedDict[str, object] = OrderedDict()
         self.config = RouterConfig(
             models=cards,
-            auto_models=tuple(r.auto.models),
+            auto_models=auto_models,
             threshold=0.0,  # set from the classifier when it loads
             fallbacks={k: tuple(v) for k, v in r.fallbacks.items()},
             local_model=local,

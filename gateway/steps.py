@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gateway.types import MISS, CacheOutcome, ChatResponse, ModelRoute, RouteDecision
 
@@ -43,6 +43,13 @@ class RouteStep(Protocol):
         """Where ``call`` goes: a target, its fallbacks and the reason. Pure: no I/O, no mutation.
         Raises ``ModelNotFound`` (or another ``GatewayError``) when nothing can serve it."""
         ...
+
+
+@runtime_checkable
+class RouteHealth(Protocol):
+    """What a router that tracks upstream health also implements (``gateway.router.Router`` does; a
+    ``RouteStep`` without these methods simply gets no reports). The pipeline calls ``on_send`` and
+    ``on_result`` around every upstream attempt; ``/metrics`` reads ``breakers``."""
 
     def on_send(self, target: ModelRoute, tokens: int) -> None:
         """The pipeline is sending the request (``tokens`` estimated, input plus output cap) to
@@ -90,15 +97,6 @@ class RequestedModel:
     def route(self, call: Call) -> RouteDecision:
         route = self.catalogue.resolve(call.model)
         return RouteDecision(target=route, reason="requested", requested=route)
-
-    def on_send(self, target: ModelRoute, tokens: int) -> None:
-        return None
-
-    def on_result(self, target: ModelRoute, *, ok: bool, latency_s: float | None = None) -> None:
-        return None
-
-    def breakers(self) -> Mapping[str, int]:
-        return {}
 
 
 class NoPlan:
