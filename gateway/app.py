@@ -32,7 +32,7 @@ from gateway.passthrough import Passthrough
 from gateway.pipeline import Pipeline
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
 from gateway.settings import Settings
-from gateway.steps import RequestedModel, Steps
+from gateway.steps import Managed, RequestedModel, Steps
 from gateway.storage.db import make_engine, make_sessionmaker
 
 
@@ -54,7 +54,19 @@ def create_app(
     environ = os.environ if env is None else env
     catalogue = Catalogue(settings)
     metrics = Metrics(models=model_labels(catalogue), providers=settings.providers)
-    pipeline_steps = steps if steps is not None else Steps(router=RequestedModel(catalogue))
+    if steps is not None:
+        pipeline_steps = steps
+    else:
+        pipeline_steps = Steps(router=RequestedModel(catalogue))
+        if settings.cache.enabled:
+            from gateway.caching import build_cache
+
+            pipeline_steps.cache = build_cache(settings.cache)
+    managed = [
+        s
+        for s in (pipeline_steps.cache, pipeline_steps.router, pipeline_steps.planner)
+        if isinstance(s, Managed)
+    ]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,7 +109,16 @@ def create_app(
                     metrics=metrics,
                 )
                 state.passthrough = Passthrough(pipeline)
-                yield
+                state.steps = pipeline_steps
+                started: list[Managed] = []
+                try:
+                    for step in managed:
+                        await step.start(sessionmaker)
+                        started.append(step)
+                    yield
+                finally:
+                    for step in reversed(started):
+                        await step.stop()
             finally:
                 try:
                     await providers.aclose()
