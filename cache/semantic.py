@@ -65,7 +65,7 @@ class ScopeIndex:
         i = self.rows.pop(entry_id, None)
         if i is not None:
             del self.ids[i]
-            self.index.remove_ids(np.array([i], dtype=np.int64))
+            self.index.remove_ids(np.array([i], dtype=np.int64))  # type: ignore[arg-type]
 
     def search(self, vector: Vector, k: int) -> list[tuple[str, float]]:
         if not self.ids:

@@ -62,11 +62,8 @@ def create_app(
             from gateway.caching import build_cache
 
             pipeline_steps.cache = build_cache(settings.cache)
-    managed = [
-        s
-        for s in (pipeline_steps.cache, pipeline_steps.router, pipeline_steps.planner)
-        if isinstance(s, Managed)
-    ]
+    candidates: tuple[object, ...] = (pipeline_steps.cache, pipeline_steps.router, pipeline_steps.planner)
+    managed: list[Managed] = [s for s in candidates if isinstance(s, Managed)]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -141,6 +138,9 @@ def create_app(
     admin = _admin_router()
     if admin is not None:
         app.include_router(admin)
+        from gateway.api import cache_admin
+
+        app.include_router(cache_admin.router)
     app.include_router(passthrough.router)
     return app
 

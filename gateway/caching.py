@@ -78,6 +78,11 @@ def _strict(a: bool | None, b: bool | None, default: bool) -> bool:
     return all(v for v in (a, b) if v is not None)
 
 
+def _get(rule: CacheRule | None, name: str) -> bool | None:
+    value = None if rule is None else getattr(rule, name)
+    return value if isinstance(value, bool) else None
+
+
 def directives(value: str | None) -> set[str]:
     """The lower-cased directives of a ``Cache-Control`` header."""
     if not value:
@@ -221,11 +226,10 @@ class GatewayCache:
         k: CacheRule | None = s.keys.get(call.key.id) if call.key is not None else None
         ttls = [r.ttl_s for r in (m, k) if r is not None and r.ttl_s is not None]
         return Policy(
-            enabled=_strict(m and m.enabled, k and k.enabled, s.enabled),
+            enabled=_strict(_get(m, "enabled"), _get(k, "enabled"), s.enabled),
             ttl_s=min(ttls) if ttls else s.ttl_s,
-            cache_sampled=_strict(m and m.cache_sampled, k and k.cache_sampled, s.cache_sampled),
-            semantic=_strict(m and m.semantic, k and k.semantic, self.semantic is not None)
-            and self.semantic is not None,
+            cache_sampled=_strict(_get(m, "cache_sampled"), _get(k, "cache_sampled"), s.cache_sampled),
+            semantic=self.semantic is not None and _strict(_get(m, "semantic"), _get(k, "semantic"), True),
         )
 
     def namespace(self, call: Call) -> str:
