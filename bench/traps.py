@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+
 def _shared_data() -> Path:
     """``../shared/data`` beside the checkout (a worktree under ``/work/wt/`` looks two levels up too)."""
     here = Path(__file__).resolve().parents[1]
@@ -41,20 +42,53 @@ QQP = _shared_data() / "qqp_pairs.dev.jsonl.gz"
 OUT = Path(__file__).resolve().parent / "data"
 PER_KIND = 320
 
-_MONTHS = "january february march april may june july august september october november december".split()
-_DAYS = "monday tuesday wednesday thursday friday saturday sunday".split()
-_WORDS = "two three four five six seven eight nine ten eleven twelve".split()
+_MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"]
+_DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+_WORDS = ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 ANTONYMS = [
-    ("good", "bad"), ("best", "worst"), ("better", "worse"), ("increase", "decrease"),
-    ("advantages", "disadvantages"), ("before", "after"), ("more", "less"), ("cheap", "expensive"),
-    ("cheapest", "most expensive"), ("easy", "hard"), ("easiest", "hardest"), ("fast", "slow"),
-    ("faster", "slower"), ("legal", "illegal"), ("safe", "dangerous"), ("healthy", "unhealthy"),
-    ("love", "hate"), ("win", "lose"), ("rich", "poor"), ("high", "low"), ("start", "stop"),
-    ("buy", "sell"), ("import", "export"), ("positive", "negative"), ("possible", "impossible"),
-    ("happy", "sad"), ("maximum", "minimum"), ("strongest", "weakest"), ("biggest", "smallest"),
-    ("first", "last"), ("old", "new"), ("gain", "lose"), ("increase", "reduce"), ("pros", "cons"),
-    ("true", "false"), ("always", "never"), ("accept", "reject"), ("success", "failure"),
-    ("men", "women"), ("boys", "girls"), ("young", "old"), ("early", "late"), ("hot", "cold"),
+    ("good", "bad"),
+    ("best", "worst"),
+    ("better", "worse"),
+    ("increase", "decrease"),
+    ("advantages", "disadvantages"),
+    ("before", "after"),
+    ("more", "less"),
+    ("cheap", "expensive"),
+    ("cheapest", "most expensive"),
+    ("easy", "hard"),
+    ("easiest", "hardest"),
+    ("fast", "slow"),
+    ("faster", "slower"),
+    ("legal", "illegal"),
+    ("safe", "dangerous"),
+    ("healthy", "unhealthy"),
+    ("love", "hate"),
+    ("win", "lose"),
+    ("rich", "poor"),
+    ("high", "low"),
+    ("start", "stop"),
+    ("buy", "sell"),
+    ("import", "export"),
+    ("positive", "negative"),
+    ("possible", "impossible"),
+    ("happy", "sad"),
+    ("maximum", "minimum"),
+    ("strongest", "weakest"),
+    ("biggest", "smallest"),
+    ("first", "last"),
+    ("old", "new"),
+    ("gain", "lose"),
+    ("increase", "reduce"),
+    ("pros", "cons"),
+    ("true", "false"),
+    ("always", "never"),
+    ("accept", "reject"),
+    ("success", "failure"),
+    ("men", "women"),
+    ("boys", "girls"),
+    ("young", "old"),
+    ("early", "late"),
+    ("hot", "cold"),
 ]
 _AUX = re.compile(r"\b(is|are|was|were|can|could|should|would|will|does|do|did|has|have|must)\b", re.I)
 _NEG = re.compile(r"\s+not\b|\b(?:ca|wo|[a-z]+)n't\b|\bnever\s+", re.I)
@@ -62,20 +96,77 @@ _NUM = re.compile(r"(?<![\w.])\$?\d+(?:,\d{3})*(?:\.\d+)?%?(?![\w])")
 _UNNEG = {"can't": "can", "won't": "will", "cannot": "can"}
 
 SCOPES = {
-    "place": ["India", "the USA", "Canada", "Germany", "Australia", "Japan", "Brazil", "the UK", "France",
-              "Nigeria", "Singapore", "Mexico", "Delhi", "Mumbai", "London", "New York", "Bangalore",
-              "California", "Texas", "Dubai"],
+    "place": [
+        "India",
+        "the USA",
+        "Canada",
+        "Germany",
+        "Australia",
+        "Japan",
+        "Brazil",
+        "the UK",
+        "France",
+        "Nigeria",
+        "Singapore",
+        "Mexico",
+        "Delhi",
+        "Mumbai",
+        "London",
+        "New York",
+        "Bangalore",
+        "California",
+        "Texas",
+        "Dubai",
+    ],
     "platform": ["Android", "iPhone", "Windows", "Mac", "Linux", "iOS", "Ubuntu", "PS4", "Xbox"],
     "language": ["Python", "Java", "C++", "JavaScript", "PHP", "Ruby", "Go", "C#", "R", "Swift"],
-    "audience": ["beginners", "experts", "kids", "adults", "students", "seniors", "women", "men",
-                 "engineers", "doctors"],
+    "audience": [
+        "beginners",
+        "experts",
+        "kids",
+        "adults",
+        "students",
+        "seniors",
+        "women",
+        "men",
+        "engineers",
+        "doctors",
+    ],
 }
-QUALIFIERS = ["in India", "for beginners", "on Windows", "for kids", "without a degree", "in winter",
-              "for a small business", "in the USA", "at night", "for free", "on a budget", "in Python"]
+QUALIFIERS = [
+    "in India",
+    "for beginners",
+    "on Windows",
+    "for kids",
+    "without a degree",
+    "in winter",
+    "for a small business",
+    "in the USA",
+    "at night",
+    "for free",
+    "on a budget",
+    "in Python",
+]
 
 SWAP_ENTITIES = [
-    ["India", "Pakistan", "China", "Japan", "Germany", "France", "Canada", "Mexico", "Brazil", "Russia",
-     "Italy", "Spain", "Egypt", "Kenya", "Norway", "Sweden"],
+    [
+        "India",
+        "Pakistan",
+        "China",
+        "Japan",
+        "Germany",
+        "France",
+        "Canada",
+        "Mexico",
+        "Brazil",
+        "Russia",
+        "Italy",
+        "Spain",
+        "Egypt",
+        "Kenya",
+        "Norway",
+        "Sweden",
+    ],
     ["Python", "Java", "C++", "Rust", "Go", "Ruby", "Perl", "Haskell", "Kotlin", "Scala"],
     ["Apple", "Samsung", "Google", "Microsoft", "Amazon", "Facebook", "Intel", "AMD", "Nokia", "Sony"],
     ["dollars", "euros", "rupees", "pounds", "yen", "pesos", "bitcoin", "francs"],
@@ -120,6 +211,7 @@ def split_of(text: str) -> str:
 
 def negate(q: str, rng: random.Random) -> str | None:
     if _NEG.search(q):
+
         def drop(m: re.Match[str]) -> str:
             word = m.group(0).strip()
             if word.lower() == "never":
@@ -202,11 +294,20 @@ def rescope(q: str, rng: random.Random) -> str | None:
 
 
 _REWORDS = [
-    (r"^What is\b", "What's"), (r"^What's\b", "What is"), (r"^How do I\b", "How can I"),
-    (r"^How can I\b", "How do I"), (r"^How do you\b", "How does one"), (r"^Which is\b", "What is"),
-    (r"\bbest way to\b", "best method to"), (r"\bI'm\b", "I am"), (r"\bdon't\b", "do not"),
-    (r"\bcan't\b", "cannot"), (r"^Why do\b", "For what reason do"), (r"^Why is\b", "For what reason is"),
-    (r"^What are\b", "What're"), (r"\bsome\b", "a few"),
+    (r"^What is\b", "What's"),
+    (r"^What's\b", "What is"),
+    (r"^How do I\b", "How can I"),
+    (r"^How can I\b", "How do I"),
+    (r"^How do you\b", "How does one"),
+    (r"^Which is\b", "What is"),
+    (r"\bbest way to\b", "best method to"),
+    (r"\bI'm\b", "I am"),
+    (r"\bdon't\b", "do not"),
+    (r"\bcan't\b", "cannot"),
+    (r"^Why do\b", "For what reason do"),
+    (r"^Why is\b", "For what reason is"),
+    (r"^What are\b", "What're"),
+    (r"\bsome\b", "a few"),
 ]
 
 
@@ -244,7 +345,9 @@ def _pair(a: str, b: str, kind: str, same: bool, **extra: Any) -> dict[str, Any]
 def build(split: str, seed: int = 13, per_kind: int = PER_KIND) -> list[dict[str, Any]]:
     rng = random.Random(f"{seed}-{split}")
     rows = [json.loads(line) for line in gzip.open(QQP, "rt")]
-    questions = sorted({q for r in rows for q in (r["a"], r["b"]) if split_of(q) == split and 15 < len(q) < 160})
+    questions = sorted(
+        {q for r in rows for q in (r["a"], r["b"]) if split_of(q) == split and 15 < len(q) < 160}
+    )
     rng.shuffle(questions)
     out: list[dict[str, Any]] = []
     for kind, gen in GENERATORS.items():
@@ -264,7 +367,7 @@ def build(split: str, seed: int = 13, per_kind: int = PER_KIND) -> list[dict[str
                 t = rng.choice(tmpl)
                 made.append(_pair(t.format(a=a, b=b), t.format(a=b, b=a), kind, False, template=True))
         out.extend(made)
-    for q in questions[: per_kind]:  # the same words in different conversations
+    for q in questions[:per_kind]:  # the same words in different conversations
         ca, cb = rng.sample(CONTEXTS, 2)
         out.append(_pair(q, q, "conversation", False, context_a=list(ca), context_b=list(cb)))
     dups = [r for r in rows if r["duplicate"] and split_of(r["a"]) == split and split_of(r["b"]) == split]
