@@ -38,7 +38,8 @@ QQP_TEST = 2000  # the benchmark's QQP pairs: rows[:QQP_TEST] of the seeded shuf
 
 
 def qqp_rows() -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in gzip.open(traps.QQP, "rt")]
+    with gzip.open(traps.QQP, "rt") as f:
+        rows = [json.loads(line) for line in f]
     random.Random(QQP_SEED).shuffle(rows)
     return rows
 

@@ -344,7 +344,8 @@ def _pair(a: str, b: str, kind: str, same: bool, **extra: Any) -> dict[str, Any]
 
 def build(split: str, seed: int = 13, per_kind: int = PER_KIND) -> list[dict[str, Any]]:
     rng = random.Random(f"{seed}-{split}")
-    rows = [json.loads(line) for line in gzip.open(QQP, "rt")]
+    with gzip.open(QQP, "rt") as f:
+        rows = [json.loads(line) for line in f]
     questions = sorted(
         {q for r in rows for q in (r["a"], r["b"]) if split_of(q) == split and 15 < len(q) < 160}
     )

@@ -67,7 +67,7 @@ async def test_concurrent_lookups_share_embedding_batches() -> None:
 
 
 async def test_a_stored_entry_is_embedded_in_the_background() -> None:
-    sem, table, emb = setup()
+    sem, table, _ = setup()
     e = CacheEntry("1", "ns", "m", "k", "s", ANSWER, 0.0, 100.0, text="hello world")
     table.add(e)
     sem.embed_later(e)
