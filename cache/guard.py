@@ -308,7 +308,7 @@ def features(a: str, b: str, cosine: float, idf: Mapping[str, float], idf_unknow
     ]
 
 
-def wilson_upper(wrong: int, n: int, z: float = 1.96) -> float:
+def wilson_upper(wrong: float, n: float, z: float = 1.96) -> float:
     """The 95% Wilson upper bound of a rate of ``wrong`` in ``n``."""
     if n == 0:
         return 1.0
