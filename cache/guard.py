@@ -384,12 +384,16 @@ class PairGuard:
     model: GuardModel
     threshold: float
 
-    def accept(self, query: str, cached: str, cosine: float) -> bool:
+    def score(self, query: str, cached: str, cosine: float) -> float:
+        """P(same answer): 1 for the same text, 0 when the decisive tokens differ, else the model's."""
         if query == cached:
-            return True
+            return 1.0
         if decisive_mismatch(query, cached) is not None:
-            return False
-        return self.model.score(query, cached, cosine) >= self.threshold
+            return 0.0
+        return self.model.score(query, cached, cosine)
+
+    def accept(self, query: str, cached: str, cosine: float) -> bool:
+        return self.score(query, cached, cosine) >= self.threshold
 
 
 @lru_cache(maxsize=2)

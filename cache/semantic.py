@@ -20,7 +20,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import faiss
 import numpy as np
@@ -36,6 +36,22 @@ class Guard(Protocol):
     def accept(self, query: str, cached: str, cosine: float) -> bool:
         """Whether ``cached``'s answer may serve ``query`` (their cosine given). Pure."""
         ...
+
+
+@runtime_checkable
+class ScoringGuard(Guard, Protocol):
+    def score(self, query: str, cached: str, cosine: float) -> float:
+        """How likely ``cached``'s answer serves ``query`` (0 to 1; 0 when it certainly does not). Pure."""
+        ...
+
+
+@dataclass(slots=True, frozen=True)
+class Candidate:
+    """The best-scoring stored entry for a lookup (accepted or not: the caller decides)."""
+
+    entry: CacheEntry
+    cosine: float
+    score: float
 
 
 @dataclass(slots=True)
@@ -223,6 +239,24 @@ class SemanticCache:
             if self.guard.accept(text, entry.text, cosine):
                 return entry, cosine
         return None
+
+    async def best(self, scope: str, text: str, now: float, guard: ScoringGuard) -> Candidate | None:
+        """The candidate of ``scope`` (cosine at least ``min_cosine``) that ``guard`` scores highest."""
+        index = self.scopes.get(scope)
+        if index is None or self.table is None:
+            return None
+        vec = await self.embed(text)
+        found: Candidate | None = None
+        for entry_id, cosine in index.search(vec, self.top_k):
+            if cosine < self.min_cosine:
+                break
+            entry = self.table.get(entry_id)
+            if entry is None or entry.text is None or entry.expired(now):
+                continue
+            score = guard.score(text, entry.text, cosine)
+            if found is None or score > found.score:
+                found = Candidate(entry, cosine, score)
+        return found
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

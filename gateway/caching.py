@@ -31,8 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cache.budget import OnlineBudget
 from cache.entries import CacheEntry, EntryTable
 from cache.exact import ExactCache, last_user_text, request_key, scope_key
+from cache.semantic import ScoringGuard
 from gateway.accounting import compute_cost
 from gateway.errors import GatewayError
 from gateway.logs import get_logger
@@ -45,6 +47,7 @@ from gateway.types import (
     ChatRequest,
     ChatResponse,
     StopReason,
+    TextPart,
 )
 
 if TYPE_CHECKING:
@@ -60,6 +63,22 @@ _SEEN_IDS = 8192  # ids remembered so that re-reading the last sequence numbers 
 _SEQ_OVERLAP = 256  # sequence numbers re-read each sync: a slower writer's rows may commit out of order
 _UNCACHEABLE_STOPS = frozenset({StopReason.CONTENT_FILTER, StopReason.REFUSAL})
 BYPASS = CacheOutcome(CacheStatus.BYPASS)
+_MAX_PROBES = 1024  # probes awaiting their fresh answer (a request that fails never resolves its probe)
+ANSWERS_AGREE = 0.90
+"""A probe's fresh answer agrees with the stored one when their texts (normalised) are equal or their
+embeddings' cosine reaches this."""
+
+
+def answer_text(resp: ChatResponse) -> str:
+    parts = []
+    for c in resp.choices:
+        for p in c.content:
+            parts.append(p.text if isinstance(p, TextPart) else f"{p.name}({p.arguments})")
+    return "\n".join(parts)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 @dataclass(slots=True, frozen=True)
@@ -105,6 +124,7 @@ class GatewayCache:
         settings: CacheSettings,
         *,
         semantic: SemanticCache | None = None,
+        budget: OnlineBudget | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -112,6 +132,9 @@ class GatewayCache:
         self.table = EntryTable(settings.max_entries)
         self.exact = ExactCache(self.table)
         self.semantic = semantic
+        self.budget = budget
+        self._probes: OrderedDict[str, tuple[ChatResponse, float]] = OrderedDict()
+        self.probe_tasks: set[asyncio.Task[None]] = set()
         if semantic is not None:
             semantic.attach(self.table)
         self._groups = {k: g for g, ids in settings.key_groups.items() for k in ids}
@@ -273,7 +296,7 @@ class GatewayCache:
         if policy.semantic and self.semantic is not None:
             text = last_user_text(req)
             if text is not None:
-                found = await self.semantic.lookup(scope_key(req, ns), text, now)
+                found = await self._semantic(call, scope_key(req, ns), text, now)
                 if found is not None:
                     entry, similarity = found
                     self._hit(entry)
@@ -285,6 +308,45 @@ class GatewayCache:
                         counterfactual_usd=entry.cost_usd,
                     )
         return MISS
+
+    async def _semantic(
+        self, call: Call, scope: str, text: str, now: float
+    ) -> tuple[CacheEntry, float] | None:
+        assert self.semantic is not None
+        guard = self.semantic.guard
+        budget = self.budget
+        if budget is None or not isinstance(guard, ScoringGuard):
+            return await self.semantic.lookup(scope, text, now)
+        cand = await self.semantic.best(scope, text, now, guard)
+        if cand is None or cand.score <= 0.0:
+            return None
+        if budget.should_probe(cand.score):
+            # Sent upstream: its fresh answer, compared with the stored one, is evidence for the budget.
+            self._probes[call.record.request_id] = (cand.entry.response, cand.score)
+            while len(self._probes) > _MAX_PROBES:
+                self._probes.popitem(last=False)
+            return None
+        return cand.entry, cand.cosine
+
+    def _judge(self, call: Call, fresh: ChatResponse) -> None:
+        probe = self._probes.pop(call.record.request_id, None)
+        if probe is None or self.semantic is None or self.budget is None:
+            return
+        stored, score = probe
+        semantic, budget = self.semantic, self.budget
+
+        async def run() -> None:
+            a, b = answer_text(fresh), answer_text(stored)
+            if _norm(a) == _norm(b):
+                agree = True
+            else:
+                va, vb = await asyncio.gather(semantic.embed(a[:2000]), semantic.embed(b[:2000]))
+                agree = float(va @ vb) >= ANSWERS_AGREE
+            budget.observe(score, wrong=not agree)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.probe_tasks.add(task)
+        task.add_done_callback(self.probe_tasks.discard)
 
     def _hit(self, entry: CacheEntry) -> None:
         self.table.touch(entry)
@@ -299,6 +361,8 @@ class GatewayCache:
     def store(self, call: Call, response: ChatResponse) -> None:
         if not self.wants(call):
             return
+        if self._probes:
+            self._judge(call, response)
         if not response.choices or any(
             c.stop_reason is None or c.stop_reason in _UNCACHEABLE_STOPS for c in response.choices
         ):
@@ -343,17 +407,23 @@ def build_cache(settings: CacheSettings) -> GatewayCache:
     """The cache step the settings describe; the semantic cache loads the MiniLM embedder and the
     trained guard at the operating point for ``semantic.max_wrong_hit_rate``."""
     semantic = None
+    budget = None
     if settings.semantic.enabled:
         from cache.embedder import MiniLMEmbedder
         from cache.guard import load_guard
         from cache.semantic import SemanticCache
 
         sem = settings.semantic
+        guard = load_guard(max_wrong_hit_rate=sem.max_wrong_hit_rate)
         semantic = SemanticCache(
             MiniLMEmbedder(),
-            load_guard(max_wrong_hit_rate=sem.max_wrong_hit_rate),
+            guard,
             min_cosine=sem.min_cosine,
             max_batch=sem.max_batch,
             window_s=sem.batch_window_ms / 1000.0,
         )
-    return GatewayCache(settings, semantic=semantic)
+        if sem.online_budget:
+            budget = OnlineBudget(
+                sem.max_wrong_hit_rate, guard.model.calibration, explore_rate=sem.explore_rate
+            )
+    return GatewayCache(settings, semantic=semantic, budget=budget)

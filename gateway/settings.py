@@ -290,6 +290,12 @@ class SemanticCacheSettings(_Strict):
     """The operator's error budget: the largest share of semantic hits that may be wrong answers. The
     guard's acceptance threshold is the loosest one whose wrong-hit rate, measured on held-out labelled
     pairs with a 95% upper bound, stays within it (``cache.guard``)."""
+    online_budget: bool = True
+    """Hold the budget online: candidates the guard scores below its threshold (misses anyway) and a share
+    ``explore_rate`` of those above it are sent upstream, their fresh answers compared with the stored
+    ones, and the threshold moved on that evidence (``cache.budget``). Off: the offline threshold stays."""
+    explore_rate: float = Field(default=0.02, ge=0, le=1)
+    """The share of would-be semantic hits sent upstream as probes (each costs one paid call)."""
     min_cosine: float = Field(default=0.80, ge=0, le=1)
     """Candidates below this cosine are never considered (the guard decides above it)."""
     batch_window_ms: float = Field(default=0.0, ge=0)

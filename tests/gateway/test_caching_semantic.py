@@ -4,6 +4,7 @@ tenant, model, system prompt or conversation is not."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import anthropic
 import openai
 import pytest
 
+from cache.budget import OnlineBudget
 from cache.guard import decisive_mismatch
 from cache.semantic import SemanticCache
 from gateway.caching import GatewayCache
@@ -27,6 +29,7 @@ from tests.gateway.api.conftest import (  # the surface fixtures, shared with te
     sim_url,
 )
 from tests.upstream import Simulator
+from tests.waiting import wait_until
 
 __all__ = ["_sim_server", "db_url", "gateway_factory", "sim", "sim_url"]
 
@@ -63,8 +66,6 @@ def ask(gw: Any, text: str, key: str = "sk-client", **kw: Any) -> Any:
 
 
 def wait_indexed(gw: Any, n: int) -> None:
-    from tests.waiting import wait_until
-
     cache: GatewayCache = gw.app.state.steps.cache
     assert cache.semantic is not None
     semantic = cache.semantic
@@ -137,3 +138,44 @@ def test_no_semantic_hit_across_numbers_tenants_models_system_prompts_or_convers
         assert ask(gw, "", key=k1, messages=system).headers["x-thriftgate-cache"] == "miss"
         convo = [*user("Talk about Jupiter"), {"role": "assistant", "content": "OK"}, *user(base.lower())]
         assert ask(gw, "", key=k1, messages=convo).headers["x-thriftgate-cache"] == "miss"
+
+
+class ScoresAlike:
+    """Scores every pair of different texts 0.6 (identical texts 1.0)."""
+
+    def score(self, query: str, cached: str, cosine: float) -> float:
+        return 1.0 if query == cached else 0.6
+
+    def accept(self, query: str, cached: str, cosine: float) -> bool:
+        return self.score(query, cached, cosine) >= 0.9
+
+
+def test_the_online_budget_learns_from_probes_before_it_serves(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    # Offline, candidates scoring 0.5-0.9 were 30% wrong: nothing below 0.9 may be served at a 10%
+    # budget, and with so little prior evidence nothing at all. Probes (sent upstream, answers compared)
+    # whose fresh answers agree with the stored ones earn the 0.5 threshold.
+    budget = OnlineBudget(0.10, [(0.5, 100, 30), (0.9, 100, 0)], explore_rate=0.0, prior_weight=3)
+    assert budget.threshold > 1.0
+
+    def steps(s: Settings) -> Steps:
+        sem = SemanticCache(BagOfWords(), ScoresAlike(), min_cosine=0.9)
+        cache = GatewayCache(CacheSettings(enabled=True), semantic=sem, budget=budget)
+        return Steps(router=RequestedModel(Catalogue(s)), cache=cache)
+
+    rng = random.Random(5)
+    statuses = []
+    with gateway_factory(steps_factory=steps) as gw:
+        ask(gw, Q)
+        wait_indexed(gw, 1)
+        for _ in range(60):
+            variant = "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in Q)
+            statuses.append(ask(gw, variant).headers["x-thriftgate-cache"])
+            if statuses[-1] == "hit-semantic":
+                break
+            wait_until(lambda n=len(statuses): len(budget.probes) >= n, timeout_s=5, what="the probe")
+    assert statuses[0] == "miss" and statuses[-1] == "hit-semantic"
+    assert budget.threshold == 0.5
+    assert not any(wrong for _, wrong in budget.probes)
+    assert len(budget.probes) == len(statuses) - 1 == len(sim.requests) - 1
