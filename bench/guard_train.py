@@ -25,12 +25,12 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
+from sklearn.neural_network import MLPClassifier
 
 from bench import traps
 from bench.embcache import EmbeddingMemo
-from cache.guard import FEATURES, MODEL_FILE, GuardModel, decisive_mismatch, features, tokens
+from cache.guard import MODEL_FILE, GuardModel, decisive_mismatch, features, tokens
 
 MIN_COSINE = 0.70
 QQP_SEED = 7
@@ -82,21 +82,27 @@ def main() -> None:
     mean, scale = X.mean(axis=0), X.std(axis=0) + 1e-9
     Z = (X - mean) / scale
     oof = np.zeros(len(y))
+
+    def fit(Zt: np.ndarray, yt: np.ndarray) -> MLPClassifier:
+        return MLPClassifier((16,), alpha=1e-2, max_iter=3000, random_state=0).fit(Zt, yt)
+
     for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(Z, y):
-        oof[te] = LogisticRegression(C=1.0, max_iter=2000).fit(Z[tr], y[tr]).predict_proba(Z[te])[:, 1]
-    lr = LogisticRegression(C=1.0, max_iter=2000).fit(Z, y)
+        oof[te] = fit(Z[tr], y[tr]).predict_proba(Z[te])[:, 1]
+    net = fit(Z, y)
     # Calibration over every candidate of the deployed filter (cosine >= 0.80): rule-rejected pairs are
     # never accepted, so they count in neither column.
     cand = np.array([cos[i] >= 0.80 for i in keep])
     table = []
-    for tau in np.round(np.arange(0.50, 1.0, 0.005), 3):
+    for tau in np.round(np.arange(0.50, 1.0, 0.0025), 4):
         acc = cand & (oof >= tau)
         table.append((float(tau), int(acc.sum()), int((acc & (y == 0)).sum())))
     model = GuardModel(
         mean=tuple(float(v) for v in mean),
         scale=tuple(float(v) for v in scale),
-        coef=tuple(float(v) for v in lr.coef_[0]),
-        intercept=float(lr.intercept_[0]),
+        hidden_w=tuple(tuple(float(v) for v in row) for row in net.coefs_[0]),
+        hidden_b=tuple(float(v) for v in net.intercepts_[0]),
+        out_w=tuple(float(v) for v in net.coefs_[1][:, 0]),
+        out_b=float(net.intercepts_[1][0]),
         idf=idf,
         idf_unknown=idf_unknown,
         calibration=tuple(table),
@@ -111,9 +117,9 @@ def main() -> None:
     )
     MODEL_FILE.write_text(json.dumps(model.to_json(), separators=(",", ":")))
     print(f"fitted on {len(y)} candidate pairs ({int(y.sum())} same); wrote {MODEL_FILE}")
-    for name, c in zip(FEATURES, lr.coef_[0], strict=True):
-        print(f"  {name:20s} {c:+.3f}")
-    for budget in (0.01, 0.02, 0.05, 0.08, 0.10):
+    check = [model.score(pairs[i]["a"], pairs[i]["b"], float(cos[i])) for i in keep[:50]]
+    assert np.allclose(check, net.predict_proba(Z[:50])[:, 1], atol=1e-6), "numpy inference != sklearn"
+    for budget in (0.01, 0.02, 0.05, 0.08, 0.10, 0.15):
         print(f"  budget {budget:.2f} -> threshold {model.threshold_for(budget):.3f}")
 
 
