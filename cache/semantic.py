@@ -157,7 +157,12 @@ class SemanticCache:
         max_batch: int = 32,
         window_s: float = 0.0,
         memo_size: int = 4096,
+        search_threads: int | None = 1,
     ) -> None:
+        """``search_threads``: FAISS's OpenMP threads (process-wide; one query at a time searches fastest
+        on one thread: 29 ms against 180 ms at 100k entries on this busy 2-core machine)."""
+        if search_threads is not None:
+            faiss.omp_set_num_threads(search_threads)
         self.dim = embedder.dim
         self.guard = guard
         self.min_cosine = min_cosine

@@ -416,7 +416,7 @@ def build_cache(settings: CacheSettings) -> GatewayCache:
         sem = settings.semantic
         guard = load_guard(max_wrong_hit_rate=sem.max_wrong_hit_rate)
         semantic = SemanticCache(
-            MiniLMEmbedder(),
+            MiniLMEmbedder(threads=1),
             guard,
             min_cosine=sem.min_cosine,
             max_batch=sem.max_batch,
