@@ -10,7 +10,7 @@ request went upstream anyway, so the fresh answer can be compared with the store
 
 A probe whose fresh answer disagrees with the stored answer counts as a wrong hit at its score. The
 threshold is the loosest candidate threshold whose wrong-hit rate, offline counts (scaled to
-``prior_weight`` pseudo-pairs) plus online probes, has a 95% Wilson upper bound within the budget. More
+``prior_weight`` pseudo-pairs, by default their own counts) plus online probes, has a 95% Wilson upper bound within the budget. More
 wrong probes than expected raise it; clean probes in the band below it lower it.
 
 Pure state and arithmetic; the gateway feeds it (``gateway.caching``).
@@ -34,8 +34,9 @@ class OnlineBudget:
     calibration: Sequence[tuple[float, int, int]]
     """(threshold, accepted, wrong), thresholds rising (the offline table)."""
     explore_rate: float = 0.02
-    prior_weight: float = 200.0
-    """How many pseudo-pairs the offline table counts for at its loosest threshold."""
+    prior_weight: float | None = None
+    """How many pseudo-pairs the offline table counts for at its loosest threshold (None: its own counts,
+    so the first threshold is the offline one)."""
     window: int = 5000
     """Probes remembered (the oldest forgotten)."""
     probes: deque[tuple[float, bool]] = field(default_factory=deque)
@@ -47,7 +48,10 @@ class OnlineBudget:
 
     def _choose(self) -> float:
         top = max((n for _, n, _ in self.calibration), default=0)
-        scale = self.prior_weight / top if top else 0.0
+        if self.prior_weight is None:
+            scale = 1.0
+        else:
+            scale = self.prior_weight / top if top else 0.0
         scores = np.fromiter((s for s, _ in self.probes), dtype=np.float64, count=len(self.probes))
         wrong = np.fromiter((w for _, w in self.probes), dtype=bool, count=len(self.probes))
         for tau, n, bad in self.calibration:

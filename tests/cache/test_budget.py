@@ -38,3 +38,10 @@ def test_wrong_probes_raise_the_threshold_and_clean_probes_lower_it() -> None:
 def test_candidates_below_the_threshold_are_always_probed() -> None:
     b = OnlineBudget(0.05, TABLE, explore_rate=0.0)
     assert b.should_probe(b.threshold - 0.01) and not b.should_probe(b.threshold + 0.01)
+
+
+def test_by_default_the_first_threshold_is_the_offline_one() -> None:
+    from cache.guard import load_guard
+
+    guard = load_guard(max_wrong_hit_rate=0.1)
+    assert OnlineBudget(0.1, guard.model.calibration).threshold == guard.threshold
