@@ -48,9 +48,8 @@ class OnlineBudget:
 
     def _choose(self) -> float:
         top = max((n for _, n, _ in self.calibration), default=0)
-        if self.prior_weight is None:
-            scale = 1.0
-        else:
+        scale = 1.0
+        if self.prior_weight is not None:
             scale = self.prior_weight / top if top else 0.0
         scores = np.fromiter((s for s, _ in self.probes), dtype=np.float64, count=len(self.probes))
         wrong = np.fromiter((w for _, w in self.probes), dtype=bool, count=len(self.probes))
