@@ -115,13 +115,7 @@ def pair_metrics(pairs: list[dict[str, Any]], cos: np.ndarray, budget: float) ->
 
 
 def _score(guard: Any, p: dict[str, Any], c: float) -> float:
-    from cache.guard import decisive_mismatch
-
-    if p["a"] == p["b"]:
-        return 1.0
-    if decisive_mismatch(p["a"], p["b"]) is not None:
-        return 0.0
-    return float(guard.model.score(p["a"], p["b"], float(c)))
+    return float(guard.score(p["a"], p["b"], float(c)))
 
 
 def qqp_metrics(rows: list[dict[str, Any]], cos: np.ndarray, budget: float) -> dict[str, Any]:

@@ -4,6 +4,7 @@ A cosine threshold cannot tell a paraphrase from a trap (a changed number, a neg
 swapped, a narrower scope): they sit at the same cosines (``shared/notes/cache-facts.md``). The guard
 looks at what differs between the two texts:
 
+* the same words in the same order (case, punctuation, contractions aside) are the same question;
 * decisive tokens must match exactly: numbers (digits, number words, months, weekdays, tokens holding a
   digit such as ``ps4``) and the count of negations; a mismatch rejects outright;
 * otherwise a small neural network (one hidden layer of 16; a logistic regression was tried and its
@@ -396,8 +397,9 @@ class PairGuard:
     threshold: float
 
     def score(self, query: str, cached: str, cosine: float) -> float:
-        """P(same answer): 1 for the same text, 0 when the decisive tokens differ, else the model's."""
-        if query == cached:
+        """P(same answer): 1 for the same words in the same order (case, punctuation and contractions
+        aside), 0 when the decisive tokens differ, else the model's."""
+        if query == cached or tokens(query) == tokens(cached):
             return 1.0
         if decisive_mismatch(query, cached) is not None:
             return 0.0

@@ -48,3 +48,9 @@ def test_the_shipped_model_ranks_rewordings_above_traps() -> None:
     number = guard.score("Best phones under 200 dollars?", "Best phones under 300 dollars?", 0.97)
     assert near > scope and near > swap and number == 0.0
     assert guard.accept(q, q, 1.0)
+
+
+def test_the_same_words_in_the_same_order_are_the_same_question() -> None:
+    guard = load_guard(max_wrong_hit_rate=0.1)
+    assert guard.accept("What is the capital of France?", "what is the capital of france", 0.99)
+    assert guard.score("Move from India to Canada", "move from canada to india", 0.98) < 1.0
