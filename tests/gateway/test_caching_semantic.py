@@ -179,3 +179,40 @@ def test_the_online_budget_learns_from_probes_before_it_serves(
     assert budget.threshold == 0.5
     assert not any(wrong for _, wrong in budget.probes)
     assert len(budget.probes) == len(statuses) - 1 == len(sim.requests) - 1
+
+
+def test_a_model_rule_keeps_only_the_exact_cache(gateway_factory: Callable[..., Any], sim: Simulator) -> None:
+    from gateway.settings import CacheRule
+
+    def steps(s: Settings) -> Steps:
+        sem = SemanticCache(BagOfWords(), DecisiveTokens(), min_cosine=0.9)
+        rules = CacheSettings(enabled=True, models={"gpt-4o": CacheRule(semantic=False)})
+        return Steps(router=RequestedModel(Catalogue(s)), cache=GatewayCache(rules, semantic=sem))
+
+    with gateway_factory(steps_factory=steps) as gw:
+        ask(gw, Q, model="gpt-4o")
+        ask(gw, Q)
+        wait_indexed(gw, 2)
+        assert ask(gw, REPHRASED, model="gpt-4o").headers["x-thriftgate-cache"] == "miss"
+        assert ask(gw, Q, model="gpt-4o").headers["x-thriftgate-cache"] == "hit-exact"
+        assert ask(gw, REPHRASED).headers["x-thriftgate-cache"] == "hit-semantic"
+
+
+def test_the_configured_stack_serves_a_rephrased_question(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    """``cache.semantic.enabled`` in the settings: the real MiniLM embedder, the shipped guard at the
+    default budget, the online budget."""
+    from gateway.settings import SemanticCacheSettings
+
+    settings = CacheSettings(enabled=True, semantic=SemanticCacheSettings(enabled=True))
+    with gateway_factory(cache=settings) as gw:
+        first = ask(gw, "How do I reset my router's admin password?")
+        wait_indexed(gw, 1)
+        again = ask(gw, "how do i reset my router's admin password")
+        swapped = ask(gw, "How do I reset my admin router's password?")
+    assert first.headers["x-thriftgate-cache"] == "miss"
+    assert again.headers["x-thriftgate-cache"] == "hit-semantic"
+    assert float(again.headers["x-thriftgate-cache-similarity"]) > 0.95
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert swapped.headers["x-thriftgate-cache"] == "miss"
