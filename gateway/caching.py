@@ -63,6 +63,7 @@ _SEEN_IDS = 8192  # ids remembered so that re-reading the last sequence numbers 
 _SEQ_OVERLAP = 256  # sequence numbers re-read each sync: a slower writer's rows may commit out of order
 _UNCACHEABLE_STOPS = frozenset({StopReason.CONTENT_FILTER, StopReason.REFUSAL})
 BYPASS = CacheOutcome(CacheStatus.BYPASS)
+_CLEAN_INTERVAL_S = 30.0  # expired rows deleted, the table trimmed to max_entries, this often
 _MAX_PROBES = 1024  # probes awaiting their fresh answer (a request that fails never resolves its probe)
 ANSWERS_AGREE = 0.90
 """A probe's fresh answer agrees with the stored one when their texts (normalised) are equal or their
@@ -143,6 +144,7 @@ class GatewayCache:
         self._hits: dict[str, int] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._entry_seq = 0
+        self._cleaned = 0.0
         self._purge_seq = 0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -215,8 +217,11 @@ class GatewayCache:
                     continue
                 self._remember(entry.id)
                 self.table.add(entry)
-            if self.table.expire(now):
+            self.table.expire(now)
+            if now - self._cleaned >= _CLEAN_INTERVAL_S:  # the table's own bound: the newest max_entries
+                self._cleaned = now
                 await cache_repo.delete_expired(session, now)
+                await cache_repo.trim(session, self.settings.max_entries)
         if self.semantic is not None:
             await self.semantic.embed_missing(self.table)
 

@@ -315,7 +315,8 @@ class CacheSettings(_Strict):
     max_ttl_s: float = Field(default=7 * 86400.0, gt=0)
     """The longest TTL a client may ask for with ``x-thriftgate-cache-ttl``."""
     max_entries: int = Field(default=100_000, ge=1)
-    """Entries held in memory (least recently used evicted first; the database keeps the same bound)."""
+    """Entries held in memory (least recently used evicted first); the database table keeps the newest
+    this many (trimmed, and expired rows deleted, every 30 s)."""
     cache_sampled: bool = False
     """Cache requests that sample (temperature above 0, or unset: the providers' default is 1)."""
     key_groups: dict[str, list[str]] = Field(default_factory=dict)

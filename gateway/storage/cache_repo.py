@@ -94,6 +94,18 @@ async def delete_expired(session: AsyncSession, now: float) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def trim(session: AsyncSession, keep: int) -> int:
+    """Deletes all but the newest ``keep`` rows (by insertion); returns rows deleted."""
+    cut = await session.scalar(
+        select(CacheEntryRow.seq).order_by(CacheEntryRow.seq.desc()).offset(keep).limit(1)
+    )
+    if cut is None:
+        return 0
+    result = await session.execute(delete(CacheEntryRow).where(CacheEntryRow.seq <= cut))
+    await session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def delete_entries(session: AsyncSession, ids: Sequence[str]) -> None:
     if ids:
         await session.execute(delete(CacheEntryRow).where(CacheEntryRow.id.in_(list(ids))))
