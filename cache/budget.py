@@ -62,9 +62,12 @@ class OnlineBudget:
         return 1.01
 
     def should_probe(self, score: float) -> bool:
-        """Whether a candidate with this score goes upstream to be compared (below the threshold: always,
-        it is a miss anyway; above it: with probability ``explore_rate``)."""
-        return score < self.threshold or self.rng.random() < self.explore_rate
+        """Whether a candidate with this score goes upstream to be compared: below the threshold, always
+        (it is a miss anyway) unless below every threshold of the table (no evidence it could use);
+        above it, with probability ``explore_rate``."""
+        if score < self.threshold:
+            return bool(self.calibration) and score >= self.calibration[0][0]
+        return self.rng.random() < self.explore_rate
 
     def observe(self, score: float, wrong: bool) -> None:
         """Records a probe's outcome and moves the threshold."""

@@ -325,13 +325,14 @@ class GatewayCache:
         cand = await self.semantic.best(scope, text, now, guard)
         if cand is None or cand.score <= 0.0:
             return None
+        accepted = cand.score >= budget.threshold
         if budget.should_probe(cand.score):
             # Sent upstream: its fresh answer, compared with the stored one, is evidence for the budget.
             self._probes[call.record.request_id] = (cand.entry.response, cand.score)
             while len(self._probes) > _MAX_PROBES:
                 self._probes.popitem(last=False)
             return None
-        return cand.entry, cand.cosine
+        return (cand.entry, cand.cosine) if accepted else None
 
     def _judge(self, call: Call, fresh: ChatResponse) -> None:
         probe = self._probes.pop(call.record.request_id, None)

@@ -45,3 +45,8 @@ def test_by_default_the_first_threshold_is_the_offline_one() -> None:
 
     guard = load_guard(max_wrong_hit_rate=0.1)
     assert OnlineBudget(0.1, guard.model.calibration).threshold == guard.threshold
+
+
+def test_candidates_below_every_threshold_are_not_probed() -> None:
+    b = OnlineBudget(0.05, TABLE, explore_rate=0.0)
+    assert not b.should_probe(0.5)
