@@ -2,7 +2,7 @@
 
 Data (all from the QQP dev file, ``../shared/data/qqp_pairs.dev.jsonl.gz``, never its evaluation part):
 
-* QQP pairs 2,000-4,000 of the seeded shuffle (pairs 0-2,000 are the benchmark's QQP test set);
+* QQP pairs 2,000-8,000 of the seeded shuffle (pairs 0-2,000 are the benchmark's QQP test set);
 * the ``train`` trap and paraphrase pairs of ``bench/traps.py`` (source questions disjoint from the
   benchmark's ``eval`` pairs; swap templates and entities too).
 
@@ -11,7 +11,7 @@ decisive-token rule already rejects are left out of the fit. The calibration tab
 out-of-fold scores on the candidate pairs, so each pair is scored by a model that never saw it.
 Conversation pairs are not used: the scope fingerprint, not the guard, keeps them apart.
 
-    python -m bench.guard_train [--qqp-pairs 2000]
+    python -m bench.guard_train [--qqp-pairs 6000]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def cosines(memo: EmbeddingMemo, pairs: list[dict[str, Any]]) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--qqp-pairs", type=int, default=2000)
+    ap.add_argument("--qqp-pairs", type=int, default=6000)
     ap.add_argument("--trap-pairs", type=int, default=1400)
     args = ap.parse_args()
     rows = qqp_rows()
