@@ -290,8 +290,8 @@ class SemanticCacheSettings(_Strict):
     """The operator's error budget: the largest share of semantic hits that may be wrong answers. The
     guard's acceptance threshold is the loosest one whose wrong-hit rate, measured on held-out labelled
     pairs with a 95% upper bound, stays within it (``cache.guard``). Those pairs include QQP's noisy
-    labels, so the measured rate overstates real wrong answers: 0.10 serves 0.2% of our trap pairs and 38%
-    of our paraphrases; 0.15 serves 1.5% and 70% (``bench/results/semantic_cache.md``)."""
+    labels, so the measured rate overstates real wrong answers: 0.10 serves 0.1% of our trap pairs and 43%
+    of our paraphrases (QQP precision 0.945); 0.12 serves 0.8% and 61% (``bench/results/semantic_cache.md``)."""
     online_budget: bool = True
     """Hold the budget online: candidates the guard scores below its threshold (misses anyway) and a share
     ``explore_rate`` of those above it are sent upstream, their fresh answers compared with the stored
