@@ -205,16 +205,15 @@ class GatewayCache:
             for seq, p in await cache_repo.load_purges(session, self._purge_seq):
                 self._purge_seq = seq
                 self._apply_purge(p)
-            found = await cache_repo.load_entries(
+            found, top = await cache_repo.load_entries(
                 session,
                 after_seq=max(self._entry_seq - _SEQ_OVERLAP, 0),
                 now=now,
                 limit=self.settings.max_entries,
+                skip=self._seen,
             )
-            for seq, entry in found:
-                self._entry_seq = max(self._entry_seq, seq)
-                if entry.id in self._seen:
-                    continue
+            self._entry_seq = max(self._entry_seq, top)
+            for _, entry in found:
                 self._remember(entry.id)
                 self.table.add(entry)
             self.table.expire(now)

@@ -3,7 +3,7 @@ hit counts saved, expired rows deleted, purges recorded and replayed."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -59,18 +59,32 @@ async def insert_entries(session: AsyncSession, entries: Sequence[CacheEntry]) -
 
 
 async def load_entries(
-    session: AsyncSession, *, after_seq: int, now: float, limit: int
-) -> list[tuple[int, CacheEntry]]:
-    """Unexpired entries with ``seq > after_seq``, the newest ``limit`` of them, oldest first."""
-    rows = (
-        await session.scalars(
-            select(CacheEntryRow)
+    session: AsyncSession,
+    *,
+    after_seq: int,
+    now: float,
+    limit: int,
+    skip: Container[str] = frozenset(),
+) -> tuple[list[tuple[int, CacheEntry]], int]:
+    """Unexpired entries with ``seq > after_seq``, the newest ``limit`` of them, oldest first, except the
+    ids in ``skip`` (read as ids only: a replica re-reading recent rows does not parse them again); and
+    the highest ``seq`` seen (``after_seq`` when none)."""
+    heads = (
+        await session.execute(
+            select(CacheEntryRow.seq, CacheEntryRow.id)
             .where(CacheEntryRow.seq > after_seq, CacheEntryRow.expires_at > _dt(now))
             .order_by(CacheEntryRow.seq.desc())
             .limit(limit)
         )
     ).all()
-    return [(r.seq, entry_of(r)) for r in reversed(rows)]
+    top = max((seq for seq, _ in heads), default=after_seq)
+    wanted = [entry_id for _, entry_id in heads if entry_id not in skip]
+    rows: list[CacheEntryRow] = []
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        rows.extend((await session.scalars(select(CacheEntryRow).where(CacheEntryRow.id.in_(chunk)))).all())
+    rows.sort(key=lambda r: r.seq)
+    return [(r.seq, entry_of(r)) for r in rows], top
 
 
 async def max_seqs(session: AsyncSession) -> tuple[int, int]:

@@ -37,17 +37,20 @@ async def test_entries_round_trip_and_load_after_a_sequence(
     async with sessionmaker() as s:
         await cache_repo.insert_entries(s, [entry(1), entry(2), entry(3, expires=1500.0)])
     async with sessionmaker() as s:
-        found = await cache_repo.load_entries(s, after_seq=0, now=2000.0, limit=10)
+        found, top = await cache_repo.load_entries(s, after_seq=0, now=2000.0, limit=10)
         assert [e.id for _, e in found] == ["e1", "e2"]  # e3 expired
         e1 = found[0][1]
         assert e1.response == ANSWER and e1.cost_usd == 0.5 and e1.created_at == 1001.0
         assert e1.embedding is not None and np.array_equal(e1.embedding, np.full(4, 1, dtype=np.float32))
-        later = await cache_repo.load_entries(s, after_seq=found[0][0], now=2000.0, limit=10)
+        assert top == found[1][0]
+        later, _ = await cache_repo.load_entries(s, after_seq=found[0][0], now=2000.0, limit=10)
         assert [e.id for _, e in later] == ["e2"]
+        skipped, top2 = await cache_repo.load_entries(s, after_seq=0, now=2000.0, limit=10, skip={"e1", "e2"})
+        assert skipped == [] and top2 == top
         await cache_repo.add_hits(s, {"e1": 3})
         assert await cache_repo.delete_expired(s, 2000.0) == 1
     async with sessionmaker() as s:
-        again = await cache_repo.load_entries(s, after_seq=0, now=2000.0, limit=10)
+        again, _ = await cache_repo.load_entries(s, after_seq=0, now=2000.0, limit=10)
         assert again[0][1].hits == 3
 
 
@@ -56,7 +59,7 @@ async def test_trim_keeps_the_newest_rows(sessionmaker: async_sessionmaker[Async
         await cache_repo.insert_entries(s, [entry(i) for i in range(5)])
         assert await cache_repo.trim(s, 2) == 3
         assert await cache_repo.trim(s, 2) == 0
-        left = await cache_repo.load_entries(s, after_seq=0, now=0.0, limit=10)
+        left, _ = await cache_repo.load_entries(s, after_seq=0, now=0.0, limit=10)
         assert [e.id for _, e in left] == ["e3", "e4"]
 
 
