@@ -39,7 +39,7 @@ from gateway.passthrough import Passthrough
 from gateway.pipeline import Pipeline
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
 from gateway.settings import Settings
-from gateway.steps import RequestedModel, Steps
+from gateway.steps import Managed, RequestedModel, Steps
 from gateway.storage.db import make_engine, make_sessionmaker
 
 
@@ -62,6 +62,8 @@ def create_app(
     catalogue = Catalogue(settings)
     metrics = Metrics(models=model_labels(catalogue), providers=settings.providers)
     pipeline_steps = steps if steps is not None else default_steps(settings, catalogue)
+    candidates: tuple[object, ...] = (pipeline_steps.cache, pipeline_steps.router, pipeline_steps.planner)
+    managed: list[Managed] = [s for s in candidates if isinstance(s, Managed)]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,14 +126,21 @@ def create_app(
                     metrics=metrics,
                 )
                 state.passthrough = Passthrough(pipeline)
+                state.steps = pipeline_steps
                 worker = _start_batches(app, settings, sessionmaker, pipeline)
-                if worker is not None:
-                    await worker.start()
+                started: list[Managed] = []
                 try:
+                    for step in managed:
+                        await step.start(sessionmaker)
+                        started.append(step)
+                    if worker is not None:
+                        await worker.start()
                     yield
                 finally:
                     if worker is not None:
                         await worker.stop()
+                    for step in reversed(started):
+                        await step.stop()
             finally:
                 try:
                     await providers.aclose()
@@ -156,6 +165,9 @@ def create_app(
     admin = _admin_router()
     if admin is not None:
         app.include_router(admin)
+        from gateway.api import cache_admin
+
+        app.include_router(cache_admin.router)
     app.include_router(passthrough.router)
     return app
 
@@ -180,11 +192,15 @@ def _start_batches(
 
 
 def default_steps(settings: Settings, catalogue: Catalogue) -> Steps:
-    """The steps an app runs unless told otherwise: the model as named, and the prompt-prefix planner
-    when ``prefix.enabled``."""
+    """The steps an app runs unless told otherwise: the model as named, the prompt-prefix planner when
+    ``prefix.enabled``, the answer caches when ``cache.enabled``."""
     steps = Steps(router=RequestedModel(catalogue))
     if settings.prefix.enabled:
         steps.planner = prefix_planner(settings)
+    if settings.cache.enabled:
+        from gateway.caching import build_cache
+
+        steps.cache = build_cache(settings.cache)
     return steps
 
 
