@@ -40,7 +40,7 @@ from gateway.pipeline import Pipeline
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
 from gateway.router import Router
 from gateway.settings import Settings
-from gateway.steps import RouteHealth, Steps
+from gateway.steps import Managed, RouteHealth, Steps
 from gateway.storage.db import make_engine, make_sessionmaker
 
 
@@ -65,6 +65,8 @@ def create_app(
     pipeline_steps = steps if steps is not None else default_steps(settings, catalogue)
     if isinstance(pipeline_steps.router, RouteHealth):
         metrics.watch_breakers(pipeline_steps.router.breakers)
+    candidates: tuple[object, ...] = (pipeline_steps.cache, pipeline_steps.router, pipeline_steps.planner)
+    managed: list[Managed] = [s for s in candidates if isinstance(s, Managed)]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -127,14 +129,21 @@ def create_app(
                     metrics=metrics,
                 )
                 state.passthrough = Passthrough(pipeline)
+                state.steps = pipeline_steps
                 worker = _start_batches(app, settings, sessionmaker, pipeline)
-                if worker is not None:
-                    await worker.start()
+                started: list[Managed] = []
                 try:
+                    for step in managed:
+                        await step.start(sessionmaker)
+                        started.append(step)
+                    if worker is not None:
+                        await worker.start()
                     yield
                 finally:
                     if worker is not None:
                         await worker.stop()
+                    for step in reversed(started):
+                        await step.stop()
             finally:
                 try:
                     await providers.aclose()
@@ -159,6 +168,9 @@ def create_app(
     admin = _admin_router()
     if admin is not None:
         app.include_router(admin)
+        from gateway.api import cache_admin
+
+        app.include_router(cache_admin.router)
     app.include_router(passthrough.router)
     return app
 
@@ -184,9 +196,20 @@ def _start_batches(
 
 def default_steps(settings: Settings, catalogue: Catalogue) -> Steps:
     """The steps an app runs unless told otherwise: the router (``routing`` settings; by default the
-    model as named, balanced over its deployments, with breakers), and the prompt-prefix planner when
-    ``prefix.enabled``."""
-    steps = Steps(router=Router(settings, catalogue))
+    model as named, balanced over its deployments, with breakers; it shares the semantic cache's
+    embedder when both are on), the prompt-prefix planner when ``prefix.enabled``, the answer caches
+    when ``cache.enabled``."""
+    embedder = None
+    cache = None
+    if settings.cache.enabled:
+        from gateway.caching import build_cache
+
+        cache = build_cache(settings.cache)
+        if cache.semantic is not None:
+            embedder = cache.semantic.batcher.embedder
+    steps = Steps(router=Router(settings, catalogue, embedder=embedder))
+    if cache is not None:
+        steps.cache = cache
     if settings.prefix.enabled:
         steps.planner = prefix_planner(settings)
     return steps

@@ -116,6 +116,18 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--dir", type=Path, help="spill folder (default: <data_dir>/spill)")
     replay.set_defaults(run=_db_replay_spill)
 
+    cache = sub.add_parser("cache", help="the answer caches").add_subparsers(
+        title="cache commands", metavar="ACTION"
+    )
+    purge = cache.add_parser(
+        "purge", parents=[common], help="delete cached answers (every filter given must match)"
+    )
+    purge.add_argument("--namespace", help="key:<key id>, group:<name>, byok:<hash> or anonymous")
+    purge.add_argument("--model", help="the model as clients name it")
+    purge.add_argument("--older-than", metavar="AGE", help="created more than AGE ago: 90s, 30m, 12h, 7d")
+    purge.add_argument("--all", action="store_true", help="required when no filter is given")
+    purge.set_defaults(run=_cache_purge)
+
     local = sub.add_parser("local", help="the local inference engine").add_subparsers(
         title="local commands", metavar="ACTION"
     )
@@ -287,6 +299,48 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     if not _with_keystore(url, lambda s: s.revoke(args.id)):
         raise CLIError(f"no key with id {args.id!r}")
     print(f"revoked {args.id}")
+    return 0
+
+
+_AGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_age(text: str) -> float:
+    """Seconds in an age such as ``90s``, ``30m``, ``12h``, ``7d`` (a bare number is seconds)."""
+    text = text.strip().lower()
+    unit = _AGE_UNITS.get(text[-1:]) if text else None
+    try:
+        return float(text[:-1]) * unit if unit is not None else float(text)
+    except ValueError:
+        raise CLIError(f"not an age: {text!r} (use 90s, 30m, 12h or 7d)", status=2) from None
+
+
+def _cache_purge(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.storage import cache_repo, make_engine, make_sessionmaker, upgrade
+    from gateway.storage.cache_repo import Purge
+
+    if args.namespace is None and args.model is None and args.older_than is None and not args.all:
+        raise CLIError("give --namespace, --model or --older-than (or --all to empty the cache)", status=2)
+    now = time.time()
+    p = Purge(
+        namespace=args.namespace,
+        model=args.model,
+        older_than=None if args.older_than is None else now - parse_age(args.older_than),
+    )
+    url = _settings(args).database_url
+    upgrade(url)
+
+    async def run() -> int:
+        engine = make_engine(url)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                return await cache_repo.purge(session, p, now)
+        finally:
+            await engine.dispose()
+
+    print(f"deleted {asyncio.run(run())} cached answers (running gateways drop them at their next sync)")
     return 0
 
 

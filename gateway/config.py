@@ -225,6 +225,7 @@ def render_default_config() -> str:
         "passthrough:",
         "  routes:",
     ]
+    lines_cache = _cache_block(d)
     for r in d.passthrough.routes:
         entry = f"    - {{method: {r.method}, path: {r.path}, model: {r.model}, metering: {r.metering}"
         lines.append(entry + (f", provider: {r.provider}}}" if r.provider else "}"))
@@ -284,6 +285,7 @@ def render_default_config() -> str:
         "# time to first byte (weight of the newest sample), skipping deployments at their rpm/tpm.",
         f"  latency_ewma_alpha: {rt.latency_ewma_alpha}",
     ]
+    lines += lines_cache
     b = d.batch
     lines += [
         "",
@@ -400,6 +402,44 @@ def render_default_config() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _cache_block(d: Settings) -> list[str]:
+    c = d.cache
+    s = c.semantic
+    return [
+        "",
+        "# Answer caches (README: Caching). Off by default: a cache changes what clients get back. Only",
+        "# complete, successful answers of requests that do not sample (temperature 0) are cached, unless",
+        "# cache_sampled allows more (an unset temperature samples: the providers' default is 1). Scope: the",
+        "# tenant (virtual key, or its group below), the model as named, and everything that changes the",
+        "# output. Per request: Cache-Control: no-cache (skip the lookup), no-store (do not store), both",
+        "# (bypass); x-thriftgate-cache-ttl: SECONDS (at most max_ttl_s).",
+        "cache:",
+        f"  enabled: {'true' if c.enabled else 'false'}",
+        f"  ttl_s: {c.ttl_s}",
+        f"  max_ttl_s: {c.max_ttl_s}",
+        f"  max_entries: {c.max_entries}          # held in memory, least recently used evicted first",
+        f"  cache_sampled: {'true' if c.cache_sampled else 'false'}",
+        "  key_groups: {}              # group name -> [virtual key ids] sharing one namespace",
+        "  models: {}                  # model alias -> {enabled, ttl_s, cache_sampled, semantic}",
+        "  keys: {}                    # virtual key id -> the same fields; the stricter of both wins",
+        "  # Entries written by other replicas (and purges) reach this one within about this many seconds.",
+        f"  sync_interval_s: {c.sync_interval_s}",
+        "  # The semantic cache: a rephrased last user turn served from a stored answer when everything else",
+        "  # matches exactly and the trap guard accepts the pair. max_wrong_hit_rate is the error budget: the",
+        "  # guard's threshold is the loosest whose measured wrong-hit rate (95% upper bound) stays within it.",
+        "  semantic:",
+        f"    enabled: {'true' if s.enabled else 'false'}",
+        f"    max_wrong_hit_rate: {s.max_wrong_hit_rate}",
+        "    # Held online: candidates below the threshold, and this share of those above it, are answered",
+        "    # upstream and compared with the stored answer; the threshold moves on that evidence.",
+        f"    online_budget: {'true' if s.online_budget else 'false'}",
+        f"    explore_rate: {s.explore_rate}",
+        f"    min_cosine: {s.min_cosine}",
+        f"    batch_window_ms: {s.batch_window_ms}",
+        f"    max_batch: {s.max_batch}",
+    ]
 
 
 def write_default_config(path: str | Path, *, force: bool = False) -> Path:

@@ -281,7 +281,7 @@ class Router:
             if self._embedder is None:
                 from cache.embedder import MiniLMEmbedder
 
-                self._embedder = MiniLMEmbedder()
+                self._embedder = MiniLMEmbedder(threads=1)
             vector = self._embedder.embed([text])[0]
             self._vectors[text] = vector
             if len(self._vectors) > 1024:

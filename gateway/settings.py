@@ -513,6 +513,64 @@ class PrefixSettings(_Strict):
         return {**DEFAULT_PREFIX_MIN_TOKENS, **value} if isinstance(value, dict) else value
 
 
+class CacheRule(_Strict):
+    """Overrides for one model (as the client names it) or one virtual key; unset fields inherit. Where a
+    model's and a key's rule both set a field, the stricter value wins (off beats on, the shorter TTL)."""
+
+    enabled: bool | None = None
+    ttl_s: float | None = Field(default=None, gt=0)
+    cache_sampled: bool | None = None
+    semantic: bool | None = None
+
+
+class SemanticCacheSettings(_Strict):
+    """The semantic cache (``cache.semantic``): answers a rephrased question from a stored answer when the
+    last user turn means the same and everything else matches exactly."""
+
+    enabled: bool = False
+    """Off by default: it loads the MiniLM embedder (about 90 MB, a second at start)."""
+    max_wrong_hit_rate: float = Field(default=0.10, gt=0, lt=1)
+    """The operator's error budget: the largest share of semantic hits that may be wrong answers. The
+    guard's acceptance threshold is the loosest one whose wrong-hit rate, measured on held-out labelled
+    pairs with a 95% upper bound, stays within it (``cache.guard``). Those pairs include QQP's noisy
+    labels, so the measured rate overstates real wrong answers: 0.10 serves 0.1% of our trap pairs and 43%
+    of our paraphrases (QQP precision 0.945); 0.12 serves 0.8% and 61% (``bench/results/semantic_cache.md``)."""
+    online_budget: bool = True
+    """Hold the budget online: candidates the guard scores below its threshold (misses anyway) and a share
+    ``explore_rate`` of those above it are sent upstream, their fresh answers compared with the stored
+    ones, and the threshold moved on that evidence (``cache.budget``). Off: the offline threshold stays."""
+    explore_rate: float = Field(default=0.02, ge=0, le=1)
+    """The share of would-be semantic hits sent upstream as probes (each costs one paid call)."""
+    min_cosine: float = Field(default=0.80, ge=0, le=1)
+    """Candidates below this cosine are never considered (the guard decides above it)."""
+    batch_window_ms: float = Field(default=0.0, ge=0)
+    """Lookups that arrive while a batch is being embedded always go together in the next batch; a window
+    above 0 also holds each batch that long for company (more batching, more latency)."""
+    max_batch: int = Field(default=32, ge=1)
+
+
+class CacheSettings(_Strict):
+    """The exact and semantic answer caches (``gateway.caching``)."""
+
+    enabled: bool = False
+    """Off by default: a cache changes what clients get back (a stored answer instead of a fresh one)."""
+    ttl_s: float = Field(default=3600.0, gt=0)
+    max_ttl_s: float = Field(default=7 * 86400.0, gt=0)
+    """The longest TTL a client may ask for with ``x-thriftgate-cache-ttl``."""
+    max_entries: int = Field(default=100_000, ge=1)
+    """Entries held in memory (least recently used evicted first); the database table keeps the newest
+    this many (trimmed, and expired rows deleted, every 30 s)."""
+    cache_sampled: bool = False
+    """Cache requests that sample (temperature above 0, or unset: the providers' default is 1)."""
+    key_groups: dict[str, list[str]] = Field(default_factory=dict)
+    """Named groups of virtual key ids that share one cache namespace (by default each key has its own)."""
+    models: dict[str, CacheRule] = Field(default_factory=dict)
+    keys: dict[str, CacheRule] = Field(default_factory=dict)
+    sync_interval_s: float = Field(default=1.0, gt=0)
+    """How often entries written by other replicas are loaded (and purges applied, hit counts saved)."""
+    semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
+
+
 class Settings(BaseSettings):
     """Everything the gateway is configured with. Build it with ``load_settings`` (see the module docstring)."""
 
@@ -556,6 +614,7 @@ class Settings(BaseSettings):
     upstream_headers: UpstreamHeaderSettings = Field(default_factory=UpstreamHeaderSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     prefix: PrefixSettings = Field(default_factory=PrefixSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     config_path: str | None = None
 
