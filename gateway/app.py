@@ -38,8 +38,9 @@ from gateway.metrics import Metrics, model_labels
 from gateway.passthrough import Passthrough
 from gateway.pipeline import Pipeline
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
+from gateway.router import Router
 from gateway.settings import Settings
-from gateway.steps import Managed, RequestedModel, Steps
+from gateway.steps import Managed, RouteHealth, Steps
 from gateway.storage.db import make_engine, make_sessionmaker
 
 
@@ -62,6 +63,8 @@ def create_app(
     catalogue = Catalogue(settings)
     metrics = Metrics(models=model_labels(catalogue), providers=settings.providers)
     pipeline_steps = steps if steps is not None else default_steps(settings, catalogue)
+    if isinstance(pipeline_steps.router, RouteHealth):
+        metrics.watch_breakers(pipeline_steps.router.breakers)
     candidates: tuple[object, ...] = (pipeline_steps.cache, pipeline_steps.router, pipeline_steps.planner)
     managed: list[Managed] = [s for s in candidates if isinstance(s, Managed)]
 
@@ -192,15 +195,23 @@ def _start_batches(
 
 
 def default_steps(settings: Settings, catalogue: Catalogue) -> Steps:
-    """The steps an app runs unless told otherwise: the model as named, the prompt-prefix planner when
-    ``prefix.enabled``, the answer caches when ``cache.enabled``."""
-    steps = Steps(router=RequestedModel(catalogue))
-    if settings.prefix.enabled:
-        steps.planner = prefix_planner(settings)
+    """The steps an app runs unless told otherwise: the router (``routing`` settings; by default the
+    model as named, balanced over its deployments, with breakers; it shares the semantic cache's
+    embedder when both are on), the prompt-prefix planner when ``prefix.enabled``, the answer caches
+    when ``cache.enabled``."""
+    embedder = None
+    cache = None
     if settings.cache.enabled:
         from gateway.caching import build_cache
 
-        steps.cache = build_cache(settings.cache)
+        cache = build_cache(settings.cache)
+        if cache.semantic is not None:
+            embedder = cache.semantic.batcher.embedder
+    steps = Steps(router=Router(settings, catalogue, embedder=embedder))
+    if cache is not None:
+        steps.cache = cache
+    if settings.prefix.enabled:
+        steps.planner = prefix_planner(settings)
     return steps
 
 

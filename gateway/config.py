@@ -68,6 +68,20 @@ class Catalogue:
         """The catalogue's routes, in configuration order."""
         return list(self._routes.values())
 
+    def entry(self, alias: str) -> ModelSettings | None:
+        """The configured entry of a catalogue alias (None for other names). Reads only."""
+        return self._settings.models.get(alias)
+
+    def deployments(self, alias: str) -> list[tuple[ModelRoute, int | None, int | None]]:
+        """(route, rpm, tpm) of every deployment of a catalogue alias, the entry's own first; each route
+        carries the alias, so serving from any of them is serving the same model. Reads only."""
+        entry = self._settings.models[alias]
+        out = [(self._routes[alias], entry.rpm, entry.tpm)]
+        for dep in entry.deployments:
+            same = entry.model_copy(update={"provider": dep.provider, "model": dep.model or entry.model})
+            out.append((self._route(alias, same), dep.rpm, dep.tpm))
+        return out
+
     def _provider_route_uncached(self, model: str) -> ModelRoute:
         provider, _, upstream = model.partition("/")
         return self._route(model, ModelSettings(provider=provider, model=upstream))
@@ -215,6 +229,62 @@ def render_default_config() -> str:
     for r in d.passthrough.routes:
         entry = f"    - {{method: {r.method}, path: {r.path}, model: {r.model}, metering: {r.metering}"
         lines.append(entry + (f", provider: {r.provider}}}" if r.provider else "}"))
+    rt = d.routing
+    lines += [
+        "",
+        "# Routing and resilience. The gateway never changes the model a client named unless a policy",
+        "# below says so; every answer says what served it and why (x-thriftgate-model, x-thriftgate-route,",
+        "# and route_reason in the request log). A routed request's saving is priced against the model",
+        "# named (for 'auto': the strongest model of the auto set) as mechanism 'routing' ('local' when",
+        "# the local model served).",
+        "routing:",
+        "# model: auto picks among these models: the strongest tier for requests the complexity classifier",
+        "# finds hard, the cheapest capable tier for the rest. strong_share is the share of requests sent",
+        "# to the strongest tier (the classifier's threshold is calibrated to it); classifier: null uses",
+        "# the one shipped (rebuild it with: python -m routing.train).",
+        "  auto:",
+        f"    alias: {_scalar(rt.auto.alias)}",
+        f"    models: [{', '.join(_scalar(m) for m in rt.auto.models)}]",
+        f"    strong_share: {rt.auto.strong_share}",
+        "    classifier: null",
+        "# Requests no policy matches: requested (the named model, with its fallbacks) | auto | pinned.",
+        f"  default_policy: {rt.default_policy}",
+        "# Policies by key (names or ids) and/or by the model named; the first match applies:",
+        "#   auto       the router picks among auto.models whatever was named",
+        "#   downgrade  simple requests for the named model go to 'to'; hard ones stay",
+        "#   budget     once the key has spent 'at' of its budget, requests go to 'to' (or the cheapest",
+        "#              lower tier of auto.models)",
+        "#   pinned     exactly the named model: no routing, no fallback to another model",
+        "  policies: []",
+        "# - {models: [gpt-4o], policy: downgrade, to: gpt-4o-mini}",
+        "# - {keys: [team-batch], policy: budget, at: 0.8, to: gpt-4o-mini}",
+        "# - {keys: [evals], policy: pinned}",
+        "# When every deployment of a model fails (unreachable, timeout, 429, 5xx, a stream broken before",
+        "# its first byte), these are tried in order; an answer in the client's format whatever the API.",
+        "  fallbacks: {}",
+        "    # gpt-4o: [claude-sonnet-4-5]",
+        "# Try the local model last in every chain, when it can hold the request (size, no tools/images).",
+        f"  local_last_resort: {'true' if rt.local_last_resort else 'false'}",
+        f"  local_model: {_scalar(rt.local_model)}",
+        "# A conversation with at least this many messages is routed like a hard request.",
+        f"  long_conversation_turns: {rt.long_conversation_turns}",
+        "# A conversation (same key, system prompt and first user turn) stays on the tier it reached, so",
+        "# the provider's prompt cache for its prefix survives.",
+        "  sticky:",
+        f"    enabled: {'true' if rt.sticky.enabled else 'false'}",
+        f"    max_conversations: {rt.sticky.max_conversations}",
+        f"    ttl_s: {rt.sticky.ttl_s}",
+        "# One circuit breaker per deployment: this many consecutive failures open it; after cooldown_s",
+        "# it lets 'probes' requests through, and a success closes it. State in /metrics",
+        "# (thriftgate_circuit_breaker_state: 0 closed, 1 open, 2 half-open).",
+        "  breaker:",
+        f"    failures: {rt.breaker.failures}",
+        f"    cooldown_s: {rt.breaker.cooldown_s}",
+        f"    probes: {rt.breaker.probes}",
+        "# Load balancing across a model's deployments: power of two choices on this average of the",
+        "# time to first byte (weight of the newest sample), skipping deployments at their rpm/tpm.",
+        f"  latency_ewma_alpha: {rt.latency_ewma_alpha}",
+    ]
     lines += lines_cache
     b = d.batch
     lines += [
@@ -299,12 +369,26 @@ def render_default_config() -> str:
         "# provider's price list); 'prices' overrides any subset, in USD per million tokens. Entries here",
         "# merge over the default catalogue; replace_default_models: true drops it; 'alias: null' removes one.",
         "# Clients may also send '<provider>/<model>' for a model not listed here.",
+        "# What the router checks (the defaults below carry the providers' published values): tier (0 the",
+        "# local model, 1 small, 2 medium, 3 large, 4 frontier; null: never picked by the router on its own),",
+        "# context_window and max_output (tokens), tools, images and json_output (true/false). More",
+        "# deployments of the same model (another key or base URL: a provider entry above) are balanced with",
+        "# the first; rpm/tpm are each deployment's rate limits:",
+        "#   gpt-4o: {provider: openai, model: gpt-4o, rpm: 500,",
+        "#            deployments: [{provider: openai-eu, rpm: 500, tpm: 300000}]}",
         "models:",
     ]
     for alias, m in default_models().items():
         lines.append(f"  {_scalar(alias)}: {{provider: {m.provider}, model: {_scalar(m.model)}}}")
         if m.prices is not None:
             lines[-1] = lines[-1][:-1] + f", prices: {_prices(m.prices)}}}"
+        if m.context_window is not None:
+            caps = (
+                f", tier: {'null' if m.tier is None else m.tier}, context_window: {m.context_window}, "
+                f"max_output: {m.max_output}, tools: {str(m.tools).lower()}, "
+                f"images: {str(m.images).lower()}, json_output: {str(m.json_output).lower()}}}"
+            )
+            lines[-1] = lines[-1][:-1] + caps
     lines += [
         "  # A self-hosted model, its price set by hand:",
         "  # llama-8b:",

@@ -10,7 +10,7 @@ registry, and the exposition stays the size the configuration makes it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -215,6 +215,11 @@ class Metrics:
         if cost_usd:
             self.cost.labels(m).inc(cost_usd)
 
+    def watch_breakers(self, states: Callable[[], Mapping[str, int]]) -> None:
+        """Exposes ``thriftgate_circuit_breaker_state{deployment}`` (0 closed, 1 open, 2 half-open), read
+        from ``states`` at each scrape (deployments are the catalogue's: bounded by the configuration)."""
+        self.registry.register(_BreakerCollector(states))
+
     def on_upstream_error(self, provider: str, kind: str) -> None:
         """Counts an upstream failure (``kind``: unreachable, timeout, http_<status>, stream_broken, error_event)."""
         self.upstream_errors.labels(self._provider(provider), kind).inc()
@@ -230,3 +235,18 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry. Does not modify it."""
         return generate_latest(self.registry)
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, states: Callable[[], Mapping[str, int]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "thriftgate_circuit_breaker_state",
+            "Circuit breaker state per deployment: 0 closed, 1 open, 2 half-open",
+            labels=["deployment"],
+        )
+        for deployment, state in sorted(self._states().items()):
+            family.add_metric([deployment], float(state))
+        yield family

@@ -68,6 +68,7 @@ from gateway.logs import get_logger, redact
 from gateway.providers.base import ChatProvider, Provider, UpstreamRequest, UpstreamResponse
 from gateway.relay import Canonical, SSETap, StreamAdapter, Translation
 from gateway.sse import StreamTap
+from gateway.steps import RouteHealth
 from gateway.types import (
     MISS,
     CacheOutcome,
@@ -168,6 +169,7 @@ class Call:
         "counterfactual_usd",
         "decision",
         "errors",
+        "fallback_left",
         "inbound",
         "key",
         "mechanism",
@@ -206,6 +208,9 @@ class Call:
         self.counterfactual_usd: float | None = None
         self.mechanism: SavingMechanism | None = None
         self.reservation: Reservation | None = None
+        self.fallback_left = False
+        """Another candidate follows the one being tried: a stream that fails before its first byte
+        falls back to it (otherwise the failure is relayed as it comes)."""
 
     @property
     def canonical(self) -> ChatRequest:
@@ -368,6 +373,8 @@ class Pipeline:
                 param="background",
             )
         candidates = (decision.target, *decision.fallbacks)
+        router = self.steps.router if isinstance(self.steps.router, RouteHealth) else _NO_HEALTH
+        tokens = self._tokens_estimate(call, spec)
         last: Exception | None = None
         for i, target in enumerate(candidates):
             allowed = call.key.models if call.key is not None else None
@@ -385,22 +392,39 @@ class Pipeline:
                     call.key, target.alias, target.prices, call.input_estimate, spec.output_cap(call.payload)
                 )
             self.steps.planner.plan(call, target)
+            if i:
+                rec.route_reason = f"{decision.reason}; fallback {i} after {candidates[i - 1].provider}/{candidates[i - 1].alias}"
+            call.fallback_left = i + 1 < len(candidates)
+            router.on_send(target, tokens)
+            sent = time.perf_counter()
             try:
                 if mode is Mode.NATIVE:
-                    return await self.native(request, call, spec, target, provider)
-                if mode is Mode.TRANSLATE:
-                    return await self.translate(call, spec, target, provider)
-                assert isinstance(provider, ChatProvider)
-                return await self.canonical(call, spec, target, provider)
-            except UpstreamError as exc:
+                    response = await self.native(request, call, spec, target, provider)
+                elif mode is Mode.TRANSLATE:
+                    response = await self.translate(call, spec, target, provider)
+                else:
+                    assert isinstance(provider, ChatProvider)
+                    response = await self.canonical(call, spec, target, provider)
+            except (UpstreamError, UpstreamRefused, _Failed) as exc:
+                failed = not isinstance(exc, UpstreamRefused) or _retryable(exc.status_code)
+                if not failed:
+                    raise
+                router.on_result(target, ok=False)
                 last = exc
+                message = (
+                    exc.message if isinstance(exc, GatewayError) else f"upstream answered {exc.status_code}"
+                )
                 if i + 1 < len(candidates):
                     log.info(
                         "falling back",
-                        extra={"request_id": rec.request_id, "from": target.alias, "error": exc.message},
+                        extra={"request_id": rec.request_id, "from": target.alias, "error": message},
                     )
                     continue
+                if isinstance(exc, _Failed):
+                    return exc.respond()
                 raise
+            router.on_result(target, ok=True, latency_s=time.perf_counter() - sent)
+            return response
         assert last is not None
         raise last
 
@@ -482,12 +506,18 @@ class Pipeline:
         resp = await self.send(provider, upstream)
         ours = self.ours(call)
         if not 200 <= resp.status_code < 300:
+            if _retryable(resp.status_code):
+                raise _Failed(resp.status_code, lambda: self.upstream_failed(call, resp, ours))
             return self.upstream_failed(call, resp, ours)
         if resp.stream is not None:
             assert spec.new_tap is not None and spec.tap_usage is not None
+            new_tap, tap_usage = spec.new_tap, spec.tap_usage
+            source = await _primed(
+                call, resp.stream, resp.aclose, lambda first: SSETap(new_tap(strip), tap_usage, None), target
+            )
             collect = self._collector(call, spec)
             adapter = SSETap(spec.new_tap(strip), spec.tap_usage, collect)
-            gen = self.relay(call, resp.stream, adapter, resp.aclose)
+            gen = self.relay(call, source, adapter, resp.aclose)
             return ForwardedStream(gen, resp.status_code, raw_headers(resp.headers, ours))
 
         out = resp.body or b""
@@ -554,13 +584,23 @@ class Pipeline:
             self.metrics.on_upstream_error(target.provider, f"http_{resp.status_code}")
             raise UpstreamRefused.from_body(resp.status_code, resp.body or b"", resp.headers)
         if resp.stream is not None:
+            client_wire = spec.wire
+            source = await _primed(
+                call,
+                resp.stream,
+                resp.aclose,
+                lambda first: Translation(
+                    wire.stream_parser(api), wire.stream_renderer(client_wire, req, request_id="probe")
+                ),
+                target,
+            )
             collect = call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call)
             adapter = Translation(
                 wire.stream_parser(api),
                 wire.stream_renderer(spec.wire, req, request_id=call.record.request_id),
                 collect=collect,
             )
-            gen = self.relay(call, resp.stream, adapter, resp.aclose)
+            gen = self.relay(call, source, adapter, resp.aclose)
             return ForwardedStream(gen, 200, raw_headers(_SSE_HEADERS, ours))
         try:
             answer = wire.parse_response(api, orjson.loads(resp.body or b""))
@@ -584,12 +624,20 @@ class Pipeline:
         assert spec.wire is not None
         if req.stream:
             events = await provider.stream(req, target.upstream_model)
+            closer = getattr(events, "aclose", None)
+            client_wire = spec.wire
+            primed = await _primed(
+                call,
+                events,
+                closer,
+                lambda first: Canonical(wire.stream_renderer(client_wire, req, request_id="probe")),
+                target,
+            )
             collect = call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call)
             adapter = Canonical(
                 wire.stream_renderer(spec.wire, req, request_id=call.record.request_id), collect=collect
             )
-            closer = getattr(events, "aclose", None)
-            gen = self.relay(call, events, adapter, closer)
+            gen = self.relay(call, primed, adapter, closer)
             return ForwardedStream(gen, 200, raw_headers(_SSE_HEADERS, ours))
         answer = await provider.complete(req, target.upstream_model)
         return self._render_answer(call, spec, req, answer, ours)
@@ -922,6 +970,73 @@ class Pipeline:
 
 
 _SSE_HEADERS = (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
+
+
+class _NoHealth:
+    """Stands in for a router that does not track upstream health."""
+
+    def on_send(self, target: ModelRoute, tokens: int) -> None:
+        return None
+
+    def on_result(self, target: ModelRoute, *, ok: bool, latency_s: float | None = None) -> None:
+        return None
+
+
+_NO_HEALTH = _NoHealth()
+
+
+def _retryable(status: int) -> bool:
+    """An upstream answer another deployment or model may not give: rate limited or failed."""
+    return status == 429 or status >= 500
+
+
+class _Failed(Exception):
+    """A native upstream answered a retryable error status: the next candidate is tried, or, when there
+    is none, ``respond()`` passes the answer back as sent."""
+
+    def __init__(self, status_code: int, respond: Callable[[], Response]) -> None:
+        super().__init__(f"upstream answered {status_code}")
+        self.status_code = status_code
+        self.respond = respond
+
+
+async def _primed(
+    call: Call,
+    source: AsyncIterator[T],
+    close: Callable[[], Awaitable[None]] | None,
+    probe: Callable[[T], StreamAdapter[T]],
+    target: ModelRoute,
+) -> AsyncIterator[T]:
+    """``source`` with its first item already read, so that a stream that breaks, ends or reports an
+    error before anything reached the client raises ``UpstreamError`` (and falls back) instead.
+    ``probe`` builds a throwaway adapter that reads the first item for an error event. Without a
+    fallback left, ``source`` is returned as it is (its failure is relayed to the client as it comes)."""
+    if not call.fallback_left:
+        return source
+    it = aiter(source)
+    try:
+        first = await anext(it)
+    except StopAsyncIteration:
+        if close is not None:
+            await _shielded(close())
+        raise UpstreamError(f"{target.provider}: the stream ended before its first event") from None
+    except UpstreamError:
+        if close is not None:
+            await _shielded(close())
+        raise
+    check = probe(first)
+    check.feed(first)
+    if check.error is not None:
+        if close is not None:
+            await _shielded(close())
+        raise UpstreamError(f"{target.provider}: stream error before its first byte: {check.error}")
+
+    async def chained() -> AsyncIterator[T]:
+        yield first
+        async for item in it:
+            yield item
+
+    return chained()
 
 
 async def _aiter(events: list[StreamEvent]) -> AsyncIterator[StreamEvent]:

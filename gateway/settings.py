@@ -143,13 +143,42 @@ class ModelPriceOverride(_Strict):
     cache_write_1h: float | None = Field(default=None, ge=0)
 
 
+class DeploymentSettings(_Strict):
+    """One more place that serves a model: another provider entry (another key or base URL), the same
+    upstream model id unless ``model`` says otherwise, with its own request and token rate limits."""
+
+    provider: str
+    model: str | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    """Requests a minute this deployment accepts (None: no limit known)."""
+    tpm: int | None = Field(default=None, ge=1)
+    """Tokens a minute (input estimate plus output cap) this deployment accepts."""
+
+
 class ModelSettings(_Strict):
-    """One catalogue entry: an alias clients may send, and where it goes."""
+    """One catalogue entry: an alias clients may send, and where it goes. The capability fields are
+    what the router checks before it sends a request here (unknown: None, never refused for it)."""
 
     provider: str
     model: str
     prices: ModelPriceOverride | None = None
     price_id: str | None = None
+    tier: int | None = Field(default=None, ge=0)
+    """Size class for routing: 0 the local model, 1 small, 2 medium, 3 large, 4 frontier. None: never
+    chosen by the router on its own (only when named, or as a configured fallback)."""
+    context_window: int | None = Field(default=None, ge=1)
+    """Input plus output tokens the model accepts."""
+    max_output: int | None = Field(default=None, ge=1)
+    """The largest output cap the model accepts."""
+    tools: bool = True
+    images: bool = True
+    json_output: bool = True
+    """Whether it accepts a ``response_format`` (JSON object or schema)."""
+    rpm: int | None = Field(default=None, ge=1)
+    """Rate limits of the first deployment (``provider`` / ``model`` above)."""
+    tpm: int | None = Field(default=None, ge=1)
+    deployments: list[DeploymentSettings] = Field(default_factory=list)
+    """More deployments of the same model, load-balanced with the first (see ``routing``)."""
 
 
 # Client request headers an upstream receives, and upstream response headers a client receives, by default.
@@ -219,15 +248,143 @@ def default_providers() -> dict[str, ProviderSettings]:
     }
 
 
+# What the default catalogue's models accept, from the providers' model pages (2026):
+# alias -> (tier, context window, max output, tools, images, json output).
+_CAPS: dict[str, tuple[int | None, int, int, bool, bool, bool]] = {
+    "gpt-4o": (3, 128_000, 16_384, True, True, True),
+    "gpt-4o-mini": (1, 128_000, 16_384, True, True, True),
+    "gpt-4.1": (3, 1_047_576, 32_768, True, True, True),
+    "gpt-4.1-mini": (2, 1_047_576, 32_768, True, True, True),
+    "gpt-4.1-nano": (1, 1_047_576, 32_768, True, True, True),
+    "o3": (4, 200_000, 100_000, True, True, True),
+    "o3-mini": (2, 200_000, 100_000, True, False, True),
+    "o4-mini": (2, 200_000, 100_000, True, True, True),
+    "gpt-5": (4, 400_000, 128_000, True, True, True),
+    "gpt-5-mini": (2, 400_000, 128_000, True, True, True),
+    "gpt-5-nano": (1, 400_000, 128_000, True, True, True),
+    "gpt-5.1": (4, 400_000, 128_000, True, True, True),
+    "text-embedding-3-small": (None, 8_191, 1, False, False, False),
+    "text-embedding-3-large": (None, 8_191, 1, False, False, False),
+    "claude-opus-4-1": (4, 200_000, 32_000, True, True, True),
+    "claude-opus-4-1-20250805": (4, 200_000, 32_000, True, True, True),
+    "claude-opus-4-5": (4, 200_000, 64_000, True, True, True),
+    "claude-sonnet-4-5": (3, 200_000, 64_000, True, True, True),
+    "claude-sonnet-4-5-20250929": (3, 200_000, 64_000, True, True, True),
+    "claude-sonnet-4-0": (3, 200_000, 64_000, True, True, True),
+    "claude-sonnet-4-20250514": (3, 200_000, 64_000, True, True, True),
+    "claude-haiku-4-5": (2, 200_000, 64_000, True, True, True),
+    "claude-haiku-4-5-20251001": (2, 200_000, 64_000, True, True, True),
+    "claude-3-5-haiku-latest": (1, 200_000, 8_192, True, True, True),
+    "claude-3-5-haiku-20241022": (1, 200_000, 8_192, True, True, True),
+}
+LOCAL_CONTEXT_WINDOW = 4096
+"""The local engine's sequence length (``max_seq_len``; SmolLM2-135M itself was trained to 8192)."""
+
+
+def _with_caps(alias: str, entry: ModelSettings) -> ModelSettings:
+    caps = _CAPS.get(alias)
+    if caps is None:
+        return entry
+    tier, ctx, out, tools, images, json_output = caps
+    return entry.model_copy(
+        update={
+            "tier": tier,
+            "context_window": ctx,
+            "max_output": out,
+            "tools": tools,
+            "images": images,
+            "json_output": json_output,
+        }
+    )
+
+
 def default_models() -> dict[str, ModelSettings]:
-    models = {m: ModelSettings(provider="openai", model=m) for m in DEFAULT_OPENAI_MODELS}
-    models |= {m: ModelSettings(provider="anthropic", model=m) for m in DEFAULT_ANTHROPIC_MODELS}
+    models = {m: _with_caps(m, ModelSettings(provider="openai", model=m)) for m in DEFAULT_OPENAI_MODELS}
+    models |= {
+        m: _with_caps(m, ModelSettings(provider="anthropic", model=m)) for m in DEFAULT_ANTHROPIC_MODELS
+    }
     models[LOCAL_MODEL_ALIAS] = ModelSettings(
         provider="local",
         model=LOCAL_MODEL_ID,
         prices=ModelPriceOverride(input=0, output=0, cache_read=0, cache_write_5m=0, cache_write_1h=0),
+        tier=0,
+        context_window=LOCAL_CONTEXT_WINDOW,
+        max_output=LOCAL_CONTEXT_WINDOW,
+        tools=False,
+        images=False,
+        json_output=False,
     )
     return models
+
+
+class PolicySettings(_Strict):
+    """One routing policy and the requests it applies to: those of the listed keys (names or ids) and/or
+    for the listed models (as the client named them); a list left out matches everything. The first rule
+    that matches a request applies; a request no rule matches is routed as ``default_policy`` says.
+
+    * ``auto``: the router picks among ``routing.auto.models`` whatever model was named.
+    * ``downgrade``: opt-in downgrade of the named model: a request the classifier finds simple goes to
+      ``to`` (a cheaper model), the rest stay on the named model.
+    * ``budget``: once the key has spent ``at`` of its budget, requests go to ``to`` (or the cheapest
+      capable model of a lower tier in the auto set).
+    * ``pinned``: exactly the named model: no routing and no fallback to another model.
+    * ``requested``: the named model, with its configured fallbacks (the default)."""
+
+    keys: list[str] | None = None
+    models: list[str] | None = None
+    policy: Literal["auto", "downgrade", "budget", "pinned", "requested"]
+    to: str | None = None
+    at: float = Field(default=0.8, gt=0, le=1)
+
+
+class AutoSettings(_Strict):
+    """The model name ``alias`` (``auto``): the router picks among ``models``, the strongest tier for
+    requests its classifier finds hard, the cheapest capable one for the rest."""
+
+    alias: str = "auto"
+    models: list[str] = Field(default_factory=lambda: ["gpt-4o-mini", "gpt-4o"])
+    strong_share: float = Field(default=0.5, ge=0, le=1)
+    """The share of requests the classifier sends to the strongest tier (its threshold is the score
+    quantile that gives this share on the data it was trained on)."""
+    classifier: str | None = None
+    """A classifier file (``.npz``) built by ``python -m routing.train``; None: the one shipped."""
+
+
+class StickySettings(_Strict):
+    """A conversation (same key, system prompt and first user turn) stays on the tier it has reached, so
+    the provider's prompt cache for its prefix is not thrown away."""
+
+    enabled: bool = True
+    max_conversations: int = Field(default=10_000, ge=1)
+    ttl_s: float = Field(default=3600.0, gt=0)
+
+
+class BreakerSettings(_Strict):
+    """One circuit breaker per deployment: ``failures`` consecutive failures open it; after
+    ``cooldown_s`` it lets ``probes`` requests through (half-open); a success closes it."""
+
+    failures: int = Field(default=5, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+    probes: int = Field(default=1, ge=1)
+
+
+class RoutingSettings(_Strict):
+    """Model routing and resilience (``routing/``, wired in by ``gateway/router.py``)."""
+
+    auto: AutoSettings = Field(default_factory=AutoSettings)
+    default_policy: Literal["requested", "auto", "pinned"] = "requested"
+    policies: list[PolicySettings] = Field(default_factory=list)
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    """Model alias -> the aliases tried in order when every deployment of it fails."""
+    local_last_resort: bool = False
+    """Append ``local_model`` to every chain (when it can hold the request)."""
+    local_model: str = LOCAL_MODEL_ALIAS
+    long_conversation_turns: int = Field(default=16, ge=1)
+    """A conversation with at least this many messages is routed like a hard request."""
+    sticky: StickySettings = Field(default_factory=StickySettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    latency_ewma_alpha: float = Field(default=0.2, gt=0, le=1)
+    """Weight of the newest time-to-first-byte in each deployment's latency average."""
 
 
 class PassthroughRoute(_Strict):
@@ -458,6 +615,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     prefix: PrefixSettings = Field(default_factory=PrefixSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     config_path: str | None = None
 
     @classmethod
@@ -504,6 +662,16 @@ class Settings(BaseSettings):
                     f"model {alias!r} uses provider {model.provider!r}, which is not configured "
                     f"(configured providers: {known})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _deployments_use_configured_providers(self) -> Settings:
+        for alias, model in self.models.items():
+            for dep in model.deployments:
+                if dep.provider not in self.providers:
+                    raise ValueError(
+                        f"model {alias!r}: deployment provider {dep.provider!r} is not configured"
+                    )
         return self
 
     @property

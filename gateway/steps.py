@@ -11,6 +11,7 @@ writes the response itself: the pipeline renders whatever a step decides, in the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -53,6 +54,28 @@ class RouteStep(Protocol):
     def route(self, call: Call) -> RouteDecision:
         """Where ``call`` goes: a target, its fallbacks and the reason. Pure: no I/O, no mutation.
         Raises ``ModelNotFound`` (or another ``GatewayError``) when nothing can serve it."""
+        ...
+
+
+@runtime_checkable
+class RouteHealth(Protocol):
+    """What a router that tracks upstream health also implements (``gateway.router.Router`` does; a
+    ``RouteStep`` without these methods simply gets no reports). The pipeline calls ``on_send`` and
+    ``on_result`` around every upstream attempt; ``/metrics`` reads ``breakers``."""
+
+    def on_send(self, target: ModelRoute, tokens: int) -> None:
+        """The pipeline is sending the request (``tokens`` estimated, input plus output cap) to
+        ``target``: counts it against the deployment's rate limits and breaker probes."""
+        ...
+
+    def on_result(self, target: ModelRoute, *, ok: bool, latency_s: float | None = None) -> None:
+        """How an attempt on ``target`` went: ``ok`` False for an upstream failure (unreachable, timeout,
+        429, 5xx, a stream broken before its first byte); ``latency_s`` the time to its first byte."""
+        ...
+
+    def breakers(self) -> Mapping[str, int]:
+        """Each deployment's circuit-breaker state (0 closed, 1 open, 2 half-open), for ``/metrics``.
+        Reads only."""
         ...
 
 

@@ -394,8 +394,9 @@ class ModelRoute:
 class RouteDecision:
     """The router's answer: serve with ``target``, falling back through ``fallbacks`` in order.
 
-    ``requested`` is the route of the model as the client named it (None when it named no servable
-    model, as with ``auto``): accounting prices the counterfactual there."""
+    ``requested`` is the route of the model as the client named it; for ``auto``, the strongest model of
+    the auto set (what the client would have used without routing); None when there is no such model.
+    Accounting prices the counterfactual there."""
 
     target: ModelRoute
     fallbacks: tuple[ModelRoute, ...] = ()

@@ -66,18 +66,24 @@ def db_url(tmp_path: Path) -> str:
 
 
 def make_settings(
-    sim_url: str, db_url: str, *, provider_opts: dict[str, Any] | None = None, **overrides: Any
+    sim_url: str,
+    db_url: str,
+    *,
+    provider_opts: dict[str, Any] | None = None,
+    providers_extra: dict[str, ProviderSettings] | None = None,
+    **overrides: Any,
 ) -> Settings:
     """Settings with both providers on the simulator, keys configured, fast retries and a small catalogue:
     two aliases that rewrite the model id (``cheap``, ``anthropic-fast``) and one unpriced model.
     ``provider_opts`` are ProviderSettings fields applied to both providers (``api_key``: None for
-    bring-your-own-key, ``timeout_s``, ``max_retries`` ...)."""
+    bring-your-own-key, ``timeout_s``, ``max_retries`` ...); ``providers_extra`` adds more providers."""
     opts: dict[str, Any] = {"timeout_s": 5.0, **(provider_opts or {})}
     openai_opts = {"base_url": f"{sim_url}/v1", "api_key": SecretStr(OPENAI_KEY), **opts}
     anthropic_opts = {"base_url": sim_url, "api_key": SecretStr(ANTHROPIC_KEY), **opts}
     providers = {
         "openai": ProviderSettings(kind="openai", **openai_opts),
         "anthropic": ProviderSettings(kind="anthropic", **anthropic_opts),
+        **(providers_extra or {}),
     }
     models = {
         "gpt-4o-mini": ModelSettings(provider="openai", model="gpt-4o-mini"),

@@ -1,0 +1,243 @@
+"""Builds the complexity classifier from the routing pairs (reproducible: fixed split and seeds).
+
+    python -m routing.train [--data ../shared/data/routing_pairs.dev.jsonl.gz] [--out routing/weights/complexity.npz]
+
+Each pair says whether the weak and the strong model answered a prompt correctly. What a router wants to
+know is the expected gain of the strong model, ``E[strong_correct - weak_correct | prompt]``: the accuracy of
+sending a share ``c`` of the prompts to the strong model is the weak model's accuracy plus the summed gain
+of the prompts sent, so ranking by expected gain is the best any router can do with what it knows. The
+classifier regresses that gain (in {-1, 0, 1}) with a small two-layer network over the MiniLM embedding
+and text signals (``routing.classifier``), trained with Adam on squared error, weight decay and early
+stopping on a held-out part of the training split. Only the training split (70%, seed 0: ``split``) is
+used, so ``bench/router.py`` evaluates on prompts the shipped classifier has never seen.
+
+The embeddings are computed with the shared MiniLM embedder and cached under ``data/router/``.
+
+Curve helpers (``curve``, ``apgr``, ``share_at``) are shared with the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from routing.classifier import SIGNALS, ComplexityClassifier, bundled_path, signals
+
+F32 = npt.NDArray[np.float32]
+
+
+def _default_data() -> Path:
+    """``../shared/data/routing_pairs.dev.jsonl.gz`` beside the repository (or beside the folder of
+    worktrees that holds it)."""
+    root = Path(__file__).resolve().parents[1]
+    for base in (root.parent, root.parent.parent):
+        found = base / "shared" / "data" / "routing_pairs.dev.jsonl.gz"
+        if found.exists():
+            return found
+    return root.parent / "shared" / "data" / "routing_pairs.dev.jsonl.gz"
+
+
+DEFAULT_DATA = _default_data()
+CACHE_DIR = Path("data/router")
+SPLIT_SEED = 0
+TEST_SHARE = 0.3
+
+
+def load_pairs(path: Path) -> list[dict[str, Any]]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def split(n: int, seed: int = SPLIT_SEED, test_share: float = TEST_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, test indices): a seeded permutation, the last ``test_share`` held out."""
+    order = np.random.default_rng(seed).permutation(n)
+    cut = round(n * (1.0 - test_share))
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def embeddings(path: Path, texts: Sequence[str], embed: Any = None) -> F32:
+    """The MiniLM embeddings of ``texts``, cached by the data file's digest."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    cache = CACHE_DIR / f"embeddings-{digest}.npy"
+    if cache.exists():
+        cached: F32 = np.load(cache)
+        if cached.shape[0] == len(texts):
+            return cached
+    if embed is None:
+        from cache.embedder import MiniLMEmbedder
+
+        embed = MiniLMEmbedder().embed
+    vectors: F32 = np.asarray(embed(list(texts)), dtype=np.float32)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vectors)
+    return vectors
+
+
+# ---- curves ------------------------------------------------------------------------------------------
+
+
+def curve(order: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """Accuracy when the first k prompts of ``order`` go to the strong model, for k = 0 .. n."""
+    gain = (strong.astype(np.float64) - weak.astype(np.float64))[order]
+    n = len(order)
+    acc: np.ndarray = (weak.sum() + np.concatenate([[0.0], np.cumsum(gain)])) / n
+    return acc
+
+
+def ranking(score: np.ndarray) -> np.ndarray:
+    """Prompts by descending score, ties in index order (deterministic)."""
+    return np.lexsort((np.arange(len(score)), -score))
+
+
+def apgr(acc: np.ndarray, oracle: np.ndarray) -> float:
+    """Area between a router's curve and the random router's line over the oracle's (k uniform)."""
+    n = len(acc) - 1
+    line = np.linspace(acc[0], acc[-1], n + 1)
+    return float(np.trapezoid(acc - line) / np.trapezoid(oracle - line))
+
+
+def share_at(acc: np.ndarray, target: float) -> float:
+    """The smallest share of strong calls whose accuracy reaches ``target`` (1.0 if none)."""
+    hit = np.nonzero(acc >= target - 1e-12)[0]
+    return float(hit[0] / (len(acc) - 1)) if len(hit) else 1.0
+
+
+# ---- the model ---------------------------------------------------------------------------------------
+
+
+def _fit_mlp(
+    x: F32, y: F32, *, hidden: int, decay: float, seed: int, epochs: int = 60, lr: float = 2e-3
+) -> tuple[F32, F32, F32, float, int]:
+    """Adam on mean squared error with L2 weight decay; early stopping on 15% of the rows."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x))
+    cut = int(len(x) * 0.85)
+    tr, va = idx[:cut], idx[cut:]
+    d = x.shape[1]
+    params = [
+        (rng.standard_normal((d, hidden)) * np.sqrt(2.0 / d)).astype(np.float32),
+        np.zeros(hidden, np.float32),
+        (rng.standard_normal(hidden) * np.sqrt(1.0 / hidden)).astype(np.float32),
+        np.array([float(y[tr].mean())], np.float32),
+    ]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    best = (np.inf, [p.copy() for p in params], 0)
+    step = 0
+    for epoch in range(epochs):
+        perm = rng.permutation(tr)
+        for start in range(0, len(perm), 128):
+            b = perm[start : start + 128]
+            w1, b1, w2, b2 = params
+            pre = x[b] @ w1 + b1
+            h = np.maximum(pre, 0.0)
+            err = (h @ w2 + b2[0]) - y[b]
+            g_out = 2.0 * err / len(b)
+            g_w2 = h.T @ g_out + decay * w2
+            g_b2 = np.array([g_out.sum()], np.float32)
+            g_h = np.outer(g_out, w2) * (pre > 0)
+            g_w1 = x[b].T @ g_h + decay * w1
+            g_b1 = g_h.sum(axis=0)
+            step += 1
+            for i, g in enumerate((g_w1, g_b1, g_w2, g_b2)):
+                m[i] = 0.9 * m[i] + 0.1 * g
+                v[i] = 0.999 * v[i] + 0.001 * g * g
+                mh = m[i] / (1 - 0.9**step)
+                vh = v[i] / (1 - 0.999**step)
+                params[i] = (params[i] - lr * mh / (np.sqrt(vh) + 1e-8)).astype(np.float32)
+        w1, b1, w2, b2 = params
+        pred = np.maximum(x[va] @ w1 + b1, 0.0) @ w2 + b2[0]
+        loss = float(np.mean((pred - y[va]) ** 2))
+        if loss < best[0]:
+            best = (loss, [p.copy() for p in params], epoch + 1)
+    w1, b1, w2, b2 = best[1]
+    return w1, b1, w2, float(b2[0]), best[2]
+
+
+def fit(
+    vectors: F32,
+    texts: Sequence[str],
+    weak: np.ndarray,
+    strong: np.ndarray,
+    *,
+    hidden: int = 64,
+    decay: float = 1e-3,
+    seeds: Sequence[int] = (0, 1, 2),
+) -> ComplexityClassifier:
+    """Trains the classifier on the given rows (an average of ``seeds`` networks, folded into one wider
+    network: the mean of networks with linear outputs is a network with their hidden units side by
+    side). Deterministic for the same inputs."""
+    sig = np.stack([signals(t) for t in texts])
+    mean, std = sig.mean(axis=0), sig.std(axis=0) + 1e-6
+    x = np.concatenate([vectors, (sig - mean) / std], axis=1).astype(np.float32)
+    y = (strong.astype(np.float32) - weak.astype(np.float32)).astype(np.float32)
+    parts = [_fit_mlp(x, y, hidden=hidden, decay=decay, seed=s) for s in seeds]
+    k = len(parts)
+    w1 = np.concatenate([p[0] for p in parts], axis=1)
+    b1 = np.concatenate([p[1] for p in parts])
+    w2 = np.concatenate([p[2] for p in parts]) / k
+    b2 = sum(p[3] for p in parts) / k
+    clf = ComplexityClassifier(
+        w1=w1.astype(np.float16).astype(np.float32),  # stored as float16: score with what ships
+        b1=b1,
+        w2=w2.astype(np.float32),
+        b2=float(b2),
+        signal_mean=mean.astype(np.float32),
+        signal_std=std.astype(np.float32),
+        quantiles=np.zeros(101, np.float32),
+        meta={},
+    )
+    scores = clf.score_features(x)
+    quantiles = np.percentile(scores, np.arange(101)).astype(np.float32)
+    meta = {
+        "target": "E[strong_correct - weak_correct]",
+        "hidden": hidden * k,
+        "decay": decay,
+        "seeds": list(seeds),
+        "epochs": [p[4] for p in parts],
+        "signals": list(SIGNALS),
+        "rows": len(texts),
+    }
+    return ComplexityClassifier(
+        clf.w1, clf.b1, clf.w2, clf.b2, clf.signal_mean, clf.signal_std, quantiles, meta
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=bundled_path())
+    args = parser.parse_args(argv)
+    rows = load_pairs(args.data)
+    texts = [r["prompt"] for r in rows]
+    vectors = embeddings(args.data, texts)
+    weak = np.array([r["weak_correct"] for r in rows], dtype=bool)
+    strong = np.array([r["strong_correct"] for r in rows], dtype=bool)
+    train, test = split(len(rows))
+    clf = fit(vectors[train], [texts[i] for i in train], weak[train], strong[train])
+    meta = {**clf.meta, "data": args.data.name, "split_seed": SPLIT_SEED, "test_share": TEST_SHARE}
+    clf = ComplexityClassifier(
+        clf.w1, clf.b1, clf.w2, clf.b2, clf.signal_mean, clf.signal_std, clf.quantiles, meta
+    )
+    clf.save(args.out)
+    x_test = np.stack([clf.features(vectors[i], texts[i]) for i in test])
+    acc = curve(ranking(clf.score_features(x_test)), weak[test], strong[test])
+    oracle = curve(
+        ranking((strong[test].astype(int) - weak[test].astype(int)).astype(float)), weak[test], strong[test]
+    )
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size} bytes); held-out APGR {apgr(acc, oracle):.3f}, "
+        f"strong share at 95% of strong accuracy {share_at(acc, 0.95 * acc[-1]):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

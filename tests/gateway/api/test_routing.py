@@ -1,0 +1,445 @@
+"""Routing and resilience through the official SDKs: ``auto`` on both surfaces, fallbacks on 500, 429 and
+timeouts before the first byte (streams included), the error event after it, the circuit breaker opening
+and recovering, cross-format fallback both ways, and the local model as the last resort.
+
+The complexity classifier here is a real ``ComplexityClassifier`` with hand-set weights (its score grows
+with the prompt's length) and the embedder a fake registered through the router's ``embedder`` argument:
+the MiniLM model itself is exercised by the benchmark and ``tests/routing/test_classifier.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anthropic
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from gateway.config import Catalogue
+from gateway.providers.base import UpstreamRequest, UpstreamResponse
+from gateway.providers.registry import ProviderKinds
+from gateway.router import Router
+from gateway.settings import (
+    BreakerSettings,
+    ModelPriceOverride,
+    ModelSettings,
+    PolicySettings,
+    ProviderSettings,
+    RoutingSettings,
+    Settings,
+)
+from gateway.steps import Steps
+from gateway.types import (
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    StopReason,
+    StreamEvent,
+    StreamStart,
+    StreamStop,
+    TextDelta,
+    TextPart,
+    Usage,
+    UsageReport,
+)
+from routing.classifier import SIGNALS, ComplexityClassifier
+from tests.upstream import Fault, Simulator
+
+SHORT = [{"role": "user", "content": "Hi, what is 2+2?"}]
+LONG_TEXT = "Prove that the sequence defined below converges, and give its limit with a full argument. " * 6
+LONG = [{"role": "user", "content": LONG_TEXT}]
+
+ZERO = ModelPriceOverride(input=0, output=0, cache_read=0, cache_write_5m=0, cache_write_1h=0)
+
+
+def models() -> dict[str, ModelSettings]:
+    return {
+        "gpt-4o-mini": ModelSettings(provider="openai", model="gpt-4o-mini", tier=1, context_window=128_000),
+        "gpt-4o": ModelSettings(provider="openai", model="gpt-4o", tier=3, context_window=128_000),
+        "claude-haiku-4-5": ModelSettings(provider="anthropic", model="claude-haiku-4-5", tier=2),
+        "claude-sonnet-4-5": ModelSettings(provider="anthropic", model="claude-sonnet-4-5", tier=3),
+    }
+
+
+class FakeEmbedder:
+    dim = 384
+
+    def embed(self, texts: Any) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        out[:, 0] = 1.0
+        return out
+
+
+def length_classifier() -> ComplexityClassifier:
+    """score = max(0, log1p(len(text)) - log1p(50)); threshold at share 0.5 is 1.0 (about 140 chars)."""
+    d = 384 + len(SIGNALS)
+    w1 = np.zeros((d, 1), np.float32)
+    w1[384, 0] = 1.0
+    mean = np.zeros(len(SIGNALS), np.float32)
+    mean[0] = math.log1p(50)
+    return ComplexityClassifier(
+        w1=w1,
+        b1=np.zeros(1, np.float32),
+        w2=np.ones(1, np.float32),
+        b2=0.0,
+        signal_mean=mean,
+        signal_std=np.ones(len(SIGNALS), np.float32),
+        quantiles=np.linspace(0, 2, 101).astype(np.float32),
+        meta={},
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def router_steps(clock: Clock | None = None) -> Callable[[Settings], Steps]:
+    def build(settings: Settings) -> Steps:
+        router = Router(
+            settings,
+            Catalogue(settings),
+            embedder=FakeEmbedder(),
+            classifier=length_classifier(),
+            clock=clock or Clock(),
+        )
+        return Steps(router=router)
+
+    return build
+
+
+def requests_to(sim: Simulator, path: str) -> list[dict[str, Any]]:
+    """The JSON bodies the simulator received on ``path``, oldest first."""
+    return [r.json for r in sim.requests if r.path == path]
+
+
+def oa(gw: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+
+
+def an(gw: Any) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.url, api_key="sk-client", max_retries=0)
+
+
+# ---- auto ------------------------------------------------------------------------------------------
+
+
+def test_auto_on_the_openai_surface(gateway_factory: Callable[..., Any], sim: Simulator) -> None:
+    with gateway_factory(models=models(), steps_factory=router_steps()) as gw:
+        easy = oa(gw).chat.completions.with_raw_response.create(model="auto", messages=SHORT)  # type: ignore[arg-type]
+        hard = oa(gw).chat.completions.with_raw_response.create(model="auto", messages=LONG)  # type: ignore[arg-type]
+        assert easy.headers["x-thriftgate-model"] == "gpt-4o-mini"
+        assert easy.headers["x-thriftgate-route"].startswith("auto:gpt-4o-mini score 0.000<1.000")
+        assert hard.headers["x-thriftgate-model"] == "gpt-4o"
+        assert hard.headers["x-thriftgate-route"].startswith("auto:gpt-4o score")
+        assert easy.parse().choices[0].message.content
+        streamed = list(oa(gw).chat.completions.create(model="auto", messages=SHORT, stream=True))  # type: ignore[arg-type]
+        assert any(c.choices and c.choices[0].delta.content for c in streamed)
+    assert [r["model"] for r in requests_to(sim, "/v1/chat/completions")] == [
+        "gpt-4o-mini",
+        "gpt-4o",
+        "gpt-4o-mini",
+    ]
+    rows = gw.rows()
+    assert [r["served_model"] for r in rows] == ["gpt-4o-mini", "gpt-4o", "gpt-4o-mini"]
+    assert rows[0]["route_reason"].startswith("auto:gpt-4o-mini")
+    # the saving of a routed request is priced against the strongest model of the auto set
+    assert rows[0]["saving_mechanism"] == "routing" and rows[0]["saving_usd"] > 0
+    assert rows[0]["counterfactual_usd"] > rows[0]["cost_usd"]
+    assert rows[1]["saving_mechanism"] is None
+
+
+def test_auto_on_the_anthropic_surface(gateway_factory: Callable[..., Any], sim: Simulator) -> None:
+    routing = RoutingSettings(auto={"models": ["claude-haiku-4-5", "claude-sonnet-4-5"]})  # type: ignore[arg-type]
+    with gateway_factory(models=models(), routing=routing, steps_factory=router_steps()) as gw:
+        easy = an(gw).messages.with_raw_response.create(model="auto", max_tokens=64, messages=SHORT)  # type: ignore[arg-type]
+        with an(gw).messages.stream(model="auto", max_tokens=64, messages=LONG) as stream:  # type: ignore[arg-type]
+            text = "".join(stream.text_stream)
+            served = stream.response.headers["x-thriftgate-model"]
+        assert easy.headers["x-thriftgate-model"] == "claude-haiku-4-5"
+        assert easy.parse().content[0].type == "text"
+        assert served == "claude-sonnet-4-5" and text
+    assert [r["model"] for r in requests_to(sim, "/v1/messages")] == ["claude-haiku-4-5", "claude-sonnet-4-5"]
+
+
+def test_no_downgrade_unless_configured_and_opt_in_downgrade(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    with gateway_factory(models=models(), steps_factory=router_steps()) as gw:
+        raw = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        assert (
+            raw.headers["x-thriftgate-model"] == "gpt-4o" and raw.headers["x-thriftgate-route"] == "requested"
+        )
+    policy = PolicySettings(models=["gpt-4o"], policy="downgrade", to="gpt-4o-mini")
+    with gateway_factory(
+        models=models(), routing=RoutingSettings(policies=[policy]), steps_factory=router_steps()
+    ) as gw:
+        easy = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        hard = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=LONG)  # type: ignore[arg-type]
+        assert easy.headers["x-thriftgate-model"] == "gpt-4o-mini"
+        assert easy.headers["x-thriftgate-route"].startswith("downgrade:gpt-4o-mini")
+        assert hard.headers["x-thriftgate-model"] == "gpt-4o"
+    rows = gw.rows()  # both gateways' rows: they share the database
+    assert rows[0]["saving_mechanism"] is None
+    assert rows[1]["saving_mechanism"] == "routing" and rows[1]["saving_usd"] > 0
+
+
+# ---- fallbacks -------------------------------------------------------------------------------------
+
+
+FALLBACK = RoutingSettings(fallbacks={"gpt-4o": ["claude-sonnet-4-5"], "claude-sonnet-4-5": ["gpt-4o"]})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "fault", [Fault(status=500), Fault(status=429, retry_after=0.01), Fault(delay_s=1.0)]
+)
+def test_fallback_before_the_first_byte_crosses_formats(
+    gateway_factory: Callable[..., Any], sim: Simulator, fault: Fault, stream: bool
+) -> None:
+    fault.path, fault.times = "/v1/chat/completions", 5
+    sim.inject(fault)
+    with gateway_factory(
+        models=models(),
+        routing=FALLBACK,
+        steps_factory=router_steps(),
+        provider_opts={"max_retries": 0, "timeout_s": 0.3},
+    ) as gw:
+        if stream:
+            with oa(gw).chat.completions.with_streaming_response.create(
+                model="gpt-4o",
+                messages=SHORT,
+                stream=True,  # type: ignore[arg-type]
+            ) as resp:
+                served = resp.headers["x-thriftgate-model"]
+                route = resp.headers["x-thriftgate-route"]
+                chunks = list(resp.parse())
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            raw = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+            served, route = raw.headers["x-thriftgate-model"], raw.headers["x-thriftgate-route"]
+            text = raw.parse().choices[0].message.content or ""
+    assert served == "claude-sonnet-4-5" and text
+    assert route.startswith("requested; fallback 1 after openai/gpt-4o")
+    assert len(requests_to(sim, "/v1/messages")) == 1
+    [row] = gw.rows()
+    assert row["status_code"] == 200 and row["provider"] == "anthropic"
+
+
+@pytest.mark.parametrize("fault", [Fault(error_event_after=0), Fault(cut_after_events=0), Fault(status=503)])
+def test_anthropic_stream_falls_back_to_openai_before_the_first_byte(
+    gateway_factory: Callable[..., Any], sim: Simulator, fault: Fault
+) -> None:
+    fault.path, fault.times = "/v1/messages", 5
+    sim.inject(fault)
+    with (
+        gateway_factory(
+            models=models(), routing=FALLBACK, steps_factory=router_steps(), provider_opts={"max_retries": 0}
+        ) as gw,
+        an(gw).messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=SHORT) as stream,  # type: ignore[arg-type]
+    ):
+        text = "".join(stream.text_stream)
+        served = stream.response.headers["x-thriftgate-model"]
+        final = stream.get_final_message()
+    assert served == "gpt-4o" and text and final.stop_reason == "end_turn"
+    assert len(requests_to(sim, "/v1/chat/completions")) == 1
+
+
+def test_error_after_the_first_byte_is_an_error_event_in_the_clients_format(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    sim.config.per_token_s = 0.01  # events arrive one by one: the first is relayed before the error
+    with gateway_factory(models=models(), routing=FALLBACK, steps_factory=router_steps()) as gw:
+        sim.inject(Fault(error_event_after=6, path="/v1/chat/completions"))
+        got: list[Any] = []
+        with pytest.raises(openai.APIError):
+            for chunk in oa(gw).chat.completions.create(model="gpt-4o", messages=SHORT, stream=True):  # type: ignore[arg-type]
+                got.append(chunk)
+        assert got  # something was relayed before the error: no fallback then
+        sim.inject(Fault(error_event_after=6, path="/v1/messages"))
+        with (
+            pytest.raises(anthropic.APIStatusError) as caught,
+            an(gw).messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=SHORT) as stream,  # type: ignore[arg-type]
+        ):
+            for _ in stream.text_stream:
+                pass
+        assert "overloaded" in str(caught.value).lower() or "error" in str(caught.value).lower()
+    assert requests_to(sim, "/v1/messages")[0]["model"] == "claude-sonnet-4-5"
+    assert len(requests_to(sim, "/v1/chat/completions")) == 1  # the anthropic stream did not fall back
+    rows = gw.rows()
+    assert all(r["error"] and r["error"].startswith("upstream error event") for r in rows)
+
+
+# ---- the circuit breaker ---------------------------------------------------------------------------
+
+
+def breaker_state(gw: Any, deployment: str) -> float | None:
+    text = httpx.get(f"{gw.url}/metrics").text
+    for line in text.splitlines():
+        if line.startswith(f'thriftgate_circuit_breaker_state{{deployment="{deployment}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_breaker_opens_after_failures_and_recovers_through_a_probe(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    clock = Clock()
+    routing = RoutingSettings(breaker=BreakerSettings(failures=2, cooldown_s=30, probes=1))
+    with gateway_factory(
+        models=models(), routing=routing, steps_factory=router_steps(clock), provider_opts={"max_retries": 0}
+    ) as gw:
+        sim.inject(Fault(status=500, times=2, path="/v1/chat/completions"))
+        for _ in range(2):
+            with pytest.raises(openai.InternalServerError):
+                oa(gw).chat.completions.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        assert breaker_state(gw, "openai/gpt-4o") == 1.0
+        with pytest.raises(openai.APIStatusError) as caught:
+            oa(gw).chat.completions.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        assert caught.value.status_code == 503 and "circuit" in caught.value.message
+        assert len(requests_to(sim, "/v1/chat/completions")) == 2  # the open breaker sent nothing
+        # another model is unaffected
+        oa(gw).chat.completions.create(model="gpt-4o-mini", messages=SHORT)  # type: ignore[arg-type]
+        clock.now += 30
+        assert breaker_state(gw, "openai/gpt-4o") == 2.0
+        ok = oa(gw).chat.completions.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        assert ok.choices[0].message.content
+        assert breaker_state(gw, "openai/gpt-4o") == 0.0
+
+
+def test_an_open_breaker_skips_to_the_fallback_without_trying(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    routing = RoutingSettings(fallbacks=FALLBACK.fallbacks, breaker=BreakerSettings(failures=1))
+    with gateway_factory(
+        models=models(), routing=routing, steps_factory=router_steps(), provider_opts={"max_retries": 0}
+    ) as gw:
+        sim.inject(Fault(status=500, times=1, path="/v1/chat/completions"))
+        first = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        second = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+    assert first.headers["x-thriftgate-model"] == second.headers["x-thriftgate-model"] == "claude-sonnet-4-5"
+    assert len(requests_to(sim, "/v1/chat/completions")) == 1
+
+
+# ---- deployments -----------------------------------------------------------------------------------
+
+
+def test_deployments_share_the_load_and_fail_over(
+    gateway_factory: Callable[..., Any], sim: Simulator, sim_url: str
+) -> None:
+    from gateway.settings import DeploymentSettings
+    from tests.gateway.api.conftest import OPENAI_KEY
+
+    ms = models()
+    ms["gpt-4o"] = ms["gpt-4o"].model_copy(update={"deployments": [DeploymentSettings(provider="openai-b")]})
+    with gateway_factory(
+        models=ms,
+        steps_factory=router_steps(),
+        provider_opts={"max_retries": 0},
+        providers_extra={
+            "openai-b": ProviderSettings(
+                kind="openai", base_url=f"{sim_url}/v1", api_key=OPENAI_KEY, max_retries=0
+            )
+        },
+    ) as gw:
+        providers = set()
+        for _ in range(12):
+            oa(gw).chat.completions.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        sim.inject(Fault(status=500, times=1, path="/v1/chat/completions"))
+        raw = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        assert raw.headers["x-thriftgate-model"] == "gpt-4o"
+    rows = gw.rows()
+    providers = {r["provider"] for r in rows[:12]}
+    assert providers == {"openai", "openai-b"}
+    assert rows[-1]["status_code"] == 200 and "fallback 1" in rows[-1]["route_reason"]
+
+
+# ---- the local model as the last resort -------------------------------------------------------------
+
+
+class FakeLocal:
+    """A canonical provider standing in for the local engine (registered as the ``local`` kind)."""
+
+    name = "local"
+    kind = "local"
+
+    def __init__(self, *_: Any) -> None:
+        self.calls = 0
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        self.calls += 1
+        return ChatResponse(
+            "local-1", model, (Choice((TextPart("local answer"),), StopReason.END),), Usage(5, 2)
+        )
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        self.calls += 1
+
+        async def events() -> AsyncIterator[StreamEvent]:
+            yield StreamStart("local-1", model)
+            yield TextDelta("local ")
+            yield TextDelta("answer")
+            yield StreamStop(StopReason.END)
+            yield UsageReport(Usage(5, 2))
+
+        return events()
+
+    async def count_tokens(self, request: ChatRequest, model: str) -> int:
+        return 5
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_local_model_is_the_last_resort_when_every_hosted_upstream_is_down(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    kinds = ProviderKinds()
+    kinds.register("local", lambda name, settings, context: FakeLocal())
+    ms = models()
+    ms["thriftgate-local"] = ModelSettings(
+        provider="local",
+        model="smollm2-135m-instruct",
+        prices=ZERO,
+        tier=0,
+        context_window=4096,
+        tools=False,
+        images=False,
+        json_output=False,
+    )
+    routing = RoutingSettings(fallbacks=FALLBACK.fallbacks, local_last_resort=True)
+    sim.inject(Fault(status=503, times=100))
+    with gateway_factory(
+        models=ms,
+        routing=routing,
+        steps_factory=router_steps(),
+        provider_kinds=kinds,
+        provider_opts={"max_retries": 0},
+        providers_extra={"local": ProviderSettings(kind="local")},
+    ) as gw:
+        raw = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        assert raw.headers["x-thriftgate-model"] == "smollm2-135m-instruct"
+        assert raw.parse().choices[0].message.content == "local answer"
+        with an(gw).messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=SHORT) as stream:  # type: ignore[arg-type]
+            assert "".join(stream.text_stream) == "local answer"
+        # a request the local model cannot hold (tools) is not sent there
+        with pytest.raises(openai.APIStatusError):
+            oa(gw).chat.completions.create(
+                model="gpt-4o",
+                messages=SHORT,  # type: ignore[arg-type]
+                tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            )
+    rows = gw.rows()
+    assert rows[0]["saving_mechanism"] == "local" and rows[0]["cost_usd"] == 0.0
+    assert rows[0]["route_reason"].startswith("requested; fallback 2 after anthropic/claude-sonnet-4-5")
+    assert rows[2]["provider"] != "local"
