@@ -16,11 +16,13 @@ import importlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
 from gateway.api import anthropic, openai, ops, passthrough
 from gateway.api.errors import install_error_handlers
+from gateway.api.schemas import complete_schema
 from gateway.budgets import Budgets
 from gateway.config import Catalogue
 from gateway.http import HotRoutes
@@ -121,7 +123,21 @@ def create_app(
     if admin is not None:
         app.include_router(admin)
     app.include_router(passthrough.router)
+    _document(app, settings)
     return app
+
+
+def _document(app: FastAPI, settings: Settings) -> None:
+    """Completes ``app.openapi()`` (not served: ``openapi_url`` is None) with the request-body models and
+    the allow-listed passthrough routes (``gateway.api.schemas``)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            complete_schema(generate(), settings.passthrough.routes)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
 
 
 def _admin_router() -> APIRouter | None:

@@ -1,0 +1,105 @@
+"""The OpenAPI schema documents every endpoint, with the request bodies the surfaces accept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.routing import Route
+
+from gateway.api import schemas
+from gateway.app import create_app
+from gateway.settings import PassthroughRoute, PassthroughSettings, Settings
+
+
+def _app(**overrides: Any) -> Any:
+    return create_app(Settings(**overrides), configure_logs=False)
+
+
+def _resolve(openapi: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    resolved: dict[str, Any] = openapi["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return resolved
+
+
+def test_every_route_is_in_the_schema_and_every_body_is_described() -> None:
+    app = _app()
+    openapi = app.openapi()
+    paths = openapi["paths"]
+    undocumented = []
+    for route in app.routes:
+        if not isinstance(route, Route) or route.path.startswith(("/openapi", "/docs")):
+            continue
+        if route.path == "/v1/{path:path}":
+            continue  # the passthrough catch-all: documented by its allow-list (below)
+        assert isinstance(route, APIRoute), f"{route.path} is not an APIRoute: it has no schema"
+        path = route.path_format
+        for method in route.methods or ():
+            if method == "HEAD":
+                continue
+            op = paths.get(path, {}).get(method.lower())
+            if op is None:
+                undocumented.append(f"{method} {path}")
+                continue
+            if method in ("POST", "PUT", "PATCH"):
+                body = op["requestBody"]["content"]["application/json"]["schema"]
+                resolved = _resolve(openapi, body)
+                assert resolved.get("type") == "object" and resolved.get("properties"), f"{method} {path}"
+    assert not undocumented
+    for path in ("/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/embeddings"):
+        assert "post" in paths[path]
+    for section in ("/healthz", "/readyz", "/metrics", "/v1/models", "/admin/keys"):
+        assert section in paths
+
+
+def test_allow_listed_passthrough_routes_are_in_the_schema() -> None:
+    routes = [
+        PassthroughRoute(method="POST", path="/v1/completions", model="required", metering="openai_chat"),
+        PassthroughRoute(method="GET", path="/v1/vector_stores", model="none", provider="openai"),
+        PassthroughRoute(method="POST", path="/v1/images/generations", model="required"),
+    ]
+    openapi = _app(passthrough=PassthroughSettings(routes=routes)).openapi()
+    paths = openapi["paths"]
+    assert "requestBody" not in paths["/v1/vector_stores"]["get"]
+    completions = paths["/v1/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert _resolve(openapi, completions)["required"] == ["model", "prompt"]
+    images = paths["/v1/images/generations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert _resolve(openapi, images)["required"] == ["model"]
+    assert "/v1/moderations" not in paths  # only what is allow-listed
+
+
+def test_the_models_accept_what_the_sdks_send() -> None:
+    schemas.ChatCompletionRequest.model_validate(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            ],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "some_new_field": 1,
+        }
+    )
+    schemas.MessagesRequest.model_validate(
+        {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 16,
+            "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "42"}]},
+            ],
+        }
+    )
