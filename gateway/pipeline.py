@@ -99,7 +99,9 @@ if TYPE_CHECKING:
 log = get_logger("gateway.pipeline")
 
 _LARGE_BODY = 64 * 1024
-_MAX_MODEL_NAME = 256
+# The request log's requested_model and served_model columns hold 200 characters: a longer name is refused
+# rather than forwarded and then logged cut (or, on PostgreSQL, not logged).
+_MAX_MODEL_NAME = 200
 
 # The chat API each built-in provider kind speaks (a plugin provider says so with a ``wire`` attribute).
 WIRE_OF_KIND: Mapping[str, WireAPI] = {

@@ -23,7 +23,7 @@ from gateway.api.errors import ANTHROPIC_ERRORS, OPENAI_ERRORS, errors_for
 from gateway.config import Catalogue
 from gateway.deps import pipeline_of
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
-from gateway.pipeline import Call, SurfaceSpec
+from gateway.pipeline import Call, SurfaceSpec, check_model_name
 from gateway.sse import OpenAIChatTap, OpenAIResponsesTap, openai_error_event, responses_error_event
 from gateway.types import ModelRoute, Surface, Usage, WireAPI
 
@@ -154,6 +154,7 @@ def _models(catalogue: Catalogue, model_id: str | None) -> Callable[[Call], Awai
         key = call.key
         allowed = None if key is None else key.models
         if model_id is not None:
+            check_model_name(model_id)
             call.record.requested_model = model_id
             route = catalogue.resolve(model_id)
             if allowed is not None and route.alias not in allowed:
