@@ -122,7 +122,7 @@ def create_app(
     admin = _admin_router()
     if admin is not None:
         app.include_router(admin)
-    app.include_router(passthrough.router)
+    app.router.routes.append(passthrough.route())
     _document(app, settings)
     return app
 
