@@ -12,8 +12,6 @@ from starlette.routing import Route
 from gateway.api.errors import errors_for
 from gateway.deps import passthrough_of
 
-_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-
 
 async def passthrough(request: Request) -> Response:
     return await passthrough_of(request).forward(request, errors_for)
@@ -24,7 +22,9 @@ def route() -> Route:
 
     Starlette's ``path`` convertor is ``.*``, which stops at a newline: a path with ``%0A`` in it matched
     no route and got the router's 404, never logged. This route takes every path under /v1/, newlines
-    included (the passthrough refuses control characters in a path with a 400, logged)."""
-    catch_all = Route("/v1/{path:path}", passthrough, methods=_METHODS, include_in_schema=False)
+    included (the passthrough refuses control characters in a path with a 400, logged), and every method
+    (with a list, ``TRACE`` or ``PROPFIND`` got the router's 405, never logged)."""
+    catch_all = Route("/v1/{path:path}", passthrough, include_in_schema=False)
+    catch_all.methods = None  # every method (a function endpoint's route defaults to GET)
     catch_all.path_regex = re.compile(r"^/v1/(?P<path>.*)$", re.DOTALL)
     return catch_all

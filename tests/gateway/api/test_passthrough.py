@@ -179,6 +179,18 @@ def test_hostile_paths_never_reach_an_upstream(
     assert row["status_code"] == status and row["cost_usd"] is None
 
 
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "CONNECT"])
+def test_any_method_under_v1_is_refused_and_logged(gateway_factory: Any, sim: Simulator, method: str) -> None:
+    """Found by the fuzz test: a method outside the catch-all's list got the router's 405, never logged."""
+    with gateway_factory() as gw:
+        status, body = raw_request(gw.url, method, "/v1/chat/completions", {"authorization": "Bearer sk-c"})
+    assert status == 404
+    assert json.loads(body)["error"]["code"] == "endpoint_not_found"
+    [row] = gw.rows()
+    assert (row["method"], row["status_code"], row["surface"]) == (method, 404, "passthrough")
+    assert sim.requests == []
+
+
 def test_stored_objects_are_not_forwarded(gateway_factory: Any, sim: Simulator) -> None:
     with gateway_factory() as gw:
         oa = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
