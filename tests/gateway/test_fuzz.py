@@ -1,0 +1,631 @@
+"""The fuzz test: every endpoint of the OpenAPI schema, with requests generated from it (hypothesis) and a
+list of hostile ones, against the app with the provider simulator upstream, on SQLite.
+
+The app runs in-process (its lifespan on an event loop in a background thread, requests as raw ASGI
+calls) so that any bytes a server could hand it arrive as sent: paths with ``%2e%2e``, ``//``, encoded
+slashes and NULs, non-UTF-8 bytes, header values outside ASCII. Every answer is checked:
+
+* no 5xx, no stack trace in the body, no header value that would split or break the header block;
+* an error is in its API's format: OpenAI's ``{"error": {...}}`` on the OpenAI paths and the admin API,
+  Anthropic's ``{"type": "error", "error": {...}}`` on ``/v1/messages...``; the shared paths (``/v1/models``,
+  the passthrough, unknown routes) answer in the format of the SDK that sent the request
+  (``anthropic-version`` or ``x-api-key``);
+
+and once the gateway has stopped (its log writer flushed):
+
+* every request under ``/v1/`` has exactly one request-log row, with the id the response carried
+  (``/healthz``, ``/readyz``, ``/metrics``, ``/admin`` and paths outside ``/v1/`` are not API requests and
+  are not logged);
+* every string in every table is within its column's bound and holds no NUL (PostgreSQL refuses both).
+
+The number of generated examples per endpoint is ``TG_FUZZ_EXAMPLES`` (default 25: about a minute in all
+on a loaded two-core machine); the generation is derandomised so that a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+from sqlalchemy import BigInteger, Float, Integer, Numeric, String, Text, TypeDecorator
+
+from gateway.app import create_app
+from gateway.settings import default_passthrough_routes
+from gateway.storage.models import Base
+from tests.gateway.api.conftest import (  # the surface fixtures, shared with tests/gateway/api/
+    _sim_server,
+    create_key,
+    db_url,
+    make_settings,
+    sim,
+    sim_url,
+)
+from tests.gateway.openapi_strategies import Operation, body_values, json_values, mutated, operations
+from tests.upstream import Simulator
+
+__all__ = ["_sim_server", "db_url", "sim", "sim_url"]
+
+EXAMPLES = int(os.environ.get("TG_FUZZ_EXAMPLES") or 25)
+# Shrinking a failure sends hundreds more requests: on request only (TG_FUZZ_SHRINK=1).
+PHASES = tuple(Phase) if os.environ.get("TG_FUZZ_SHRINK") else (Phase.explicit, Phase.reuse, Phase.generate)
+MASTER_KEY = "tg-master-fuzz-0123456789"
+REQUEST_ID = "x-thriftgate-request-id"
+
+# Paths whose requests are API requests, each with one request-log row.
+LOGGED = re.compile(r"^/v1/")
+OPENAI_ONLY = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
+_TRACEBACK = re.compile(rb'Traceback \(most recent call last\)|File "[^"]+", line \d+')
+_BAD_HEADER_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
+
+
+# ---- the app, in-process -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+@dataclass(slots=True)
+class Sent:
+    method: str
+    raw_path: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    reply: Reply
+
+    @property
+    def path(self) -> str:
+        return unquote(self.raw_path.decode("ascii"))  # as uvicorn and hypercorn decode it
+
+    def describe(self) -> str:
+        return f"{self.method} {self.raw_path!r} headers={self.headers!r} body={self.body[:300]!r}"
+
+
+@dataclass
+class InProcessGateway:
+    """The app with its lifespan running on an event loop in a thread; ``send`` makes one ASGI call."""
+
+    app: Any
+    db_path: Path
+    sent: list[Sent] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+
+    def run(self, coro: Any, timeout: float = 60.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def send(
+        self,
+        method: str,
+        raw_path: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        body: bytes = b"",
+        query: bytes = b"",
+    ) -> Sent:
+        hdrs = list(headers or [])
+        if body and not any(k == b"content-length" for k, _ in hdrs):
+            hdrs.append((b"content-length", str(len(body)).encode()))
+        reply = self.run(self._call(method, raw_path, query, hdrs, body))
+        sent = Sent(method, raw_path, hdrs, body, reply)
+        self.sent.append(sent)
+        return sent
+
+    async def _call(
+        self, method: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Reply:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": unquote(raw_path.decode("ascii")),
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": [(k.lower(), v) for k, v in headers],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8080),
+            "state": {},
+        }
+        done = asyncio.Event()
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        status = 0
+        out_headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status, out_headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                out_headers = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    done.set()
+
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            done.set()
+        return Reply(status, out_headers, b"".join(chunks))
+
+
+@contextmanager
+def running(app: Any, db_path: Path) -> Iterator[InProcessGateway]:
+    """Runs ``app``'s lifespan for the block; on exit the lifespan ends (the log writer flushes)."""
+    gw = InProcessGateway(app, db_path)
+    thread = threading.Thread(target=gw.loop.run_forever, name="fuzz-gateway", daemon=True)
+    thread.start()
+    stack = AsyncExitStack()
+    try:
+        gw.run(stack.enter_async_context(app.router.lifespan_context(app)))
+        try:
+            yield gw
+        finally:
+            gw.run(stack.aclose())
+    finally:
+        gw.loop.call_soon_threadsafe(gw.loop.stop)
+        thread.join(timeout=10)
+        gw.loop.close()
+
+
+@dataclass(slots=True)
+class Keys:
+    unlimited: str
+    limited: str
+    revoked: str
+
+
+@pytest.fixture
+def fuzz_gateway(sim: Simulator, sim_url: str, db_url: str) -> Iterator[tuple[InProcessGateway, Keys]]:
+    """A gateway on the simulator with a master key and three virtual keys (one unlimited, one limited
+    to a model with a budget and rate limits, one revoked)."""
+    _, unlimited = create_key(db_url, name="fuzz-unlimited")
+    _, limited = create_key(db_url, name="fuzz-limited", budget_usd=0.01, rpm=1000, models=["gpt-4o-mini"])
+    revoked_id, revoked = create_key(db_url, name="fuzz-revoked")
+
+    async def revoke() -> None:
+        from gateway.keys import KeyStore
+        from gateway.storage.db import make_engine, make_sessionmaker
+
+        engine = make_engine(db_url)
+        try:
+            await KeyStore(make_sessionmaker(engine)).revoke(revoked_id)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(revoke())
+    settings_ = make_settings(sim_url, db_url, master_key=SecretStr(MASTER_KEY))
+    app = create_app(settings_, env={}, configure_logs=False)
+    with running(app, Path(db_url.split("///", 1)[1])) as gw:
+        yield gw, Keys(unlimited, limited, revoked)
+    check_log(gw)
+
+
+# ---- the checks ----------------------------------------------------------------------------------
+
+
+def expected_format(sent: Sent) -> str:
+    """``openai`` or ``anthropic``: the error format the request must be answered in."""
+    path = sent.path
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    if path in OPENAI_ONLY or path.startswith("/admin") or path == "/metrics":
+        return "openai"
+    names = {k.lower() for k, _ in sent.headers}
+    return "anthropic" if b"anthropic-version" in names or b"x-api-key" in names else "openai"
+
+
+def check_reply(sent: Sent) -> None:
+    reply = sent.reply
+    what = sent.describe()
+    assert 100 <= reply.status < 500, f"{reply.status} {reply.body[:500]!r} for {what}"
+    assert not _TRACEBACK.search(reply.body), f"a stack trace in {reply.body[:2000]!r} for {what}"
+    for name, value in reply.headers:
+        assert _TOKEN.match(name), f"header name {name!r} for {what}"
+        assert not _BAD_HEADER_VALUE.search(value), f"header {name!r}: {value!r} for {what}"
+    if LOGGED.match(sent.path):
+        assert reply.header(REQUEST_ID.encode()), f"no request id for {what}"
+    if reply.status < 400:
+        return
+    try:
+        body = json.loads(reply.body)
+    except ValueError:
+        raise AssertionError(f"error body is not JSON: {reply.body[:500]!r} for {what}") from None
+    assert isinstance(body, dict), what
+    error = body.get("error")
+    assert isinstance(error, dict), f"no error object in {body!r} for {what}"
+    assert isinstance(error.get("message"), str) and error["message"], f"{body!r} for {what}"
+    assert isinstance(error.get("type"), str) and error["type"], f"{body!r} for {what}"
+    relayed = "request_id" not in body  # the gateway's own errors carry it; an upstream's are relayed
+    if relayed and sent.path in PASSTHROUGH_PATHS:
+        assert "type" not in body, f"not OpenAI's error format (the passthrough's upstream): {body!r}"
+    elif expected_format(sent) == "anthropic":
+        assert body.get("type") == "error", f"not Anthropic's error format: {body!r} for {what}"
+    else:
+        assert "type" not in body, f"not OpenAI's error format: {body!r} for {what}"
+
+
+def out_of_bounds(kind: Any, value: Any) -> str | None:
+    """Why ``value`` would not fit its column on PostgreSQL (SQLite enforces no bound), or None: a string
+    over its length or holding a NUL, an integer past its width, a number past its precision."""
+    if value is None:
+        return None
+    if isinstance(kind, String | Text) and isinstance(value, str):
+        bound = kind.length
+        if bound is not None and len(value) > bound:
+            return f"over {bound} characters ({len(value)}): {value[:100]!r}"
+        if "\x00" in value:
+            return f"a NUL: {value[:100]!r}"
+    elif isinstance(kind, TypeDecorator):
+        return out_of_bounds(kind.impl, value)
+    elif isinstance(kind, Numeric) and not isinstance(kind, Float) and isinstance(value, int | float):
+        digits = (kind.precision or 0) - (kind.scale or 0)
+        if kind.precision is not None and abs(value) >= 10**digits:
+            return f"{value!r} does not fit NUMERIC({kind.precision}, {kind.scale})"
+    elif isinstance(kind, Integer) and isinstance(value, int):
+        bits = 63 if isinstance(kind, BigInteger) else 31
+        if not -(2**bits) <= value < 2**bits:
+            return f"{value!r} does not fit a {bits + 1}-bit integer"
+    elif isinstance(kind, Float) and isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not finite"
+    return None
+
+
+def check_log(gw: InProcessGateway) -> None:
+    """Every ``/v1/`` request has exactly one log row with its id; every string column within bounds."""
+    sent = {(s.reply.header(REQUEST_ID.encode()) or b"").decode(): s for s in gw.sent if LOGGED.match(s.path)}
+    ids = list(sent)
+    problems: list[str] = []
+    con = sqlite3.connect(gw.db_path)
+    try:
+        logged = [r[0] for r in con.execute("SELECT request_id FROM request_log")]
+        if sorted(logged) != sorted(ids):
+            problems.append(
+                f"{len(ids)} /v1/ requests answered, {len(logged)} rows logged; "
+                f"not logged: {[f'{sent[i].method} {sent[i].raw_path[:80]!r} {sent[i].reply.status}' for i in sorted(set(ids) - set(logged))[:12]]}, "
+                f"logged twice: {sorted({i for i in logged if logged.count(i) > 1})[:5]}"
+            )
+        for table in Base.metadata.sorted_tables:
+            for column in table.columns:
+                for (value,) in con.execute(f'SELECT "{column.name}" FROM "{table.name}"'):
+                    problem = out_of_bounds(column.type, value)
+                    if problem is not None:
+                        problems.append(f"{table.name}.{column.name}: {problem}")
+    finally:
+        con.close()
+    assert not problems, "\n".join(problems[:20])
+
+
+# ---- generated requests ----------------------------------------------------------------------------
+
+OPENAPI = create_app(
+    make_settings("http://127.0.0.1:9", "sqlite+aiosqlite:///unused.db"), configure_logs=False
+).openapi()
+OPERATIONS = operations(OPENAPI)
+# The allow-listed passthrough routes: their upstream (an OpenAI provider) answers errors in its own format.
+PASSTHROUGH_PATHS = {r.path for r in default_passthrough_routes()}
+MODELS = ["gpt-4o-mini", "claude-haiku-4-5", "cheap", "anthropic-fast", "text-embedding-3-small", "mystery"]
+SEGMENTS = st.one_of(
+    st.sampled_from([*MODELS, "k_0123", "..", "%2e%2e", "a%2Fb", "%00", "%ff", "x" * 300, "%0d%0a"]),
+    st.text(min_size=1, max_size=20).map(lambda s: quote(s, safe="")),
+)
+HINTS: dict[str, st.SearchStrategy[Any]] = {
+    "model": st.one_of(st.sampled_from(MODELS), st.text(max_size=30)),
+    "max_tokens": st.integers(1, 64),
+    "max_completion_tokens": st.integers(1, 64),
+    "max_output_tokens": st.integers(1, 64),
+    "n": st.just(1),
+    "background": st.just(False),
+}
+
+
+def _auth(keys: Keys) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
+    bearer = [  # mostly a key that gets the request through to the upstream
+        *[keys.unlimited] * 6,
+        *[keys.limited] * 2,
+        None,
+        "sk-client",
+        "tg-not-a-key",
+        keys.revoked,
+        MASTER_KEY,
+        "tg-" + "x" * 5000,
+    ]
+    return st.tuples(st.sampled_from(bearer), st.sampled_from(["authorization", "x-api-key"])).map(
+        lambda t: (
+            []
+            if t[0] is None
+            else [(t[1].encode(), (f"Bearer {t[0]}" if t[1] == "authorization" else t[0]).encode())]
+        )
+    )
+
+
+CONTENT_TYPES = st.sampled_from(
+    [b"application/json", b"application/json; charset=utf-8", b"text/plain", b"multipart/form-data", None]
+)
+EXTRA_HEADERS = st.lists(
+    st.sampled_from(
+        [
+            (b"anthropic-version", b"2023-06-01"),
+            (b"anthropic-beta", b"\xff\xfe"),
+            (b"user-agent", "fuzz/é".encode("latin-1")),
+            (b"openai-organization", b"org-other"),
+            (b"cache-control", b"no-cache"),
+            (b"accept", b"text/event-stream"),
+        ]
+    ),
+    max_size=3,
+    unique=True,
+)
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+@st.composite
+def requests(
+    draw: st.DrawFn, op: Operation, keys: Keys
+) -> tuple[str, bytes, list[tuple[bytes, bytes]], bytes]:
+    path = op.path
+    for name in op.path_params:
+        path = path.replace("{" + name + "}", draw(SEGMENTS))
+    headers = draw(_auth(keys)) + draw(EXTRA_HEADERS)
+    content_type = draw(CONTENT_TYPES)
+    if content_type is not None:
+        headers.append((b"content-type", content_type))
+    body = b""
+    if op.body is not None:
+        valid = body_values(op.body, OPENAPI, HINTS)
+        kind = draw(st.sampled_from(["valid", "valid", "mutated", "any"]))
+        value = draw(valid if kind == "valid" else mutated(valid) if kind == "mutated" else json_values())
+        body = _encode(value)
+    elif draw(st.booleans()):
+        body = _encode(draw(json_values()))
+    return op.method, path.encode(), headers, body
+
+
+@pytest.mark.parametrize("op", OPERATIONS, ids=[op.id for op in OPERATIONS])
+def test_fuzz_endpoint(op: Operation, fuzz_gateway: tuple[InProcessGateway, Keys]) -> None:
+    gw, keys = fuzz_gateway
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=PHASES,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(request=requests(op, keys))
+    def fuzz(request: tuple[str, bytes, list[tuple[bytes, bytes]], bytes]) -> None:
+        method, raw_path, headers, body = request
+        check_reply(gw.send(method, raw_path, headers, body))
+
+    fuzz()
+
+
+# ---- hostile requests ------------------------------------------------------------------------------
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+MESSAGES = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+JSON = [(b"content-type", b"application/json")]
+ANTHROPIC = [(b"anthropic-version", b"2023-06-01"), *JSON]
+
+
+def _with(base: dict[str, Any], **fields: Any) -> bytes:
+    return _encode({**base, **fields})
+
+
+def hostile_cases(keys: Keys) -> list[tuple[str, bytes, list[tuple[bytes, bytes]], bytes]]:
+    """(method, raw path, headers, body): each sent once, with a valid key unless it carries its own."""
+    bearer = [(b"authorization", f"Bearer {keys.unlimited}".encode())]
+    admin = [(b"authorization", f"Bearer {MASTER_KEY}".encode()), *JSON]
+    chat, messages = b"/v1/chat/completions", b"/v1/messages"
+    cases: list[tuple[str, bytes, list[tuple[bytes, bytes]], bytes]] = []
+    # odd paths
+    for path in [
+        b"/v1/x/%2e%2e/chat/completions",
+        b"/v1/%2e%2e/admin/keys",
+        b"/v1/chat%2Fcompletions",
+        b"/v1//chat/completions",
+        b"//v1/chat/completions",
+        b"/%2e%2e/v1/chat/completions",
+        b"/v1/chat/completions/",
+        b"/v1/x%5c..%5ccompletions",
+        b"/v1/%00",
+        b"/v1/%ff%fe",
+        b"/v1/%0d%0aSet-Cookie:%20x=1",
+        b"/v1/models/%0d%0ax",
+        b"/v1/models/%2e%2e%2fadmin",
+        b"/v1/" + b"a" * 100_000,
+        b"/v1/models/" + b"m" * 10_000,
+        b"/v1",
+        b"/",
+        b"/admin/keys/%00",
+    ]:
+        cases.append(("POST", path, bearer + JSON, _encode(CHAT)))
+        cases.append(("GET", path, bearer, b""))
+    # odd methods
+    for method in ["TRACE", "PROPFIND", "CONNECT", "VERYLONGMETHODNAME", "PATCH", "HEAD", "OPTIONS"]:
+        cases.append((method, chat, bearer + JSON, _encode(CHAT)))
+        cases.append((method, b"/v1/models", bearer, b""))
+        cases.append((method, b"/v1/files", bearer, b""))
+    # bodies that are not JSON objects
+    for body in [
+        b"",
+        b"null",
+        b"[]",
+        b'"a string"',
+        b"{",
+        b"\xff\xfe{\x00}",
+        b"\xef\xbb\xbf" + _encode(CHAT),
+        _encode(CHAT).decode().encode("utf-16"),
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        b"model=gpt-4o-mini&messages=hi",
+    ]:
+        cases.append(("POST", chat, bearer + JSON, body))
+        cases.append(("POST", messages, bearer + ANTHROPIC, body))
+        cases.append(("POST", b"/v1/completions", bearer + JSON, body))
+    # hostile fields
+    for fields in [
+        {"model": "x" * 1_000_000},
+        {"model": "gpt-4o-mini\x00"},
+        {"model": "gpt-4o-mini\r\nx-injected: 1"},
+        {"model": "gpt-4o-mini\u2028"},
+        {"model": "é" * 150},
+        {"model": 12},
+        {"model": ["gpt-4o-mini"]},
+        {"messages": [{"role": "user", "content": "\x00\r\n" * 1_000}]},
+        {"messages": [{"role": "user", "content": "x" * 2_000_000}]},
+        {"messages": [{"role": "\x00", "content": "hi"}]},
+        {"messages": [{"role": "user", "content": [{"type": "\x00", "text": "hi"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "\x00": 1}]}]},
+        {"messages": [[[[[]]]]]},
+        {"messages": [{"role": "user", "content": "hi"}] * 10_000},
+        {"max_tokens": 2**63 - 1},
+        {"max_tokens": 2**64},
+        {"max_tokens": -(2**63)},
+        {"max_tokens": 1e308},
+        {"max_tokens": 0},
+        {"temperature": 1e308},
+        {"stream": "yes"},
+        {"stream": True, "stream_options": {"include_usage": "\x00"}},
+        {"stream_options": [1]},
+        {"tools": [{"type": "function", "function": {"name": "\x00" * 300}}]},
+        {"metadata": {"\x00": "\x00"}},
+        {"stop": ["\x00"] * 1_000},
+        {"system": {"x": 1}},
+        {"background": True},
+    ]:
+        cases.append(("POST", chat, bearer + JSON, _with(CHAT, **fields)))
+        cases.append(("POST", messages, bearer + ANTHROPIC, _with(MESSAGES, **fields)))
+        cases.append(("POST", b"/v1/messages/count_tokens", bearer + ANTHROPIC, _with(MESSAGES, **fields)))
+        cases.append(
+            (
+                "POST",
+                b"/v1/responses",
+                bearer + JSON,
+                _with({"model": "gpt-4o-mini", "input": "hi"}, **fields),
+            )
+        )
+        cases.append(
+            (
+                "POST",
+                b"/v1/completions",
+                bearer + JSON,
+                _with({"model": "gpt-4o-mini", "prompt": "hi"}, **fields),
+            )
+        )
+        cases.append(
+            (
+                "POST",
+                b"/v1/embeddings",
+                bearer + JSON,
+                _with({"model": "text-embedding-3-small", "input": "hi"}, **fields),
+            )
+        )
+    cases.append(("POST", chat, bearer + JSON, b"{" + b" " * (11 * 1024 * 1024) + b"}"))  # over the limit
+    # content types and lengths
+    for headers in [
+        [(b"content-type", b"text/plain")],
+        [(b"content-type", b"multipart/form-data; boundary=x")],
+        [(b"content-type", b"application/x-www-form-urlencoded")],
+        [(b"content-type", b"application/json; charset=latin-1")],
+        [(b"content-type", b"\xff\xfe")],
+        [(b"content-length", b"abc")],
+        [(b"content-length", b"-1")],
+        [(b"content-length", b"99999999999999999999999")],
+        [(b"content-length", b"3")],
+    ]:
+        cases.append(("POST", chat, bearer + headers, _encode(CHAT)))
+        cases.append(
+            ("POST", messages, [*bearer, (b"anthropic-version", b"2023-06-01"), *headers], _encode(MESSAGES))
+        )
+    # credentials and headers
+    for headers in [
+        [(b"authorization", b"Bearer \xff\xfe")],
+        [(b"authorization", b"Bearer tg-" + b"x" * 100_000)],
+        [(b"authorization", b"Bearer tg-\x00")],
+        [(b"authorization", b"Basic dXNlcjpwYXNz")],
+        [(b"authorization", b"Bearer")],
+        [(b"authorization", b"")],
+        [(b"x-api-key", b"tg-\xe9")],
+        [(b"x-api-key", keys.limited.encode())],
+        [(b"x-api-key", keys.revoked.encode())],
+        [*bearer, (b"authorization", b"Bearer tg-other")],
+        [*bearer, (b"user-agent", b"\xff" * 10_000)],
+        [*bearer, (b"anthropic-version", b"\x80\x81")],
+        [*bearer, (b"anthropic-beta", b"\xe9t\xe9")],
+        [*bearer, (b"openai-organization", b"org-\xff")],
+        [*bearer, (b"idempotency-key", b"k" * 50_000)],
+        [*bearer, (b"x-thriftgate-request-id", b"injected")],
+    ]:
+        cases.append(("POST", chat, headers + JSON, _encode(CHAT)))
+        cases.append(("POST", messages, headers + ANTHROPIC, _encode(MESSAGES)))
+        cases.append(("GET", b"/v1/models", headers, b""))
+        cases.append(("GET", b"/metrics", headers, b""))
+    # the admin API
+    for body in [
+        {"name": "\x00"},
+        {"name": "a\r\nb"},
+        {"name": "x" * 10_000},
+        {"name": "ok", "budget_usd": 1e308},
+        {"name": "ok", "budget_usd": 1e12},
+        {"name": "ok", "budget_usd": -1},
+        {"name": "ok", "rpm": 2**63},
+        {"name": "ok", "models": ["\x00" * 300]},
+        {"name": "ok", "models": ["m"] * 100_000},
+        {"name": "ok", "models": "gpt-4o-mini"},
+        {"name": "ok", "unknown": 1},
+    ]:
+        cases.append(("POST", b"/admin/keys", admin, _encode(body)))
+    cases.append(("POST", b"/admin/keys", admin, b"\xff"))
+    cases.append(("GET", b"/admin/keys/" + b"k" * 10_000, admin, b""))
+    cases.append(("DELETE", b"/admin/keys/%00", admin, b""))
+    return cases
+
+
+def test_hostile_requests(fuzz_gateway: tuple[InProcessGateway, Keys]) -> None:
+    gw, keys = fuzz_gateway
+    failures = []
+    for method, raw_path, headers, body in hostile_cases(keys):
+        sent = gw.send(method, raw_path, headers, body)
+        try:
+            check_reply(sent)
+        except AssertionError as exc:
+            failures.append(str(exc).splitlines()[0][:600])
+    assert not failures, f"{len(failures)} hostile requests answered wrongly:\n" + "\n".join(failures)
