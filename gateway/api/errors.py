@@ -64,9 +64,13 @@ def errors_for(inbound: Inbound) -> ErrorFormat:
 
 
 def style_for(request: Request) -> ErrorFormat:
-    """The error format from the request itself: Anthropic's for ``/v1/messages…`` or an Anthropic SDK."""
+    """The error format from the request itself: the admin API's own (OpenAI's shape) under ``/admin``,
+    else Anthropic's for ``/v1/messages…`` or an Anthropic SDK."""
     h = request.headers
-    if request.url.path.startswith("/v1/messages") or "anthropic-version" in h or "x-api-key" in h:
+    path = request.url.path
+    if path.startswith("/admin"):
+        return OPENAI_ERRORS
+    if path.startswith("/v1/messages") or "anthropic-version" in h or "x-api-key" in h:
         return ANTHROPIC_ERRORS
     return OPENAI_ERRORS
 

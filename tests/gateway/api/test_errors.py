@@ -262,3 +262,14 @@ def test_stream_error_from_a_provider_iterator(gateway_factory: Any) -> None:
     assert r.status_code == 200
     assert r.text.startswith('data: {"choices"')
     assert '"error":{"message":"engine died"' in r.text
+
+
+@pytest.mark.parametrize("path", ["/admin/keys/a%2Fb", "/admin/nope"])
+def test_admin_routes_answer_in_the_admin_format_whoever_asks(gateway_factory: Any, path: str) -> None:
+    """Found by the fuzz test: an unknown admin route asked with ``x-api-key`` (as the Anthropic SDK
+    sends it) got Anthropic's error body; the admin API has one format, OpenAI's shape."""
+    with gateway_factory(master_key="m-secret") as gw:
+        r = httpx.get(gw.url + path, headers={"x-api-key": "m-secret", "anthropic-version": "2023-06-01"})
+    assert r.status_code == 404
+    body = r.json()
+    assert "type" not in body and body["error"]["message"]
