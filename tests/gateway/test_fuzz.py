@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,18 @@ REQUEST_ID = "x-thriftgate-request-id"
 # Paths whose requests are API requests, each with one request-log row.
 LOGGED = re.compile(r"^/v1/")
 OPENAI_ONLY = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
+ANTHROPIC_ERROR_TYPES = {
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "timeout_error",
+    "overloaded_error",
+    "billing_error",
+}
 _TRACEBACK = re.compile(rb'Traceback \(most recent call last\)|File "[^"]+", line \d+')
 _BAD_HEADER_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
@@ -208,9 +221,13 @@ class Keys:
 
 
 @pytest.fixture
-def fuzz_gateway(sim: Simulator, sim_url: str, db_url: str) -> Iterator[tuple[InProcessGateway, Keys]]:
+def fuzz_gateway(
+    sim: Simulator, sim_url: str, db_url: str, caplog: pytest.LogCaptureFixture
+) -> Iterator[tuple[InProcessGateway, Keys]]:
     """A gateway on the simulator with a master key and three virtual keys (one unlimited, one limited
-    to a model with a budget and rate limits, one revoked)."""
+    to a model with a budget and rate limits, one revoked). Afterwards: the log check, and no error
+    logged by the gateway (an exception caught and turned into a 200 stream's error event, say)."""
+    caplog.set_level(logging.WARNING, logger="gateway")
     _, unlimited = create_key(db_url, name="fuzz-unlimited")
     _, limited = create_key(db_url, name="fuzz-limited", budget_usd=0.01, rpm=1000, models=["gpt-4o-mini"])
     revoked_id, revoked = create_key(db_url, name="fuzz-revoked")
@@ -231,6 +248,8 @@ def fuzz_gateway(sim: Simulator, sim_url: str, db_url: str) -> Iterator[tuple[In
     with running(app, Path(db_url.split("///", 1)[1])) as gw:
         yield gw, Keys(unlimited, limited, revoked)
     check_log(gw)
+    errors = [r for r in caplog.records if r.name.startswith("gateway") and r.levelno >= logging.ERROR]
+    assert not errors, "\n".join(f"{r.name}: {r.getMessage()} {r.exc_info!r}" for r in errors[:10])
 
 
 # ---- the checks ----------------------------------------------------------------------------------
@@ -258,6 +277,7 @@ def check_reply(sent: Sent) -> None:
     if LOGGED.match(sent.path):
         assert reply.header(REQUEST_ID.encode()), f"no request id for {what}"
     if reply.status < 400:
+        check_success(sent)
         return
     try:
         body = json.loads(reply.body)
@@ -273,8 +293,28 @@ def check_reply(sent: Sent) -> None:
         assert "type" not in body, f"not OpenAI's error format (the passthrough's upstream): {body!r}"
     elif expected_format(sent) == "anthropic":
         assert body.get("type") == "error", f"not Anthropic's error format: {body!r} for {what}"
+        assert error["type"] in ANTHROPIC_ERROR_TYPES, f"{body!r} for {what}"
     else:
         assert "type" not in body, f"not OpenAI's error format: {body!r} for {what}"
+
+
+def check_success(sent: Sent) -> None:
+    """A 2xx JSON body parses; a 2xx event stream's every ``data:`` line parses and none is an error
+    event (nothing upstream fails here, so an error event is the gateway's own failure)."""
+    reply, what = sent.reply, sent.describe()
+    if sent.method == "HEAD" or reply.status == 204:
+        return
+    content_type = (reply.header(b"content-type") or b"").split(b";")[0].strip()
+    if content_type == b"application/json":
+        json.loads(reply.body)
+    elif content_type == b"text/event-stream":
+        for line in reply.body.splitlines():
+            assert not line.startswith(b"event: error"), f"an error event in {reply.body[-600:]!r} for {what}"
+            if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+                data = json.loads(line[5:])
+                assert not (isinstance(data, dict) and (data.get("type") == "error" or "error" in data)), (
+                    f"an error event {data!r} for {what}"
+                )
 
 
 def out_of_bounds(kind: Any, value: Any) -> str | None:
@@ -341,13 +381,34 @@ SEGMENTS = st.one_of(
     st.sampled_from([*MODELS, "k_0123", "..", "%2e%2e", "a%2Fb", "%00", "%ff", "x" * 300, "%0d%0a"]),
     st.text(min_size=1, max_size=20).map(lambda s: quote(s, safe="")),
 )
-HINTS: dict[str, st.SearchStrategy[Any]] = {
-    "model": st.one_of(st.sampled_from(MODELS), st.text(max_size=30)),
-    "max_tokens": st.integers(1, 64),
-    "max_completion_tokens": st.integers(1, 64),
-    "max_output_tokens": st.integers(1, 64),
-    "n": st.just(1),
-    "background": st.just(False),
+TEXT = st.text(min_size=1, max_size=40)
+# Conversations both APIs accept: user first, then alternating.
+CONVERSATION = st.lists(TEXT, min_size=1, max_size=4).map(
+    lambda texts: [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": t}
+        for i, t in enumerate(texts[: len(texts) - (len(texts) + 1) % 2])
+    ]
+)
+
+
+def _mostly(plausible: st.SearchStrategy[Any]) -> Callable[[st.SearchStrategy[Any]], st.SearchStrategy[Any]]:
+    """Three times in four a plausible value (so requests reach the upstream), else the schema's."""
+    return lambda from_schema: st.one_of(plausible, plausible, plausible, from_schema)
+
+
+HINTS: dict[str, Callable[[st.SearchStrategy[Any]], st.SearchStrategy[Any]]] = {
+    "model": _mostly(st.sampled_from(MODELS)),
+    "messages": _mostly(CONVERSATION),
+    "input": _mostly(st.one_of(TEXT, st.lists(TEXT, min_size=1, max_size=3))),
+    "prompt": _mostly(TEXT),
+    "tools": _mostly(st.none()),
+    "tool_choice": _mostly(st.none()),
+    "response_format": _mostly(st.none()),
+    "max_tokens": lambda _: st.integers(1, 64),
+    "max_completion_tokens": lambda _: st.integers(1, 64),
+    "max_output_tokens": lambda _: st.integers(16, 64),
+    "n": lambda _: st.just(1),
+    "background": lambda _: st.just(False),
 }
 
 
@@ -408,7 +469,7 @@ def requests(
     body = b""
     if op.body is not None:
         valid = body_values(op.body, OPENAPI, HINTS)
-        kind = draw(st.sampled_from(["valid", "valid", "mutated", "any"]))
+        kind = draw(st.sampled_from(["valid"] * 5 + ["mutated", "any"]))
         value = draw(valid if kind == "valid" else mutated(valid) if kind == "mutated" else json_values())
         body = _encode(value)
     elif draw(st.booleans()):
