@@ -749,7 +749,9 @@ class Pipeline:
             return
         if self._key_required:
             raise AuthenticationFailed(
-                "A ThriftGate virtual key is required (Authorization: Bearer tg-... or x-api-key: tg-...)"
+                # no key-shaped text: error messages are redacted, and "Bearer tg-..." came out "[REDACTED]"
+                "A ThriftGate virtual key is required: send it as 'Authorization: Bearer <key>' or "
+                "'x-api-key: <key>' (virtual keys start with tg-)"
             )
         if not raw:
             call.inbound.credential = None
