@@ -78,6 +78,12 @@ def _bounded_text(value: str, field: str, limit: int) -> str:
     return value
 
 
+def _possible_id(key_id: str) -> bool:
+    """Whether ``key_id`` could name a key (``virtual_keys.id`` holds 32 printable characters). Any other
+    text is not looked up: PostgreSQL refuses a NUL in a query parameter (an admin 500 before)."""
+    return 0 < len(key_id) <= 32 and key_id.isprintable() and key_id.isascii()
+
+
 @dataclass(slots=True)
 class VirtualKey:
     """A key as the gateway sees it (never the raw key or its hash)."""
@@ -363,6 +369,8 @@ class KeyStore:
         """Revokes a key in the database and in this process at once; every running gateway on the same
         database refuses it within moments (see the module docstring: the NOTIFY is sent in the revoking
         transaction, delivered when it commits). False if there is no such key; revoking twice is harmless."""
+        if not _possible_id(key_id):
+            return False
         async with self._sessionmaker.begin() as session:
             found = await repo.revoke_key(session, key_id, datetime.now(UTC))
             if found and self._postgres:
@@ -378,6 +386,8 @@ class KeyStore:
 
     async def get(self, key_id: str) -> VirtualKey | None:
         """One key, read fresh from the database (and merged into memory)."""
+        if not _possible_id(key_id):
+            return None
         epoch = self._flush_epoch
         async with self._sessionmaker() as session:
             row = await repo.get_key(session, key_id)

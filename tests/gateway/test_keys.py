@@ -106,6 +106,16 @@ async def test_create_refuses_what_the_database_cannot_hold(
     assert [k.id for k in await store.list()] == [key.id]
 
 
+@pytest.mark.parametrize("key_id", ["key_\x00", "\x00", "k" * 33, "", "key_\u00e9"])
+async def test_ids_no_key_can_have_are_not_looked_up(
+    sessionmaker: async_sessionmaker[AsyncSession], key_id: str
+) -> None:
+    """Found by the fuzz test: ``DELETE /admin/keys/%00`` was a 500 on PostgreSQL (a NUL in a parameter)."""
+    store = KeyStore(sessionmaker)
+    assert await store.get(key_id) is None
+    assert await store.revoke(key_id) is False
+
+
 async def test_model_allow_list(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     store = KeyStore(sessionmaker)
     limited, _ = await store.create(name="a", models=["gpt-4o-mini"])
