@@ -30,12 +30,11 @@ import logging
 import math
 import os
 import re
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -43,10 +42,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
-from sqlalchemy import BigInteger, Float, Integer, Numeric, String, Text, TypeDecorator
+from sqlalchemy import BigInteger, Float, Integer, Numeric, String, Text, TypeDecorator, create_engine, text
 
 from gateway.app import create_app
+from gateway.keys import KeyStore
 from gateway.settings import default_passthrough_routes
+from gateway.storage.db import make_engine, make_sessionmaker
 from gateway.storage.models import Base
 from tests.gateway.api.conftest import (  # the surface fixtures, shared with tests/gateway/api/
     _sim_server,
@@ -121,7 +122,7 @@ class InProcessGateway:
     """The app with its lifespan running on an event loop in a thread; ``send`` makes one ASGI call."""
 
     app: Any
-    db_path: Path
+    db_url: str
     sent: list[Sent] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
 
@@ -189,15 +190,18 @@ class InProcessGateway:
 
         try:
             await self.app(scope, receive, send)
+        except Exception:  # as a server does: a 500 if nothing was sent (Starlette re-raises after its 500)
+            if not status:
+                status, out_headers, chunks = 500, [], [b"Internal Server Error"]
         finally:
             done.set()
         return Reply(status, out_headers, b"".join(chunks))
 
 
 @contextmanager
-def running(app: Any, db_path: Path) -> Iterator[InProcessGateway]:
+def running(app: Any, db_url: str) -> Iterator[InProcessGateway]:
     """Runs ``app``'s lifespan for the block; on exit the lifespan ends (the log writer flushes)."""
-    gw = InProcessGateway(app, db_path)
+    gw = InProcessGateway(app, db_url)
     thread = threading.Thread(target=gw.loop.run_forever, name="fuzz-gateway", daemon=True)
     thread.start()
     stack = AsyncExitStack()
@@ -220,22 +224,20 @@ class Keys:
     revoked: str
 
 
-@pytest.fixture
-def fuzz_gateway(
-    sim: Simulator, sim_url: str, db_url: str, caplog: pytest.LogCaptureFixture
+@contextmanager
+def fuzz_gateway_on(
+    sim_url: str, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> Iterator[tuple[InProcessGateway, Keys]]:
-    """A gateway on the simulator with a master key and three virtual keys (one unlimited, one limited
-    to a model with a budget and rate limits, one revoked). Afterwards: the log check, and no error
-    logged by the gateway (an exception caught and turned into a 200 stream's error event, say)."""
+    """A gateway on the simulator and ``db_url`` (migrated), with a master key and three virtual keys (one
+    unlimited, one limited to a model with a budget and rate limits, one revoked). Afterwards: the log
+    check, and no error logged by the gateway (an exception caught and turned into a 200 stream's error
+    event, say)."""
     caplog.set_level(logging.WARNING, logger="gateway")
     _, unlimited = create_key(db_url, name="fuzz-unlimited")
     _, limited = create_key(db_url, name="fuzz-limited", budget_usd=0.01, rpm=1000, models=["gpt-4o-mini"])
     revoked_id, revoked = create_key(db_url, name="fuzz-revoked")
 
     async def revoke() -> None:
-        from gateway.keys import KeyStore
-        from gateway.storage.db import make_engine, make_sessionmaker
-
         engine = make_engine(db_url)
         try:
             await KeyStore(make_sessionmaker(engine)).revoke(revoked_id)
@@ -245,11 +247,29 @@ def fuzz_gateway(
     asyncio.run(revoke())
     settings_ = make_settings(sim_url, db_url, master_key=SecretStr(MASTER_KEY))
     app = create_app(settings_, env={}, configure_logs=False)
-    with running(app, Path(db_url.split("///", 1)[1])) as gw:
+    with running(app, db_url) as gw:
         yield gw, Keys(unlimited, limited, revoked)
     check_log(gw)
     errors = [r for r in caplog.records if r.name.startswith("gateway") and r.levelno >= logging.ERROR]
     assert not errors, "\n".join(f"{r.name}: {r.getMessage()} {r.exc_info!r}" for r in errors[:10])
+
+
+@pytest.fixture
+def fuzz_gateway(
+    sim: Simulator, sim_url: str, db_url: str, caplog: pytest.LogCaptureFixture
+) -> Iterator[tuple[InProcessGateway, Keys]]:
+    """``fuzz_gateway_on`` SQLite."""
+    with fuzz_gateway_on(sim_url, db_url, caplog) as running_gateway:
+        yield running_gateway
+
+
+@pytest.fixture
+def hostile_gateway(
+    sim: Simulator, sim_url: str, migrated_url: str, caplog: pytest.LogCaptureFixture
+) -> Iterator[tuple[InProcessGateway, Keys]]:
+    """``fuzz_gateway_on`` SQLite and on PostgreSQL (which, unlike SQLite, refuses what does not fit)."""
+    with fuzz_gateway_on(sim_url, migrated_url, caplog) as running_gateway:
+        yield running_gateway
 
 
 # ---- the checks ----------------------------------------------------------------------------------
@@ -330,7 +350,9 @@ def out_of_bounds(kind: Any, value: Any) -> str | None:
             return f"a NUL: {value[:100]!r}"
     elif isinstance(kind, TypeDecorator):
         return out_of_bounds(kind.impl, value)
-    elif isinstance(kind, Numeric) and not isinstance(kind, Float) and isinstance(value, int | float):
+    elif (
+        isinstance(kind, Numeric) and not isinstance(kind, Float) and isinstance(value, int | float | Decimal)
+    ):
         digits = (kind.precision or 0) - (kind.scale or 0)
         if kind.precision is not None and abs(value) >= 10**digits:
             return f"{value!r} does not fit NUMERIC({kind.precision}, {kind.scale})"
@@ -348,9 +370,11 @@ def check_log(gw: InProcessGateway) -> None:
     sent = {(s.reply.header(REQUEST_ID.encode()) or b"").decode(): s for s in gw.sent if LOGGED.match(s.path)}
     ids = list(sent)
     problems: list[str] = []
-    con = sqlite3.connect(gw.db_path)
+    # read with a synchronous driver: nothing of the gateway's in the way
+    engine = create_engine(gw.db_url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg2"))
+    con = engine.connect()
     try:
-        logged = [r[0] for r in con.execute("SELECT request_id FROM request_log")]
+        logged = [r[0] for r in con.execute(text("SELECT request_id FROM request_log"))]
         if sorted(logged) != sorted(ids):
             problems.append(
                 f"{len(ids)} /v1/ requests answered, {len(logged)} rows logged; "
@@ -359,12 +383,13 @@ def check_log(gw: InProcessGateway) -> None:
             )
         for table in Base.metadata.sorted_tables:
             for column in table.columns:
-                for (value,) in con.execute(f'SELECT "{column.name}" FROM "{table.name}"'):
+                for (value,) in con.execute(text(f'SELECT "{column.name}" FROM "{table.name}"')):
                     problem = out_of_bounds(column.type, value)
                     if problem is not None:
                         problems.append(f"{table.name}.{column.name}: {problem}")
     finally:
         con.close()
+        engine.dispose()
     assert not problems, "\n".join(problems[:20])
 
 
@@ -680,8 +705,8 @@ def hostile_cases(keys: Keys) -> list[tuple[str, bytes, list[tuple[bytes, bytes]
     return cases
 
 
-def test_hostile_requests(fuzz_gateway: tuple[InProcessGateway, Keys]) -> None:
-    gw, keys = fuzz_gateway
+def test_hostile_requests(hostile_gateway: tuple[InProcessGateway, Keys]) -> None:
+    gw, keys = hostile_gateway
     failures = []
     for method, raw_path, headers, body in hostile_cases(keys):
         sent = gw.send(method, raw_path, headers, body)
