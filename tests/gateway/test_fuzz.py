@@ -137,6 +137,8 @@ class InProcessGateway:
         body: bytes = b"",
         query: bytes = b"",
     ) -> Sent:
+        if b"?" in raw_path and not query:
+            raw_path, query = raw_path.split(b"?", 1)
         hdrs = list(headers or [])
         if body and not any(k == b"content-length" for k, _ in hdrs):
             hdrs.append((b"content-length", str(len(body)).encode()))
@@ -560,6 +562,10 @@ def hostile_cases(keys: Keys) -> list[tuple[str, bytes, list[tuple[bytes, bytes]
         b"/v1",
         b"/",
         b"/admin/keys/%00",
+        b"/v1/completions?%00=%ff&a=%0d%0aX-Injected:%201",
+        b"/v1/chat/completions?stream=true&" + b"q" * 20_000,
+        b"/v1/models?limit=99999999999999999999999&after_id=%00",
+        b"/v1/moderations?#frag",
     ]:
         cases.append(("POST", path, bearer + JSON, _encode(CHAT)))
         cases.append(("GET", path, bearer, b""))
