@@ -58,6 +58,7 @@ from gateway.http import (
     ForwardedStream,
     Inbound,
     RequestIds,
+    dump_json,
     parse_json_object,
     raw_headers,
     raw_response,
@@ -463,7 +464,7 @@ class Pipeline:
                     {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True},
                 )
                 strip = True
-        body = orjson.dumps(payload) if call.rewritten else call.inbound.body
+        body = dump_json(payload) if call.rewritten else call.inbound.body
         upstream = UpstreamRequest(
             "POST",
             request.scope["path"],
@@ -541,7 +542,7 @@ class Pipeline:
             body["max_tokens"] = body.pop("max_completion_tokens")
         headers = {k: v for k, v in call.inbound.forward.items() if k not in API_SPECIFIC_HEADERS}
         headers["content-type"] = "application/json"
-        upstream = UpstreamRequest("POST", WIRE_PATH[api], headers, orjson.dumps(body), stream=req.stream)
+        upstream = UpstreamRequest("POST", WIRE_PATH[api], headers, dump_json(body), stream=req.stream)
         resp = await self.send(provider, upstream)
         ours = self.ours(call)
         if not 200 <= resp.status_code < 300:
