@@ -158,7 +158,7 @@ def body_values(
 # ---- breaking a body -------------------------------------------------------------------------------
 
 
-def _deep(levels: int, leaf: Any) -> Any:
+def nested(levels: int, leaf: Any) -> Any:
     value = leaf
     for i in range(levels):
         value = [value] if i % 2 else {"a": value}
@@ -183,7 +183,7 @@ HOSTILE_VALUES: Sequence[Any] = (
     [],
     {},
     [None] * 1_000,
-    _deep(DEEP, "leaf"),
+    nested(DEEP, "leaf"),
 )
 
 

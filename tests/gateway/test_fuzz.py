@@ -60,7 +60,7 @@ from tests.gateway.api.conftest import (  # the surface fixtures, shared with te
     sim,
     sim_url,
 )
-from tests.gateway.openapi_strategies import Operation, body_values, json_values, mutated, operations
+from tests.gateway.openapi_strategies import Operation, body_values, json_values, mutated, nested, operations
 from tests.upstream import Simulator
 
 __all__ = ["_sim_server", "db_url", "sim", "sim_url"]
@@ -624,6 +624,9 @@ def hostile_cases(keys: Keys) -> list[tuple[str, bytes, list[tuple[bytes, bytes]
         {"metadata": {"\x00": "\x00"}},
         {"stop": ["\x00"] * 1_000},
         {"system": {"x": 1}},
+        {"model": "cheap", "x": nested(300, 1)},  # parsed (1,024 levels), too deep to write back (254)
+        {"model": "anthropic-fast", "x": nested(300, 1)},
+        {"stream": True, "x": nested(300, 1)},
         {"background": True},
     ]:
         cases.append(("POST", chat, bearer + JSON, _with(CHAT, **fields)))
