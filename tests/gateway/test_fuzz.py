@@ -65,6 +65,8 @@ from tests.upstream import Simulator
 
 __all__ = ["_sim_server", "db_url", "sim", "sim_url"]
 
+pytestmark = pytest.mark.fuzz
+
 EXAMPLES = int(os.environ.get("TG_FUZZ_EXAMPLES") or 25)
 SEED = int(os.environ.get("TG_FUZZ_SEED") or 0)
 # Shrinking a failure sends hundreds more requests: on request only (TG_FUZZ_SHRINK=1).
