@@ -441,13 +441,16 @@ HINTS: dict[str, Callable[[st.SearchStrategy[Any]], st.SearchStrategy[Any]]] = {
     "max_completion_tokens": lambda _: st.integers(1, 64),
     "max_output_tokens": lambda _: st.integers(16, 64),
     "n": lambda _: st.just(1),
+    "stream": lambda from_schema: st.one_of(st.just(True), from_schema),
     "background": lambda _: st.just(False),
 }
 
 
-def _auth(keys: Keys) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
-    bearer = [  # mostly a key that gets the request through to the upstream
-        *[keys.unlimited] * 6,
+def _auth(keys: Keys, op: Operation) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
+    # mostly the key that gets the request through: the master key for the admin API and /metrics
+    guarded = op.path.startswith("/admin") or op.path == "/metrics"
+    bearer = [
+        *[MASTER_KEY if guarded else keys.unlimited] * 6,
         *[keys.limited] * 2,
         None,
         "sk-client",
@@ -495,7 +498,7 @@ def requests(
     path = op.path
     for name in op.path_params:
         path = path.replace("{" + name + "}", draw(SEGMENTS))
-    headers = draw(_auth(keys)) + draw(EXTRA_HEADERS)
+    headers = draw(_auth(keys, op)) + draw(EXTRA_HEADERS)
     content_type = draw(CONTENT_TYPES)
     if content_type is not None:
         headers.append((b"content-type", content_type))
