@@ -450,8 +450,8 @@ def _auth(keys: Keys, op: Operation) -> st.SearchStrategy[list[tuple[bytes, byte
     # mostly the key that gets the request through: the master key for the admin API and /metrics
     guarded = op.path.startswith("/admin") or op.path == "/metrics"
     bearer = [
-        *[MASTER_KEY if guarded else keys.unlimited] * 6,
-        *[keys.limited] * 2,
+        *[MASTER_KEY if guarded else keys.unlimited] * 12,
+        *[keys.limited] * 3,
         None,
         "sk-client",
         "tg-not-a-key",
