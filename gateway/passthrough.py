@@ -32,6 +32,7 @@ from gateway.http import (
     parse_json_object,
     raw_headers,
     raw_response,
+    route_path,
 )
 from gateway.pipeline import Call, ErrorFormat, check_model_name
 from gateway.providers.base import UpstreamRequest
@@ -94,7 +95,7 @@ class Passthrough:
     ) -> Response:
         pipeline = self.pipeline
         scope = request.scope
-        method, path = scope["method"], scope["path"]
+        method, path = scope["method"], route_path(scope)
         await pipeline.receive(request, call, passthrough=True)
         call.errors = errors_for(call.inbound)
         why = unsafe_path(scope.get("raw_path") or path.encode(), path)

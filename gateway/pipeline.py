@@ -64,6 +64,7 @@ from gateway.http import (
     raw_response,
     read_body,
     read_headers,
+    route_path,
 )
 from gateway.logs import get_logger, redact
 from gateway.providers.base import ChatProvider, Provider, UpstreamRequest, UpstreamResponse
@@ -467,7 +468,7 @@ class Pipeline:
         body = dump_json(payload) if call.rewritten else call.inbound.body
         upstream = UpstreamRequest(
             "POST",
-            request.scope["path"],
+            route_path(request.scope),
             call.inbound.forward,
             body,
             query=request.scope["query_string"].decode("latin-1"),
@@ -721,7 +722,7 @@ class Pipeline:
             request_id=self.new_request_id(),
             surface=surface.value,
             method=request.scope["method"],
-            path=request.scope["path"],
+            path=route_path(request.scope),
             created_at=time.time(),
         )
         return Call(record, spec, errors)

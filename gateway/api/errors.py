@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.errors import GatewayError, InternalError, InvalidRequest, NotFound
-from gateway.http import Inbound, RequestIds
+from gateway.http import Inbound, RequestIds, route_path
 from gateway.logs import get_logger, redact
 from gateway.pipeline import ErrorFormat
 
@@ -67,7 +67,7 @@ def style_for(request: Request) -> ErrorFormat:
     """The error format from the request itself: the admin API's own (OpenAI's shape) under ``/admin``,
     else Anthropic's for ``/v1/messages…`` or an Anthropic SDK."""
     h = request.headers
-    path = request.url.path
+    path = route_path(request.scope)
     if path.startswith("/admin"):
         return OPENAI_ERRORS
     if path.startswith("/v1/messages") or "anthropic-version" in h or "x-api-key" in h:

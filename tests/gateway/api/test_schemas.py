@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 
@@ -103,3 +104,27 @@ def test_the_models_accept_what_the_sdks_send() -> None:
             ],
         }
     )
+
+
+def test_the_documented_routes_serve_behind_a_root_path(sim: Any, sim_url: str, db_url: str) -> None:
+    """Behind a root path the hot-route dispatcher steps aside and the router's APIRoutes (the ones in the
+    schema) serve: the body still reaches the pipeline unread by FastAPI, and the upstream is asked for the
+    path below the root path (found while testing the schema's routes)."""
+    import openai
+
+    from tests.gateway.api.conftest import make_settings
+    from tests.servers import serve
+
+    app = create_app(make_settings(sim_url, db_url), env={}, configure_logs=False)
+    with serve(app, root_path="/gw") as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-client", max_retries=0)
+        r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[])
+        with pytest.raises(openai.NotFoundError) as files:  # the passthrough refuses what it does not list
+            client.files.list()
+    assert r.choices[0].message.content
+    assert files.value.code == "endpoint_not_found"
+    # the upstream was asked for its own path, not one with the gateway's root path in it (it was
+    # /v1/gw/v1/chat/completions, a 404)
+    assert [req.path for req in sim.requests] == ["/v1/chat/completions"]
