@@ -7,6 +7,7 @@
     thriftgate keys revoke ID
     thriftgate db upgrade [REV] | db downgrade REV | db current | db replay-spill [--dir DIR]
     thriftgate local build [--out DIR] [--force]
+    thriftgate batch submit FILE.jsonl [--model M] [--wait] | batch status|results -o OUT|cancel ID | batch list
 
 ``keys`` and ``db`` work directly on the configured database (``database_url`` from the settings:
 ``--config``, ``THRIFTGATE_CONFIG``, ``./thriftgate.yaml``, ``THRIFTGATE_DATABASE_URL``), migrating it
@@ -26,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway.batch.cli import BatchCLIError
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -56,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"thriftgate: {exc.message}", file=sys.stderr)
         return 2 if exc.status_code < 500 else 1
+    except BatchCLIError as exc:
+        print(f"thriftgate: {exc}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,16 +113,20 @@ def _parser() -> argparse.ArgumentParser:
         run=_db_current
     )
     replay = db.add_parser("replay-spill", parents=[common], help="load spilled request-log rows back")
-    replay.add_argument("--dir", type=Path, help="spill folder (default: ./data/spill)")
+    replay.add_argument("--dir", type=Path, help="spill folder (default: <data_dir>/spill)")
     replay.set_defaults(run=_db_replay_spill)
 
     local = sub.add_parser("local", help="the local inference engine").add_subparsers(
         title="local commands", metavar="ACTION"
     )
-    build = local.add_parser("build", help="convert the local model (GGUF -> ONNX)")
-    build.add_argument("--out", default="./data/models")
+    build = local.add_parser("build", parents=[common], help="convert the local model (GGUF -> ONNX)")
+    build.add_argument("--out", help="output folder (default: local_model_dir, i.e. <data_dir>/models)")
     build.add_argument("--force", action="store_true")
     build.set_defaults(run=_local_build)
+
+    from gateway.batch.cli import add_parser as add_batch_parser
+
+    add_batch_parser(sub)
     return p
 
 
@@ -312,30 +321,47 @@ def _db_current(args: argparse.Namespace) -> int:
 
 
 def _db_replay_spill(args: argparse.Namespace) -> int:
-    from gateway.logwriter import replay_spill
+    from gateway.spill import CLAIMED_SUFFIX, replay_spill
     from gateway.storage import make_engine, make_sessionmaker, upgrade
 
-    url = _settings(args).database_url
+    settings = _settings(args)
+    url = settings.database_url
+    spill_dir: Path = args.dir if args.dir is not None else settings.spill_dir
     upgrade(url)
 
-    async def run() -> tuple[int, int]:
+    async def run() -> Any:
         engine = make_engine(url)
         try:
-            return await replay_spill(make_sessionmaker(engine), args.dir)
+            return await replay_spill(make_sessionmaker(engine), spill_dir, settings.quarantine_dir)
         finally:
             await engine.dispose()
 
-    files, rows = asyncio.run(run())
-    print(f"replayed {rows} rows from {files} spill files")
+    report = asyncio.run(run())
+    print(f"replayed {report.rows} rows from {report.files} spill files in {spill_dir}")
+    if report.quarantined:
+        print(f"{report.quarantined} rows or lines were refused and quarantined to {settings.quarantine_dir}")
+    for name, why in report.bad_files:
+        print(f"unreadable spill file {name} ({why}): moved to {settings.quarantine_dir}", file=sys.stderr)
+    claimed = sorted(spill_dir.glob("*" + CLAIMED_SUFFIX)) if spill_dir.is_dir() else []
+    if claimed:
+        print(
+            f"{len(claimed)} files are being replayed by a running gateway, or were left by an interrupted "
+            f"replay (rename them without {CLAIMED_SUFFIX} to replay them): "
+            + ", ".join(p.name for p in claimed),
+            file=sys.stderr,
+        )
+    if report.database_error is not None:
+        raise CLIError(f"the database failed ({report.database_error}); the files not replayed are kept")
     return 0
 
 
 def _local_build(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out is not None else Path(_settings(args).local_model_dir)
     try:
         from local_engine.convert import build_all
     except ImportError as exc:
         raise CLIError(f"the local engine's converter is not available ({exc})") from None
-    manifest = build_all(Path(args.out), force=args.force)
+    manifest = build_all(out, force=args.force)
     print(manifest)
     return 0
 

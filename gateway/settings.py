@@ -261,6 +261,23 @@ class PassthroughSettings(_Strict):
     routes: list[PassthroughRoute] = Field(default_factory=default_passthrough_routes)
 
 
+class LogWriterSettings(_Strict):
+    """How the request log is written (``gateway.logwriter``), beyond ``log_batch_size`` and
+    ``log_flush_interval_s``."""
+
+    max_pending: int = Field(default=100_000, ge=1)
+    """Rows kept in memory while the database is slow or down; the oldest beyond this are spilled to
+    ``<data_dir>/spill``."""
+    replay_spill: bool = True
+    """Replay spilled rows automatically once the database keeps up again."""
+    unhealthy_after_failures: int = Field(default=3, ge=1)
+    """``/readyz`` reports the writer unhealthy after this many consecutive failed writes..."""
+    behind_after_s: float = Field(default=30.0, gt=0)
+    """... or while rows have waited longer than this (seconds), or were spilled this recently."""
+    retry_max_s: float = Field(default=30.0, gt=0)
+    """While the database fails, writes are retried with a backoff doubling from 0.5 s up to this."""
+
+
 class BudgetSettings(_Strict):
     """How budgets hold money for requests in flight (``gateway.budgets``)."""
 
@@ -268,6 +285,75 @@ class BudgetSettings(_Strict):
     """The output a request without its own cap is assumed to use, for its hold."""
     allow_unpriced: bool = False
     """Whether a key with a budget may use a model (or passthrough endpoint) of unknown price."""
+
+
+class BatchSettings(_Strict):
+    """Batch jobs (``/v1/files``, ``/v1/batches``, ``/v1/messages/batches``) and the worker that runs them
+    (``gateway.batch``)."""
+
+    enabled: bool = True
+    """Serve the batch endpoints and run the worker in this process."""
+    data_dir: str = "./data/files"
+    """Where uploaded and result files are stored (their bytes never live in the database)."""
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_items: int = Field(default=50_000, ge=1)
+    """The most requests one job may hold (OpenAI's limit)."""
+    completion_window_s: float = Field(default=86_400.0, gt=0)
+    """How long a job may run before it expires (providers: 24 hours)."""
+    provider_batch: bool = True
+    """Send items for OpenAI and Anthropic models to the provider's own batch API (discounted)."""
+    discount: float = Field(default=0.5, ge=0, le=1)
+    """The price of a request sent through a provider's batch API, as a fraction of the live price."""
+    upload_max_items: int = Field(default=2000, ge=1)
+    """The most items one upstream batch carries."""
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    """How often upstream batches are polled."""
+    tick_s: float = Field(default=0.5, gt=0)
+    """How often the worker looks for work when it found none."""
+    claim_size: int = Field(default=500, ge=1)
+    """Items claimed per database round trip."""
+    lease_s: float = Field(default=60.0, gt=0)
+    """A claim not renewed for this long is taken to belong to a dead worker."""
+    fanout_concurrency: int = Field(default=8, ge=1)
+    """Items in flight at once for targets without a batch API (the local engine, other providers)."""
+    fanout_rps: float | None = Field(default=None, gt=0)
+    """The most fan-out requests started per second (None: only the concurrency bounds them)."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Tries of an item refused before reaching a model (rate limits: 429)."""
+    embeddings_window_ms: float = Field(default=0.0, ge=0)
+    """Live ``/v1/embeddings`` requests for one model arriving within this window are sent upstream as
+    one request and split back (``gateway.coalescer``). 0: off (a lone request would wait the window)."""
+    embeddings_max_inputs: int = Field(default=2048, ge=1)
+    """The most inputs one coalesced embeddings request carries (OpenAI's limit)."""
+
+
+# Anthropic's minimum cacheable prompt by model id prefix (the longest match wins; others: 1,024 tokens).
+DEFAULT_PREFIX_MIN_TOKENS: dict[str, int] = {
+    "claude-opus-4-5": 4096,
+    "claude-haiku-4-5": 4096,
+    "claude-3-5-haiku": 2048,
+    "claude-3-haiku": 2048,
+}
+
+
+class PrefixSettings(_Strict):
+    """The prompt-prefix planner (``cache/prefix.py``): provider prompt-cache markers where they pay."""
+
+    enabled: bool = True
+    min_tokens: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PREFIX_MIN_TOKENS))
+    """Shortest prefix each model caches, by model id prefix; merges over the defaults."""
+    default_min_tokens: int = Field(default=1024, ge=1)
+    chars_per_token: float = Field(default=4.0, gt=0)
+    """How prompt lengths are estimated (an over-estimate only places a marker the provider ignores)."""
+    openai_cache_key: bool = True
+    """Set ``prompt_cache_key`` on OpenAI requests that carry none, from the tenant and stable prefix."""
+    tracker_entries: int = Field(default=50_000, ge=1)
+    """Prefixes remembered (tenant, prefix hash), least recently seen forgotten first."""
+
+    @field_validator("min_tokens", mode="before")
+    @classmethod
+    def _merge_min_tokens(cls, value: Any) -> Any:
+        return {**DEFAULT_PREFIX_MIN_TOKENS, **value} if isinstance(value, dict) else value
 
 
 class Settings(BaseSettings):
@@ -279,7 +365,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    database_url: str = "sqlite+aiosqlite:///./data/thriftgate.db"
+    data_dir: str = "./data"
+    """Where the gateway keeps its files: the SQLite database (unless ``database_url`` is set), the
+    request log's ``spill/`` and ``quarantine/`` folders and the local engine's ``models/``."""
+    database_url: str = ""
+    """Empty (or null): SQLite at ``<data_dir>/thriftgate.db``."""
     master_key: SecretStr | None = None
     require_virtual_key: bool | None = None
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
@@ -288,13 +378,16 @@ class Settings(BaseSettings):
     key_refresh_s: float = Field(default=5.0, gt=0)
     key_change_poll_s: float = Field(default=0.2, gt=0)
     """SQLite: how often the key table is checked for changes made by other processes (revocations)."""
-    log_batch_size: int = Field(default=500, ge=1)
+    log_batch_size: int = Field(default=2000, ge=1)
     log_flush_interval_s: float = Field(default=0.5, gt=0)
     log_level: str = "INFO"
     log_json: bool = True
-    local_model_dir: str = "./data/models"
+    local_model_dir: str = ""
+    """Empty (or null): ``<data_dir>/models``."""
+    log_writer: LogWriterSettings = Field(default_factory=LogWriterSettings)
     passthrough: PassthroughSettings = Field(default_factory=PassthroughSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     translation_default_max_tokens: int = Field(default=4096, ge=1)
     """The output cap sent to an Anthropic model serving an OpenAI-format request that set none
     (Anthropic requires one)."""
@@ -305,6 +398,7 @@ class Settings(BaseSettings):
     models: dict[str, ModelSettings] = Field(default_factory=default_models)
     upstream_headers: UpstreamHeaderSettings = Field(default_factory=UpstreamHeaderSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    prefix: PrefixSettings = Field(default_factory=PrefixSettings)
     config_path: str | None = None
 
     @classmethod
@@ -318,6 +412,29 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment is layered by load_settings (over the YAML file), never read implicitly.
         return (init_settings,)
+
+    @field_validator("database_url", "local_model_dir", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @model_validator(mode="after")
+    def _paths_follow_data_dir(self) -> Settings:
+        if not self.database_url:
+            self.database_url = sqlite_url(os.path.join(self.data_dir, "thriftgate.db"))
+        if not self.local_model_dir:
+            self.local_model_dir = os.path.join(self.data_dir, "models")
+        return self
+
+    @property
+    def spill_dir(self) -> Path:
+        """Request-log rows waiting for the database: ``<data_dir>/spill``."""
+        return Path(self.data_dir) / "spill"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Request-log rows the database refused: ``<data_dir>/quarantine``."""
+        return Path(self.data_dir) / "quarantine"
 
     @model_validator(mode="after")
     def _models_use_configured_providers(self) -> Settings:
@@ -336,6 +453,11 @@ class Settings(BaseSettings):
         if self.require_virtual_key is not None:
             return self.require_virtual_key
         return self.master_key is not None
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of the SQLite database file at ``path`` (relative paths stay relative)."""
+    return f"sqlite+aiosqlite:///{Path(path).as_posix() if isinstance(path, Path) else path}"
 
 
 def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
