@@ -9,12 +9,16 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.routing import Route
 
-from gateway.api.errors import errors_for
+from gateway.api.errors import errors_for_path
 from gateway.deps import passthrough_of
+from gateway.http import route_path
 
 
 async def passthrough(request: Request) -> Response:
-    return await passthrough_of(request).forward(request, errors_for)
+    path = route_path(request.scope)
+    return await passthrough_of(request).forward(
+        request, lambda inbound: errors_for_path(path, inbound.anthropic)
+    )
 
 
 def route() -> Route:

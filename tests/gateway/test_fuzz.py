@@ -76,7 +76,16 @@ REQUEST_ID = "x-thriftgate-request-id"
 
 # Paths whose requests are API requests, each with one request-log row.
 LOGGED = re.compile(r"^/v1/")
-OPENAI_ONLY = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
+# Paths of one API: errors in its format whoever asks (other paths: the format of the SDK that asked).
+OPENAI_ONLY = (
+    "/v1/chat/",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/files",
+    "/v1/batches",
+    "/v1/completions",
+    "/v1/moderations",
+)
 ANTHROPIC_ERROR_TYPES = {
     "invalid_request_error",
     "authentication_error",
@@ -288,7 +297,7 @@ def expected_format(sent: Sent) -> str:
     path = sent.path
     if path.startswith("/v1/messages"):
         return "anthropic"
-    if path in OPENAI_ONLY or path.startswith("/admin") or path == "/metrics":
+    if path.startswith(OPENAI_ONLY) or path.startswith("/admin") or path == "/metrics":
         return "openai"
     names = {k.lower() for k, _ in sent.headers}
     return "anthropic" if b"anthropic-version" in names or b"x-api-key" in names else "openai"

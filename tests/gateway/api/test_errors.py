@@ -275,3 +275,24 @@ def test_admin_routes_answer_in_the_admin_format_whoever_asks(gateway_factory: A
     assert r.status_code == 404
     body = r.json()
     assert "type" not in body and body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "style"),
+    [
+        ("/v1/files/a%2Fb", "openai"),  # an OpenAI path matching no route of its surface: the passthrough
+        ("/v1/chat/completions/x", "openai"),
+        ("/v1/completions%00", "openai"),
+        ("/v1/messages/x/y", "anthropic"),
+        ("/v1/unknown", "anthropic"),  # a path of no API: the format of the SDK that asked
+    ],
+)
+def test_a_paths_api_decides_the_error_format(gateway_factory: Any, path: str, style: str) -> None:
+    """Found by the fuzz test: the passthrough answered ``/v1/files/a%2Fb`` asked with ``anthropic-version``
+    in Anthropic's format, beside the files surface's OpenAI errors."""
+    with gateway_factory() as gw:
+        r = httpx.get(gw.url + path, headers={"anthropic-version": "2023-06-01", "x-api-key": "sk-ant-x"})
+    assert r.status_code in (400, 404)
+    body = r.json()
+    assert (body.get("type") == "error") == (style == "anthropic"), body
+    assert [row["status_code"] for row in gw.rows()] == [r.status_code]

@@ -122,7 +122,7 @@ def test_the_documented_routes_serve_behind_a_root_path(sim: Any, sim_url: str, 
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model="gpt-4o-mini", messages=[])
         with pytest.raises(openai.NotFoundError) as files:  # the passthrough refuses what it does not list
-            client.files.list()
+            client.vector_stores.list()
     assert r.choices[0].message.content
     assert files.value.code == "endpoint_not_found"
     # the upstream was asked for its own path, not one with the gateway's root path in it (it was
