@@ -217,6 +217,51 @@ class CountTokensRequest(_Body):
     tool_choice: dict[str, Any] | None = None
 
 
+# ---- batches and files ---------------------------------------------------------------------------------
+
+
+class BatchCreateRequest(_Body):
+    """``POST /v1/batches``: a job over an uploaded JSONL file."""
+
+    input_file_id: str = Field(min_length=1)
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings", "/v1/responses"]
+    completion_window: Literal["24h"] = "24h"
+    metadata: dict[str, str] | None = None
+    model: str | None = Field(default=None, max_length=200)
+    """ThriftGate's own: the model for every line."""
+
+
+class MessageBatchItem(_Body):
+    custom_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    params: MessagesRequest
+
+
+class MessageBatchCreateRequest(_Body):
+    """``POST /v1/messages/batches``."""
+
+    requests: list[MessageBatchItem] = Field(min_length=1)
+
+
+FILE_UPLOAD: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": ["batch"]},
+                    },
+                    "required": ["file", "purpose"],
+                }
+            }
+        },
+    }
+}
+"""``POST /v1/files``'s ``openapi_extra``: a multipart upload (a JSONL file of requests)."""
+
+
 # ---- the passthrough's default routes -------------------------------------------------------------------
 
 
@@ -259,6 +304,8 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     ResponsesRequest,
     MessagesRequest,
     CountTokensRequest,
+    BatchCreateRequest,
+    MessageBatchCreateRequest,
     CompletionRequest,
     ModerationRequest,
     PassthroughModelBody,

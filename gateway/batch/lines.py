@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.http import dump_json
 
 OPENAI_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
 ANTHROPIC_ENDPOINT = "/v1/messages"
@@ -87,7 +88,7 @@ def openai_line(
             f"{where}: 'url' is {url!r}, but the batch's endpoint is {endpoint!r}", param="url"
         )
     body, name = _check_body(obj.get("body"), validate, where, model, allowed)
-    return Item(n, custom_id, name, orjson.dumps(body), digest(endpoint, body), output_cap(body))
+    return Item(n, custom_id, name, dump_json(body), digest(endpoint, body), output_cap(body))
 
 
 def anthropic_request(
@@ -107,9 +108,7 @@ def anthropic_request(
             f"requests.{i}.custom_id: must be 1 to 64 letters, digits, '-' or '_'", param="custom_id"
         )
     body, name = _check_body(obj.get("params"), validate, f"requests.{i}.params", None, allowed)
-    return Item(
-        i + 1, custom_id, name, orjson.dumps(body), digest(ANTHROPIC_ENDPOINT, body), output_cap(body)
-    )
+    return Item(i + 1, custom_id, name, dump_json(body), digest(ANTHROPIC_ENDPOINT, body), output_cap(body))
 
 
 class Duplicates:
