@@ -36,6 +36,8 @@ class Operation:
     body: dict[str, Any] | None
     """The request body's JSON schema (a ``$ref`` into components), or None."""
     path_params: tuple[str, ...]
+    multipart: bool = False
+    """The body is a multipart upload (``file`` and ``purpose``)."""
 
     @property
     def id(self) -> str:
@@ -47,9 +49,10 @@ def operations(openapi: Mapping[str, Any]) -> list[Operation]:
     out = []
     for path, item in openapi["paths"].items():
         for method, op in item.items():
-            content = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            content = op.get("requestBody", {}).get("content", {})
+            body = content.get("application/json", {}).get("schema")
             params = tuple(p["name"] for p in op.get("parameters", ()) if p.get("in") == "path")
-            out.append(Operation(method.upper(), path, content.get("schema"), params))
+            out.append(Operation(method.upper(), path, body, params, "multipart/form-data" in content))
     return out
 
 

@@ -239,6 +239,8 @@ class Keys:
     unlimited: str
     limited: str
     revoked: str
+    file_id: str = ""
+    """A batch input file uploaded with the unlimited key."""
 
 
 @contextmanager
@@ -265,7 +267,12 @@ def fuzz_gateway_on(
     settings_ = make_settings(sim_url, db_url, master_key=SecretStr(MASTER_KEY))
     app = create_app(settings_, env={}, configure_logs=False)
     with running(app, db_url) as gw:
-        yield gw, Keys(unlimited, limited, revoked)
+        upload, content_type = multipart(BATCH_FILE, b"batch")
+        auth = [(b"authorization", f"Bearer {unlimited}".encode()), (b"content-type", content_type)]
+        uploaded = gw.send("POST", b"/v1/files", auth, upload)
+        assert uploaded.reply.status == 200, uploaded.reply.body
+        file_id = json.loads(uploaded.reply.body)["id"]
+        yield gw, Keys(unlimited, limited, revoked, file_id)
     check_log(gw)
     errors = [r for r in caplog.records if r.name.startswith("gateway") and r.levelno >= logging.ERROR]
     assert not errors, "\n".join(f"{r.name}: {r.getMessage()} {r.exc_info!r}" for r in errors[:10])
@@ -382,6 +389,19 @@ def out_of_bounds(kind: Any, value: Any) -> str | None:
     return None
 
 
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
+
+
+def _batch_items(sent: Sent) -> int:
+    """How many items a batch job created by ``sent`` holds (0 for anything else)."""
+    if sent.method != "POST" or sent.path not in ("/v1/batches", "/v1/messages/batches"):
+        return 0
+    if sent.reply.status != 200:
+        return 0
+    counts = json.loads(sent.reply.body).get("request_counts", {})
+    return int(counts.get("total", 0)) or sum(v for v in counts.values() if isinstance(v, int))
+
+
 def check_log(gw: InProcessGateway) -> None:
     """Every ``/v1/`` request has exactly one log row with its id; every string column within bounds."""
     sent = {(s.reply.header(REQUEST_ID.encode()) or b"").decode(): s for s in gw.sent if LOGGED.match(s.path)}
@@ -391,12 +411,20 @@ def check_log(gw: InProcessGateway) -> None:
     engine = create_engine(gw.db_url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg2"))
     con = engine.connect()
     try:
-        logged = [r[0] for r in con.execute(text("SELECT request_id FROM request_log"))]
-        if sorted(logged) != sorted(ids):
+        rows = list(con.execute(text("SELECT request_id, path FROM request_log")))
+        logged = [r[0] for r in rows]
+        # Rows of no request sent: the batch worker's, one per item it ran (of the jobs the fuzz created).
+        items = sum(_batch_items(s) for s in gw.sent)
+        extra = [(r[0], r[1]) for r in rows if r[0] not in sent]
+        worker = [r for r in extra if r[1] in BATCH_ENDPOINTS]
+        duplicates = sorted({i for i in logged if logged.count(i) > 1})
+        missing = sorted(set(ids) - set(logged))
+        if missing or duplicates or len(worker) != len(extra) or len(worker) > items:
             problems.append(
                 f"{len(ids)} /v1/ requests answered, {len(logged)} rows logged; "
-                f"not logged: {[f'{sent[i].method} {sent[i].raw_path[:80]!r} {sent[i].reply.status}' for i in sorted(set(ids) - set(logged))[:12]]}, "
-                f"logged twice: {sorted({i for i in logged if logged.count(i) > 1})[:5]}"
+                f"not logged: {[f'{sent[i].method} {sent[i].raw_path[:80]!r} {sent[i].reply.status}' for i in missing[:12]]}, "
+                f"logged twice: {duplicates[:5]}, rows of no request: {extra[:5]} "
+                f"({items} batch items could explain {len(worker)})"
             )
         for table in Base.metadata.sorted_tables:
             for column in table.columns:
@@ -453,6 +481,34 @@ HINTS: dict[str, Callable[[st.SearchStrategy[Any]], st.SearchStrategy[Any]]] = {
     "stream": lambda from_schema: st.one_of(st.just(True), from_schema),
     "background": lambda _: st.just(False),
 }
+
+
+BATCH_FILE = b"\n".join(
+    json.dumps(
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hi {i}"}]},
+        }
+    ).encode()
+    for i in range(2)
+)
+
+
+def multipart(content: bytes, purpose: bytes, filename: bytes = b"in.jsonl") -> tuple[bytes, bytes]:
+    """A ``file`` + ``purpose`` upload → (body, content-type)."""
+    boundary = b"fuzzboundary7MA4YWxkTrZu0gW"
+    body = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n' + purpose + b"\r\n"
+        b"--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="file"; filename="'
+        + filename
+        + b'"\r\n'
+        b"Content-Type: application/jsonl\r\n\r\n" + content + b"\r\n--" + boundary + b"--\r\n"
+    )
+    return body, b"multipart/form-data; boundary=" + boundary
 
 
 def _auth(keys: Keys, op: Operation) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
@@ -512,8 +568,16 @@ def requests(
     if content_type is not None:
         headers.append((b"content-type", content_type))
     body = b""
-    if op.body is not None:
-        valid = body_values(op.body, OPENAPI, HINTS)
+    if op.multipart:
+        content = draw(st.one_of(st.just(BATCH_FILE), st.binary(max_size=200), st.just(b"")))
+        body, content_type = multipart(
+            content, draw(st.sampled_from([b"batch", b"batch", b"fine-tune", b"\x00"]))
+        )
+        if draw(st.integers(0, 3)):
+            headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", content_type)]
+    elif op.body is not None:
+        hints = {**HINTS, "input_file_id": _mostly(st.just(keys.file_id))}
+        valid = body_values(op.body, OPENAPI, hints)
         kind = draw(st.sampled_from(["valid"] * 5 + ["mutated", "any"]))
         value = draw(valid if kind == "valid" else mutated(valid) if kind == "mutated" else json_values())
         body = _encode(value)
@@ -731,13 +795,66 @@ def hostile_cases(keys: Keys) -> list[tuple[str, bytes, list[tuple[bytes, bytes]
     return cases
 
 
+def _line(i: int, body: Any) -> bytes:
+    return _encode({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+
+HOSTILE_FILES: list[tuple[bytes, bytes]] = [  # (file name, content) uploaded, then a batch created from each
+    (b"\x00.jsonl", BATCH_FILE),
+    (b"f" * 10_000 + b".jsonl", BATCH_FILE),
+    ("é\u2028.jsonl".encode(), BATCH_FILE),
+    (b"deep.jsonl", _line(0, {**CHAT, "x": nested(300, 1)})),
+    (b"cheap.jsonl", _line(0, {**CHAT, "model": "cheap", "x": nested(300, 1)})),
+    (b"bad.jsonl", b"{\n\xff\xfe\n" + _line(1, CHAT)),
+    (b"nul.jsonl", _line(0, {**CHAT, "model": "gpt-4o-mini\x00"})),
+    (b"long.jsonl", _line(0, {**CHAT, "model": "m" * 300})),
+    (
+        b"ids.jsonl",
+        _encode({"custom_id": "\x00" * 300, "method": "POST", "url": "/v1/chat/completions", "body": CHAT}),
+    ),
+    (b"empty.jsonl", b""),
+]
+
+
+def hostile_uploads(gw: InProcessGateway, keys: Keys) -> list[Sent]:
+    """Uploads each of ``HOSTILE_FILES`` and creates a batch (and a message batch) from what it can."""
+    auth = [(b"authorization", f"Bearer {keys.unlimited}".encode())]
+    out: list[Sent] = []
+    for name, content in HOSTILE_FILES:
+        body, content_type = multipart(content, b"batch", name)
+        upload = gw.send("POST", b"/v1/files", [*auth, (b"content-type", content_type)], body)
+        out.append(upload)
+        if upload.reply.status == 200:
+            file_id = json.loads(upload.reply.body)["id"]
+            create = {
+                "input_file_id": file_id,
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            }
+            out.append(gw.send("POST", b"/v1/batches", [*auth, *JSON], _encode(create)))
+    for params in [{**MESSAGES, "x": nested(300, 1)}, {**MESSAGES, "model": "x\x00"}, {"model": 1}]:
+        batch = {"requests": [{"custom_id": "a", "params": params}]}
+        out.append(gw.send("POST", b"/v1/messages/batches", [*auth, *ANTHROPIC], _encode(batch)))
+    broken = [
+        b'--x\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',  # never ends
+        b"not multipart at all",
+    ]
+    for body in broken:
+        headers = [*auth, (b"content-type", b"multipart/form-data; boundary=x")]
+        out.append(gw.send("POST", b"/v1/files", headers, body))
+    out.append(gw.send("POST", b"/v1/files", [*auth, (b"content-type", b"multipart/form-data")], b"--"))
+    return out
+
+
 def test_hostile_requests(hostile_gateway: tuple[InProcessGateway, Keys]) -> None:
     gw, keys = hostile_gateway
     failures = []
-    for method, raw_path, headers, body in hostile_cases(keys):
-        sent = gw.send(method, raw_path, headers, body)
+    sent = [
+        gw.send(method, raw_path, headers, body) for method, raw_path, headers, body in hostile_cases(keys)
+    ]
+    for one in sent + hostile_uploads(gw, keys):
         try:
-            check_reply(sent)
+            check_reply(one)
         except AssertionError as exc:
             failures.append(str(exc).splitlines()[0][:600])
     assert not failures, f"{len(failures)} hostile requests answered wrongly:\n" + "\n".join(failures)
