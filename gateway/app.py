@@ -17,6 +17,7 @@ import importlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -25,6 +26,7 @@ from cache.prefix import PrefixPlanner
 from cache.reuse import ReuseTracker
 from gateway.api import anthropic, batches, openai, ops, passthrough
 from gateway.api.errors import install_error_handlers
+from gateway.api.schemas import complete_schema
 from gateway.batch.files import FileStore
 from gateway.batch.worker import BatchWorker
 from gateway.budgets import Budgets
@@ -171,8 +173,22 @@ def create_app(
         from gateway.api import cache_admin
 
         app.include_router(cache_admin.router)
-    app.include_router(passthrough.router)
+    app.router.routes.append(passthrough.route())
+    _document(app, settings)
     return app
+
+
+def _document(app: FastAPI, settings: Settings) -> None:
+    """Completes ``app.openapi()`` (not served: ``openapi_url`` is None) with the request-body models and
+    the allow-listed passthrough routes (``gateway.api.schemas``)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            complete_schema(generate(), settings.passthrough.routes)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
 
 
 def _start_batches(

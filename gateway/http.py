@@ -180,6 +180,16 @@ async def read_body(request: Request, limit: int, content_length: str | None) ->
     return b"".join(chunks)
 
 
+def route_path(scope: Scope) -> str:
+    """The request's path below the app's root path (``scope["path"]`` includes it, as ASGI says): the
+    path the routes, the upstream and the passthrough allow-list speak of."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object (orjson); ``InvalidRequest`` (400) when it is not one."""
     try:
@@ -189,6 +199,15 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object")
     return payload
+
+
+def dump_json(value: Any) -> bytes:
+    """``value`` (a parsed client body, rewritten) serialised again. orjson reads 1,024 levels of nesting
+    but writes only 254: a body between the two is refused as the client's error (it was a 500)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(f"The request body cannot be forwarded: {exc} (nested too deeply?)") from None
 
 
 # ---- responses --------------------------------------------------------------------------------------

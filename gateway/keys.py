@@ -58,10 +58,30 @@ log = get_logger(__name__)
 
 KEY_PREFIX = "tg-"
 MAX_LIMIT = 2**31 - 1  # rpm and tpm are 32-bit integer columns
+MAX_NAME = 200  # virtual_keys.name
+MAX_MODEL_NAME = 200  # a model alias, as the request log's requested_model holds it
+MAX_MODELS = 1_000
+MAX_BUDGET_USD = 1e9  # budget_usd and spend_usd are NUMERIC(20, 10): under 10**10, with room for overspend
 KEY_CHANNEL = "thriftgate_keys"
 """The PostgreSQL channel of key changes (payload ``revoked:<key id>``)."""
 LISTENER_APPLICATION_NAME = "thriftgate-keys-listener"
 """The ``application_name`` of each gateway's LISTEN connection (visible in ``pg_stat_activity``)."""
+
+
+def _bounded_text(value: str, field: str, limit: int) -> str:
+    """``value`` if its column can hold it (PostgreSQL refuses a NUL; SQLite would keep anything), else
+    ``InvalidRequest``: no control characters, at most ``limit`` characters."""
+    if len(value) > limit:
+        raise InvalidRequest(f"{field} must be at most {limit} characters", param=field)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidRequest(f"{field} must not contain control characters", param=field)
+    return value
+
+
+def _possible_id(key_id: str) -> bool:
+    """Whether ``key_id`` could name a key (``virtual_keys.id`` holds 32 printable characters). Any other
+    text is not looked up: PostgreSQL refuses a NUL in a query parameter (an admin 500 before)."""
+    return 0 < len(key_id) <= 32 and key_id.isprintable() and key_id.isascii()
 
 
 @dataclass(slots=True)
@@ -314,15 +334,19 @@ class KeyStore:
     ) -> tuple[VirtualKey, str]:
         """Creates a key in the database and in memory (usable at once). Returns it and the raw key,
         which is shown this once and stored only hashed. Raises ``InvalidRequest`` for bad values."""
-        name = name.strip()
+        name = _bounded_text(name.strip(), "name", MAX_NAME)
         if not name:
             raise InvalidRequest("name must not be empty", param="name")
-        if budget_usd is not None and budget_usd < 0:
-            raise InvalidRequest("budget_usd must be >= 0", param="budget_usd")
+        if budget_usd is not None and not 0 <= budget_usd <= MAX_BUDGET_USD:  # NaN fails both
+            raise InvalidRequest(f"budget_usd must be between 0 and {MAX_BUDGET_USD:.0f}", param="budget_usd")
         for field, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and not 1 <= value <= MAX_LIMIT:
                 raise InvalidRequest(f"{field} must be between 1 and {MAX_LIMIT}", param=field)
-        model_list = None if models is None else sorted({m.strip() for m in models if m.strip()})
+        model_list = None
+        if models is not None:
+            model_list = sorted({_bounded_text(m.strip(), "models", MAX_MODEL_NAME) for m in models} - {""})
+            if len(model_list) > MAX_MODELS:
+                raise InvalidRequest(f"models may name at most {MAX_MODELS} models", param="models")
         raw = generate_key()
         row = VirtualKeyRow(
             id="key_" + secrets.token_hex(6),
@@ -345,6 +369,8 @@ class KeyStore:
         """Revokes a key in the database and in this process at once; every running gateway on the same
         database refuses it within moments (see the module docstring: the NOTIFY is sent in the revoking
         transaction, delivered when it commits). False if there is no such key; revoking twice is harmless."""
+        if not _possible_id(key_id):
+            return False
         async with self._sessionmaker.begin() as session:
             found = await repo.revoke_key(session, key_id, datetime.now(UTC))
             if found and self._postgres:
@@ -360,6 +386,8 @@ class KeyStore:
 
     async def get(self, key_id: str) -> VirtualKey | None:
         """One key, read fresh from the database (and merged into memory)."""
+        if not _possible_id(key_id):
+            return None
         epoch = self._flush_epoch
         async with self._sessionmaker() as session:
             row = await repo.get_key(session, key_id)

@@ -19,14 +19,21 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import orjson
 from fastapi import Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from gateway.accounting import usage_from_openai_chat
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied
-from gateway.http import ForwardedStream, Inbound, parse_json_object, raw_headers, raw_response
+from gateway.http import (
+    ForwardedStream,
+    Inbound,
+    dump_json,
+    parse_json_object,
+    raw_headers,
+    raw_response,
+    route_path,
+)
 from gateway.pipeline import Call, ErrorFormat, check_model_name
 from gateway.providers.base import UpstreamRequest
 from gateway.relay import RawBytes, SSETap
@@ -88,7 +95,7 @@ class Passthrough:
     ) -> Response:
         pipeline = self.pipeline
         scope = request.scope
-        method, path = scope["method"], scope["path"]
+        method, path = scope["method"], route_path(scope)
         await pipeline.receive(request, call, passthrough=True)
         call.errors = errors_for(call.inbound)
         why = unsafe_path(scope.get("raw_path") or path.encode(), path)
@@ -137,7 +144,7 @@ class Passthrough:
                     call.key, target.alias, target.prices, call.input_estimate, cap
                 )
             if call.rewritten:
-                body = orjson.dumps(payload)
+                body = dump_json(payload)
         else:
             pipeline.authorize(call, None, call.input_estimate)
             provider_name = route.provider or self.default_provider or ""

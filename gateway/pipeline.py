@@ -58,11 +58,13 @@ from gateway.http import (
     ForwardedStream,
     Inbound,
     RequestIds,
+    dump_json,
     parse_json_object,
     raw_headers,
     raw_response,
     read_body,
     read_headers,
+    route_path,
 )
 from gateway.logs import get_logger, redact
 from gateway.providers.base import ChatProvider, Provider, UpstreamRequest, UpstreamResponse
@@ -100,7 +102,9 @@ if TYPE_CHECKING:
 log = get_logger("gateway.pipeline")
 
 _LARGE_BODY = 64 * 1024
-_MAX_MODEL_NAME = 256
+# The request log's requested_model and served_model columns hold 200 characters: a longer name is refused
+# rather than forwarded and then logged cut (or, on PostgreSQL, not logged).
+_MAX_MODEL_NAME = 200
 
 # The chat API each built-in provider kind speaks (a plugin provider says so with a ``wire`` attribute).
 WIRE_OF_KIND: Mapping[str, WireAPI] = {
@@ -493,10 +497,10 @@ class Pipeline:
                     {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True},
                 )
                 strip = True
-        body = orjson.dumps(payload) if call.rewritten else call.inbound.body
+        body = dump_json(payload) if call.rewritten else call.inbound.body
         upstream = UpstreamRequest(
             "POST",
-            request.scope["path"],
+            route_path(request.scope),
             call.inbound.forward,
             body,
             query=request.scope["query_string"].decode("latin-1"),
@@ -577,7 +581,7 @@ class Pipeline:
             body["max_tokens"] = body.pop("max_completion_tokens")
         headers = {k: v for k, v in call.inbound.forward.items() if k not in API_SPECIFIC_HEADERS}
         headers["content-type"] = "application/json"
-        upstream = UpstreamRequest("POST", WIRE_PATH[api], headers, orjson.dumps(body), stream=req.stream)
+        upstream = UpstreamRequest("POST", WIRE_PATH[api], headers, dump_json(body), stream=req.stream)
         resp = await self.send(provider, upstream)
         ours = self.ours(call)
         if not 200 <= resp.status_code < 300:
@@ -774,7 +778,7 @@ class Pipeline:
             request_id=self.new_request_id(),
             surface=surface.value,
             method=request.scope["method"],
-            path=request.scope["path"],
+            path=route_path(request.scope),
             created_at=time.time(),
         )
         return Call(record, spec, errors)
@@ -803,7 +807,9 @@ class Pipeline:
             return
         if self._key_required:
             raise AuthenticationFailed(
-                "A ThriftGate virtual key is required (Authorization: Bearer tg-... or x-api-key: tg-...)"
+                # no key-shaped text: error messages are redacted, and "Bearer tg-..." came out "[REDACTED]"
+                "A ThriftGate virtual key is required: send it as 'Authorization: Bearer <key>' or "
+                "'x-api-key: <key>' (virtual keys start with tg-)"
             )
         if not raw:
             call.inbound.credential = None

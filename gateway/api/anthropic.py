@@ -9,8 +9,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from gateway.accounting import AnthropicStreamUsage, usage_from_anthropic
+from gateway.api import schemas
 from gateway.api.common import optional_bool, optional_int, require_int, require_list, require_str
 from gateway.api.errors import ANTHROPIC_ERRORS
 from gateway.deps import pipeline_of
@@ -96,5 +98,12 @@ HOT_ROUTES: dict[str, Callable[[Request], Awaitable[Response]]] = {
     "/v1/messages": messages,
     "/v1/messages/count_tokens": count_tokens,
 }
+_BODIES: dict[str, type[BaseModel]] = {
+    "/v1/messages": schemas.MessagesRequest,
+    "/v1/messages/count_tokens": schemas.CountTokensRequest,
+}
 for _path, _endpoint in HOT_ROUTES.items():
-    router.add_route(_path, _endpoint, methods=["POST"])
+    # For the schema (and an app mounted under a root path); FastAPI parses no body: the handler reads bytes.
+    router.add_api_route(
+        _path, _endpoint, methods=["POST"], openapi_extra=schemas.request_body(_BODIES[_path])
+    )

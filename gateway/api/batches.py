@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from gateway.api import anthropic, openai
+from gateway.api import anthropic, openai, schemas
 from gateway.api.errors import ANTHROPIC_ERRORS, OPENAI_ERRORS
 from gateway.batch import BatchNotCancellable, lines, store
 from gateway.batch.files import FileStore, file_json, new_id
@@ -166,7 +166,7 @@ def _new_job(
 # ---- OpenAI files ---------------------------------------------------------------------------------------
 
 
-@router.post("/v1/files")
+@router.post("/v1/files", openapi_extra=schemas.FILE_UPLOAD)
 async def upload_file(request: Request) -> Response:
     """Multipart upload (``file``, ``purpose``), spooled to disk (never whole in memory)."""
     pipeline = pipeline_of(request)
@@ -322,7 +322,7 @@ async def openai_batch_json(batches: Batches, job: BatchJobRow) -> dict[str, Any
     }
 
 
-@router.post("/v1/batches")
+@router.post("/v1/batches", openapi_extra=schemas.request_body(schemas.BatchCreateRequest))
 async def create_batch(request: Request) -> Response:
     async def respond(call: Call) -> Response:
         pipeline = pipeline_of(request)
@@ -457,7 +457,7 @@ async def anthropic_batch_json(request: Request, batches: Batches, job: BatchJob
     }
 
 
-@router.post("/v1/messages/batches")
+@router.post("/v1/messages/batches", openapi_extra=schemas.request_body(schemas.MessageBatchCreateRequest))
 async def create_message_batch(request: Request) -> Response:
     async def respond(call: Call) -> Response:
         pipeline = pipeline_of(request)

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.errors import GatewayError, InternalError, InvalidRequest, NotFound
-from gateway.http import Inbound, RequestIds
+from gateway.http import Inbound, RequestIds, route_path
 from gateway.logs import get_logger, redact
 from gateway.pipeline import ErrorFormat
 
@@ -57,18 +57,42 @@ OPENAI_ERRORS = OpenAIErrors()
 ANTHROPIC_ERRORS = AnthropicErrors()
 
 
+# Paths that belong to one wire API, whatever SDK sent the request (their own routes render errors in that
+# API's format; these prefixes make the passthrough and the router's 404s agree with them).
+_ANTHROPIC_PATHS = ("/v1/messages",)
+_OPENAI_PATHS = (
+    "/v1/chat/",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/files",
+    "/v1/batches",
+    "/v1/completions",
+    "/v1/moderations",
+    "/admin",  # the admin API's own format has OpenAI's shape
+)
+
+
 def errors_for(inbound: Inbound) -> ErrorFormat:
     """The error format of a request whose route does not imply one: Anthropic's when an Anthropic SDK
     sent it (``anthropic-version`` or ``x-api-key``), else OpenAI's."""
     return ANTHROPIC_ERRORS if inbound.anthropic else OPENAI_ERRORS
 
 
-def style_for(request: Request) -> ErrorFormat:
-    """The error format from the request itself: Anthropic's for ``/v1/messages…`` or an Anthropic SDK."""
-    h = request.headers
-    if request.url.path.startswith("/v1/messages") or "anthropic-version" in h or "x-api-key" in h:
+def errors_for_path(path: str, anthropic_sdk: bool) -> ErrorFormat:
+    """The error format of a request to ``path``: that of the API the path belongs to (``/v1/messages…``
+    Anthropic's; chat, embeddings, responses, files, batches, completions, moderations and the admin API
+    OpenAI's), else the SDK's that sent it (``anthropic_sdk``: ``anthropic-version`` or ``x-api-key``)."""
+    if path.startswith(_ANTHROPIC_PATHS):
         return ANTHROPIC_ERRORS
-    return OPENAI_ERRORS
+    if path.startswith(_OPENAI_PATHS):
+        return OPENAI_ERRORS
+    return ANTHROPIC_ERRORS if anthropic_sdk else OPENAI_ERRORS
+
+
+def style_for(request: Request) -> ErrorFormat:
+    """The error format from the request itself (``errors_for_path``)."""
+    h = request.headers
+    return errors_for_path(route_path(request.scope), "anthropic-version" in h or "x-api-key" in h)
 
 
 def error_response(errors: ErrorFormat, exc: GatewayError, request_id: str) -> Response:

@@ -10,18 +10,20 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from gateway.accounting import (
     usage_from_openai_chat,
     usage_from_openai_embeddings,
     usage_from_openai_responses,
 )
+from gateway.api import schemas
 from gateway.api.common import optional_bool, optional_int, require_list, require_str
 from gateway.api.errors import ANTHROPIC_ERRORS, OPENAI_ERRORS, errors_for
 from gateway.config import Catalogue
 from gateway.deps import pipeline_of
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
-from gateway.pipeline import Call, SurfaceSpec
+from gateway.pipeline import Call, SurfaceSpec, check_model_name
 from gateway.sse import OpenAIChatTap, OpenAIResponsesTap, openai_error_event, responses_error_event
 from gateway.types import ModelRoute, Surface, Usage, WireAPI
 
@@ -120,8 +122,16 @@ HOT_ROUTES: dict[str, Callable[[Request], Awaitable[Response]]] = {
     "/v1/embeddings": embeddings,
     "/v1/responses": responses,
 }
+_BODIES: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": schemas.ChatCompletionRequest,
+    "/v1/embeddings": schemas.EmbeddingsRequest,
+    "/v1/responses": schemas.ResponsesRequest,
+}
 for _path, _endpoint in HOT_ROUTES.items():
-    router.add_route(_path, _endpoint, methods=["POST"])
+    # For the schema (and an app mounted under a root path); FastAPI parses no body: the handler reads bytes.
+    router.add_api_route(
+        _path, _endpoint, methods=["POST"], openapi_extra=schemas.request_body(_BODIES[_path])
+    )
 
 
 # ---- models: answered by the gateway itself ---------------------------------------------------------
@@ -144,6 +154,7 @@ def _models(catalogue: Catalogue, model_id: str | None) -> Callable[[Call], Awai
         key = call.key
         allowed = None if key is None else key.models
         if model_id is not None:
+            check_model_name(model_id)
             call.record.requested_model = model_id
             route = catalogue.resolve(model_id)
             if allowed is not None and route.alias not in allowed:

@@ -88,7 +88,8 @@ class FileStore:
             id=file_id,
             key_id=key_id,
             purpose=purpose,
-            filename=filename[:255] or "upload",
+            # printable characters only (PostgreSQL refuses a NUL: an upload named so was a 500)
+            filename="".join(c for c in filename if c.isprintable())[:255] or "upload",
             bytes=size,
             path=rel,
             created_at=datetime.now(UTC),

@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.http import dump_json
+from gateway.pipeline import check_model_name
 
 OPENAI_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
 ANTHROPIC_ENDPOINT = "/v1/messages"
@@ -42,20 +44,27 @@ def digest(endpoint: str, body: Mapping[str, Any]) -> str:
 
 def _check_body(
     body: Any, validate: Validate, where: str, model: str | None, allowed: frozenset[str] | None
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, Any], str, bytes]:
+    """The line's body, its model and the body as it will be sent (JSON), or ``InvalidRequest`` naming
+    ``where``."""
     if not isinstance(body, dict):
         raise InvalidRequest(f"{where}: 'body' must be a JSON object", param="body")
     if model is not None:
         body = {**body, "model": model}
     try:
         name, stream = validate(body)
+        check_model_name(name)  # as a request's: the item's model column and the request log hold it
     except GatewayError as exc:
         raise InvalidRequest(f"{where}: {exc.message}", param=exc.param) from None
     if stream:
         raise InvalidRequest(f"{where}: streaming is not supported in batch requests", param="stream")
     if allowed is not None and name not in allowed:
         raise InvalidRequest(f"{where}: this API key may not use the model {name!r}", param="model")
-    return body, name
+    try:
+        data = dump_json(body)
+    except GatewayError as exc:
+        raise InvalidRequest(f"{where}: {exc.message}") from None
+    return body, name, data
 
 
 def openai_line(
@@ -77,8 +86,15 @@ def openai_line(
     if not isinstance(obj, dict):
         raise InvalidRequest(f"{where}: each line must be a JSON object")
     custom_id = obj.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID:
-        raise InvalidRequest(f"{where}: 'custom_id' must be a non-empty string", param="custom_id")
+    if (
+        not isinstance(custom_id, str)
+        or not custom_id
+        or len(custom_id) > MAX_CUSTOM_ID
+        or not custom_id.isprintable()  # a NUL is refused by PostgreSQL (a 500 before)
+    ):
+        raise InvalidRequest(
+            f"{where}: 'custom_id' must be a non-empty string of printable characters", param="custom_id"
+        )
     if obj.get("method", "POST") != "POST":
         raise InvalidRequest(f"{where}: 'method' must be POST", param="method")
     url = obj.get("url")
@@ -86,8 +102,8 @@ def openai_line(
         raise InvalidRequest(
             f"{where}: 'url' is {url!r}, but the batch's endpoint is {endpoint!r}", param="url"
         )
-    body, name = _check_body(obj.get("body"), validate, where, model, allowed)
-    return Item(n, custom_id, name, orjson.dumps(body), digest(endpoint, body), output_cap(body))
+    body, name, data = _check_body(obj.get("body"), validate, where, model, allowed)
+    return Item(n, custom_id, name, data, digest(endpoint, body), output_cap(body))
 
 
 def anthropic_request(
@@ -106,10 +122,8 @@ def anthropic_request(
         raise InvalidRequest(
             f"requests.{i}.custom_id: must be 1 to 64 letters, digits, '-' or '_'", param="custom_id"
         )
-    body, name = _check_body(obj.get("params"), validate, f"requests.{i}.params", None, allowed)
-    return Item(
-        i + 1, custom_id, name, orjson.dumps(body), digest(ANTHROPIC_ENDPOINT, body), output_cap(body)
-    )
+    body, name, data = _check_body(obj.get("params"), validate, f"requests.{i}.params", None, allowed)
+    return Item(i + 1, custom_id, name, data, digest(ANTHROPIC_ENDPOINT, body), output_cap(body))
 
 
 class Duplicates:

@@ -166,7 +166,7 @@ def content_block(raw: Any, path: str, role: str) -> Part:
         return ToolCallPart(
             id=string(b.get("id"), f"{path}.id"),
             name=string(b.get("name"), f"{path}.name"),
-            arguments=orjson.dumps(obj(b.get("input"), f"{path}.input")).decode(),
+            arguments=_arguments(obj(b.get("input"), f"{path}.input"), f"{path}.input"),
             cache=_cache(b.get("cache_control"), f"{path}.cache_control"),
         )
     if kind == "tool_result" and role == "user":
@@ -482,3 +482,10 @@ def render_request(req: ChatRequest, *, model: str, default_max_tokens: int = 40
         body["stream"] = True
     body.update((k, v) for k, v in own.items() if k != "output_config")
     return body
+
+
+def _arguments(value: Mapping[str, Any], path: str) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # orjson writes 254 levels of nesting, fewer than it reads
+        raise invalid(path, "nested too deeply") from None

@@ -79,6 +79,43 @@ async def test_create_validates(sessionmaker: async_sessionmaker[AsyncSession]) 
     assert key.tpm == 2**31 - 1
 
 
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"name": "a\x00b"}, "control characters"),
+        ({"name": "a\r\nb"}, "control characters"),
+        ({"name": "n" * 201}, "at most 200"),
+        ({"budget_usd": 1e308}, "between 0 and"),
+        ({"budget_usd": 1e12}, "between 0 and"),
+        ({"budget_usd": float("nan")}, "between 0 and"),
+        ({"models": ["gpt\x00"]}, "control characters"),
+        ({"models": ["m" * 201]}, "at most 200"),
+        ({"models": [f"m{i}" for i in range(1_001)]}, "at most 1000"),
+    ],
+)
+async def test_create_refuses_what_the_database_cannot_hold(
+    sessionmaker: async_sessionmaker[AsyncSession], fields: dict[str, Any], match: str
+) -> None:
+    """Found by the fuzz test (``POST /admin/keys``): a NUL in a name and a budget of 1e308 were stored
+    on SQLite, and PostgreSQL refuses both (a NUL in text, NUMERIC(20, 10) overflow): a 500."""
+    store = KeyStore(sessionmaker)
+    with pytest.raises(InvalidRequest, match=match):
+        await store.create(**{"name": "x", **fields})
+    key, _ = await store.create(name="n" * 200, budget_usd=1e9, models=["m" * 200])
+    assert (await store.get(key.id)) is not None
+    assert [k.id for k in await store.list()] == [key.id]
+
+
+@pytest.mark.parametrize("key_id", ["key_\x00", "\x00", "k" * 33, "", "key_\u00e9"])
+async def test_ids_no_key_can_have_are_not_looked_up(
+    sessionmaker: async_sessionmaker[AsyncSession], key_id: str
+) -> None:
+    """Found by the fuzz test: ``DELETE /admin/keys/%00`` was a 500 on PostgreSQL (a NUL in a parameter)."""
+    store = KeyStore(sessionmaker)
+    assert await store.get(key_id) is None
+    assert await store.revoke(key_id) is False
+
+
 async def test_model_allow_list(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     store = KeyStore(sessionmaker)
     limited, _ = await store.create(name="a", models=["gpt-4o-mini"])

@@ -404,6 +404,50 @@ def test_non_ascii_header_values_are_cleaned_not_a_500(gateway_factory: Any, sim
     assert sim.requests[0].headers["user-agent"] == "caf%E9-client/1"
 
 
+def _nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def test_bodies_nested_deeper_than_can_be_forwarded_get_a_400(gateway_factory: Any, sim: Simulator) -> None:
+    """Found by the fuzz test: orjson reads 1,024 levels of nesting but writes 254, so a 300-level body
+    parsed, and then a rewrite (an alias, the stream usage option, a translation, the passthrough) failed
+    to serialise it again: a 500."""
+    deep = _nested(300)
+    user = [{"role": "user", "content": "hi"}]
+    with gateway_factory() as gw:
+        with pytest.raises(openai.BadRequestError, match="nested too deeply"):
+            oa(gw).chat.completions.create(model="cheap", messages=user, extra_body={"x": deep})
+        with pytest.raises(openai.BadRequestError, match="nested too deeply"):
+            oa(gw).chat.completions.create(
+                model="gpt-4o-mini", messages=user, stream=True, extra_body={"x": deep}
+            )
+        with pytest.raises(openai.BadRequestError, match="nested too deeply"):
+            oa(gw).completions.create(model="cheap", prompt="hi", extra_body={"x": deep})
+        with pytest.raises(anthropic.BadRequestError, match="nested too deeply"):
+            an(gw).messages.create(
+                model="gpt-4o-mini",
+                max_tokens=8,
+                messages=[
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": deep}],
+                    },
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}],
+                    },
+                ],
+            )
+        ok = oa(gw).chat.completions.create(model="cheap", messages=user, extra_body={"x": _nested(200)})
+    assert ok.choices[0].message.content
+    assert sim.requests and len(sim.requests) == 1
+    assert [r["status_code"] for r in gw.rows()] == [400, 400, 400, 400, 200]
+
+
 # ---- the hot routes keep the app's middleware ------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """OpenAI ``POST /v1/embeddings``: deterministic unit vectors seeded by a hash of (model, input).
 
 Inputs: a string, a list of strings, a token array or a list of token arrays (a token array counts
-one token per id). ``dimensions`` is honoured (default 1536, 3072 for text-embedding-3-large);
+one token per id). ``dimensions`` is honoured up to the model's own (1536, 3072 for text-embedding-3-large; more is a 400);
 ``encoding_format`` "base64" sends little-endian float32 bytes.
 """
 
@@ -57,9 +57,16 @@ def embeddings(body: Any, ctx: Ctx) -> Reply:
         )
     optional(body, {"dimensions": (int, "an integer"), "encoding_format": (str, "a string")})
     inputs = _embedding_inputs(body["input"])
-    dims = body.get("dimensions") or EMBEDDING_DIMS.get(model, DEFAULT_EMBEDDING_DIMS)
+    native = EMBEDDING_DIMS.get(model, DEFAULT_EMBEDDING_DIMS)
+    dims = body.get("dimensions") or native
     if not isinstance(dims, int) or dims < 1:
         raise SimError(400, "'dimensions' must be a positive integer.", param="dimensions")
+    if dims > native:  # as OpenAI answers (a fuzzed 707205078 had the simulator build a 2.8 GB vector)
+        raise SimError(
+            400,
+            f"Invalid value for 'dimensions' = {dims}. Must be less than or equal to {native}.",
+            param="dimensions",
+        )
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise SimError(400, "'encoding_format' must be 'float' or 'base64'.", param="encoding_format")

@@ -7,6 +7,7 @@ import base64
 import httpx
 import numpy as np
 import openai
+import pytest
 
 from tests.upstream.conftest import (
     KEY,
@@ -41,3 +42,19 @@ def test_embeddings_float_base64_and_token_arrays(url: str, oai: openai.OpenAI, 
         model="text-embedding-3-small", input="alpha"
     )
     assert np.allclose(default.data[0].embedding, r.data[0].embedding)
+
+
+def test_dimensions_over_the_model_are_refused(oai: openai.OpenAI) -> None:
+    """As OpenAI answers; found by the gateway's fuzz test (707205078 dimensions: a 2.8 GB vector)."""
+    with pytest.raises(openai.BadRequestError, match="less than or equal to 1536"):
+        oai.embeddings.create(model="text-embedding-3-small", input="alpha", dimensions=1537)
+    assert (
+        len(
+            oai.embeddings.create(
+                model="text-embedding-3-small", input="a", dimensions=1536, encoding_format="float"
+            )
+            .data[0]
+            .embedding
+        )
+        == 1536
+    )

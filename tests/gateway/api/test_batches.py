@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -363,3 +364,24 @@ def test_embeddings_and_responses_batches(
     assert all(o["response"]["body"]["object"] == kind for o in out)
     rows = [r for r in gw.rows() if r["path"] == endpoint]
     assert len(rows) == 3 and all(r["saving_mechanism"] == "batch" and r["input_tokens"] > 0 for r in rows)
+
+
+def test_file_names_are_stored_printable(gateway_factory: Any, sim: Simulator, tmp_path: Path) -> None:
+    """Found by the fuzz test: a NUL in an upload's name (sent raw: the SDKs percent-encode it) was stored,
+    and PostgreSQL answered 500."""
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a\x00b\x7f.jsonl"\r\n\r\n'
+        + jsonl([chat_line("a", "hi")])
+        + b"\r\n--b--\r\n"
+    )
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        r = httpx.post(
+            f"{gw.openai_url}/files",
+            content=body,
+            headers={"authorization": "Bearer sk-client", "content-type": "multipart/form-data; boundary=b"},
+        )
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        again = client.files.retrieve(r.json()["id"])
+    assert r.status_code == 200
+    assert r.json()["filename"] == again.filename == "ab.jsonl"

@@ -88,6 +88,8 @@ def test_authentication(gateway_factory: Any, db_url: str, sdk: str) -> None:
             call(sdk, gw, key="tg-" + "x" * 43)
         ok = call(sdk, gw, key=raw)
     check_body(sdk, not_virtual.value, status=401)
+    # the hint survives the redaction of error messages (it read "Bearer [REDACTED]", seen in the fuzz test)
+    assert "Bearer <key>" in str(not_virtual.value) and "[REDACTED]" not in str(not_virtual.value)
     assert ok is not None
     rows = gw.rows()
     assert [r["status_code"] for r in rows] == [401, 401, 200]
@@ -262,3 +264,35 @@ def test_stream_error_from_a_provider_iterator(gateway_factory: Any) -> None:
     assert r.status_code == 200
     assert r.text.startswith('data: {"choices"')
     assert '"error":{"message":"engine died"' in r.text
+
+
+@pytest.mark.parametrize("path", ["/admin/keys/a%2Fb", "/admin/nope"])
+def test_admin_routes_answer_in_the_admin_format_whoever_asks(gateway_factory: Any, path: str) -> None:
+    """Found by the fuzz test: an unknown admin route asked with ``x-api-key`` (as the Anthropic SDK
+    sends it) got Anthropic's error body; the admin API has one format, OpenAI's shape."""
+    with gateway_factory(master_key="m-secret") as gw:
+        r = httpx.get(gw.url + path, headers={"x-api-key": "m-secret", "anthropic-version": "2023-06-01"})
+    assert r.status_code == 404
+    body = r.json()
+    assert "type" not in body and body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "style"),
+    [
+        ("/v1/files/a%2Fb", "openai"),  # an OpenAI path matching no route of its surface: the passthrough
+        ("/v1/chat/completions/x", "openai"),
+        ("/v1/completions%00", "openai"),
+        ("/v1/messages/x/y", "anthropic"),
+        ("/v1/unknown", "anthropic"),  # a path of no API: the format of the SDK that asked
+    ],
+)
+def test_a_paths_api_decides_the_error_format(gateway_factory: Any, path: str, style: str) -> None:
+    """Found by the fuzz test: the passthrough answered ``/v1/files/a%2Fb`` asked with ``anthropic-version``
+    in Anthropic's format, beside the files surface's OpenAI errors."""
+    with gateway_factory() as gw:
+        r = httpx.get(gw.url + path, headers={"anthropic-version": "2023-06-01", "x-api-key": "sk-ant-x"})
+    assert r.status_code in (400, 404)
+    body = r.json()
+    assert (body.get("type") == "error") == (style == "anthropic"), body
+    assert [row["status_code"] for row in gw.rows()] == [r.status_code]

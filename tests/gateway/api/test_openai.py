@@ -252,6 +252,23 @@ def test_models_list_and_retrieve_in_both_formats(gateway_factory: Any) -> None:
     assert {r["surface"] for r in rows} == {"openai.models"}
 
 
+def test_model_names_longer_than_the_log_column_are_refused(gateway_factory: Any) -> None:
+    """Found by the fuzz test: ``GET /v1/models/<300 characters>`` was logged with the whole name, over
+    the 200 characters of ``request_log.requested_model``; names of 201 to 256 characters passed on chat."""
+    with gateway_factory() as gw:
+        with pytest.raises(openai.BadRequestError, match="longer than 200"):
+            client(gw).models.retrieve("m" * 300)
+        with pytest.raises(openai.BadRequestError, match="longer than 200"):
+            client(gw).chat.completions.create(model="m" * 201, messages=MESSAGES)
+        with pytest.raises(openai.BadRequestError, match="control characters"):
+            client(gw).models.retrieve("gpt-4o\x00")
+        with pytest.raises(openai.NotFoundError):
+            client(gw).models.retrieve("m" * 200)  # the longest name allowed: not in the catalogue
+    rows = gw.rows()
+    assert [r["status_code"] for r in rows] == [400, 400, 400, 404]
+    assert all(r["requested_model"] is None or len(r["requested_model"]) <= 200 for r in rows)
+
+
 def test_responses_non_stream_and_stream(gateway_factory: Any, sim_url: str) -> None:
     with gateway_factory() as gw:
         got = client(gw).responses.create(

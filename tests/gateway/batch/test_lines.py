@@ -20,6 +20,13 @@ def chat(custom_id: str = "a", **body: object) -> bytes:
     ).encode()
 
 
+def _nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
 def openai_line(n: int, raw: bytes, **kw: object) -> lines.Item:
     return lines.openai_line(n, raw, "/v1/chat/completions", CHAT.validate, CHAT.output_cap, **kw)  # type: ignore[arg-type]
 
@@ -41,6 +48,11 @@ def test_a_good_line() -> None:
         (chat(messages="x"), "messages"),
         (chat(stream=True), "streaming"),
         (json.dumps({"custom_id": "a", "url": "/v1/chat/completions", "body": []}).encode(), "body"),
+        # found by the fuzz test: each was stored, and PostgreSQL refused the job with a 500
+        (chat("\x00"), "printable"),
+        (chat(model="gpt-4o-mini\x00"), "control characters"),
+        (chat(model="m" * 300), "longer than 200"),
+        (chat(x=_nested(300)), "nested too deeply"),  # and this one was a 500 on every database
     ],
 )
 def test_bad_lines_are_named(raw: bytes, says: str) -> None:
