@@ -30,10 +30,10 @@ router = APIRouter(
 class PurgeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    namespace: str | None = Field(default=None, max_length=200)
-    model: str | None = Field(default=None, max_length=256)
-    older_than_s: float | None = Field(default=None, ge=0)
-    """Entries created more than this many seconds ago."""
+    namespace: str | None = Field(default=None, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
+    model: str | None = Field(default=None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
+    older_than_s: float | None = Field(default=None, ge=0, le=100 * 365 * 86400.0)
+    """Entries created more than this many seconds ago (at most a century: older is every entry)."""
 
 
 def _cache(request: Request) -> GatewayCache | None:
