@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Dialect,
     Float,
@@ -123,3 +124,70 @@ class RequestLogRow(Base):
     cache: Mapped[str] = mapped_column(String(32))
     route_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    5,
+    10,
+    25,
+    50,
+    75,
+    100,
+    150,
+    250,
+    400,
+    600,
+    800,
+    1000,
+    1500,
+    2000,
+    3000,
+    5000,
+    8000,
+    15000,
+    30000,
+    60000,
+)
+"""Upper bounds (ms, inclusive) of the rollup's latency and TTFT histogram buckets; one more bucket above
+the last bound. ``gateway.reports.rollups`` estimates percentiles from them."""
+
+LATENCY_BUCKET_COLUMNS = tuple(f"lat_b{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
+TTFT_BUCKET_COLUMNS = tuple(f"ttft_b{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
+ROLLUP_DIMENSIONS = ("hour", "key_id", "model", "provider", "mechanism", "cache", "status_class")
+"""The rollup's primary key. Missing values are stored as ``''`` (a NULL never conflicts in a unique index,
+so the upsert would add a row instead of adding to it)."""
+
+
+class RequestRollupRow(Base):
+    """Hourly totals of the request log, per (hour, key, model, provider, mechanism, cache, status class),
+    maintained in the log writer's transaction (``gateway.reports.rollups``) and kept when raw rows are
+    pruned. ``model`` is the served model, else the requested one; ``status_class`` is ``status_code // 100``.
+    Money sums cover the rows whose amount is known; ``unpriced`` counts the rows without a cost."""
+
+    __tablename__ = "request_rollup"
+
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mechanism: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cache: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status_class: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    unpriced: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float] = mapped_column(Money())
+    counterfactual_usd: Mapped[float] = mapped_column(Money())
+    saving_usd: Mapped[float] = mapped_column(Money())
+    latency_count: Mapped[int] = mapped_column(BigInteger)
+    latency_ms_sum: Mapped[float] = mapped_column(Float)
+    ttft_count: Mapped[int] = mapped_column(BigInteger)
+    ttft_ms_sum: Mapped[float] = mapped_column(Float)
+
+
+for _column in (*LATENCY_BUCKET_COLUMNS, *TTFT_BUCKET_COLUMNS):
+    # Core-only columns (the rollup is written and read with Core statements, never as ORM objects).
+    RequestRollupRow.__table__.append_column(Column(_column, BigInteger, nullable=False))

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.reports import rollups
 from gateway.storage.models import Base, RequestLogRow, VirtualKeyRow
 from gateway.types import RequestRecord
 
@@ -128,8 +129,10 @@ async def write_request_batch(
     session: AsyncSession, rows: Sequence[Mapping[str, Any]]
 ) -> dict[str, tuple[float, float]]:
     """Inserts ``rows`` and adds their known costs to each key's spend, in the caller's transaction.
-    Returns ``{key_id: (added_usd, new_total_usd)}`` for each key that exists."""
+    Returns ``{key_id: (added_usd, new_total_usd)}`` for each key that exists. The hourly rollups
+    (``gateway.reports.rollups``) are updated in the same transaction."""
     await insert_request_rows(session, rows)
+    await rollups.add_rows(session, rows)
     added = spend_by_key(rows)
     totals = await add_spend(session, added)
     return {key_id: (added[key_id], total) for key_id, total in totals.items()}

@@ -1,0 +1,73 @@
+"""Hourly rollups of the request log (the dashboard's and ``thriftgate report``'s data).
+
+Revision ID: 0006
+Revises: 0002
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# A frozen copy of gateway.storage.models.LATENCY_BUCKETS_MS's length + 1 (a migration never imports the
+# models: they move on, it must not).
+BUCKETS = 21
+
+
+def _utc() -> sa.DateTime:
+    return sa.DateTime(timezone=True)
+
+
+def _money() -> sa.Numeric[float]:
+    return sa.Numeric(20, 10, asdecimal=False)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "request_rollup",
+        sa.Column("hour", _utc(), nullable=False),
+        sa.Column("key_id", sa.String(32), nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("provider", sa.String(64), nullable=False),
+        sa.Column("mechanism", sa.String(32), nullable=False),
+        sa.Column("cache", sa.String(32), nullable=False),
+        sa.Column("status_class", sa.Integer(), nullable=False),
+        sa.Column("requests", sa.BigInteger(), nullable=False),
+        sa.Column("unpriced", sa.BigInteger(), nullable=False),
+        sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cache_read_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cache_write_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cost_usd", _money(), nullable=False),
+        sa.Column("counterfactual_usd", _money(), nullable=False),
+        sa.Column("saving_usd", _money(), nullable=False),
+        sa.Column("latency_count", sa.BigInteger(), nullable=False),
+        sa.Column("latency_ms_sum", sa.Float(), nullable=False),
+        sa.Column("ttft_count", sa.BigInteger(), nullable=False),
+        sa.Column("ttft_ms_sum", sa.Float(), nullable=False),
+        *[sa.Column(f"lat_b{i:02d}", sa.BigInteger(), nullable=False) for i in range(BUCKETS)],
+        *[sa.Column(f"ttft_b{i:02d}", sa.BigInteger(), nullable=False) for i in range(BUCKETS)],
+        sa.PrimaryKeyConstraint(
+            "hour",
+            "key_id",
+            "model",
+            "provider",
+            "mechanism",
+            "cache",
+            "status_class",
+            name="pk_request_rollup",
+        ),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("request_rollup")

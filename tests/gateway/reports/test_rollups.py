@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.reports import rollups
+from gateway.reports.rollups import ROLLUP, bucket_of, hour_of, percentile
+from gateway.storage import repo
+from gateway.storage.models import LATENCY_BUCKETS_MS, RequestLogRow
+from gateway.types import RequestRecord, Usage
+
+T0 = 1_764_500_000.0  # 2025-11-30 10:53:20 UTC
+
+
+def record(i: int, rng: random.Random) -> dict[str, Any]:
+    status = rng.choice([200, 200, 200, 429, 500])
+    priced = rng.random() < 0.9
+    cost = round(rng.random() / 100, 6) if priced else None
+    return repo.request_row(
+        RequestRecord(
+            request_id=f"r{i}",
+            surface="openai",
+            method="POST",
+            path="/v1/chat/completions",
+            key_id=rng.choice([None, "k1", "k2"]),
+            requested_model=rng.choice(["gpt-4o", "auto"]),
+            served_model=rng.choice([None, "gpt-4o", "gpt-4o-mini"]),
+            provider=rng.choice([None, "openai"]),
+            status_code=status,
+            latency_ms=rng.choice([None, rng.uniform(1, 5000)]),
+            ttft_ms=rng.choice([None, rng.uniform(1, 500)]),
+            usage=Usage(input_tokens=rng.randint(0, 100), output_tokens=rng.randint(0, 50)),
+            cost_usd=cost,
+            counterfactual_usd=None if cost is None else cost * 2,
+            saving_usd=None if cost is None else cost,
+            saving_mechanism=rng.choice([None, "cache", "routing"]),
+            priced=priced,
+            cache=rng.choice(["miss", "hit-exact", "bypass"]),
+            created_at=T0 + rng.uniform(-7200, 7200),
+        )
+    )
+
+
+async def test_rollups_equal_the_raw_sums(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    rng = random.Random(7)
+    rows = [record(i, rng) for i in range(600)]
+    for start in range(0, len(rows), 150):  # several batches: groups are added to, not replaced
+        async with sessionmaker.begin() as session:
+            await repo.write_request_batch(session, rows[start : start + 150])
+
+    log = RequestLogRow.__table__
+    async with sessionmaker() as session:
+        raw = (
+            await session.execute(
+                select(
+                    func.count(),
+                    func.sum(log.c.cost_usd),
+                    func.sum(log.c.counterfactual_usd),
+                    func.sum(log.c.input_tokens),
+                    func.count(log.c.latency_ms),
+                    func.count().filter(log.c.cost_usd.is_(None)),
+                    func.count().filter(log.c.status_code >= 500),
+                )
+            )
+        ).one()
+        rolled = (
+            await session.execute(
+                select(
+                    func.sum(ROLLUP.c.requests),
+                    func.sum(ROLLUP.c.cost_usd),
+                    func.sum(ROLLUP.c.counterfactual_usd),
+                    func.sum(ROLLUP.c.input_tokens),
+                    func.sum(ROLLUP.c.latency_count),
+                    func.sum(ROLLUP.c.unpriced),
+                    func.sum(ROLLUP.c.requests).filter(ROLLUP.c.status_class == 5),
+                )
+            )
+        ).one()
+        n_groups = (await session.execute(select(func.count()).select_from(ROLLUP))).scalar_one()
+        buckets = (
+            await session.execute(select(*[func.sum(ROLLUP.c[c]) for c in rollups.LATENCY_BUCKET_COLUMNS]))
+        ).one()
+
+    assert raw[0] == rolled[0] == 600
+    assert abs(raw[1] - rolled[1]) < 1e-6
+    assert abs(raw[2] - rolled[2]) < 1e-6
+    assert tuple(raw[3:]) == tuple(int(v) for v in rolled[3:])
+    assert sum(buckets) == raw[4]
+    assert n_groups == len(rollups.aggregate(rows)) < 600  # rows were folded together
+
+
+def test_aggregate_groups_by_hour_and_dimensions() -> None:
+    rng = random.Random(1)
+    a = record(1, rng)
+    b = {**a, "created_at": a["created_at"] + 3600}
+    c = {**a, "latency_ms": 12.0}
+    groups = rollups.aggregate([a, b, c])
+    assert len(groups) == 2
+    g = groups[rollups.group_of(a)]
+    assert g["requests"] == 2
+    assert rollups.group_of(a)[0] == hour_of(a["created_at"])
+    assert rollups.group_of({"created_at": T0, "status_code": 503})[1:] == ("", "", "", "", "", 5)
+
+
+def test_buckets_and_percentile() -> None:
+    assert bucket_of(0) == 0
+    assert bucket_of(5) == 0
+    assert bucket_of(5.1) == 1
+    assert bucket_of(10**9) == len(LATENCY_BUCKETS_MS)
+    counts = [0.0] * (len(LATENCY_BUCKETS_MS) + 1)
+    assert percentile(counts, 0.5) is None
+    counts[bucket_of(100)] = 100  # 100 requests between 75 and 100 ms
+    assert percentile(counts, 0.5) == 87.5
+    assert percentile(counts, 1.0) == 100.0
+    counts[-1] = 100
+    assert percentile(counts, 0.99) == LATENCY_BUCKETS_MS[-1]
