@@ -270,6 +270,17 @@ class BudgetSettings(_Strict):
     """Whether a key with a budget may use a model (or passthrough endpoint) of unknown price."""
 
 
+class DashboardSettings(_Strict):
+    """The admin dashboard (``/admin``), its reports and the retention of raw request-log rows."""
+
+    session_ttl_s: int = Field(default=12 * 3600, ge=60)
+    """How long a dashboard login (session cookie) lasts."""
+    retention_days: float | None = Field(default=None, gt=0)
+    """Raw request-log rows older than this are deleted (the hourly rollups are kept); None keeps them all."""
+    prune_interval_s: float = Field(default=3600.0, gt=0)
+    """How often the pruner runs when ``retention_days`` is set."""
+
+
 class Settings(BaseSettings):
     """Everything the gateway is configured with. Build it with ``load_settings`` (see the module docstring)."""
 
@@ -305,6 +316,7 @@ class Settings(BaseSettings):
     models: dict[str, ModelSettings] = Field(default_factory=default_models)
     upstream_headers: UpstreamHeaderSettings = Field(default_factory=UpstreamHeaderSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     config_path: str | None = None
 
     @classmethod

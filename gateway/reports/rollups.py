@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -30,7 +30,7 @@ from gateway.storage.models import (
     RequestRollupRow,
 )
 
-ROLLUP: Table = RequestRollupRow.__table__  # type: ignore[assignment]
+ROLLUP = cast(Table, RequestRollupRow.__table__)
 MEASURES: tuple[str, ...] = tuple(c.name for c in ROLLUP.columns if c.name not in ROLLUP_DIMENSIONS)
 HOUR_S = 3600
 

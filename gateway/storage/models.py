@@ -10,7 +10,7 @@ puts the zone back on read).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Table,
     Text,
     TypeDecorator,
     false,
@@ -190,4 +191,4 @@ class RequestRollupRow(Base):
 
 for _column in (*LATENCY_BUCKET_COLUMNS, *TTFT_BUCKET_COLUMNS):
     # Core-only columns (the rollup is written and read with Core statements, never as ORM objects).
-    RequestRollupRow.__table__.append_column(Column(_column, BigInteger, nullable=False))
+    cast(Table, RequestRollupRow.__table__).append_column(Column(_column, BigInteger, nullable=False))

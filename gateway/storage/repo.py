@@ -49,6 +49,20 @@ async def revoke_key(session: AsyncSession, key_id: str, at: datetime) -> bool:
     return True
 
 
+async def update_key_limits(
+    session: AsyncSession, key_id: str, values: Mapping[str, Any]
+) -> VirtualKeyRow | None:
+    """Sets the given columns (budget_usd, rpm, tpm, models; None clears a limit) of one key and returns
+    it, or None for an unknown id."""
+    row = await session.get(VirtualKeyRow, key_id, with_for_update=True)
+    if row is None:
+        return None
+    for name, value in values.items():
+        setattr(row, name, value)
+    await session.flush()
+    return row
+
+
 async def add_spend(session: AsyncSession, spend: Mapping[str, float]) -> dict[str, float]:
     """``UPDATE virtual_keys SET spend_usd = spend_usd + :x`` for each key; returns each existing key's new
     total (keys that no longer exist are left out). Atomic per row, so replicas never lose each other's

@@ -1,0 +1,330 @@
+"""The reports: plain async functions over an ``AsyncSession`` that read the hourly rollups (every total,
+rate and percentile) or, for the recent-requests list only, the raw request log. They read only.
+
+Windows are whole UTC hours: "7d" is the 168 hours up to and including the current one, "today" the hours
+since UTC midnight. Money sums cover the requests whose amount is known (``unpriced`` counts the others).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
+
+from sqlalchemy import ColumnElement, Select, Table, func, inspect, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.reports.rollups import ROLLUP, percentile
+from gateway.storage.models import LATENCY_BUCKET_COLUMNS, TTFT_BUCKET_COLUMNS, RequestLogRow
+from gateway.types import SavingMechanism
+
+MECHANISMS: tuple[str, ...] = tuple(str(m) for m in SavingMechanism)
+GroupBy = Literal["key", "model", "provider", "mechanism", "cache", "status"]
+GROUP_COLUMNS: dict[str, str] = {
+    "key": "key_id",
+    "model": "model",
+    "provider": "provider",
+    "mechanism": "mechanism",
+    "cache": "cache",
+    "status": "status_class",
+}
+LOG = cast(Table, RequestLogRow.__table__)
+R = ROLLUP.c
+
+_SUMS: tuple[str, ...] = (
+    "requests",
+    "unpriced",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "counterfactual_usd",
+    "saving_usd",
+    "latency_count",
+    "latency_ms_sum",
+    "ttft_count",
+    "ttft_ms_sum",
+)
+
+
+def hour_floor(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def window_start(now: datetime, window: str) -> datetime:
+    """The first hour of ``window``: ``today``, or ``<n>h`` / ``<n>d`` (e.g. ``7d``) counted in whole hours
+    back from the current one. Raises ``ValueError`` for anything else."""
+    if window == "today":
+        return hour_floor(now).replace(hour=0)
+    unit, count = window[-1:], window[:-1]
+    if unit not in ("h", "d") or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"not a window: {window!r} (today, <n>h or <n>d)")
+    hours = int(count) * (24 if unit == "d" else 1)
+    return hour_floor(now) - timedelta(hours=hours - 1)
+
+
+def _totals_columns() -> list[ColumnElement[Any]]:
+    cols: list[ColumnElement[Any]] = [func.coalesce(func.sum(R[name]), 0).label(name) for name in _SUMS]
+    cols += [
+        func.coalesce(func.sum(R[c]), 0).label(c) for c in (*LATENCY_BUCKET_COLUMNS, *TTFT_BUCKET_COLUMNS)
+    ]
+    return cols
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if not den else num / den
+
+
+def _summary(rows: Sequence[Any]) -> dict[str, Any]:
+    """Totals, rates, savings by mechanism and percentiles from rows grouped by (mechanism, cache,
+    status_class) carrying the ``_totals_columns``."""
+    total = dict.fromkeys(_SUMS, 0.0)
+    lat = [0.0] * len(LATENCY_BUCKET_COLUMNS)
+    ttft = [0.0] * len(TTFT_BUCKET_COLUMNS)
+    saving_by: dict[str, float] = dict.fromkeys(MECHANISMS, 0.0)
+    requests_by: dict[str, int] = dict.fromkeys(MECHANISMS, 0)
+    errors = hits = 0
+    for row in rows:
+        m = row._mapping
+        for name in _SUMS:
+            total[name] += float(m[name] or 0)
+        for i, c in enumerate(LATENCY_BUCKET_COLUMNS):
+            lat[i] += float(m[c] or 0)
+        for i, c in enumerate(TTFT_BUCKET_COLUMNS):
+            ttft[i] += float(m[c] or 0)
+        if m["mechanism"]:
+            saving_by[m["mechanism"]] = saving_by.get(m["mechanism"], 0.0) + float(m["saving_usd"] or 0)
+            requests_by[m["mechanism"]] = requests_by.get(m["mechanism"], 0) + int(m["requests"])
+        if m["status_class"] >= 4 or m["status_class"] == 0:
+            errors += int(m["requests"])
+        if str(m["cache"]).startswith("hit"):
+            hits += int(m["requests"])
+    requests = int(total["requests"])
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": _ratio(errors, requests),
+        "cache_hits": hits,
+        "cache_hit_rate": _ratio(hits, requests),
+        "unpriced_requests": int(total["unpriced"]),
+        "spend_usd": total["cost_usd"],
+        "counterfactual_usd": total["counterfactual_usd"],
+        "saved_usd": total["saving_usd"],
+        "saved_pct": _ratio(100 * total["saving_usd"], total["counterfactual_usd"]),
+        "saved_by_mechanism": [
+            {"mechanism": k, "saved_usd": v, "requests": requests_by.get(k, 0)} for k, v in saving_by.items()
+        ],
+        "input_tokens": int(total["input_tokens"]),
+        "output_tokens": int(total["output_tokens"]),
+        "latency_ms": {
+            "p50": percentile(lat, 0.5),
+            "p95": percentile(lat, 0.95),
+            "mean": _ratio(total["latency_ms_sum"], total["latency_count"]),
+        },
+        "ttft_ms": {
+            "p50": percentile(ttft, 0.5),
+            "p95": percentile(ttft, 0.95),
+            "mean": _ratio(total["ttft_ms_sum"], total["ttft_count"]),
+        },
+    }
+
+
+async def summary(
+    session: AsyncSession, since: datetime, until: datetime | None = None, *, where: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """The totals of the hours from ``since`` (to ``until``, exclusive), see ``_summary``."""
+    stmt: Select[Any] = select(R.mechanism, R.cache, R.status_class, *_totals_columns()).where(
+        R.hour >= since
+    )
+    if until is not None:
+        stmt = stmt.where(R.hour < until)
+    stmt = stmt.where(*where).group_by(R.mechanism, R.cache, R.status_class)
+    return _summary((await session.execute(stmt)).all())
+
+
+async def overview(session: AsyncSession, now: datetime) -> dict[str, Any]:
+    """Today, the last 7 and the last 30 days."""
+    windows = {}
+    for window in ("today", "7d", "30d"):
+        windows[window] = {
+            "since": window_start(now, window),
+            **await summary(session, window_start(now, window)),
+        }
+    return {"generated_at": now, "windows": windows}
+
+
+async def series(
+    session: AsyncSession,
+    since: datetime,
+    *,
+    by: GroupBy = "model",
+    step: Literal["hour", "day"] = "hour",
+    until: datetime | None = None,
+    top: int = 8,
+) -> dict[str, Any]:
+    """Spend, counterfactual, saving and requests per ``step`` for each value of ``by`` (the ``top`` by
+    spend, then the rest summed as ``other``), and a table of each value's totals over the whole range."""
+    col = R[GROUP_COLUMNS[by]]
+    stmt = (
+        select(
+            R.hour,
+            col.label("name"),
+            func.sum(R.requests).label("requests"),
+            func.sum(R.cost_usd).label("cost"),
+            func.sum(R.counterfactual_usd).label("counterfactual"),
+            func.sum(R.saving_usd).label("saving"),
+            func.sum(R.input_tokens).label("input_tokens"),
+            func.sum(R.output_tokens).label("output_tokens"),
+            func.sum(R.unpriced).label("unpriced"),
+        )
+        .where(R.hour >= since)
+        .group_by(R.hour, col)
+    )
+    if until is not None:
+        stmt = stmt.where(R.hour < until)
+    rows = (await session.execute(stmt)).all()
+    table: dict[str, dict[str, Any]] = {}
+    cells: dict[tuple[datetime, str], float] = {}
+    for row in rows:
+        name = str(row.name) if row.name not in ("", None) else "(none)"
+        t = table.setdefault(
+            name,
+            {
+                "name": name,
+                "requests": 0,
+                "cost_usd": 0.0,
+                "counterfactual_usd": 0.0,
+                "saved_usd": 0.0,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "unpriced_requests": 0,
+            },
+        )
+        t["requests"] += int(row.requests)
+        t["cost_usd"] += float(row.cost or 0)
+        t["counterfactual_usd"] += float(row.counterfactual or 0)
+        t["saved_usd"] += float(row.saving or 0)
+        t["input_tokens"] += int(row.input_tokens)
+        t["output_tokens"] += int(row.output_tokens)
+        t["unpriced_requests"] += int(row.unpriced)
+        at = row.hour if step == "hour" else row.hour.replace(hour=0)
+        cells[(at, name)] = cells.get((at, name), 0.0) + float(row.cost or 0)
+    ranked = sorted(table.values(), key=lambda t: (-t["cost_usd"], -t["requests"], t["name"]))
+    shown = [t["name"] for t in ranked[:top]]
+    step_td = timedelta(hours=1 if step == "hour" else 24)
+    start = since if step == "hour" else since.replace(hour=0)
+    end = (
+        hour_floor(until - timedelta(hours=1))
+        if until is not None
+        else max((a for a, _ in cells), default=start)
+    )
+    times: list[datetime] = []
+    at = start
+    while at <= end and len(times) < 24 * 400:
+        times.append(at)
+        at += step_td
+    out_series = [{"name": n, "cost_usd": [cells.get((t, n), 0.0) for t in times]} for n in shown]
+    rest = [t["name"] for t in ranked[top:]]
+    if rest:
+        out_series.append(
+            {"name": "other", "cost_usd": [sum(cells.get((t, n), 0.0) for n in rest) for t in times]}
+        )
+    return {"by": by, "step": step, "since": since, "times": times, "series": out_series, "table": ranked}
+
+
+async def key_usage(session: AsyncSession, since: datetime) -> dict[str, dict[str, Any]]:
+    """Requests, spend and saving per key since ``since`` (from the rollups)."""
+    stmt = (
+        select(R.key_id, func.sum(R.requests), func.sum(R.cost_usd), func.sum(R.saving_usd))
+        .where(R.hour >= since, R.key_id != "")
+        .group_by(R.key_id)
+    )
+    return {
+        k: {"requests": int(n), "cost_usd": float(c or 0), "saved_usd": float(s or 0)}
+        for k, n, c, s in (await session.execute(stmt)).all()
+    }
+
+
+REQUEST_COLUMNS = (
+    "id", "request_id", "created_at", "key_id", "surface", "method", "path", "requested_model", "served_model",
+    "provider", "status_code", "stream", "latency_ms", "ttft_ms", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens",
+    "usage_estimated", "cost_usd", "counterfactual_usd", "saving_usd", "saving_mechanism", "priced", "cache",
+    "route_reason", "error",
+)  # fmt: skip
+
+
+async def recent_requests(
+    session: AsyncSession,
+    *,
+    key_id: str | None = None,
+    model: str | None = None,
+    status: str | None = None,
+    cache: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """The newest raw request-log rows (newest first), filtered. ``model`` matches the served or the
+    requested model; ``status`` is a code (``429``) or a class (``2xx``, ``4xx``, ``5xx``, ``error``).
+    The log holds no prompt or response text, so none is returned."""
+    c = LOG.c
+    stmt = select(*[c[name] for name in REQUEST_COLUMNS]).order_by(c.id.desc()).limit(max(1, min(limit, 500)))
+    if key_id:
+        stmt = stmt.where(c.key_id == key_id)
+    if model:
+        stmt = stmt.where((c.served_model == model) | (c.requested_model == model))
+    if cache:
+        stmt = stmt.where(c.cache == cache)
+    if before_id is not None:
+        stmt = stmt.where(c.id < before_id)
+    if status:
+        if status == "error":
+            stmt = stmt.where(c.status_code >= 400)
+        elif len(status) == 3 and status.endswith("xx") and status[0].isdigit():
+            low = int(status[0]) * 100
+            stmt = stmt.where(c.status_code >= low, c.status_code < low + 100)
+        elif status.isdigit():
+            stmt = stmt.where(c.status_code == int(status))
+        else:
+            raise ValueError(f"not a status filter: {status!r} (a code, 2xx/4xx/5xx or error)")
+    return [dict(row._mapping) for row in (await session.execute(stmt)).all()]
+
+
+async def hit_rates(session: AsyncSession, since: datetime) -> list[dict[str, Any]]:
+    """Per hour: requests, exact and semantic cache hits, and the hit rate (the cache panel)."""
+    stmt = (
+        select(R.hour, R.cache, func.sum(R.requests))
+        .where(R.hour >= since)
+        .group_by(R.hour, R.cache)
+        .order_by(R.hour)
+    )
+    hours: dict[datetime, dict[str, Any]] = {}
+    for hour, cache, n in (await session.execute(stmt)).all():
+        h = hours.setdefault(hour, {"hour": hour, "requests": 0, "hits": 0, "by_status": {}})
+        h["requests"] += int(n)
+        h["by_status"][cache] = int(n)
+        if str(cache).startswith("hit"):
+            h["hits"] += int(n)
+    for h in hours.values():
+        h["hit_rate"] = _ratio(h["hits"], h["requests"])
+    return list(hours.values())
+
+
+async def route_reasons(session: AsyncSession, since: datetime, limit: int = 20) -> list[dict[str, Any]]:
+    """The most frequent route reasons in the raw log since ``since`` (the routing panel)."""
+    c = LOG.c
+    stmt = (
+        select(c.route_reason, func.count())
+        .where(c.created_at >= since, c.route_reason.is_not(None))
+        .group_by(c.route_reason)
+        .order_by(func.count().desc())
+        .limit(limit)
+    )
+    return [{"reason": r, "requests": int(n)} for r, n in (await session.execute(stmt)).all()]
+
+
+async def table_exists(session: AsyncSession, name: str) -> bool:
+    """Whether the database has table ``name`` (features that add tables land separately)."""
+    conn = await session.connection()
+    return bool(await conn.run_sync(lambda c: inspect(c).has_table(name)))
