@@ -2,7 +2,7 @@
 
 Routes: the OpenAI surface (``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/responses``,
 ``/v1/models``), the Anthropic surface (``/v1/messages``, ``/v1/messages/count_tokens``), the admin API
-(``/admin``, when present), ops (``/healthz``, ``/readyz``, ``/metrics``) and, last, the passthrough for any
+(``/admin``, when present, with the reports API ``/admin/api`` and the dashboard's pages), ops (``/healthz``, ``/readyz``, ``/metrics``) and, last, the passthrough for any
 other ``/v1/...`` path.
 
 The lifespan builds what needs the event loop (database engine, key store, log writer, providers'
@@ -16,10 +16,12 @@ import importlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import APIRouter, FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.api import anthropic, openai, ops, passthrough
+from gateway.api import anthropic, dashboard, openai, ops, passthrough, reports
 from gateway.api.errors import install_error_handlers
 from gateway.budgets import Budgets
 from gateway.config import Catalogue
@@ -31,6 +33,7 @@ from gateway.metrics import Metrics, model_labels
 from gateway.passthrough import Passthrough
 from gateway.pipeline import Pipeline
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
+from gateway.reports.retention import Pruner
 from gateway.settings import Settings
 from gateway.steps import RequestedModel, Steps
 from gateway.storage.db import make_engine, make_sessionmaker
@@ -97,7 +100,12 @@ def create_app(
                     metrics=metrics,
                 )
                 state.passthrough = Passthrough(pipeline)
-                yield
+                pruner = _pruner(settings, sessionmaker)
+                try:
+                    yield
+                finally:
+                    if pruner is not None:
+                        await pruner.stop()
             finally:
                 try:
                     await providers.aclose()
@@ -120,8 +128,23 @@ def create_app(
     admin = _admin_router()
     if admin is not None:
         app.include_router(admin)
+        app.include_router(reports.router)
+        app.include_router(dashboard.router)
+        dashboard.mount_static(app)
     app.include_router(passthrough.router)
     return app
+
+
+def _pruner(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> Pruner | None:
+    """The request-log pruner, started, when a retention is configured (``dashboard.retention_days``)."""
+    days = settings.dashboard.retention_days
+    if days is None:
+        return None
+    pruner = Pruner(
+        sessionmaker, retention=timedelta(days=days), interval_s=settings.dashboard.prune_interval_s
+    )
+    pruner.start()
+    return pruner
 
 
 def _admin_router() -> APIRouter | None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import ColumnElement, Select, Table, func, inspect, select
+from sqlalchemy import ColumnElement, MetaData, Select, Table, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.reports.rollups import ROLLUP, percentile
@@ -328,3 +328,26 @@ async def table_exists(session: AsyncSession, name: str) -> bool:
     """Whether the database has table ``name`` (features that add tables land separately)."""
     conn = await session.connection()
     return bool(await conn.run_sync(lambda c: inspect(c).has_table(name)))
+
+
+async def output_rate(session: AsyncSession, since: datetime, *, where: Sequence[Any] = ()) -> float | None:
+    """Output tokens per second of request time (sum of output tokens / sum of latencies), or None."""
+    stmt = select(func.sum(R.output_tokens), func.sum(R.latency_ms_sum)).where(R.hour >= since, *where)
+    tokens, ms = (await session.execute(stmt)).one()
+    return None if not ms else float(tokens or 0) / (float(ms) / 1000)
+
+
+async def batch_jobs(session: AsyncSession, table: str, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest rows of the batch table ``table`` as plain dicts (its schema belongs to the batch
+    feature, so every column is passed through as it is)."""
+    conn = await session.connection()
+    t = await conn.run_sync(lambda c: Table(table, MetaData(), autoload_with=c))
+    order = [t.c[name].desc() for name in ("created_at", "id") if name in t.c]
+    rows = (await session.execute(select(t).order_by(*order).limit(limit))).all()
+    return [{k: _jsonable(v) for k, v in row._mapping.items()} for row in rows]
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
+        return value
+    return value.isoformat() if isinstance(value, datetime) else str(value)
