@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.reports import queries
+from gateway.reports.queries import window_start
+from gateway.reports.retention import Pruner, prune
+from gateway.reports.rollups import ROLLUP
+from gateway.storage import repo
+from gateway.storage.models import RequestLogRow
+from tests.gateway.reports.test_rollups import record
+
+NOW = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
+
+
+def test_windows_are_whole_hours() -> None:
+    assert window_start(NOW, "today") == datetime(2026, 11, 30, tzinfo=UTC)
+    assert window_start(NOW, "1h") == datetime(2026, 11, 30, 10, tzinfo=UTC)
+    assert window_start(NOW, "7d") == datetime(2026, 11, 30, 10, tzinfo=UTC) - timedelta(hours=167)
+    for bad in ("7", "0d", "xd", "7w", ""):
+        with pytest.raises(ValueError):
+            window_start(NOW, bad)
+
+
+async def _write(sessionmaker: async_sessionmaker[AsyncSession], rows: list[dict[str, object]]) -> None:
+    async with sessionmaker.begin() as session:
+        await repo.write_request_batch(session, rows)
+
+
+async def test_summary_windows_and_filters(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    rng = random.Random(3)
+    now_s = NOW.timestamp()
+    rows = [
+        {**record(i, rng), "created_at": now_s - i * 3600.0} for i in range(40 * 24)
+    ]  # one per hour, 40 days
+    await _write(sessionmaker, rows)
+    async with sessionmaker() as session:
+        body = await queries.overview(session, NOW)
+        for window, hours in (("today", 11), ("7d", 168), ("30d", 720)):
+            w = body["windows"][window]
+            mine = rows[:hours]
+            assert w["requests"] == hours
+            assert w["spend_usd"] == pytest.approx(sum(r["cost_usd"] or 0 for r in mine))
+            assert w["errors"] == sum(r["status_code"] >= 400 for r in mine)
+            by = {m["mechanism"]: m for m in w["saved_by_mechanism"]}
+            assert by["cache"]["saved_usd"] == pytest.approx(
+                sum(r["saving_usd"] or 0 for r in mine if r["saving_mechanism"] == "cache")
+            )
+            assert by["local"] == {"mechanism": "local", "saved_usd": 0.0, "requests": 0}
+
+        series = await queries.series(session, window_start(NOW, "7d"), by="key", step="day")
+        assert len(series["times"]) == 8  # 168 hours starting mid-day span 8 UTC days
+        assert sum(t["requests"] for t in series["table"]) == 168
+        assert {t["name"] for t in series["table"]} <= {"k1", "k2", "(none)"}
+
+        recent = await queries.recent_requests(session, key_id="k1", status="5xx", limit=500)
+        assert recent == sorted(recent, key=lambda r: -r["id"])
+        assert len(recent) == sum(r["key_id"] == "k1" and r["status_code"] >= 500 for r in rows)
+        assert all("prompt" not in r and "messages" not in r for r in recent)
+        with pytest.raises(ValueError):
+            await queries.recent_requests(session, status="ok")
+        usage = await queries.key_usage(session, window_start(NOW, "30d"))
+        assert usage["k1"]["requests"] == sum(r["key_id"] == "k1" for r in rows[:720])
+
+
+async def test_pruning_keeps_the_rollups(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    rng = random.Random(5)
+    now_s = datetime.now(UTC).timestamp()
+    rows = [{**record(i, rng), "created_at": now_s - i * 3600.0} for i in range(100)]
+    await _write(sessionmaker, rows)
+
+    async def counts() -> tuple[int, int]:
+        async with sessionmaker() as session:
+            raw = (await session.execute(select(func.count()).select_from(RequestLogRow))).scalar_one()
+            rolled = (await session.execute(select(func.sum(ROLLUP.c.requests)))).scalar_one()
+            return int(raw), int(rolled)
+
+    assert await counts() == (100, 100)
+    cutoff = datetime.fromtimestamp(now_s - 49.5 * 3600, UTC)
+    assert await prune(sessionmaker, cutoff, chunk=7) == 50  # several chunks
+    assert await counts() == (50, 100)
+    pruner = Pruner(sessionmaker, retention=timedelta(hours=10), interval_s=3600)
+    assert await pruner.run_once() == 40
+    assert await counts() == (10, 100)
