@@ -351,3 +351,43 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool, list, dict)):
         return value
     return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+async def report_table(
+    session: AsyncSession, since: datetime, by: Literal["model", "key", "provider", "mechanism", "day"]
+) -> list[dict[str, Any]]:
+    """The rows of ``thriftgate report``: per ``by`` value (or per UTC day), requests, spend,
+    counterfactual, saved, tokens and unpriced requests since ``since``. Spend order, days in order."""
+    if by != "day":
+        table: list[dict[str, Any]] = (await series(session, since, by=by, step="day", top=1))["table"]
+        return table
+    stmt = (
+        select(
+            R.hour,
+            func.sum(R.requests),
+            func.sum(R.cost_usd),
+            func.sum(R.counterfactual_usd),
+            func.sum(R.saving_usd),
+            func.sum(R.input_tokens),
+            func.sum(R.output_tokens),
+            func.sum(R.unpriced),
+        )
+        .where(R.hour >= since)
+        .group_by(R.hour)
+    )
+    days: dict[str, dict[str, Any]] = {}
+    for hour, n, cost, cf, saved, tin, tout, unpriced in (await session.execute(stmt)).all():
+        name = hour.date().isoformat()
+        d = days.setdefault(
+            name,
+            {"name": name, "requests": 0, "cost_usd": 0.0, "counterfactual_usd": 0.0, "saved_usd": 0.0,
+             "input_tokens": 0, "output_tokens": 0, "unpriced_requests": 0},
+        )  # fmt: skip
+        d["requests"] += int(n)
+        d["cost_usd"] += float(cost or 0)
+        d["counterfactual_usd"] += float(cf or 0)
+        d["saved_usd"] += float(saved or 0)
+        d["input_tokens"] += int(tin or 0)
+        d["output_tokens"] += int(tout or 0)
+        d["unpriced_requests"] += int(unpriced or 0)
+    return [days[k] for k in sorted(days)]
