@@ -35,13 +35,11 @@ def upgrade() -> None:
     op.create_table(
         "request_rollup",
         sa.Column("hour", _utc(), nullable=False),
-        sa.Column("key_id", sa.String(32), nullable=False),
-        sa.Column("model", sa.String(200), nullable=False),
-        sa.Column("provider", sa.String(64), nullable=False),
-        sa.Column("mechanism", sa.String(32), nullable=False),
-        sa.Column("cache", sa.String(32), nullable=False),
-        sa.Column("status_class", sa.Integer(), nullable=False),
+        sa.Column("dimension", sa.String(16), nullable=False),
+        sa.Column("value", sa.String(200), nullable=False),
         sa.Column("requests", sa.BigInteger(), nullable=False),
+        sa.Column("errors", sa.BigInteger(), nullable=False),
+        sa.Column("cache_hits", sa.BigInteger(), nullable=False),
         sa.Column("unpriced", sa.BigInteger(), nullable=False),
         sa.Column("input_tokens", sa.BigInteger(), nullable=False),
         sa.Column("output_tokens", sa.BigInteger(), nullable=False),
@@ -56,16 +54,7 @@ def upgrade() -> None:
         sa.Column("ttft_ms_sum", sa.Float(), nullable=False),
         *[sa.Column(f"lat_b{i:02d}", sa.BigInteger(), nullable=False) for i in range(BUCKETS)],
         *[sa.Column(f"ttft_b{i:02d}", sa.BigInteger(), nullable=False) for i in range(BUCKETS)],
-        sa.PrimaryKeyConstraint(
-            "hour",
-            "key_id",
-            "model",
-            "provider",
-            "mechanism",
-            "cache",
-            "status_class",
-            name="pk_request_rollup",
-        ),
+        sa.PrimaryKeyConstraint("hour", "dimension", "value", name="pk_request_rollup"),
     )
 
 

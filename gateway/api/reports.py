@@ -331,9 +331,8 @@ async def routing_panel(session: SessionDep, since: Window = "7d") -> Any:
 @router.get("/panels/local", response_model=LocalPanel)
 async def local_panel(session: SessionDep, since: Window = "7d") -> Any:
     start = _start(since)
-    where = [queries.R.provider == "local"]
-    summary = await queries.summary(session, start, where=where)
-    rate = await queries.output_rate(session, start, where=where)
+    summary = await queries.summary(session, start, dimension="provider", value="local")
+    rate = await queries.output_rate(session, start, dimension="provider", value="local")
     return {"since": start, "summary": summary, "output_tokens_per_s": rate}
 
 

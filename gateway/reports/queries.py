@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import ColumnElement, MetaData, Select, Table, func, inspect, select
+from sqlalchemy import ColumnElement, MetaData, Table, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.reports.rollups import ROLLUP, percentile
@@ -20,19 +20,13 @@ from gateway.types import SavingMechanism
 
 MECHANISMS: tuple[str, ...] = tuple(str(m) for m in SavingMechanism)
 GroupBy = Literal["key", "model", "provider", "mechanism", "cache", "status"]
-GROUP_COLUMNS: dict[str, str] = {
-    "key": "key_id",
-    "model": "model",
-    "provider": "provider",
-    "mechanism": "mechanism",
-    "cache": "cache",
-    "status": "status_class",
-}
 LOG = cast(Table, RequestLogRow.__table__)
 R = ROLLUP.c
 
 _SUMS: tuple[str, ...] = (
     "requests",
+    "errors",
+    "cache_hits",
     "unpriced",
     "input_tokens",
     "output_tokens",
@@ -76,31 +70,20 @@ def _ratio(num: float, den: float) -> float | None:
     return None if not den else num / den
 
 
-def _summary(rows: Sequence[Any]) -> dict[str, Any]:
-    """Totals, rates, savings by mechanism and percentiles from rows grouped by (mechanism, cache,
-    status_class) carrying the ``_totals_columns``."""
-    total = dict.fromkeys(_SUMS, 0.0)
-    lat = [0.0] * len(LATENCY_BUCKET_COLUMNS)
-    ttft = [0.0] * len(TTFT_BUCKET_COLUMNS)
+def _summary(totals: Any, mechanisms: Sequence[Any]) -> dict[str, Any]:
+    """Totals, rates, percentiles (one row of ``_totals_columns``) and savings by mechanism (rows of
+    (value, requests, saving_usd) of the ``mechanism`` dimension)."""
+    m = totals._mapping
+    total = {name: float(m[name] or 0) for name in _SUMS}
+    lat = [float(m[c] or 0) for c in LATENCY_BUCKET_COLUMNS]
+    ttft = [float(m[c] or 0) for c in TTFT_BUCKET_COLUMNS]
     saving_by: dict[str, float] = dict.fromkeys(MECHANISMS, 0.0)
     requests_by: dict[str, int] = dict.fromkeys(MECHANISMS, 0)
-    errors = hits = 0
-    for row in rows:
-        m = row._mapping
-        for name in _SUMS:
-            total[name] += float(m[name] or 0)
-        for i, c in enumerate(LATENCY_BUCKET_COLUMNS):
-            lat[i] += float(m[c] or 0)
-        for i, c in enumerate(TTFT_BUCKET_COLUMNS):
-            ttft[i] += float(m[c] or 0)
-        if m["mechanism"]:
-            saving_by[m["mechanism"]] = saving_by.get(m["mechanism"], 0.0) + float(m["saving_usd"] or 0)
-            requests_by[m["mechanism"]] = requests_by.get(m["mechanism"], 0) + int(m["requests"])
-        if m["status_class"] >= 4 or m["status_class"] == 0:
-            errors += int(m["requests"])
-        if str(m["cache"]).startswith("hit"):
-            hits += int(m["requests"])
-    requests = int(total["requests"])
+    for value, n, saved in mechanisms:
+        if value:
+            saving_by[value] = float(saved or 0)
+            requests_by[value] = int(n or 0)
+    requests, errors, hits = int(total["requests"]), int(total["errors"]), int(total["cache_hits"])
     return {
         "requests": requests,
         "errors": errors,
@@ -131,16 +114,31 @@ def _summary(rows: Sequence[Any]) -> dict[str, Any]:
 
 
 async def summary(
-    session: AsyncSession, since: datetime, until: datetime | None = None, *, where: Sequence[Any] = ()
+    session: AsyncSession,
+    since: datetime,
+    until: datetime | None = None,
+    *,
+    dimension: str = "all",
+    value: str = "",
 ) -> dict[str, Any]:
-    """The totals of the hours from ``since`` (to ``until``, exclusive), see ``_summary``."""
-    stmt: Select[Any] = select(R.mechanism, R.cache, R.status_class, *_totals_columns()).where(
-        R.hour >= since
-    )
-    if until is not None:
-        stmt = stmt.where(R.hour < until)
-    stmt = stmt.where(*where).group_by(R.mechanism, R.cache, R.status_class)
-    return _summary((await session.execute(stmt)).all())
+    """The totals of the hours from ``since`` (to ``until``, exclusive) of one rollup row series (default:
+    every request), see ``_summary``. Savings by mechanism are of every request unless ``dimension`` is
+    given (then they are left at zero: the rollup does not cross dimensions)."""
+    hours = [R.hour >= since] + ([R.hour < until] if until is not None else [])
+    totals = (
+        await session.execute(
+            select(*_totals_columns()).where(*hours, R.dimension == dimension, R.value == value)
+        )
+    ).one()
+    mechanisms: Sequence[Any] = []
+    if dimension == "all":
+        stmt = (
+            select(R.value, func.sum(R.requests), func.sum(R.saving_usd))
+            .where(*hours, R.dimension == "mechanism")
+            .group_by(R.value)
+        )
+        mechanisms = (await session.execute(stmt)).all()
+    return _summary(totals, mechanisms)
 
 
 async def overview(session: AsyncSession, now: datetime) -> dict[str, Any]:
@@ -165,11 +163,10 @@ async def series(
 ) -> dict[str, Any]:
     """Spend, counterfactual, saving and requests per ``step`` for each value of ``by`` (the ``top`` by
     spend, then the rest summed as ``other``), and a table of each value's totals over the whole range."""
-    col = R[GROUP_COLUMNS[by]]
     stmt = (
         select(
             R.hour,
-            col.label("name"),
+            R.value.label("name"),
             func.sum(R.requests).label("requests"),
             func.sum(R.cost_usd).label("cost"),
             func.sum(R.counterfactual_usd).label("counterfactual"),
@@ -178,8 +175,8 @@ async def series(
             func.sum(R.output_tokens).label("output_tokens"),
             func.sum(R.unpriced).label("unpriced"),
         )
-        .where(R.hour >= since)
-        .group_by(R.hour, col)
+        .where(R.hour >= since, R.dimension == by)
+        .group_by(R.hour, R.value)
     )
     if until is not None:
         stmt = stmt.where(R.hour < until)
@@ -236,9 +233,9 @@ async def series(
 async def key_usage(session: AsyncSession, since: datetime) -> dict[str, dict[str, Any]]:
     """Requests, spend and saving per key since ``since`` (from the rollups)."""
     stmt = (
-        select(R.key_id, func.sum(R.requests), func.sum(R.cost_usd), func.sum(R.saving_usd))
-        .where(R.hour >= since, R.key_id != "")
-        .group_by(R.key_id)
+        select(R.value, func.sum(R.requests), func.sum(R.cost_usd), func.sum(R.saving_usd))
+        .where(R.hour >= since, R.dimension == "key", R.value != "")
+        .group_by(R.value)
     )
     return {
         k: {"requests": int(n), "cost_usd": float(c or 0), "saved_usd": float(s or 0)}
@@ -294,9 +291,9 @@ async def recent_requests(
 async def hit_rates(session: AsyncSession, since: datetime) -> list[dict[str, Any]]:
     """Per hour: requests, exact and semantic cache hits, and the hit rate (the cache panel)."""
     stmt = (
-        select(R.hour, R.cache, func.sum(R.requests))
-        .where(R.hour >= since)
-        .group_by(R.hour, R.cache)
+        select(R.hour, R.value, func.sum(R.requests))
+        .where(R.hour >= since, R.dimension == "cache")
+        .group_by(R.hour, R.value)
         .order_by(R.hour)
     )
     hours: dict[datetime, dict[str, Any]] = {}
@@ -330,9 +327,11 @@ async def table_exists(session: AsyncSession, name: str) -> bool:
     return bool(await conn.run_sync(lambda c: inspect(c).has_table(name)))
 
 
-async def output_rate(session: AsyncSession, since: datetime, *, where: Sequence[Any] = ()) -> float | None:
+async def output_rate(session: AsyncSession, since: datetime, *, dimension: str, value: str) -> float | None:
     """Output tokens per second of request time (sum of output tokens / sum of latencies), or None."""
-    stmt = select(func.sum(R.output_tokens), func.sum(R.latency_ms_sum)).where(R.hour >= since, *where)
+    stmt = select(func.sum(R.output_tokens), func.sum(R.latency_ms_sum)).where(
+        R.hour >= since, R.dimension == dimension, R.value == value
+    )
     tokens, ms = (await session.execute(stmt)).one()
     return None if not ms else float(tokens or 0) / (float(ms) / 1000)
 
@@ -372,7 +371,7 @@ async def report_table(
             func.sum(R.output_tokens),
             func.sum(R.unpriced),
         )
-        .where(R.hour >= since)
+        .where(R.hour >= since, R.dimension == "all")
         .group_by(R.hour)
     )
     days: dict[str, dict[str, Any]] = {}

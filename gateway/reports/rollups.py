@@ -1,9 +1,10 @@
 """Hourly rollups of the request log, maintained in the log writer's transaction.
 
 ``add_rows`` folds a batch of request-log rows (dicts made by ``gateway.storage.repo.request_row``) into
-``request_rollup``: the batch is first aggregated in memory per (hour, key, model, provider, mechanism,
-cache, status class), then each group is upserted with ``INSERT ... ON CONFLICT DO UPDATE SET x = x +
-excluded.x`` (SQLite and PostgreSQL), in a fixed order so concurrent replicas lock rows in the same order.
+``request_rollup``: the batch is first aggregated in memory per (hour, dimension, value), each request
+counting once under every dimension (``all``, ``key``, ``model``, ``provider``, ``mechanism``, ``cache``,
+``status``), then each group is upserted with ``INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x``
+(SQLite and PostgreSQL), in a fixed order so concurrent replicas lock rows in the same order.
 The rollups survive the pruning of raw rows (``gateway.reports.retention``), so every total the dashboard
 shows comes from them; only the recent-requests list reads raw rows.
 
@@ -31,10 +32,11 @@ from gateway.storage.models import (
 )
 
 ROLLUP = cast(Table, RequestRollupRow.__table__)
-MEASURES: tuple[str, ...] = tuple(c.name for c in ROLLUP.columns if c.name not in ROLLUP_DIMENSIONS)
+KEY_COLUMNS = ("hour", "dimension", "value")
+MEASURES: tuple[str, ...] = tuple(c.name for c in ROLLUP.columns if c.name not in KEY_COLUMNS)
 HOUR_S = 3600
 
-Group = tuple[datetime, str, str, str, str, str, int]
+Group = tuple[datetime, str, str]
 
 
 def hour_of(unix_s: float) -> datetime:
@@ -47,17 +49,24 @@ def bucket_of(ms: float) -> int:
     return bisect.bisect_left(LATENCY_BUCKETS_MS, ms)
 
 
-def group_of(row: Mapping[str, Any]) -> Group:
-    """The rollup group of one request-log row (missing values as ``''``)."""
-    return (
-        hour_of(float(row["created_at"])),
+def status_class(status_code: int | None) -> str:
+    """``2xx``, ``4xx`` ...; ``0xx`` for a request that never got a status."""
+    return f"{int(status_code or 0) // 100}xx"
+
+
+def groups_of(row: Mapping[str, Any]) -> tuple[Group, ...]:
+    """The rollup rows one request-log row adds to: one per dimension (missing values as ``''``)."""
+    hour = hour_of(float(row["created_at"]))
+    values = (
+        "",
         row.get("key_id") or "",
         row.get("served_model") or row.get("requested_model") or "",
         row.get("provider") or "",
         row.get("saving_mechanism") or "",
         row.get("cache") or "",
-        int(row.get("status_code") or 0) // 100,
+        status_class(row.get("status_code")),
     )
+    return tuple((hour, dim, value) for dim, value in zip(ROLLUP_DIMENSIONS, values, strict=True))
 
 
 def _zero() -> dict[str, Any]:
@@ -65,36 +74,50 @@ def _zero() -> dict[str, Any]:
 
 
 def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[Group, dict[str, Any]]:
-    """The batch's totals per rollup group. Pure."""
+    """The batch's totals per rollup group (every measure present, zeros included). Pure."""
     groups: dict[Group, dict[str, Any]] = {}
     for row in rows:
-        g = groups.get(key := group_of(row))
-        if g is None:
-            g = groups[key] = _zero()
-        g["requests"] += 1
-        cost = row.get("cost_usd")
-        if cost is None:
-            g["unpriced"] += 1
-        else:
-            g["cost_usd"] += float(cost)
-        for money in ("counterfactual_usd", "saving_usd"):
-            if (value := row.get(money)) is not None:
-                g[money] += float(value)
-        g["input_tokens"] += int(row.get("input_tokens") or 0)
-        g["output_tokens"] += int(row.get("output_tokens") or 0)
-        g["cache_read_tokens"] += int(row.get("cache_read_tokens") or 0)
-        g["cache_write_tokens"] += int(row.get("cache_write_5m_tokens") or 0) + int(
-            row.get("cache_write_1h_tokens") or 0
-        )
-        if (latency := row.get("latency_ms")) is not None:
-            g["latency_count"] += 1
-            g["latency_ms_sum"] += float(latency)
-            g[LATENCY_BUCKET_COLUMNS[bucket_of(float(latency))]] += 1
-        if (ttft := row.get("ttft_ms")) is not None:
-            g["ttft_count"] += 1
-            g["ttft_ms_sum"] += float(ttft)
-            g[TTFT_BUCKET_COLUMNS[bucket_of(float(ttft))]] += 1
+        one = measures(row)
+        for key in groups_of(row):
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = _zero()
+            for name, amount in one:
+                g[name] += amount
     return groups
+
+
+def measures(row: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """What one request adds to each of its rollup rows, as (measure, amount) pairs; zeros left out."""
+    status = int(row.get("status_code") or 0)
+    out: list[tuple[str, Any]] = [("requests", 1)]
+    if status >= 400 or status == 0:
+        out.append(("errors", 1))
+    if str(row.get("cache") or "").startswith("hit"):
+        out.append(("cache_hits", 1))
+    cost = row.get("cost_usd")
+    out.append(("unpriced", 1) if cost is None else ("cost_usd", float(cost)))
+    for money in ("counterfactual_usd", "saving_usd"):
+        if (value := row.get(money)) is not None:
+            out.append((money, float(value)))
+    for tokens in ("input_tokens", "output_tokens", "cache_read_tokens"):
+        if n := int(row.get(tokens) or 0):
+            out.append((tokens, n))
+    if written := int(row.get("cache_write_5m_tokens") or 0) + int(row.get("cache_write_1h_tokens") or 0):
+        out.append(("cache_write_tokens", written))
+    if (latency := row.get("latency_ms")) is not None:
+        out += [
+            ("latency_count", 1),
+            ("latency_ms_sum", float(latency)),
+            (LATENCY_BUCKET_COLUMNS[bucket_of(float(latency))], 1),
+        ]
+    if (ttft := row.get("ttft_ms")) is not None:
+        out += [
+            ("ttft_count", 1),
+            ("ttft_ms_sum", float(ttft)),
+            (TTFT_BUCKET_COLUMNS[bucket_of(float(ttft))], 1),
+        ]
+    return out
 
 
 async def add_rows(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -103,20 +126,20 @@ async def add_rows(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> 
         return
     groups = aggregate(rows)
     values = [
-        {**dict(zip(ROLLUP_DIMENSIONS, key, strict=True)), **totals}
+        {**dict(zip(KEY_COLUMNS, key, strict=True)), **totals}
         for key, totals in sorted(groups.items(), key=lambda item: item[0])
     ]
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
         ins = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(ROLLUP)
         stmt = ins.on_conflict_do_update(
-            index_elements=list(ROLLUP_DIMENSIONS),
+            index_elements=list(KEY_COLUMNS),
             set_={m: ROLLUP.c[m] + getattr(ins.excluded, m) for m in MEASURES},
         )
         await session.execute(stmt, values)
         return
     for value in values:  # any other database: update, else insert (no concurrent-replica guarantee)
-        where = [ROLLUP.c[d] == value[d] for d in ROLLUP_DIMENSIONS]
+        where = [ROLLUP.c[d] == value[d] for d in KEY_COLUMNS]
         result = await session.execute(
             update(ROLLUP).where(*where).values({m: ROLLUP.c[m] + value[m] for m in MEASURES})
         )

@@ -154,27 +154,28 @@ the last bound. ``gateway.reports.rollups`` estimates percentiles from them."""
 
 LATENCY_BUCKET_COLUMNS = tuple(f"lat_b{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
 TTFT_BUCKET_COLUMNS = tuple(f"ttft_b{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
-ROLLUP_DIMENSIONS = ("hour", "key_id", "model", "provider", "mechanism", "cache", "status_class")
-"""The rollup's primary key. Missing values are stored as ``''`` (a NULL never conflicts in a unique index,
-so the upsert would add a row instead of adding to it)."""
+ROLLUP_DIMENSIONS: tuple[str, ...] = ("all", "key", "model", "provider", "mechanism", "cache", "status")
+"""The dimensions each request is rolled up under (``all``: one row per hour, value ``''``)."""
 
 
 class RequestRollupRow(Base):
-    """Hourly totals of the request log, per (hour, key, model, provider, mechanism, cache, status class),
-    maintained in the log writer's transaction (``gateway.reports.rollups``) and kept when raw rows are
-    pruned. ``model`` is the served model, else the requested one; ``status_class`` is ``status_code // 100``.
-    Money sums cover the rows whose amount is known; ``unpriced`` counts the rows without a cost."""
+    """Hourly totals of the request log per (hour, dimension, value): one row per hour for ``all``, and one
+    per hour and key, model (served, else requested), provider, saving mechanism, cache outcome and status
+    class (``2xx``...). Each request adds to one row of every dimension, so each report reads only the rows
+    of the dimension it groups by (rolling up the cross product of the dimensions instead would leave
+    nearly as many rows as the log itself under many keys and models). Maintained in the log writer's
+    transaction (``gateway.reports.rollups``) and kept when raw rows are pruned. Missing values are ``''``.
+    Money sums cover the rows whose amount is known; ``unpriced`` counts the rows without a cost;
+    ``errors`` counts status >= 400 (or none); ``cache_hits`` exact and semantic hits."""
 
     __tablename__ = "request_rollup"
 
     hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
-    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    model: Mapped[str] = mapped_column(String(200), primary_key=True)
-    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
-    mechanism: Mapped[str] = mapped_column(String(32), primary_key=True)
-    cache: Mapped[str] = mapped_column(String(32), primary_key=True)
-    status_class: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dimension: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200), primary_key=True)
     requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    cache_hits: Mapped[int] = mapped_column(BigInteger)
     unpriced: Mapped[int] = mapped_column(BigInteger)
     input_tokens: Mapped[int] = mapped_column(BigInteger)
     output_tokens: Mapped[int] = mapped_column(BigInteger)

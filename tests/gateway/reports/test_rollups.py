@@ -62,34 +62,63 @@ async def test_rollups_equal_the_raw_sums(sessionmaker: async_sessionmaker[Async
                     func.sum(log.c.input_tokens),
                     func.count(log.c.latency_ms),
                     func.count().filter(log.c.cost_usd.is_(None)),
-                    func.count().filter(log.c.status_code >= 500),
+                    func.count().filter(log.c.status_code >= 400),
                 )
             )
         ).one()
-        rolled = (
+        per_dimension = (
             await session.execute(
                 select(
+                    ROLLUP.c.dimension,
                     func.sum(ROLLUP.c.requests),
                     func.sum(ROLLUP.c.cost_usd),
                     func.sum(ROLLUP.c.counterfactual_usd),
                     func.sum(ROLLUP.c.input_tokens),
                     func.sum(ROLLUP.c.latency_count),
                     func.sum(ROLLUP.c.unpriced),
-                    func.sum(ROLLUP.c.requests).filter(ROLLUP.c.status_class == 5),
+                    func.sum(ROLLUP.c.errors),
+                ).group_by(ROLLUP.c.dimension)
+            )
+        ).all()
+        by_model = dict(
+            (
+                await session.execute(
+                    select(ROLLUP.c.value, func.sum(ROLLUP.c.requests))
+                    .where(ROLLUP.c.dimension == "model")
+                    .group_by(ROLLUP.c.value)
+                )
+            ).all()
+        )
+        n_groups = (await session.execute(select(func.count()).select_from(ROLLUP))).scalar_one()
+        buckets = (
+            await session.execute(
+                select(*[func.sum(ROLLUP.c[c]) for c in rollups.LATENCY_BUCKET_COLUMNS]).where(
+                    ROLLUP.c.dimension == "all"
                 )
             )
         ).one()
-        n_groups = (await session.execute(select(func.count()).select_from(ROLLUP))).scalar_one()
-        buckets = (
-            await session.execute(select(*[func.sum(ROLLUP.c[c]) for c in rollups.LATENCY_BUCKET_COLUMNS]))
-        ).one()
 
-    assert raw[0] == rolled[0] == 600
-    assert abs(raw[1] - rolled[1]) < 1e-6
-    assert abs(raw[2] - rolled[2]) < 1e-6
-    assert tuple(raw[3:]) == tuple(int(v) for v in rolled[3:])
+    assert raw[0] == 600
+    assert {d[0] for d in per_dimension} == {
+        "all",
+        "key",
+        "model",
+        "provider",
+        "mechanism",
+        "cache",
+        "status",
+    }
+    for dimension, *rolled in per_dimension:  # every dimension partitions the same requests
+        assert rolled[0] == 600, dimension
+        assert abs(raw[1] - rolled[1]) < 1e-6
+        assert abs(raw[2] - rolled[2]) < 1e-6
+        assert tuple(raw[3:]) == tuple(int(v) for v in rolled[3:])
+    for model in ("gpt-4o", "gpt-4o-mini", "auto"):
+        assert by_model.get(model, 0) == sum(
+            (r["served_model"] or r["requested_model"]) == model for r in rows
+        )
     assert sum(buckets) == raw[4]
-    assert n_groups == len(rollups.aggregate(rows)) < 600  # rows were folded together
+    assert n_groups == len(rollups.aggregate(rows))
 
 
 def test_aggregate_groups_by_hour_and_dimensions() -> None:
@@ -98,11 +127,14 @@ def test_aggregate_groups_by_hour_and_dimensions() -> None:
     b = {**a, "created_at": a["created_at"] + 3600}
     c = {**a, "latency_ms": 12.0}
     groups = rollups.aggregate([a, b, c])
-    assert len(groups) == 2
-    g = groups[rollups.group_of(a)]
-    assert g["requests"] == 2
-    assert rollups.group_of(a)[0] == hour_of(a["created_at"])
-    assert rollups.group_of({"created_at": T0, "status_code": 503})[1:] == ("", "", "", "", "", 5)
+    assert len(groups) == 2 * 7  # two hours, seven dimensions
+    for key in rollups.groups_of(a):
+        assert groups[key]["requests"] == 2
+        assert key[0] == hour_of(a["created_at"])
+    assert groups[rollups.groups_of(a)[0]]["latency_count"] == (a["latency_ms"] is not None) + 1
+    assert [v for _, _, v in rollups.groups_of({"created_at": T0, "status_code": 503})] == [
+        "", "", "", "", "", "", "5xx"
+    ]  # fmt: skip
 
 
 def test_buckets_and_percentile() -> None:
