@@ -34,8 +34,8 @@ def _money() -> sa.Numeric[float]:
 def upgrade() -> None:
     op.create_table(
         "request_rollup",
-        sa.Column("hour", _utc(), nullable=False),
         sa.Column("dimension", sa.String(16), nullable=False),
+        sa.Column("hour", _utc(), nullable=False),
         sa.Column("value", sa.String(200), nullable=False),
         sa.Column("requests", sa.BigInteger(), nullable=False),
         sa.Column("errors", sa.BigInteger(), nullable=False),
@@ -54,7 +54,7 @@ def upgrade() -> None:
         sa.Column("ttft_ms_sum", sa.Float(), nullable=False),
         *[sa.Column(f"lat_b{i:02d}", sa.BigInteger(), nullable=False) for i in range(BUCKETS)],
         *[sa.Column(f"ttft_b{i:02d}", sa.BigInteger(), nullable=False) for i in range(BUCKETS)],
-        sa.PrimaryKeyConstraint("hour", "dimension", "value", name="pk_request_rollup"),
+        sa.PrimaryKeyConstraint("dimension", "hour", "value", name="pk_request_rollup"),
     )
 
 

@@ -250,9 +250,9 @@ def spend_csv(table: list[dict[str, Any]]) -> str:
 
 @router.get("/spend.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 async def spend_export(session: SessionDep, since: Window = "7d", by: GroupBy = "model") -> Response:
-    result = await queries.series(session, _start(since), by=by, step="day")
+    table = await queries.group_table(session, _start(since), by)
     return Response(
-        spend_csv(result["table"]),
+        spend_csv(table),
         media_type="text/csv",
         headers={"content-disposition": f'attachment; filename="thriftgate-spend-{by}-{since}.csv"'},
     )
@@ -324,8 +324,8 @@ async def cache_panel(session: SessionDep, since: Window = "7d") -> Any:
 @router.get("/panels/routing", response_model=RoutingPanel)
 async def routing_panel(session: SessionDep, since: Window = "7d") -> Any:
     start = _start(since)
-    models = await queries.series(session, start, by="model", step="day", top=50)
-    return {"since": start, "models": models["table"], "reasons": await queries.route_reasons(session, start)}
+    models = await queries.group_table(session, start, "model")
+    return {"since": start, "models": models, "reasons": await queries.route_reasons(session, start)}
 
 
 @router.get("/panels/local", response_model=LocalPanel)

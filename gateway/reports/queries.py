@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import ColumnElement, MetaData, Table, func, inspect, select
+from sqlalchemy import BigInteger, ColumnElement, MetaData, Table, case, func, inspect, null, select
+from sqlalchemy import cast as cast_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.reports.rollups import ROLLUP, percentile
@@ -152,6 +153,50 @@ async def overview(session: AsyncSession, now: datetime) -> dict[str, Any]:
     return {"generated_at": now, "windows": windows}
 
 
+def _bucket(session: AsyncSession, step: Literal["hour", "day"]) -> ColumnElement[Any]:
+    """The start of each row's hour or UTC day, in unix seconds, computed by the database (so a series
+    comes back as one row per bucket and series, not one per rollup row)."""
+    c = R.hour
+    if session.get_bind().dialect.name == "postgresql":
+        truncated = func.date_trunc("day", c, "UTC") if step == "day" else c
+        return cast_(func.extract("epoch", truncated), BigInteger)
+    # SQLite keeps naive UTC text ("YYYY-MM-DD HH:MM:SS..."): strftime reads it as UTC.
+    return cast_(func.strftime("%s", func.date(c) if step == "day" else c), BigInteger)
+
+
+_TABLE_SUMS = (
+    ("requests", R.requests),
+    ("cost_usd", R.cost_usd),
+    ("counterfactual_usd", R.counterfactual_usd),
+    ("saved_usd", R.saving_usd),
+    ("input_tokens", R.input_tokens),
+    ("output_tokens", R.output_tokens),
+    ("unpriced_requests", R.unpriced),
+)
+
+
+async def group_table(
+    session: AsyncSession, since: datetime, by: str, until: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Each value of dimension ``by`` with its totals since ``since``, by spend (then requests, name)."""
+    hours = [R.hour >= since] + ([R.hour < until] if until is not None else [])
+    stmt = (
+        select(R.value, *[func.sum(col).label(name) for name, col in _TABLE_SUMS])
+        .where(R.dimension == by, *hours)
+        .group_by(R.value)
+    )
+    table = []
+    for row in (await session.execute(stmt)).all():
+        m = row._mapping
+        entry: dict[str, Any] = {"name": m["value"] if m["value"] not in ("", None) else "(none)"}
+        for name, _ in _TABLE_SUMS:
+            money = name.endswith("_usd")
+            entry[name] = float(m[name] or 0) if money else int(m[name] or 0)
+        table.append(entry)
+    table.sort(key=lambda t: (-t["cost_usd"], -t["requests"], t["name"]))
+    return table
+
+
 async def series(
     session: AsyncSession,
     since: datetime,
@@ -161,73 +206,40 @@ async def series(
     until: datetime | None = None,
     top: int = 8,
 ) -> dict[str, Any]:
-    """Spend, counterfactual, saving and requests per ``step`` for each value of ``by`` (the ``top`` by
-    spend, then the rest summed as ``other``), and a table of each value's totals over the whole range."""
+    """Spend per ``step`` for each value of ``by`` (the ``top`` by spend, the rest summed as ``other``),
+    and a table of each value's totals over the whole range (``group_table``)."""
+    table = await group_table(session, since, by, until)
+    shown = [t["name"] for t in table[:top]]
+    raw_names = ["" if n == "(none)" else n for n in shown]
+    # the values beyond the top come back as NULL ("other"); a missing value is '' ("(none)")
+    label = case((R.value.in_(raw_names), R.value), else_=null()) if len(table) > top else R.value
+    bucket = _bucket(session, step)
+    hours = [R.hour >= since] + ([R.hour < until] if until is not None else [])
     stmt = (
-        select(
-            R.hour,
-            R.value.label("name"),
-            func.sum(R.requests).label("requests"),
-            func.sum(R.cost_usd).label("cost"),
-            func.sum(R.counterfactual_usd).label("counterfactual"),
-            func.sum(R.saving_usd).label("saving"),
-            func.sum(R.input_tokens).label("input_tokens"),
-            func.sum(R.output_tokens).label("output_tokens"),
-            func.sum(R.unpriced).label("unpriced"),
-        )
-        .where(R.hour >= since, R.dimension == by)
-        .group_by(R.hour, R.value)
+        select(bucket.label("at"), label.label("name"), func.sum(R.cost_usd).label("cost"))
+        .where(R.dimension == by, *hours)
+        .group_by(bucket, label)
     )
+    cells: dict[tuple[int, str], float] = {}
+    for at, name, cost in (await session.execute(stmt)).all():
+        name = "other" if name is None else (name or "(none)")
+        cells[(int(at), name)] = float(cost or 0)
+    step_s = 3600 if step == "hour" else 86400
+    first = int(since.timestamp()) // step_s * step_s
     if until is not None:
-        stmt = stmt.where(R.hour < until)
-    rows = (await session.execute(stmt)).all()
-    table: dict[str, dict[str, Any]] = {}
-    cells: dict[tuple[datetime, str], float] = {}
-    for row in rows:
-        name = str(row.name) if row.name not in ("", None) else "(none)"
-        t = table.setdefault(
-            name,
-            {
-                "name": name,
-                "requests": 0,
-                "cost_usd": 0.0,
-                "counterfactual_usd": 0.0,
-                "saved_usd": 0.0,
-                "input_tokens": 0,
-                "output_tokens": 0,
-                "unpriced_requests": 0,
-            },
-        )
-        t["requests"] += int(row.requests)
-        t["cost_usd"] += float(row.cost or 0)
-        t["counterfactual_usd"] += float(row.counterfactual or 0)
-        t["saved_usd"] += float(row.saving or 0)
-        t["input_tokens"] += int(row.input_tokens)
-        t["output_tokens"] += int(row.output_tokens)
-        t["unpriced_requests"] += int(row.unpriced)
-        at = row.hour if step == "hour" else row.hour.replace(hour=0)
-        cells[(at, name)] = cells.get((at, name), 0.0) + float(row.cost or 0)
-    ranked = sorted(table.values(), key=lambda t: (-t["cost_usd"], -t["requests"], t["name"]))
-    shown = [t["name"] for t in ranked[:top]]
-    step_td = timedelta(hours=1 if step == "hour" else 24)
-    start = since if step == "hour" else since.replace(hour=0)
-    end = (
-        hour_floor(until - timedelta(hours=1))
-        if until is not None
-        else max((a for a, _ in cells), default=start)
-    )
-    times: list[datetime] = []
-    at = start
-    while at <= end and len(times) < 24 * 400:
-        times.append(at)
-        at += step_td
-    out_series = [{"name": n, "cost_usd": [cells.get((t, n), 0.0) for t in times]} for n in shown]
-    rest = [t["name"] for t in ranked[top:]]
-    if rest:
-        out_series.append(
-            {"name": "other", "cost_usd": [sum(cells.get((t, n), 0.0) for n in rest) for t in times]}
-        )
-    return {"by": by, "step": step, "since": since, "times": times, "series": out_series, "table": ranked}
+        last = (int(until.timestamp()) - 1) // step_s * step_s
+    else:
+        last = max((at for at, _ in cells), default=first)
+    starts = list(range(first, last + 1, step_s))[: 24 * 400]
+    names = shown + (["other"] if len(table) > top else [])
+    return {
+        "by": by,
+        "step": step,
+        "since": since,
+        "times": [datetime.fromtimestamp(t, UTC) for t in starts],
+        "series": [{"name": n, "cost_usd": [cells.get((t, n), 0.0) for t in starts]} for n in names],
+        "table": table,
+    }
 
 
 async def key_usage(session: AsyncSession, since: datetime) -> dict[str, dict[str, Any]]:
@@ -358,8 +370,7 @@ async def report_table(
     """The rows of ``thriftgate report``: per ``by`` value (or per UTC day), requests, spend,
     counterfactual, saved, tokens and unpriced requests since ``since``. Spend order, days in order."""
     if by != "day":
-        table: list[dict[str, Any]] = (await series(session, since, by=by, step="day", top=1))["table"]
-        return table
+        return await group_table(session, since, by)
     stmt = (
         select(
             R.hour,

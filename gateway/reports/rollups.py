@@ -32,11 +32,11 @@ from gateway.storage.models import (
 )
 
 ROLLUP = cast(Table, RequestRollupRow.__table__)
-KEY_COLUMNS = ("hour", "dimension", "value")
+KEY_COLUMNS = ("dimension", "hour", "value")
 MEASURES: tuple[str, ...] = tuple(c.name for c in ROLLUP.columns if c.name not in KEY_COLUMNS)
 HOUR_S = 3600
 
-Group = tuple[datetime, str, str]
+Group = tuple[str, datetime, str]  # (dimension, hour, value)
 
 
 def hour_of(unix_s: float) -> datetime:
@@ -66,7 +66,7 @@ def groups_of(row: Mapping[str, Any]) -> tuple[Group, ...]:
         row.get("cache") or "",
         status_class(row.get("status_code")),
     )
-    return tuple((hour, dim, value) for dim, value in zip(ROLLUP_DIMENSIONS, values, strict=True))
+    return tuple((dim, hour, value) for dim, value in zip(ROLLUP_DIMENSIONS, values, strict=True))
 
 
 def _zero() -> dict[str, Any]:

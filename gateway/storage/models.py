@@ -170,8 +170,9 @@ class RequestRollupRow(Base):
 
     __tablename__ = "request_rollup"
 
-    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    # Primary key (dimension, hour, value): every report reads one dimension over a range of hours.
     dimension: Mapped[str] = mapped_column(String(16), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     value: Mapped[str] = mapped_column(String(200), primary_key=True)
     requests: Mapped[int] = mapped_column(BigInteger)
     errors: Mapped[int] = mapped_column(BigInteger)

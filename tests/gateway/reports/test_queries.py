@@ -57,6 +57,19 @@ async def test_summary_windows_and_filters(sessionmaker: async_sessionmaker[Asyn
         assert len(series["times"]) == 8  # 168 hours starting mid-day span 8 UTC days
         assert sum(t["requests"] for t in series["table"]) == 168
         assert {t["name"] for t in series["table"]} <= {"k1", "k2", "(none)"}
+        assert sum(sum(x["cost_usd"]) for x in series["series"]) == pytest.approx(
+            sum(t["cost_usd"] for t in series["table"])
+        )
+        hourly = await queries.series(session, window_start(NOW, "today"), by="model", step="hour", top=1)
+        assert [x["name"] for x in hourly["series"]] == [hourly["table"][0]["name"], "other"]
+        assert hourly["times"][0] == datetime(2026, 11, 30, tzinfo=UTC) and len(hourly["times"]) == 11
+        for i, at in enumerate(hourly["times"]):  # each bucket holds exactly the row written in that hour
+            (row,) = [
+                r
+                for r in rows
+                if datetime.fromtimestamp(float(r["created_at"]), UTC) == at + timedelta(minutes=30)
+            ]  # type: ignore[arg-type]
+            assert sum(x["cost_usd"][i] for x in hourly["series"]) == pytest.approx(row["cost_usd"] or 0)
 
         recent = await queries.recent_requests(session, key_id="k1", status="5xx", limit=500)
         assert recent == sorted(recent, key=lambda r: -r["id"])

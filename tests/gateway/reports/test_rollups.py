@@ -130,7 +130,7 @@ def test_aggregate_groups_by_hour_and_dimensions() -> None:
     assert len(groups) == 2 * 7  # two hours, seven dimensions
     for key in rollups.groups_of(a):
         assert groups[key]["requests"] == 2
-        assert key[0] == hour_of(a["created_at"])
+        assert key[1] == hour_of(a["created_at"])
     assert groups[rollups.groups_of(a)[0]]["latency_count"] == (a["latency_ms"] is not None) + 1
     assert [v for _, _, v in rollups.groups_of({"created_at": T0, "status_code": 503})] == [
         "", "", "", "", "", "", "5xx"
