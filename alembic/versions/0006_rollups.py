@@ -52,9 +52,16 @@ def upgrade() -> None:
         sa.Column("latency_ms_sum", sa.Float(), nullable=False),
         sa.Column("ttft_count", sa.BigInteger(), nullable=False),
         sa.Column("ttft_ms_sum", sa.Float(), nullable=False),
-        *[sa.Column(f"lat_b{i:02d}", sa.BigInteger(), nullable=False) for i in range(BUCKETS)],
-        *[sa.Column(f"ttft_b{i:02d}", sa.BigInteger(), nullable=False) for i in range(BUCKETS)],
+        *[
+            sa.Column(f"lat_b{i:02d}", sa.BigInteger(), nullable=False, server_default="0")
+            for i in range(BUCKETS)
+        ],
+        *[
+            sa.Column(f"ttft_b{i:02d}", sa.BigInteger(), nullable=False, server_default="0")
+            for i in range(BUCKETS)
+        ],
         sa.PrimaryKeyConstraint("dimension", "hour", "value", name="pk_request_rollup"),
+        sqlite_with_rowid=False,
     )
 
 

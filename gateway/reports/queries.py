@@ -154,14 +154,23 @@ async def overview(session: AsyncSession, now: datetime) -> dict[str, Any]:
 
 
 def _bucket(session: AsyncSession, step: Literal["hour", "day"]) -> ColumnElement[Any]:
-    """The start of each row's hour or UTC day, in unix seconds, computed by the database (so a series
-    comes back as one row per bucket and series, not one per rollup row)."""
+    """The start of each row's hour or UTC day, computed by the database (so a series comes back as one
+    row per bucket and series, not one per rollup row); ``_bucket_start`` turns it into unix seconds."""
     c = R.hour
     if session.get_bind().dialect.name == "postgresql":
         truncated = func.date_trunc("day", c, "UTC") if step == "day" else c
         return cast_(func.extract("epoch", truncated), BigInteger)
-    # SQLite keeps naive UTC text ("YYYY-MM-DD HH:MM:SS..."): strftime reads it as UTC.
-    return cast_(func.strftime("%s", func.date(c) if step == "day" else c), BigInteger)
+    # SQLite keeps naive UTC text ("YYYY-MM-DD HH:MM:SS..."): the day or hour is its prefix (cheaper than
+    # strftime per row); _bucket_start parses it.
+    return func.substr(c, 1, 10 if step == "day" else 13)
+
+
+def _bucket_start(raw: Any) -> int:
+    """Unix seconds of a bucket as ``_bucket`` returned it (an integer, or SQLite's text prefix)."""
+    if isinstance(raw, str):
+        fmt = "%Y-%m-%d %H" if len(raw) > 10 else "%Y-%m-%d"
+        return int(datetime.strptime(raw, fmt).replace(tzinfo=UTC).timestamp())
+    return int(raw)
 
 
 _TABLE_SUMS = (
@@ -223,7 +232,7 @@ async def series(
     cells: dict[tuple[int, str], float] = {}
     for at, name, cost in (await session.execute(stmt)).all():
         name = "other" if name is None else (name or "(none)")
-        cells[(int(at), name)] = float(cost or 0)
+        cells[(_bucket_start(at), name)] = float(cost or 0)
     step_s = 3600 if step == "hour" else 86400
     first = int(since.timestamp()) // step_s * step_s
     if until is not None:
@@ -321,13 +330,12 @@ async def hit_rates(session: AsyncSession, since: datetime) -> list[dict[str, An
 
 
 async def route_reasons(session: AsyncSession, since: datetime, limit: int = 20) -> list[dict[str, Any]]:
-    """The most frequent route reasons in the raw log since ``since`` (the routing panel)."""
-    c = LOG.c
+    """The most frequent route reasons since ``since`` (the routing panel; from the rollups)."""
     stmt = (
-        select(c.route_reason, func.count())
-        .where(c.created_at >= since, c.route_reason.is_not(None))
-        .group_by(c.route_reason)
-        .order_by(func.count().desc())
+        select(R.value, func.sum(R.requests).label("n"))
+        .where(R.dimension == "route", R.hour >= since, R.value != "")
+        .group_by(R.value)
+        .order_by(func.sum(R.requests).desc(), R.value)
         .limit(limit)
     )
     return [{"reason": r, "requests": int(n)} for r, n in (await session.execute(stmt)).all()]

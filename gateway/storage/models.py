@@ -154,21 +154,33 @@ the last bound. ``gateway.reports.rollups`` estimates percentiles from them."""
 
 LATENCY_BUCKET_COLUMNS = tuple(f"lat_b{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
 TTFT_BUCKET_COLUMNS = tuple(f"ttft_b{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
-ROLLUP_DIMENSIONS: tuple[str, ...] = ("all", "key", "model", "provider", "mechanism", "cache", "status")
+ROLLUP_DIMENSIONS: tuple[str, ...] = (
+    "all",
+    "key",
+    "model",
+    "provider",
+    "mechanism",
+    "cache",
+    "status",
+    "route",
+)
 """The dimensions each request is rolled up under (``all``: one row per hour, value ``''``)."""
 
 
 class RequestRollupRow(Base):
     """Hourly totals of the request log per (hour, dimension, value): one row per hour for ``all``, and one
-    per hour and key, model (served, else requested), provider, saving mechanism, cache outcome and status
-    class (``2xx``...). Each request adds to one row of every dimension, so each report reads only the rows
+    per hour and key, model (served, else requested), provider, saving mechanism, cache outcome, status
+    class (``2xx``...) and route reason. Each request adds to one row of every dimension, so each report reads only the rows
     of the dimension it groups by (rolling up the cross product of the dimensions instead would leave
     nearly as many rows as the log itself under many keys and models). Maintained in the log writer's
     transaction (``gateway.reports.rollups``) and kept when raw rows are pruned. Missing values are ``''``.
     Money sums cover the rows whose amount is known; ``unpriced`` counts the rows without a cost;
-    ``errors`` counts status >= 400 (or none); ``cache_hits`` exact and semantic hits."""
+    ``errors`` counts status >= 400 (or none); ``cache_hits`` exact and semantic hits. The latency and TTFT
+    histogram columns (``lat_bNN``, ``ttft_bNN``) are filled for the ``all`` and ``provider`` rows only."""
 
     __tablename__ = "request_rollup"
+    # SQLite: a WITHOUT ROWID table, clustered by the primary key, as the range scans of the reports want.
+    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012 (SQLAlchemy reads it once)
 
     # Primary key (dimension, hour, value): every report reads one dimension over a range of hours.
     dimension: Mapped[str] = mapped_column(String(16), primary_key=True)
@@ -193,4 +205,6 @@ class RequestRollupRow(Base):
 
 for _column in (*LATENCY_BUCKET_COLUMNS, *TTFT_BUCKET_COLUMNS):
     # Core-only columns (the rollup is written and read with Core statements, never as ORM objects).
-    cast(Table, RequestRollupRow.__table__).append_column(Column(_column, BigInteger, nullable=False))
+    cast(Table, RequestRollupRow.__table__).append_column(
+        Column(_column, BigInteger, nullable=False, server_default="0")
+    )

@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -107,6 +108,7 @@ async def test_rollups_equal_the_raw_sums(sessionmaker: async_sessionmaker[Async
         "mechanism",
         "cache",
         "status",
+        "route",
     }
     for dimension, *rolled in per_dimension:  # every dimension partitions the same requests
         assert rolled[0] == 600, dimension
@@ -127,13 +129,13 @@ def test_aggregate_groups_by_hour_and_dimensions() -> None:
     b = {**a, "created_at": a["created_at"] + 3600}
     c = {**a, "latency_ms": 12.0}
     groups = rollups.aggregate([a, b, c])
-    assert len(groups) == 2 * 7  # two hours, seven dimensions
+    assert len(groups) == 2 * 8  # two hours, eight dimensions
     for key in rollups.groups_of(a):
         assert groups[key]["requests"] == 2
         assert key[1] == hour_of(a["created_at"])
     assert groups[rollups.groups_of(a)[0]]["latency_count"] == (a["latency_ms"] is not None) + 1
     assert [v for _, _, v in rollups.groups_of({"created_at": T0, "status_code": 503})] == [
-        "", "", "", "", "", "", "5xx"
+        "", "", "", "", "", "", "5xx", ""
     ]  # fmt: skip
 
 
@@ -149,3 +151,34 @@ def test_buckets_and_percentile() -> None:
     assert percentile(counts, 1.0) == 100.0
     counts[-1] = 100
     assert percentile(counts, 0.99) == LATENCY_BUCKETS_MS[-1]
+
+
+def reference_aggregate(rows: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """Row by row, the obvious way: what the column-wise ``aggregate`` must equal."""
+    groups: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        base, buckets = rollups.measures(row)
+        for key in rollups.groups_of(row):
+            wide = key[0] in rollups.HISTOGRAM_DIMENSIONS
+            g = groups.setdefault(key, dict.fromkeys(rollups.MEASURES if wide else rollups.BASE_MEASURES, 0))
+            for name, amount in base:
+                g[name] += amount
+            for name in buckets if wide else ():
+                g[name] += 1
+    return groups
+
+
+def test_aggregate_equals_the_row_by_row_sums() -> None:
+    rng = random.Random(9)
+    spread = [record(i, rng) for i in range(300)]
+    one_hour = [{**r, "created_at": hour_of(T0).timestamp() + i} for i, r in enumerate(spread)]
+    for rows in (spread, one_hour, spread[:1]):
+        got, want = rollups.aggregate(rows), reference_aggregate(rows)
+        assert got.keys() == want.keys()
+        for key, totals in want.items():
+            assert got[key].keys() == totals.keys()
+            for name, value in totals.items():
+                assert got[key][name] == pytest.approx(value, abs=1e-12), (key, name)
+                if not name.endswith(("_usd", "_ms_sum")):
+                    assert isinstance(got[key][name], int), (key, name)  # counts stay exact integers
+    assert rollups.aggregate([]) == {}
