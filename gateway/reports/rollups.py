@@ -85,8 +85,8 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[Group, dict[str, Any]]:
     too for the groups of ``HISTOGRAM_DIMENSIONS``. Pure.
 
     Column-wise, because it runs in the log writer's transaction: each measure becomes one array over the
-    batch, and each dimension's groups are summed with ``np.bincount`` (about 4x faster than adding
-    row by row)."""
+    batch, and each dimension's groups are summed with ``np.bincount`` (measured: 2.5x less CPU
+    than adding row by row, ~2 ms for 500 rows)."""
     batch = rows if isinstance(rows, list) else list(rows)
     n = len(batch)
     if not n:

@@ -4,15 +4,11 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.reports import queries
 from gateway.reports.queries import window_start
-from gateway.reports.retention import Pruner, prune
-from gateway.reports.rollups import ROLLUP
 from gateway.storage import repo
-from gateway.storage.models import RequestLogRow
 from tests.gateway.reports.test_rollups import record
 
 NOW = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
@@ -79,26 +75,3 @@ async def test_summary_windows_and_filters(sessionmaker: async_sessionmaker[Asyn
             await queries.recent_requests(session, status="ok")
         usage = await queries.key_usage(session, window_start(NOW, "30d"))
         assert usage["k1"]["requests"] == sum(r["key_id"] == "k1" for r in rows[:720])
-
-
-async def test_pruning_keeps_the_rollups(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-    rng = random.Random(5)
-    now_s = datetime.now(UTC).timestamp()
-    rows = [{**record(i, rng), "created_at": now_s - i * 3600.0} for i in range(100)]
-    await _write(sessionmaker, rows)
-
-    async def counts() -> tuple[int, int]:
-        async with sessionmaker() as session:
-            raw = (await session.execute(select(func.count()).select_from(RequestLogRow))).scalar_one()
-            rolled = (
-                await session.execute(select(func.sum(ROLLUP.c.requests)).where(ROLLUP.c.dimension == "all"))
-            ).scalar_one()
-            return int(raw), int(rolled)
-
-    assert await counts() == (100, 100)
-    cutoff = datetime.fromtimestamp(now_s - 49.5 * 3600, UTC)
-    assert await prune(sessionmaker, cutoff, chunk=7) == 50  # several chunks
-    assert await counts() == (50, 100)
-    pruner = Pruner(sessionmaker, retention=timedelta(hours=10), interval_s=3600)
-    assert await pruner.run_once() == 40
-    assert await counts() == (10, 100)
