@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import BigInteger, ColumnElement, MetaData, Table, case, func, inspect, null, select
+from sqlalchemy import BigInteger, ColumnElement, MetaData, Table, func, inspect, select
 from sqlalchemy import cast as cast_
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -216,23 +216,38 @@ async def series(
     top: int = 8,
 ) -> dict[str, Any]:
     """Spend per ``step`` for each value of ``by`` (the ``top`` by spend, the rest summed as ``other``),
-    and a table of each value's totals over the whole range (``group_table``)."""
-    table = await group_table(session, since, by, until)
-    shown = [t["name"] for t in table[:top]]
-    raw_names = ["" if n == "(none)" else n for n in shown]
-    # the values beyond the top come back as NULL ("other"); a missing value is '' ("(none)")
-    label = case((R.value.in_(raw_names), R.value), else_=null()) if len(table) > top else R.value
+    and a table of each value's totals over the whole range (as ``group_table``). One query: the rollup
+    rows grouped by (bucket, value), folded into the table and the series here."""
     bucket = _bucket(session, step)
     hours = [R.hour >= since] + ([R.hour < until] if until is not None else [])
     stmt = (
-        select(bucket.label("at"), label.label("name"), func.sum(R.cost_usd).label("cost"))
+        select(bucket.label("at"), R.value, *[func.sum(col).label(name) for name, col in _TABLE_SUMS])
         .where(R.dimension == by, *hours)
-        .group_by(bucket, label)
+        .group_by(bucket, R.value)
     )
+    totals: dict[str, dict[str, Any]] = {}
     cells: dict[tuple[int, str], float] = {}
-    for at, name, cost in (await session.execute(stmt)).all():
-        name = "other" if name is None else (name or "(none)")
-        cells[(_bucket_start(at), name)] = float(cost or 0)
+    starts_seen: dict[Any, int] = {}
+    for row in (await session.execute(stmt)).all():
+        m = row._mapping
+        name = m["value"] if m["value"] not in ("", None) else "(none)"
+        entry = totals.get(name)
+        if entry is None:
+            entry = totals[name] = {"name": name, **{k: 0 for k, _ in _TABLE_SUMS}}
+        for key, _ in _TABLE_SUMS:
+            entry[key] += m[key] or 0
+        at = starts_seen.get(m["at"])
+        if at is None:
+            at = starts_seen[m["at"]] = _bucket_start(m["at"])
+        cells[(at, name)] = float(m["cost_usd"] or 0)
+    table = []
+    for entry in totals.values():
+        for key, _ in _TABLE_SUMS:
+            entry[key] = float(entry[key]) if key.endswith("_usd") else int(entry[key])
+        table.append(entry)
+    table.sort(key=lambda t: (-t["cost_usd"], -t["requests"], t["name"]))
+    shown = [t["name"] for t in table[:top]]
+    rest = [t["name"] for t in table[top:]]
     step_s = 3600 if step == "hour" else 86400
     first = int(since.timestamp()) // step_s * step_s
     if until is not None:
@@ -240,13 +255,20 @@ async def series(
     else:
         last = max((at for at, _ in cells), default=first)
     starts = list(range(first, last + 1, step_s))[: 24 * 400]
-    names = shown + (["other"] if len(table) > top else [])
+    out = [{"name": n, "cost_usd": [cells.get((t, n), 0.0) for t in starts]} for n in shown]
+    if rest:
+        other = dict.fromkeys(starts, 0.0)
+        named = set(shown)
+        for (at, name), cost in cells.items():
+            if at in other and name not in named:
+                other[at] += cost
+        out.append({"name": "other", "cost_usd": list(other.values())})
     return {
         "by": by,
         "step": step,
         "since": since,
         "times": [datetime.fromtimestamp(t, UTC) for t in starts],
-        "series": [{"name": n, "cost_usd": [cells.get((t, n), 0.0) for t in starts]} for n in names],
+        "series": out,
         "table": table,
     }
 
