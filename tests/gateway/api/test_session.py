@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from starlette.requests import Request
+from starlette.responses import Response
 
 from gateway.api import session
 
@@ -32,3 +33,22 @@ def test_same_site() -> None:
     assert not session.same_site(_request({"sec-fetch-site": "cross-site"}))
     assert not session.same_site(_request({"origin": "http://evil:8080"}))
     assert not session.same_site(_request({"origin": "http://gw:9090"}))
+
+
+def test_cookie_flags_secure_over_tls() -> None:
+    for scheme, secure in (("http", False), ("https", True)):
+        request = Request(
+            {
+                "type": "http",
+                "method": "POST",
+                "path": "/",
+                "scheme": scheme,
+                "headers": [],
+                "server": ("gw", 443),
+            }
+        )
+        response = Response()
+        session.set_cookie(response, request, "tok", 60)
+        header = response.headers["set-cookie"].lower()
+        assert "httponly" in header and "samesite=strict" in header and "path=/admin" in header
+        assert ("secure" in header.split("; ")) == secure
