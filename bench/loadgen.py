@@ -107,11 +107,11 @@ class LeanClient:
         if stream:
             if ttft_at is None:
                 raise LoadError(f"stream carried no content event: {body[:300]!r}")
-            if b"data: [DONE]" not in body:
-                raise LoadError(f"stream did not end with [DONE]: {body[-300:]!r}")
+            if b"data: [DONE]" not in body and b"event: message_stop" not in body:
+                raise LoadError(f"stream did not end with [DONE] or message_stop: {body[-300:]!r}")
             return Timing(ttft_at - t0, t_end - t0)
-        if b'"choices"' not in body:
-            raise LoadError(f"no choices in the answer: {body[:300]!r}")
+        if b'"choices"' not in body and b'"type":"message"' not in body.replace(b'": "', b'":"'):
+            raise LoadError(f"neither choices nor an Anthropic message in the answer: {body[:300]!r}")
         return Timing(None, t_end - t0)
 
     def _read_head(self) -> tuple[int, dict[str, str]]:
@@ -158,7 +158,8 @@ class LeanClient:
 
 
 class _ContentWatch:
-    """Splits SSE bytes into events; ``feed`` says whether an event with non-empty delta content arrived."""
+    """Splits SSE bytes into events; ``feed`` says whether an event with non-empty delta content arrived
+    (an OpenAI chunk's ``choices[0].delta.content`` or an Anthropic ``content_block_delta``'s text)."""
 
     def __init__(self) -> None:
         self._pending = b""
@@ -177,7 +178,14 @@ class _ContentWatch:
                     obj = orjson.loads(payload)
                 except orjson.JSONDecodeError:
                     continue
-                choices = obj.get("choices") if isinstance(obj, dict) else None
+                if not isinstance(obj, dict):
+                    continue
+                if obj.get("type") == "content_block_delta":  # Anthropic messages
+                    delta = obj.get("delta") or {}
+                    if isinstance(delta, dict) and delta.get("text"):
+                        return True
+                    continue
+                choices = obj.get("choices")
                 if choices and isinstance(choices[0], dict):
                     delta = choices[0].get("delta") or {}
                     if isinstance(delta, dict) and delta.get("content"):

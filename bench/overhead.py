@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
 from bench import hotpath  # noqa: E402
 from bench.host import background, cpu_busy, machine, own_cpu, versions  # noqa: E402
 from bench.loadgen import LoadError, Timing, ensure_wrk, measure_sequential, run_wrk  # noqa: E402
-from bench.overhead_report import Run, goals, markdown, summarize  # noqa: E402
+from bench.overhead_report import Run, goals, markdown, summarize, summarize_translation  # noqa: E402
 from bench.overhead_servers import (  # noqa: E402
     LITELLM_VENV,
     MODEL,
@@ -115,7 +115,51 @@ def request_body(stream: bool) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def anthropic_body(stream: bool) -> bytes:
+    """The same request as ``request_body`` in Anthropic's messages format (what the Anthropic SDK sends)."""
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": OUTPUT_TOKENS,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 # ---- measuring -----------------------------------------------------------------------------------------
+
+
+def measure_translation(
+    native: Target, cross: Target, plan: Plan, sim_port: int
+) -> dict[str, dict[str, list[float]]]:
+    """Concurrency 1, the same request through the gateway to the same OpenAI model: sent natively (OpenAI
+    chat completions) and from the Anthropic surface (translated both ways), interleaved round by round;
+    non-stream latency, then stream TTFT and total with the simulator's per-token delay."""
+    raw: dict[str, dict[str, list[float]]] = {
+        n: {"latency": [], "ttft": [], "total": []} for n in (native.name, cross.name)
+    }
+    bodies = {native.name: request_body, cross.name: anthropic_body}
+    per_round = -(-plan.latency_n // plan.rounds)
+    for r in range(plan.rounds):
+        for t in (native, cross):
+            timings = measure_sequential(
+                t.url, bodies[t.name](False), t.headers, per_round, stream=False, warmup=20 if r == 0 else 5
+            )
+            raw[t.name]["latency"].extend(x.total_s for x in timings)
+    per_round = -(-plan.stream_n // plan.rounds)
+    set_sim_latency(sim_port, plan.per_token_ms)
+    try:
+        for r in range(plan.rounds):
+            for t in (native, cross):
+                timings = measure_sequential(
+                    t.url, bodies[t.name](True), t.headers, per_round, stream=True, warmup=10 if r == 0 else 3
+                )
+                raw[t.name]["ttft"].extend(x.ttft_s or 0.0 for x in timings)
+                raw[t.name]["total"].extend(x.total_s for x in timings)
+    finally:
+        set_sim_latency(sim_port, 0.0)
+    return raw
 
 
 def measure_latency(run: Run, targets: list[Target], plan: Plan) -> None:
@@ -286,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Run()
     servers: list[Server] = []
     profile = None
+    translation_raw: dict[str, dict[str, list[float]]] = {}
     memory: dict[str, Any] = {}
     load: dict[str, float] = {}
     phases: dict[str, float] = {}
@@ -299,6 +344,20 @@ def main(argv: list[str] | None = None) -> int:
             print("concurrency 1, stream (TTFT) ...", flush=True)
             measure_ttft(run, targets, plan, sim_port)
             phases["latency_s"] = round(time.monotonic() - t, 1)
+            t = time.monotonic()
+            print("cross-API translation (Anthropic surface -> OpenAI model) ...", flush=True)
+            cross = Target(
+                "anthropic_to_openai",
+                f"http://127.0.0.1:{gw_port}/v1/messages",
+                {
+                    "Content-Type": "application/json",
+                    "x-api-key": "sk-client",
+                    "anthropic-version": "2023-06-01",
+                },
+                gw,
+            )
+            translation_raw = measure_translation(targets[1], cross, plan, sim_port)
+            phases["translation_s"] = round(time.monotonic() - t, 1)
             t = time.monotonic()
             print(f"concurrency {plan.connections}, wrk ...", flush=True)
             measure_throughput(run, targets, plan, wrk, sim)
@@ -319,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
 
     summary = summarize(run, [t.name for t in targets])
+    summary["translation"] = summarize_translation(translation_raw)
     summary["goals"] = goals(summary)
     meta = {
         "started_at": started.isoformat(timespec="seconds"),
@@ -354,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             "stream_ttft_c1_s": run.stream_ttft,
             "stream_total_c1_s": run.stream_total,
             "wrk": run.wrk,
+            "translation_s": translation_raw,
         },
         "profile": profile,
     }

@@ -123,6 +123,24 @@ def summarize(run: Run, targets: list[str]) -> dict[str, Any]:
     return out
 
 
+def summarize_translation(raw: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """Native vs cross-API through the gateway (``measure_translation``): p50/p99 of each, and the added p50."""
+    out: dict[str, Any] = {}
+    for name, series in raw.items():
+        out[name] = {
+            "n": len(series["latency"]),
+            "latency_p50_ms": ms(pct(series["latency"], 50)),
+            "latency_p99_ms": ms(pct(series["latency"], 99)),
+            "ttft_p50_ms": ms(pct(series["ttft"], 50)),
+            "total_p50_ms": ms(pct(series["total"], 50)),
+        }
+    if len(out) == 2:
+        native, cross = (out[n] for n in raw)
+        out["added_latency_p50_ms"] = round(cross["latency_p50_ms"] - native["latency_p50_ms"], 3)
+        out["added_ttft_p50_ms"] = round(cross["ttft_p50_ms"] - native["ttft_p50_ms"], 3)
+    return out
+
+
 def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
     add = summary["added_over_direct"]["thriftgate"]
     tp = summary["throughput"]
@@ -314,6 +332,24 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], profile: dict[str, A
             "",
             "Resident memory after the run (MiB, peak): "
             + ", ".join(f"{k} {v['peak_rss_mib']}" for k, v in mem.items()),
+        ]
+    tr = summary.get("translation") or {}
+    if "added_latency_p50_ms" in tr:
+        native, cross = (k for k in tr if isinstance(tr[k], dict))
+        lines += [
+            "",
+            "Cross-API translation, concurrency 1: the same request through ThriftGate to the same OpenAI model, "
+            "sent natively (OpenAI chat completions) and from the Anthropic surface (`/v1/messages`, request, "
+            "response and stream translated):",
+            "",
+            "| | native (OpenAI surface) | Anthropic surface → OpenAI model | added by translation |",
+            "|---|---|---|---|",
+            f"| non-stream latency p50, ms (n={tr[native]['n']}) | {tr[native]['latency_p50_ms']:.2f} | "
+            f"{tr[cross]['latency_p50_ms']:.2f} | +{tr['added_latency_p50_ms']:.2f} |",
+            f"| non-stream latency p99, ms | {tr[native]['latency_p99_ms']:.2f} | {tr[cross]['latency_p99_ms']:.2f} | |",
+            f"| stream TTFT p50, ms | {tr[native]['ttft_p50_ms']:.2f} | {tr[cross]['ttft_p50_ms']:.2f} | "
+            f"+{tr['added_ttft_p50_ms']:.2f} |",
+            f"| stream total p50, ms | {tr[native]['total_p50_ms']:.2f} | {tr[cross]['total_p50_ms']:.2f} | |",
         ]
     if profile:
         lines += ["", f"## ThriftGate hot path (py-spy, {c} connections)", ""]

@@ -192,6 +192,16 @@ def compute_cost(usage: Usage, prices: ModelPrices | None) -> Cost:
     )
 
 
+def without_prompt_cache(usage: Usage) -> Usage:
+    """``usage`` as it would have been billed with no provider prompt caching: every cache read and
+    write billed as plain input."""
+    return Usage(
+        input_tokens=usage.total_input_tokens,
+        output_tokens=usage.output_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+    )
+
+
 @dataclass(slots=True, frozen=True)
 class Accounting:
     """A request's cost, what it would have cost as the client sent it, and the difference."""
@@ -223,7 +233,9 @@ def account(
     client sent it would have cost: ``counterfactual_usage`` (default ``usage``) at the ``requested``
     model's prices (omitted: the served prices; an explicit None: unknown, so the counterfactual and
     saving are None). ``saving_usd`` = counterfactual - cost when both are known (it may be negative);
-    ``mechanism`` is reported only when the saving is positive.
+    ``mechanism`` is reported only when the saving is positive, except ``PREFIX_CACHE``, which is
+    reported whenever the saving is not zero: a prompt-cache write costs more than plain input, and
+    that premium is the mechanism's own negative saving (its reads pay it back on later requests).
     """
     _, _, _, _, cost_total = exact = _exact_cost(usage, served)
     cost = Cost(*(_float(v) for v in exact))
@@ -238,5 +250,9 @@ def account(
         cost=cost,
         counterfactual_usd=_float(cf_total),
         saving_usd=_float(saving),
-        mechanism=mechanism if saving is not None and saving > 0 else None,
+        mechanism=mechanism if saving is not None and _reported(mechanism, saving) else None,
     )
+
+
+def _reported(mechanism: SavingMechanism | None, saving: Decimal) -> bool:
+    return saving > 0 or (mechanism is SavingMechanism.PREFIX_CACHE and saving != 0)

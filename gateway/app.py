@@ -1,8 +1,10 @@
 """``create_app(settings)``: the ThriftGate ASGI app.
 
 Routes: the OpenAI surface (``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/responses``,
-``/v1/models``), the Anthropic surface (``/v1/messages``, ``/v1/messages/count_tokens``), the admin API
-(``/admin``, when present, with the reports API ``/admin/api`` and the dashboard's pages), ops (``/healthz``, ``/readyz``, ``/metrics``) and, last, the passthrough for any
+``/v1/models``), the Anthropic surface (``/v1/messages``, ``/v1/messages/count_tokens``), the batch
+surfaces (``/v1/files``, ``/v1/batches``, ``/v1/messages/batches``, with their worker), the admin API
+(``/admin``, when present, with the reports API ``/admin/api`` and the dashboard's pages), ops (``/healthz``,
+``/readyz``, ``/metrics``) and, last, the passthrough for any
 other ``/v1/...`` path.
 
 The lifespan builds what needs the event loop (database engine, key store, log writer, providers'
@@ -21,9 +23,14 @@ from datetime import timedelta
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.api import anthropic, dashboard, openai, ops, passthrough, reports
+from cache.prefix import PrefixPlanner
+from cache.reuse import ReuseTracker
+from gateway.api import anthropic, batches, dashboard, openai, ops, passthrough, reports
 from gateway.api.errors import install_error_handlers
+from gateway.batch.files import FileStore
+from gateway.batch.worker import BatchWorker
 from gateway.budgets import Budgets
+from gateway.coalescer import coalescing
 from gateway.config import Catalogue
 from gateway.http import HotRoutes
 from gateway.keys import KeyStore
@@ -57,7 +64,7 @@ def create_app(
     environ = os.environ if env is None else env
     catalogue = Catalogue(settings)
     metrics = Metrics(models=model_labels(catalogue), providers=settings.providers)
-    pipeline_steps = steps if steps is not None else Steps(router=RequestedModel(catalogue))
+    pipeline_steps = steps if steps is not None else default_steps(settings, catalogue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,6 +82,13 @@ def create_app(
         context = ProviderContext.from_settings(settings, environ)
         context.on_retry = metrics.on_retry
         providers = Providers.from_settings(settings, environ, context=context, kinds=provider_kinds)
+        if settings.batch.embeddings_window_ms > 0:
+            wrap = coalescing(
+                lambda p: p.kind in ("openai", "openai_compatible"),
+                settings.batch.embeddings_window_ms / 1000.0,
+                settings.batch.embeddings_max_inputs,
+            )
+            providers = Providers({name: wrap(providers[name]) for name in providers}, providers.context)
         await keys.start()
         try:
             await logwriter.start()
@@ -100,12 +114,17 @@ def create_app(
                     metrics=metrics,
                 )
                 state.passthrough = Passthrough(pipeline)
+                worker = _start_batches(app, settings, sessionmaker, pipeline)
+                if worker is not None:
+                    await worker.start()
                 pruner = _pruner(settings, sessionmaker)
                 try:
                     yield
                 finally:
                     if pruner is not None:
                         await pruner.stop()
+                    if worker is not None:
+                        await worker.stop()
             finally:
                 try:
                     await providers.aclose()
@@ -125,6 +144,8 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(openai.router)
     app.include_router(anthropic.router)
+    if settings.batch.enabled:
+        app.include_router(batches.router)
     admin = _admin_router()
     if admin is not None:
         app.include_router(admin)
@@ -145,6 +166,46 @@ def _pruner(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) 
     )
     pruner.start()
     return pruner
+
+
+def _start_batches(
+    app: FastAPI, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], pipeline: Pipeline
+) -> BatchWorker | None:
+    """The batch surfaces' state and their worker (not started), when batches are enabled."""
+    if not settings.batch.enabled:
+        return None
+    files = FileStore(settings.batch.data_dir, sessionmaker)
+    worker = BatchWorker(
+        settings=settings.batch,
+        sessionmaker=sessionmaker,
+        pipeline=pipeline,
+        files=files,
+        specs=batches.OPENAI_SPECS,
+        anthropic_specs=batches.ANTHROPIC_SPECS,
+    )
+    app.state.batches = batches.Batches(settings.batch, sessionmaker, files, worker)
+    return worker
+
+
+def default_steps(settings: Settings, catalogue: Catalogue) -> Steps:
+    """The steps an app runs unless told otherwise: the model as named, and the prompt-prefix planner
+    when ``prefix.enabled``."""
+    steps = Steps(router=RequestedModel(catalogue))
+    if settings.prefix.enabled:
+        steps.planner = prefix_planner(settings)
+    return steps
+
+
+def prefix_planner(settings: Settings) -> PrefixPlanner:
+    """A ``PrefixPlanner`` configured by ``settings.prefix``."""
+    s = settings.prefix
+    return PrefixPlanner(
+        min_tokens=s.min_tokens,
+        default_min_tokens=s.default_min_tokens,
+        chars_per_token=s.chars_per_token,
+        openai_cache_key=s.openai_cache_key,
+        tracker=ReuseTracker(max_entries=s.tracker_entries),
+    )
 
 
 def _admin_router() -> APIRouter | None:

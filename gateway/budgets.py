@@ -98,6 +98,29 @@ class Budgets:
         self._held[key.id] = held + estimate
         return Reservation(self, key.id, estimate)
 
+    def reserve(self, key: VirtualKey, amount: float, what: str) -> Reservation | None:
+        """Holds ``amount`` USD for ``key`` (a batch job's estimate, released item by item) or raises
+        ``BudgetExceeded``. None for a key without a budget."""
+        budget = key.budget_usd
+        if budget is None:
+            return None
+        held = self._held.get(key.id, 0.0)
+        if key.spend_usd >= budget or key.spend_usd + held + amount > budget:
+            left = max(0.0, budget - key.spend_usd - held)
+            raise BudgetExceeded(
+                f"This API key's budget of {usd(budget)} cannot cover {what}: spent {usd(key.spend_usd)}, "
+                f"{usd(held)} held by requests in flight, {usd(left)} left, and it may cost up to "
+                f"{usd(amount)}."
+            )
+        self._held[key.id] = held + amount
+        return Reservation(self, key.id, amount)
+
+    def hold(self, key_id: str, amount: float) -> None:
+        """Adds ``amount`` to the key's holds without a check (work accepted earlier, held again after a
+        restart). Mutates the holds only."""
+        if amount > 0:
+            self._held[key_id] = self._held.get(key_id, 0.0) + amount
+
     def release(self, key_id: str, amount: float) -> None:
         """Drops ``amount`` from the key's holds. Mutates the holds only."""
         left = self._held.get(key_id, 0.0) - amount

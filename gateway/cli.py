@@ -8,6 +8,7 @@
     thriftgate db upgrade [REV] | db downgrade REV | db current | db replay-spill [--dir DIR]
     thriftgate report [--since 7d] [--by model|key|provider|mechanism|day] [--format table|csv|json]
     thriftgate local build [--out DIR] [--force]
+    thriftgate batch submit FILE.jsonl [--model M] [--wait] | batch status|results -o OUT|cancel ID | batch list
 
 ``keys``, ``report`` and ``db`` work directly on the configured database (``database_url`` from the settings:
 ``--config``, ``THRIFTGATE_CONFIG``, ``./thriftgate.yaml``, ``THRIFTGATE_DATABASE_URL``), migrating it
@@ -27,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gateway.batch.cli import BatchCLIError
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -57,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"thriftgate: {exc.message}", file=sys.stderr)
         return 2 if exc.status_code < 500 else 1
+    except BatchCLIError as exc:
+        print(f"thriftgate: {exc}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--out", default="./data/models")
     build.add_argument("--force", action="store_true")
     build.set_defaults(run=_local_build)
+
+    from gateway.batch.cli import add_parser as add_batch_parser
+
+    add_batch_parser(sub)
     return p
 
 

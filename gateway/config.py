@@ -177,6 +177,19 @@ def render_default_config() -> str:
         "budget:",
         f"  default_output_tokens: {d.budget.default_output_tokens}",
         f"  allow_unpriced: {'true' if d.budget.allow_unpriced else 'false'}",
+        "# The prompt-prefix planner: Anthropic cache_control breakpoints (end of tools, end of system, end",
+        "# of the conversation) only where the prefix is at least the model's minimum and a read is expected",
+        "# from the reuse seen per key, with the TTL (5m or 1h) that pays; at most 4, the client's own kept.",
+        "# OpenAI: prompt_cache_key from the key and the stable prefix, when the client sets none. The",
+        "# local engine is never edited. Its decision is in the request log's 'plan' column.",
+        "prefix:",
+        f"  enabled: {'true' if d.prefix.enabled else 'false'}",
+        "  min_tokens:                 # shortest cacheable prefix by model id prefix (merged over these)",
+        *(f"    {_scalar(k)}: {v}" for k, v in d.prefix.min_tokens.items()),
+        f"  default_min_tokens: {d.prefix.default_min_tokens}    # any other model",
+        f"  chars_per_token: {d.prefix.chars_per_token}      # how prompt lengths are estimated",
+        f"  openai_cache_key: {'true' if d.prefix.openai_cache_key else 'false'}",
+        f"  tracker_entries: {d.prefix.tracker_entries}     # (key, prefix) pairs remembered, LRU",
         "# The output cap sent to an Anthropic model serving an OpenAI-format request that set none.",
         f"translation_default_max_tokens: {d.translation_default_max_tokens}",
         "# Responses with background: true are answered later and cannot be metered: refused unless true.",
@@ -192,7 +205,49 @@ def render_default_config() -> str:
     for r in d.passthrough.routes:
         entry = f"    - {{method: {r.method}, path: {r.path}, model: {r.model}, metering: {r.metering}"
         lines.append(entry + (f", provider: {r.provider}}}" if r.provider else "}"))
+    b = d.batch
     lines += [
+        "",
+        "# Batch jobs: /v1/files + /v1/batches (OpenAI) and /v1/messages/batches (Anthropic), each file and",
+        "# job owned by the virtual key that made it. A worker in every gateway process runs them from the",
+        "# database (replicas share jobs): duplicates within a job run once, the cache answers what it can,",
+        "# OpenAI and Anthropic models go through the provider's own batch API (billed at 'discount' of the",
+        "# live price), any other model through the pipeline, 'fanout_concurrency' at a time.",
+        "batch:",
+        f"  enabled: {'true' if b.enabled else 'false'}",
+        _commented(
+            f"  data_dir: {_scalar(b.data_dir)}", "# uploaded and result files (never in the database)"
+        ),
+        f"  max_file_bytes: {b.max_file_bytes}",
+        _commented(f"  max_items: {b.max_items}", "# requests per job"),
+        _commented(
+            f"  completion_window_s: {b.completion_window_s:g}",
+            "# a job not done by then expires (unrun items: batch_expired)",
+        ),
+        _commented(
+            f"  provider_batch: {'true' if b.provider_batch else 'false'}",
+            "# false: every item through the live pipeline",
+        ),
+        _commented(
+            f"  discount: {b.discount:g}", "# the provider batch price as a fraction of the live price"
+        ),
+        _commented(f"  upload_max_items: {b.upload_max_items}", "# items per upstream batch"),
+        _commented(f"  poll_interval_s: {b.poll_interval_s:g}", "# how often upstream batches are polled"),
+        _commented(f"  tick_s: {b.tick_s:g}", "# how often an idle worker looks for work"),
+        _commented(f"  claim_size: {b.claim_size}", "# items claimed per database round trip"),
+        _commented(f"  lease_s: {b.lease_s:g}", "# a claim not renewed this long belongs to a dead worker"),
+        _commented(
+            f"  fanout_concurrency: {b.fanout_concurrency}",
+            "# items in flight for models without a batch API",
+        ),
+        _commented("  fanout_rps: null", "# most fan-out requests started per second (null: unlimited)"),
+        _commented(
+            f"  max_attempts: {b.max_attempts}", "# tries of an item refused before any model ran it (429)"
+        ),
+        "  # Live /v1/embeddings requests for one model within this window go upstream as one request",
+        "  # and are split back (own vectors, own share of the usage). 0 = off: a lone request waits it.",
+        f"  embeddings_window_ms: {b.embeddings_window_ms:g}",
+        f"  embeddings_max_inputs: {b.embeddings_max_inputs}",
         "",
         "# Upstreams. kind: openai | anthropic | openai_compatible | local. Keys stay on the server: give",
         "# api_key_env (the variable holding the key) or api_key. base_url defaults to the kind's public API.",
@@ -268,6 +323,11 @@ def write_default_config(path: str | Path, *, force: bool = False) -> Path:
 def _prices(prices: ModelPriceOverride) -> str:
     parts = [f"{k}: {v}" for k, v in prices.model_dump().items() if v is not None]
     return "{" + ", ".join(parts) + "}"
+
+
+def _commented(setting: str, comment: str) -> str:
+    """A setting line with its comment in the comment column."""
+    return f"{setting:<30} {comment}"
 
 
 def _scalar(value: str) -> str:

@@ -41,7 +41,7 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from gateway import wire
-from gateway.accounting import account
+from gateway.accounting import account, without_prompt_cache
 from gateway.budgets import Reservation
 from gateway.errors import (
     AuthenticationFailed,
@@ -321,11 +321,13 @@ class Pipeline:
 
     # ---- the JSON surfaces ----------------------------------------------------------------------------
 
-    async def handle(self, request: Request, spec: SurfaceSpec) -> Response:
-        """Serves one request of a JSON surface end to end (never raises: errors become responses)."""
+    async def handle(self, request: Request, spec: SurfaceSpec, *, key: VirtualKey | None = None) -> Response:
+        """Serves one request of a JSON surface end to end (never raises: errors become responses).
+        ``key``: a request the gateway makes itself on behalf of that key (a batch item): the key is not
+        looked up from the request's credentials, everything else (limits, budget, steps) applies."""
         call = self.begin(request, spec.surface, spec.errors, spec)
         try:
-            return await self._handle(request, call, spec)
+            return await self._handle(request, call, spec, key)
         except GatewayError as exc:
             return self.fail(call, exc)
         except ClientDisconnect:
@@ -333,7 +335,9 @@ class Pipeline:
         except Exception as exc:
             return self.crash(call, exc)
 
-    async def _handle(self, request: Request, call: Call, spec: SurfaceSpec) -> Response:
+    async def _handle(
+        self, request: Request, call: Call, spec: SurfaceSpec, key: VirtualKey | None = None
+    ) -> Response:
         rec = call.record
         await self.receive(request, call, passthrough=False)
         call.payload = parse_json_object(call.inbound.body)
@@ -341,7 +345,11 @@ class Pipeline:
         check_model_name(call.model)
         rec.requested_model = call.model
         rec.stream = call.stream
-        self.authenticate(call)
+        if key is None:
+            self.authenticate(call)
+        else:
+            call.key = key
+            rec.key_id = key.id
         self.authorize(call, call.model, self._tokens_estimate(call, spec))
 
         if spec.wire is not None and not spec.count_tokens:
@@ -876,6 +884,14 @@ class Pipeline:
             if call.mechanism is not None and call.counterfactual_prices is not None:
                 acc = account(
                     usage, call.prices, requested=call.counterfactual_prices, mechanism=call.mechanism
+                )
+            elif call.mechanism is SavingMechanism.PREFIX_CACHE:
+                # the planner placed every breakpoint: as sent, the same tokens would not have been cached
+                acc = account(
+                    usage,
+                    call.prices,
+                    counterfactual_usage=without_prompt_cache(usage),
+                    mechanism=call.mechanism,
                 )
             else:
                 acc = account(usage, call.prices)

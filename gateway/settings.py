@@ -281,6 +281,75 @@ class DashboardSettings(_Strict):
     """How often the pruner runs when ``retention_days`` is set."""
 
 
+class BatchSettings(_Strict):
+    """Batch jobs (``/v1/files``, ``/v1/batches``, ``/v1/messages/batches``) and the worker that runs them
+    (``gateway.batch``)."""
+
+    enabled: bool = True
+    """Serve the batch endpoints and run the worker in this process."""
+    data_dir: str = "./data/files"
+    """Where uploaded and result files are stored (their bytes never live in the database)."""
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_items: int = Field(default=50_000, ge=1)
+    """The most requests one job may hold (OpenAI's limit)."""
+    completion_window_s: float = Field(default=86_400.0, gt=0)
+    """How long a job may run before it expires (providers: 24 hours)."""
+    provider_batch: bool = True
+    """Send items for OpenAI and Anthropic models to the provider's own batch API (discounted)."""
+    discount: float = Field(default=0.5, ge=0, le=1)
+    """The price of a request sent through a provider's batch API, as a fraction of the live price."""
+    upload_max_items: int = Field(default=2000, ge=1)
+    """The most items one upstream batch carries."""
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    """How often upstream batches are polled."""
+    tick_s: float = Field(default=0.5, gt=0)
+    """How often the worker looks for work when it found none."""
+    claim_size: int = Field(default=500, ge=1)
+    """Items claimed per database round trip."""
+    lease_s: float = Field(default=60.0, gt=0)
+    """A claim not renewed for this long is taken to belong to a dead worker."""
+    fanout_concurrency: int = Field(default=8, ge=1)
+    """Items in flight at once for targets without a batch API (the local engine, other providers)."""
+    fanout_rps: float | None = Field(default=None, gt=0)
+    """The most fan-out requests started per second (None: only the concurrency bounds them)."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Tries of an item refused before reaching a model (rate limits: 429)."""
+    embeddings_window_ms: float = Field(default=0.0, ge=0)
+    """Live ``/v1/embeddings`` requests for one model arriving within this window are sent upstream as
+    one request and split back (``gateway.coalescer``). 0: off (a lone request would wait the window)."""
+    embeddings_max_inputs: int = Field(default=2048, ge=1)
+    """The most inputs one coalesced embeddings request carries (OpenAI's limit)."""
+
+
+# Anthropic's minimum cacheable prompt by model id prefix (the longest match wins; others: 1,024 tokens).
+DEFAULT_PREFIX_MIN_TOKENS: dict[str, int] = {
+    "claude-opus-4-5": 4096,
+    "claude-haiku-4-5": 4096,
+    "claude-3-5-haiku": 2048,
+    "claude-3-haiku": 2048,
+}
+
+
+class PrefixSettings(_Strict):
+    """The prompt-prefix planner (``cache/prefix.py``): provider prompt-cache markers where they pay."""
+
+    enabled: bool = True
+    min_tokens: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PREFIX_MIN_TOKENS))
+    """Shortest prefix each model caches, by model id prefix; merges over the defaults."""
+    default_min_tokens: int = Field(default=1024, ge=1)
+    chars_per_token: float = Field(default=4.0, gt=0)
+    """How prompt lengths are estimated (an over-estimate only places a marker the provider ignores)."""
+    openai_cache_key: bool = True
+    """Set ``prompt_cache_key`` on OpenAI requests that carry none, from the tenant and stable prefix."""
+    tracker_entries: int = Field(default=50_000, ge=1)
+    """Prefixes remembered (tenant, prefix hash), least recently seen forgotten first."""
+
+    @field_validator("min_tokens", mode="before")
+    @classmethod
+    def _merge_min_tokens(cls, value: Any) -> Any:
+        return {**DEFAULT_PREFIX_MIN_TOKENS, **value} if isinstance(value, dict) else value
+
+
 class Settings(BaseSettings):
     """Everything the gateway is configured with. Build it with ``load_settings`` (see the module docstring)."""
 
@@ -306,6 +375,7 @@ class Settings(BaseSettings):
     local_model_dir: str = "./data/models"
     passthrough: PassthroughSettings = Field(default_factory=PassthroughSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     translation_default_max_tokens: int = Field(default=4096, ge=1)
     """The output cap sent to an Anthropic model serving an OpenAI-format request that set none
     (Anthropic requires one)."""
@@ -317,6 +387,7 @@ class Settings(BaseSettings):
     upstream_headers: UpstreamHeaderSettings = Field(default_factory=UpstreamHeaderSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    prefix: PrefixSettings = Field(default_factory=PrefixSettings)
     config_path: str | None = None
 
     @classmethod

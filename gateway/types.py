@@ -44,6 +44,9 @@ class Surface(enum.StrEnum):
     OPENAI_MODELS = "openai.models"
     ANTHROPIC_MESSAGES = "anthropic.messages"
     ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens"
+    OPENAI_FILES = "openai.files"
+    OPENAI_BATCHES = "openai.batches"
+    ANTHROPIC_BATCHES = "anthropic.batches"
     PASSTHROUGH = "passthrough"
 
 
@@ -452,5 +455,9 @@ class RequestRecord:
     priced: bool = False
     cache: str = "miss"
     route_reason: str | None = None
+    plan: str | None = None
+    """The prompt-prefix planner's decision (``cache/prefix.py``): breakpoints placed and their TTLs
+    (``bp=2 system:1h history:5m``), why none were (``bp=0 (no reuse expected)``), or the OpenAI
+    ``prompt_cache_key`` set (``key=tg-...``). None: the planner did not look at the request."""
     error: str | None = None
     created_at: float = 0.0  # unix seconds

@@ -21,7 +21,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("request_log") as batch:
-        batch.add_column(sa.Column("usage_estimated", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(
+            sa.Column("usage_estimated", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
         batch.add_column(sa.Column("route_reason", sa.String(200), nullable=True))
 
 

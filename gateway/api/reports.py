@@ -7,7 +7,7 @@
     GET /admin/api/spend.csv          the spend table as CSV
     GET /admin/api/keys               keys with budget, spend and usage over a window
     GET /admin/api/requests           recent requests, filterable by key, model, status and cache outcome
-    GET /admin/api/batches            batch jobs (empty until a batch table exists)
+    GET /admin/api/batches            batch jobs with progress, cost and saving
     GET /admin/api/panels/cache       cache hit rates per hour
     GET /admin/api/panels/routing     share of requests per model, route reasons
     GET /admin/api/panels/local       the local engine's requests and output tokens per second
@@ -169,9 +169,27 @@ class RequestPage(BaseModel):
     """Prompt and response text are never logged, so never shown."""
 
 
+class BatchJob(BaseModel):
+    id: str
+    api: str
+    key_id: str | None
+    endpoint: str
+    status: str
+    total: int
+    done: int
+    pending: int
+    succeeded: int
+    failed: int
+    progress: float | None
+    cost_usd: float
+    saved_usd: float
+    created_at: datetime
+    completed_at: datetime | None
+
+
 class Batches(BaseModel):
     available: bool
-    data: list[dict[str, Any]]
+    data: list[BatchJob]
 
 
 class HitRateHour(BaseModel):
@@ -304,11 +322,7 @@ async def recent_requests(
 
 @router.get("/batches", response_model=Batches)
 async def batches(session: SessionDep) -> Any:
-    # The batch engine's tables land separately; until one exists there is nothing to show.
-    for table in ("batch_jobs", "batches"):
-        if await queries.table_exists(session, table):
-            return {"available": True, "data": await queries.batch_jobs(session, table)}
-    return {"available": False, "data": []}
+    return {"available": True, "data": await queries.batch_jobs(session)}
 
 
 @router.get("/panels/cache", response_model=CachePanel)

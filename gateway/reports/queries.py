@@ -11,12 +11,18 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import BigInteger, ColumnElement, MetaData, Table, func, inspect, select
+from sqlalchemy import BigInteger, ColumnElement, Table, func, select
 from sqlalchemy import cast as cast_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.reports.rollups import ROLLUP, percentile
-from gateway.storage.models import LATENCY_BUCKET_COLUMNS, TTFT_BUCKET_COLUMNS, RequestLogRow
+from gateway.storage.models import (
+    LATENCY_BUCKET_COLUMNS,
+    TTFT_BUCKET_COLUMNS,
+    BatchItemRow,
+    BatchJobRow,
+    RequestLogRow,
+)
 from gateway.types import SavingMechanism
 
 MECHANISMS: tuple[str, ...] = tuple(str(m) for m in SavingMechanism)
@@ -363,12 +369,6 @@ async def route_reasons(session: AsyncSession, since: datetime, limit: int = 20)
     return [{"reason": r, "requests": int(n)} for r, n in (await session.execute(stmt)).all()]
 
 
-async def table_exists(session: AsyncSession, name: str) -> bool:
-    """Whether the database has table ``name`` (features that add tables land separately)."""
-    conn = await session.connection()
-    return bool(await conn.run_sync(lambda c: inspect(c).has_table(name)))
-
-
 async def output_rate(session: AsyncSession, since: datetime, *, dimension: str, value: str) -> float | None:
     """Output tokens per second of request time (sum of output tokens / sum of latencies), or None."""
     stmt = select(func.sum(R.output_tokens), func.sum(R.latency_ms_sum)).where(
@@ -378,20 +378,58 @@ async def output_rate(session: AsyncSession, since: datetime, *, dimension: str,
     return None if not ms else float(tokens or 0) / (float(ms) / 1000)
 
 
-async def batch_jobs(session: AsyncSession, table: str, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest rows of the batch table ``table`` as plain dicts (its schema belongs to the batch
-    feature, so every column is passed through as it is)."""
-    conn = await session.connection()
-    t = await conn.run_sync(lambda c: Table(table, MetaData(), autoload_with=c))
-    order = [t.c[name].desc() for name in ("created_at", "id") if name in t.c]
-    rows = (await session.execute(select(t).order_by(*order).limit(limit))).all()
-    return [{k: _jsonable(v) for k, v in row._mapping.items()} for row in rows]
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
-        return value
-    return value.isoformat() if isinstance(value, datetime) else str(value)
+async def batch_jobs(session: AsyncSession, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest batch jobs with their progress (items by state: done = succeeded, failed, cancelled,
+    expired; duplicates count as their original), cost and saving so far (sums over finished items)."""
+    jobs = BatchJobRow.__table__
+    items = BatchItemRow.__table__
+    rows = (
+        await session.execute(
+            select(
+                jobs.c.id, jobs.c.api, jobs.c.key_id, jobs.c.endpoint, jobs.c.status, jobs.c.total,
+                jobs.c.created_at, jobs.c.completed_at,
+            ).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+        )
+    ).all()  # fmt: skip
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    counts = (
+        await session.execute(
+            select(
+                items.c.job_id,
+                items.c.state,
+                func.count(),
+                func.sum(items.c.cost_usd),
+                func.sum(items.c.saving_usd),
+            )
+            .where(items.c.job_id.in_(ids))
+            .group_by(items.c.job_id, items.c.state)
+        )
+    ).all()
+    per_job: dict[str, dict[str, Any]] = {i: {"states": {}, "cost_usd": 0.0, "saved_usd": 0.0} for i in ids}
+    for job_id, state, n, cost, saved in counts:
+        j = per_job[job_id]
+        j["states"][state] = int(n)
+        j["cost_usd"] += float(cost or 0)
+        j["saved_usd"] += float(saved or 0)
+    out = []
+    for r in rows:
+        j = per_job[r.id]
+        pending = sum(
+            n for state, n in j["states"].items() if state in ("queued", "claimed", "sending", "submitted")
+        )
+        out.append(
+            {
+                "id": r.id, "api": r.api, "key_id": r.key_id, "endpoint": r.endpoint, "status": r.status,
+                "total": int(r.total), "done": int(r.total) - pending, "pending": pending,
+                "succeeded": j["states"].get("succeeded", 0), "failed": j["states"].get("failed", 0),
+                "progress": None if not r.total else (int(r.total) - pending) / int(r.total),
+                "cost_usd": j["cost_usd"], "saved_usd": j["saved_usd"],
+                "created_at": r.created_at, "completed_at": r.completed_at,
+            }
+        )  # fmt: skip
+    return out
 
 
 async def report_table(

@@ -20,6 +20,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    ForeignKey,
     Integer,
     MetaData,
     Numeric,
@@ -124,6 +125,7 @@ class RequestLogRow(Base):
     priced: Mapped[bool] = mapped_column(Boolean)
     cache: Mapped[str] = mapped_column(String(32))
     route_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    plan: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
@@ -208,3 +210,107 @@ for _column in (*LATENCY_BUCKET_COLUMNS, *TTFT_BUCKET_COLUMNS):
     cast(Table, RequestRollupRow.__table__).append_column(
         Column(_column, BigInteger, nullable=False, server_default="0")
     )
+
+
+class FileRow(Base):
+    """An uploaded or generated file. The bytes live on disk under the batch data directory (``path`` is
+    relative to it); ``key_id`` owns it (None: made without a virtual key)."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BatchJobRow(Base):
+    """A batch job of either API (``api``: "openai" or "anthropic"), owned by ``key_id``. ``status`` follows
+    OpenAI's names (validating, in_progress, finalizing, completed, failed, expired, cancelling,
+    cancelled); the Anthropic surface maps them to its processing_status."""
+
+    __tablename__ = "batch_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api: Mapped[str] = mapped_column(String(16))
+    key_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    total: Mapped[int] = mapped_column(Integer)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reserved_usd: Mapped[float] = mapped_column(Money(), default=0.0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class BatchUploadRow(Base):
+    """One upstream batch carrying some of a job's items to a provider's batch API. ``state``: creating
+    (recorded before anything is sent), submitted (``upstream_batch_id`` known: polled), done."""
+
+    __tablename__ = "batch_uploads"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("batch_jobs.id", ondelete="CASCADE"), index=True
+    )
+    provider: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    upstream_file_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    upstream_batch_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancel_sent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BatchItemRow(Base):
+    """One request of a job (see ``gateway.batch.store`` for its states). ``duplicate_of`` points at the
+    item of the same job with the same request, whose answer it shares; ``response`` is the answer's
+    JSON body (or the error's) once finished."""
+
+    __tablename__ = "batch_items"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("batch_jobs.id", ondelete="CASCADE"), index=True
+    )
+    line: Mapped[int] = mapped_column(Integer)
+    custom_id: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(256))
+    target: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    """The model alias that served it (set when routed), for pricing a result that arrives later."""
+    body: Mapped[str] = mapped_column(Text)
+    digest: Mapped[str] = mapped_column(String(64))
+    duplicate_of: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    upload_id: Mapped[int | None] = mapped_column(BigInteger, index=True, nullable=True)
+    estimate_usd: Mapped[float] = mapped_column(Money(), default=0.0, server_default="0")
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cost_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
+    saving_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
+    mechanism: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Tokens the upstream billed for this item (0 for a duplicate or a cache hit): OpenAI's counting,
+    the input including its cached part, the output its reasoning."""
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -116,6 +116,7 @@ def request_row(record: RequestRecord) -> dict[str, Any]:
         "priced": record.priced,
         "cache": record.cache,
         "route_reason": record.route_reason,
+        "plan": record.plan,
         "error": record.error,
     }
 

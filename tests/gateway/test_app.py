@@ -68,7 +68,7 @@ def test_every_request_yields_exactly_one_log_row(gateway_factory: Any) -> None:
             ]
         )
         ids.append(httpx.get(f"{gw.openai_url}/models", headers=h).headers["x-thriftgate-request-id"])
-        ids.append(httpx.get(f"{gw.openai_url}/files", headers=h).headers["x-thriftgate-request-id"])
+        ids.append(httpx.get(f"{gw.openai_url}/vector_stores", headers=h).headers["x-thriftgate-request-id"])
     rows = gw.rows()
     assert [r["request_id"] for r in rows] == ids
     assert len(set(ids)) == len(ids)

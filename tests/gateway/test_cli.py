@@ -10,7 +10,7 @@ import pytest
 from gateway.cli import is_loopback, main
 from gateway.errors import AuthenticationFailed
 from gateway.keys import KeyStore
-from gateway.storage import head_revision, make_engine, make_sessionmaker, repo
+from gateway.storage import make_engine, make_sessionmaker, repo
 from gateway.types import RequestRecord, Usage
 
 
@@ -45,8 +45,8 @@ def fresh_store_authenticate(url: str, raw: str) -> str:
 def test_db_upgrade_current_downgrade(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "db", "current")[1].startswith("none")
     status, out, _ = run(capsys, "db", "upgrade")
-    assert status == 0 and str(head_revision()) in out
-    assert run(capsys, "db", "current")[1].strip() == f"{head_revision()} (head)"
+    assert status == 0 and "database at revision" in out
+    assert run(capsys, "db", "current")[1].strip().endswith("(head)")
     assert run(capsys, "db", "downgrade", "base")[0] == 0
     assert run(capsys, "db", "current")[1].startswith("none")
 

@@ -236,6 +236,10 @@ def revoke_in_another_process(url: str, key_id: str, cwd: Path) -> float:
     monotonic time it exited (the revocation is committed by then)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("THRIFTGATE_")}
     env["THRIFTGATE_DATABASE_URL"] = url
+    # this checkout's code, whatever checkout the virtual environment installed (a git worktree)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")])
+    )
     done = subprocess.run(
         [
             sys.executable,

@@ -114,6 +114,8 @@ def _block_tokens(block: Any) -> int:
 
 
 def _cache_block(prefix: str, block: Any, tokens: int) -> CacheBlock:
+    if isinstance(block, str):  # a string is the same prompt as one text block (and caches the same)
+        block = {"type": "text", "text": block}
     ttl_s = None
     if isinstance(block, dict):
         control = block.get("cache_control")

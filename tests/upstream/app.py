@@ -31,7 +31,13 @@ from starlette.routing import Route
 from tests.upstream import anthropic_api, embeddings_api, openai_api, responses_api
 from tests.upstream.batches import BatchService
 from tests.upstream.config import Fault, SimConfig
-from tests.upstream.prompt_cache import AnthropicPromptCache, CacheBlock, CacheUsage, OpenAIPrefixCache
+from tests.upstream.prompt_cache import (
+    AnthropicPromptCache,
+    CacheBlock,
+    CacheUsage,
+    OpenAIPrefixCache,
+    OpenAIRouter,
+)
 from tests.upstream.reply import Ctx, Reply, SimError
 from tests.upstream.sse import SSEResponse, StreamPlan, install_log_filter
 from tests.upstream.state import FaultQueue, RecordedRequest
@@ -113,9 +119,15 @@ class Simulator:
         self.disconnects = 0
         self._faults = FaultQueue()
         self._openai_cache = OpenAIPrefixCache()
+        self._openai_router = OpenAIRouter(clock)
         self._anthropic_cache = AnthropicPromptCache(clock)
         self._seq = itertools.count(1)
-        self._batches = BatchService(self._run_batch_line, clock, lambda: self.config.batch_latency_s)
+        self._batches = BatchService(
+            self._run_batch_line,
+            clock,
+            lambda: self.config.batch_latency_s,
+            lambda: (self.config.batch_expire_s, self.config.batch_expire_keep),
+        )
         install_log_filter()
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=methods)])
@@ -136,6 +148,7 @@ class Simulator:
         self._faults.clear()
         self.disconnects = 0
         self._openai_cache.clear()
+        self._openai_router.clear()
         self._anthropic_cache.clear()
         self._batches.clear()
 
@@ -233,15 +246,20 @@ class Simulator:
         model = str(body.get("model", "")) if isinstance(body, dict) else ""
         scope = f"{key}\x00{model}"
         config = self.config
-        # OpenAI routes by prefix hash combined with prompt_cache_key: different keys, different caches
+        # OpenAI routes by prefix hash combined with prompt_cache_key to a machine with its own cache
         cache_key = body.get("prompt_cache_key") if isinstance(body, dict) else None
-        openai_scope = f"{scope}\x00{cache_key}" if isinstance(cache_key, str) else scope
+        key = cache_key if isinstance(cache_key, str) else None
 
         def openai_cached(tokens: Any) -> int:
-            return self._openai_cache.cached_tokens(openai_scope, tokens, config.openai_min_cache_tokens)
+            machine = self._openai_router.machine(
+                scope, tokens, key, config.openai_machine_rpm, config.openai_overflow_machines
+            )
+            return self._openai_cache.cached_tokens(
+                f"{scope}\x00{machine}", tokens, config.openai_min_cache_tokens
+            )
 
         def anthropic_cache(blocks: Sequence[CacheBlock]) -> CacheUsage:
-            return self._anthropic_cache.apply(scope, blocks, config.anthropic_min_cache_tokens)
+            return self._anthropic_cache.apply(scope, blocks, config.anthropic_min_tokens(model))
 
         ctx = Ctx(config, seq, int(time.time()), openai_cached, anthropic_cache)
         try:

@@ -4,8 +4,12 @@
 Every request of a batch is answered when the batch is created (by the same handlers as the live
 endpoints, so content and usage match a live call); the batch shows as in progress until
 ``SimConfig.batch_latency_s`` has passed on the simulator's clock, then as completed / ended with its
-results. Cancelling before then ends it with nothing answered. Files and batches belong to the API
-key that created them (another key gets a 404).
+results. Cancelling before then ends it with nothing answered. With ``SimConfig.batch_expire_s`` set
+below the latency, a batch expires instead: its first ``batch_expire_keep`` requests keep their answers
+(partial results), the others are reported expired (OpenAI: ``batch_expired`` lines in the error file;
+Anthropic: ``expired`` results). A request line that the live endpoint refuses is a partial failure (the
+error file; an ``errored`` result). Files and batches belong to the API key that created them (another key
+gets a 404). ``BatchService.sent`` lists the custom_id of every request taken into a batch, in order.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ class Job:
     errors: list[dict[str, Any]] = field(default_factory=list)  # OpenAI error lines
     usage: dict[str, int] = field(default_factory=dict)
     cancelled_at: int | None = None
+    expire_at: float | None = None  # the clock time it expires at when not done by then
+    keep: int = 0  # requests that keep their answers when it expires
+    order: list[tuple[bool, dict[str, Any]]] = field(default_factory=list)  # (succeeded, line) in input order
     output_file_id: str | None = None
     error_file_id: str | None = None
 
@@ -93,19 +100,43 @@ class BatchService:
     """The files and batches a simulator holds. ``run`` answers one batch line like the live
     endpoint; ``clock`` decides when a batch is done; ``latency`` is read at each creation."""
 
-    def __init__(self, run: RunLine, clock: Callable[[], float], latency: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        run: RunLine,
+        clock: Callable[[], float],
+        latency: Callable[[], float],
+        expiry: Callable[[], tuple[float | None, int]] = lambda: (None, 0),
+    ) -> None:
         self._run = run
         self._clock = clock
         self._latency = latency
+        self._expiry = expiry
         self.files: dict[str, StoredFile] = {}
         self.jobs: dict[str, Job] = {}
+        self.sent: list[str] = []
 
     def clear(self) -> None:
         self.files.clear()
         self.jobs.clear()
+        self.sent.clear()
+
+    def _new_job(self, job: Job) -> Job:
+        after, keep = self._expiry()
+        if after is not None:
+            job.expire_at = self._clock() + after
+            job.keep = keep
+        return job
+
+    def _expired(self, job: Job) -> bool:
+        return (
+            job.cancelled_at is None
+            and job.expire_at is not None
+            and job.expire_at < job.ready_at
+            and self._clock() >= job.expire_at
+        )
 
     def _done(self, job: Job) -> bool:
-        return job.cancelled_at is None and self._clock() >= job.ready_at
+        return job.cancelled_at is None and not self._expired(job) and self._clock() >= job.ready_at
 
     def _owned(self, table: dict[str, _T], item_id: str, key: str, what: str) -> _T:
         item = table.get(item_id)
@@ -167,14 +198,16 @@ class BatchService:
             )
         source = self._owned(self.files, body["input_file_id"], key, "file")
         lines = [ln for ln in source.content.splitlines() if ln.strip()]
-        job = Job(
-            f"batch_{stable_hash(key, source.id, str(len(self.jobs)))}",
-            "openai",
-            key,
-            now,
-            self._clock() + self._latency(),
-            len(lines),
-            body,
+        job = self._new_job(
+            Job(
+                f"batch_{stable_hash(key, source.id, str(len(self.jobs)))}",
+                "openai",
+                key,
+                now,
+                self._clock() + self._latency(),
+                len(lines),
+                body,
+            )
         )
         usage = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0}
         for i, raw in enumerate(lines):
@@ -200,14 +233,36 @@ class BatchService:
                 },
             }
             (job.results if reply.status == 200 else job.errors).append(out)
+            job.order.append((reply.status == 200, out))
+            self.sent.append(custom_id)
             if reply.status == 200:
                 _add_openai_usage(usage, answer.get("usage") or {})
         job.usage = usage
         self.jobs[job.id] = job
         return Reply.json(self._openai_batch_json(job))
 
+    def _expire_openai(self, job: Job) -> None:
+        """An expired batch's files: the kept answers, then an expired line for each other request."""
+        kept = job.order[: job.keep]
+        job.results = [line for ok, line in kept if ok]
+        job.errors = [line for ok, line in kept if not ok] + [
+            {
+                "id": line["id"],
+                "custom_id": line["custom_id"],
+                "response": None,
+                "error": {
+                    "code": "batch_expired",
+                    "message": "This request could not be executed before the completion window expired.",
+                },
+            }
+            for _ok, line in job.order[job.keep :]
+        ]
+
     def _openai_batch_json(self, job: Job) -> dict[str, Any]:
-        done = self._done(job)
+        expired = self._expired(job)
+        if expired and job.output_file_id is None and job.error_file_id is None:
+            self._expire_openai(job)
+        done = self._done(job) or expired
         if done and job.output_file_id is None and job.results:
             data = b"".join(orjson.dumps(r) + b"\n" for r in job.results)
             job.output_file_id = self._store_file(
@@ -218,7 +273,15 @@ class BatchService:
             job.error_file_id = self._store_file(
                 job.owner, f"{job.id}_error.jsonl", "batch_output", data, job.created_at
             ).id
-        status = "cancelled" if job.cancelled_at is not None else "completed" if done else "in_progress"
+        status = (
+            "cancelled"
+            if job.cancelled_at is not None
+            else "expired"
+            if expired
+            else "completed"
+            if done
+            else "in_progress"
+        )
         finished = job.created_at if done else None
         u = job.usage
         return {
@@ -237,7 +300,7 @@ class BatchService:
             "finalizing_at": finished,
             "completed_at": finished,
             "failed_at": None,
-            "expired_at": None,
+            "expired_at": int(job.expire_at) if expired and job.expire_at is not None else None,
             "cancelling_at": job.cancelled_at,
             "cancelled_at": job.cancelled_at,
             "request_counts": {
@@ -279,10 +342,8 @@ class BatchService:
         if job.kind != "openai":
             raise SimError(404, f"No such batch: '{batch_id}'", code="batch_not_found")
         if tail == "cancel" and method == "POST":
-            if self._done(job):
-                raise SimError(
-                    409, "Cannot cancel a batch with status 'completed'.", code="batch_not_cancellable"
-                )
+            if self._done(job) or self._expired(job):
+                raise SimError(409, "Cannot cancel a batch that has ended.", code="batch_not_cancellable")
             job.cancelled_at = job.cancelled_at or now
         elif tail or method != "GET":
             raise SimError(404, f"Unknown request URL: {method} /v1/batches/{rest}.", code="unknown_url")
@@ -294,14 +355,16 @@ class BatchService:
         requests = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(requests, list) or not requests:
             raise SimError(400, "requests: Field required (a non-empty array)")
-        job = Job(
-            f"msgbatch_{stable_hash(key, str(len(self.jobs)), str(now))}",
-            "anthropic",
-            key,
-            now,
-            self._clock() + self._latency(),
-            len(requests),
-            {"base_url": base_url},
+        job = self._new_job(
+            Job(
+                f"msgbatch_{stable_hash(key, str(len(self.jobs)), str(now))}",
+                "anthropic",
+                key,
+                now,
+                self._clock() + self._latency(),
+                len(requests),
+                {"base_url": base_url},
+            )
         )
         for i, item in enumerate(requests):
             if (
@@ -318,19 +381,30 @@ class BatchService:
                 else {"type": "errored", "error": answer}
             )
             job.results.append({"custom_id": item["custom_id"], "result": result})
+            self.sent.append(item["custom_id"])
         self.jobs[job.id] = job
         return Reply.json(self._anthropic_batch_json(job))
 
+    def _anthropic_lines(self, job: Job) -> list[dict[str, Any]]:
+        if job.cancelled_at is not None:
+            return [{"custom_id": r["custom_id"], "result": {"type": "canceled"}} for r in job.results]
+        if self._expired(job):
+            return job.results[: job.keep] + [
+                {"custom_id": r["custom_id"], "result": {"type": "expired"}} for r in job.results[job.keep :]
+            ]
+        return job.results
+
     def _anthropic_batch_json(self, job: Job) -> dict[str, Any]:
-        done = self._done(job)
+        expired = self._expired(job)
+        done = self._done(job) or expired
         ended = done or job.cancelled_at is not None
-        succeeded = sum(r["result"]["type"] == "succeeded" for r in job.results) if done else 0
+        kinds = [r["result"]["type"] for r in self._anthropic_lines(job)] if done else []
         counts = {
             "processing": 0 if ended else job.total,
-            "succeeded": succeeded,
-            "errored": len(job.results) - succeeded if done else 0,
+            "succeeded": kinds.count("succeeded"),
+            "errored": kinds.count("errored"),
             "canceled": job.total if job.cancelled_at is not None else 0,
-            "expired": 0,
+            "expired": kinds.count("expired"),
         }
         return {
             "id": job.id,
@@ -339,7 +413,9 @@ class BatchService:
             "request_counts": counts,
             "created_at": _iso(job.created_at),
             "expires_at": _iso(job.created_at + DAY_S),
-            "ended_at": _iso(job.cancelled_at or job.created_at) if ended else None,
+            "ended_at": _iso(job.cancelled_at or (job.expire_at if expired else None) or job.created_at)
+            if ended
+            else None,
             "archived_at": None,
             "cancel_initiated_at": _iso(job.cancelled_at) if job.cancelled_at is not None else None,
             "results_url": f"{job.request['base_url']}/v1/messages/batches/{job.id}/results"
@@ -368,18 +444,14 @@ class BatchService:
         if job.kind != "anthropic":
             raise SimError(404, f"No such message_batch: '{batch_id}'")
         if tail == "results" and method == "GET":
-            if not (self._done(job) or job.cancelled_at is not None):
+            if not (self._done(job) or self._expired(job) or job.cancelled_at is not None):
                 raise SimError(400, f"Batch '{batch_id}' is still processing; results are not available yet.")
-            lines = (
-                job.results
-                if job.cancelled_at is None
-                else [{"custom_id": r["custom_id"], "result": {"type": "canceled"}} for r in job.results]
-            )
+            lines = self._anthropic_lines(job)
             return Reply(
                 200, b"".join(orjson.dumps(r) + b"\n" for r in lines), media_type="application/binary"
             )
         if tail == "cancel" and method == "POST":
-            if not self._done(job):
+            if not (self._done(job) or self._expired(job)):
                 job.cancelled_at = job.cancelled_at or now
         elif not tail and method == "DELETE":
             if not (self._done(job) or job.cancelled_at is not None):

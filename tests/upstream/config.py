@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+# Anthropic's minimum cacheable prompt per model family (model id prefix -> tokens); others: 1,024.
+ANTHROPIC_MIN_CACHE_TOKENS: dict[str, int] = {
+    "claude-opus-4-5": 4096,
+    "claude-haiku-4-5": 4096,
+    "claude-3-5-haiku": 2048,
+    "claude-3-haiku": 2048,
+}
 
 
 @dataclass(slots=True)
@@ -16,11 +24,31 @@ class SimConfig:
     output_tokens: int = 16  # tokens per answer, capped by max_tokens / max_completion_tokens
     api_key: str | None = None  # None: any non-empty key is accepted
     anthropic_min_cache_tokens: int = 1024  # shorter cache_control prefixes are never cached
+    # per-model minimums over the one above: the longest model id prefix listed wins
+    anthropic_min_cache_tokens_by_model: dict[str, int] = field(
+        default_factory=lambda: dict(ANTHROPIC_MIN_CACHE_TOKENS)
+    )
     openai_min_cache_tokens: int = 1024  # OpenAI caches prefixes from this length, in 128-token steps
+    # OpenAI routing: a (first 256 tokens, prompt_cache_key) group above this many requests a minute
+    # overflows onto this many other machines, each with its own cache (0: never)
+    openai_machine_rpm: int = 15
+    openai_overflow_machines: int = 4
     record: bool = True  # keep every request in ``Simulator.requests`` (benchmarks may turn it off)
     # serve /v1/files, /v1/batches and /v1/messages/batches; off: those paths are unknown URLs (404)
     batches: bool = False
     batch_latency_s: float = 0.0  # a batch shows as in progress this long (on the simulator's clock)
+    # a batch still in progress this long after its creation expires: its first ``batch_expire_keep``
+    # requests keep their answers, the rest are reported expired (None: batches never expire)
+    batch_expire_s: float | None = None
+    batch_expire_keep: int = 0
+
+    def anthropic_min_tokens(self, model: str) -> int:
+        """The shortest prefix ``model`` caches (see ``anthropic_min_cache_tokens_by_model``)."""
+        best, found = -1, self.anthropic_min_cache_tokens
+        for prefix, tokens in self.anthropic_min_cache_tokens_by_model.items():
+            if model.startswith(prefix) and len(prefix) > best:
+                best, found = len(prefix), tokens
+        return found
 
 
 @dataclass(slots=True)

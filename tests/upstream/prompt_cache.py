@@ -10,16 +10,23 @@ looks for an entry at that block boundary or up to 20 blocks before it (Anthropi
 longest hit is read. The prefix beyond the hit up to the last breakpoint is written, each stretch
 at the TTL of the breakpoint that ends it, and every breakpoint's prefix is (re)stored with its TTL.
 Prefixes shorter than ``min_tokens`` are never read or written.
+
+OpenAI routing (``OpenAIRouter``): each request goes to a machine chosen by a hash of its first 256
+tokens combined with its ``prompt_cache_key``; each machine has its own prefix cache. A (prefix, key)
+group sending more than ``rpm`` requests in the last minute overflows: the excess is spread over
+``overflow`` other machines, whose caches are cold for it (OpenAI documents about 15 requests a minute).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 LOOKBACK_BLOCKS = 20
 OPENAI_STEP = 128
+OPENAI_ROUTING_TOKENS = 256
 
 
 class OpenAIPrefixCache:
@@ -53,6 +60,34 @@ class OpenAIPrefixCache:
 
     def clear(self) -> None:
         self._seen.clear()
+
+
+class OpenAIRouter:
+    """Which machine serves an OpenAI request (see the module docstring), on ``clock``'s scale."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._recent: dict[bytes, deque[float]] = {}
+
+    def machine(
+        self, scope: str, tokens: Sequence[str], cache_key: str | None, rpm: int, overflow: int
+    ) -> str:
+        """The machine for this request (counts it in its group's last minute: mutates the router)."""
+        h = hashlib.blake2b(digest_size=12)
+        h.update(scope.encode() + b"\x00" + (cache_key or "").encode() + b"\x00")
+        h.update("\x00".join(tokens[:OPENAI_ROUTING_TOKENS]).encode())
+        group = h.digest()
+        now = self._clock()
+        recent = self._recent.setdefault(group, deque())
+        while recent and recent[0] <= now - 60.0:
+            recent.popleft()
+        recent.append(now)
+        if len(recent) <= rpm or overflow <= 0:
+            return group.hex()
+        return f"{group.hex()}/{len(recent) % overflow}"
+
+    def clear(self) -> None:
+        self._recent.clear()
 
 
 @dataclass(slots=True, frozen=True)

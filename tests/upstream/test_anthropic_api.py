@@ -133,13 +133,13 @@ def _cached_system(ttl: str | None = None) -> Any:
 def test_anthropic_prompt_cache_write_read_ttl_and_minimum(url: str, ant: anthropic.Anthropic) -> None:
     client = ant
     first = client.messages.create(
-        model="claude-haiku-4-5", max_tokens=10, system=_cached_system(), messages=user("q one")
+        model="claude-sonnet-4-5", max_tokens=10, system=_cached_system(), messages=user("q one")
     )
     assert first.usage.cache_creation_input_tokens == 1100 and first.usage.cache_read_input_tokens == 0
     assert first.usage.cache_creation and first.usage.cache_creation.ephemeral_5m_input_tokens == 1100
     assert first.usage.input_tokens == 2  # never double-counted
     second = client.messages.create(
-        model="claude-haiku-4-5", max_tokens=10, system=_cached_system(), messages=user("q two")
+        model="claude-sonnet-4-5", max_tokens=10, system=_cached_system(), messages=user("q two")
     )
     assert (
         second.usage.cache_read_input_tokens,
@@ -148,15 +148,15 @@ def test_anthropic_prompt_cache_write_read_ttl_and_minimum(url: str, ant: anthro
     ) == (1100, 0, 2)
     # a different model is a different cache
     hour = client.messages.create(
-        model="claude-opus-4-5", max_tokens=10, system=_cached_system("1h"), messages=user("q")
+        model="claude-opus-4-1", max_tokens=10, system=_cached_system("1h"), messages=user("q")
     )
     assert hour.usage.cache_creation and hour.usage.cache_creation.ephemeral_1h_input_tokens == 1100
     assert hour.usage.cache_creation.ephemeral_5m_input_tokens == 0
     short: Any = [{"type": "text", "text": "short system", "cache_control": {"type": "ephemeral"}}]
-    tiny = client.messages.create(model="claude-haiku-4-5", max_tokens=10, system=short, messages=user("q"))
+    tiny = client.messages.create(model="claude-sonnet-4-5", max_tokens=10, system=short, messages=user("q"))
     assert (tiny.usage.cache_creation_input_tokens, tiny.usage.cache_read_input_tokens) == (0, 0)
     with client.messages.stream(
-        model="claude-haiku-4-5", max_tokens=10, system=_cached_system(), messages=user("q three")
+        model="claude-sonnet-4-5", max_tokens=10, system=_cached_system(), messages=user("q three")
     ) as s:
         streamed = s.get_final_message()
     assert streamed.usage.cache_read_input_tokens == 1100 and streamed.usage.input_tokens == 2
@@ -164,4 +164,39 @@ def test_anthropic_prompt_cache_write_read_ttl_and_minimum(url: str, ant: anthro
         {"type": "text", "text": f"b{i}", "cache_control": {"type": "ephemeral"}} for i in range(5)
     ]
     with pytest.raises(anthropic.BadRequestError):
-        client.messages.create(model="claude-haiku-4-5", max_tokens=10, system=too_many, messages=user("q"))
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=10, system=too_many, messages=user("q"))
+
+
+def test_anthropic_prompt_cache_minimum_is_per_model(ant: anthropic.Anthropic) -> None:
+    # Haiku 4.5 caches prefixes of 4,096 tokens and more: 1,100 are below its minimum
+    below = ant.messages.create(
+        model="claude-haiku-4-5", max_tokens=10, system=_cached_system(), messages=user("q one")
+    )
+    assert (below.usage.cache_creation_input_tokens, below.usage.cache_read_input_tokens) == (0, 0)
+    text = " ".join(f"w{i}" for i in range(4200))
+    long: Any = [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
+    first = ant.messages.create(model="claude-haiku-4-5", max_tokens=10, system=long, messages=user("q"))
+    assert first.usage.cache_creation_input_tokens == 4200
+    again = ant.messages.create(model="claude-haiku-4-5", max_tokens=10, system=long, messages=user("q"))
+    assert again.usage.cache_read_input_tokens == 4200
+
+
+def test_anthropic_prompt_cache_string_content_equals_a_text_block(ant: anthropic.Anthropic) -> None:
+    text = " ".join(f"w{i}" for i in range(1100))
+    marked: Any = [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
+    first = ant.messages.create(
+        model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": marked}]
+    )
+    assert first.usage.cache_creation_input_tokens == 1100
+    # the same turn as a plain string, followed by a marked turn: the string's prefix is read
+    last: Any = [{"type": "text", "text": "more", "cache_control": {"type": "ephemeral"}}]
+    grown = ant.messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=10,
+        messages=[
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": last},
+        ],
+    )
+    assert grown.usage.cache_read_input_tokens == 1100

@@ -116,3 +116,50 @@ def test_anthropic_message_batches() -> None:
         assert client.messages.batches.delete(batch.id).type == "message_batch_deleted"
         with pytest.raises(anthropic.NotFoundError):
             client.messages.batches.retrieve(batch.id)
+
+
+def test_batches_expire_with_partial_results() -> None:
+    clock = FakeClock()
+    config = SimConfig(batches=True, batch_latency_s=60, batch_expire_s=10, batch_expire_keep=1)
+    sim = Simulator(config, clock=clock)
+    with serve(sim.app) as url:
+        client = oa(url)
+        rows = [
+            {"custom_id": c, "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "gpt-4o-mini", "messages": user(f"question {c}")}}
+            for c in ("a", "b", "c")
+        ]  # fmt: skip
+        uploaded = client.files.create(file=("in.jsonl", _jsonl(rows)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        mb = an(url).messages.batches.create(
+            requests=[
+                {
+                    "custom_id": c,
+                    "params": {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": user(c)},
+                }
+                for c in ("x", "y")
+            ]
+        )
+        assert client.batches.retrieve(batch.id).status == "in_progress"
+        clock.now += 11
+        done = client.batches.retrieve(batch.id)
+        assert done.status == "expired" and done.expired_at is not None and done.request_counts
+        assert (done.request_counts.completed, done.request_counts.failed) == (1, 2)
+        assert done.output_file_id and done.error_file_id
+        out = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
+        errors = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
+        assert [o["custom_id"] for o in out] == ["a"]
+        assert [(e["custom_id"], e["error"]["code"], e["response"]) for e in errors] == [
+            ("b", "batch_expired", None),
+            ("c", "batch_expired", None),
+        ]
+        with pytest.raises(openai.ConflictError):
+            client.batches.cancel(batch.id)
+        ended = an(url).messages.batches.retrieve(mb.id)
+        assert ended.processing_status == "ended"
+        assert (ended.request_counts.succeeded, ended.request_counts.expired) == (1, 1)
+        kinds = {r.custom_id: r.result.type for r in an(url).messages.batches.results(mb.id)}
+        assert kinds == {"x": "succeeded", "y": "expired"}
+        assert sim._batches.sent == ["a", "b", "c", "x", "y"]

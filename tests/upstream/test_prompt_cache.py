@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.upstream.prompt_cache import AnthropicPromptCache, CacheBlock, OpenAIPrefixCache
+from tests.upstream.prompt_cache import AnthropicPromptCache, CacheBlock, OpenAIPrefixCache, OpenAIRouter
 
 
 def test_openai_prefix_cache_rounds_to_128_from_the_minimum() -> None:
@@ -54,3 +54,19 @@ def test_anthropic_cache_lookback_finds_an_earlier_breakpoint() -> None:
     cache.apply("k", _blocks(12, ttl={11: 300.0}), 1024)  # conversation so far: 1200 tokens cached
     grown = cache.apply("k", _blocks(16, ttl={15: 300.0}), 1024)  # two more turns, breakpoint moved
     assert (grown.read, grown.write_5m) == (1200, 400)
+
+
+def test_openai_router_overflows_a_busy_group_onto_cold_machines() -> None:
+    now = [0.0]
+    router = OpenAIRouter(lambda: now[0])
+    prompt = [f"w{i}" for i in range(300)]
+    machines = []
+    for _ in range(20):  # 20 requests in 19 s: above 15 a minute
+        machines.append(router.machine("k", prompt, None, 15, 4))
+        now[0] += 1.0
+    assert len(set(machines[:15])) == 1 and len(set(machines[15:])) > 1
+    assert router.machine("k", prompt, "a", 15, 4) != router.machine("k", prompt, "b", 15, 4)
+    # only the first 256 tokens route: a different tail goes to the same machine
+    tail = [*prompt[:256], "other"]
+    now[0] += 120.0
+    assert router.machine("k", prompt, "c", 15, 4) == router.machine("k", tail, "c", 15, 4)

@@ -209,14 +209,16 @@ async function requestsPage() {
 async function batchesPage() {
   const data = await api("/admin/api/batches");
   const root = document.getElementById("batches");
-  if (!data.available) {
-    root.append(el("p", { class: "nodata" }, "no data: batch jobs are not recorded in this database yet"));
-  } else {
-    const t = el("table", { class: "grid" });
-    root.append(t);
-    const keys = data.data.length ? Object.keys(data.data[0]) : [];
-    table(t, keys.map((k) => ({ key: k, label: k })), data.data, { empty: "no batch jobs yet" });
-  }
+  const t = el("table", { class: "grid", id: "batches-table" });
+  root.append(t);
+  const progress = (j) => el("div", { class: "bar", "data-value": j.progress ?? "" },
+    el("span", { style: `width:${(100 * (j.progress || 0)).toFixed(1)}%` }), el("em", {}, `${num(j.done)} / ${num(j.total)}`));
+  table(t, [
+    { key: "id", label: "Job" }, { key: "api", label: "API" }, { key: "key_id", label: "Key" }, { key: "status", label: "Status" },
+    { key: "progress", label: "Progress", render: progress }, { key: "failed", label: "Failed", format: "num" },
+    { key: "cost_usd", label: "Cost", format: "usd" }, { key: "saved_usd", label: "Saved", format: "usd" },
+    { key: "created_at", label: "Created" },
+  ], data.data, { empty: "no batch jobs yet" });
   document.body.dataset.ready = "1";
 }
 

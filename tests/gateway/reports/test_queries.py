@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.reports import queries
 from gateway.reports.queries import window_start
 from gateway.storage import repo
+from gateway.storage.models import BatchItemRow, BatchJobRow
 from tests.gateway.reports.test_rollups import record
 
 NOW = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
@@ -75,3 +76,64 @@ async def test_summary_windows_and_filters(sessionmaker: async_sessionmaker[Asyn
             await queries.recent_requests(session, status="ok")
         usage = await queries.key_usage(session, window_start(NOW, "30d"))
         assert usage["k1"]["requests"] == sum(r["key_id"] == "k1" for r in rows[:720])
+
+
+async def test_batch_jobs_progress_cost_and_saving(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    jobs, items = BatchJobRow.__table__, BatchItemRow.__table__
+    at = datetime(2026, 11, 30, 9, tzinfo=UTC)
+    async with sessionmaker.begin() as session:
+        await session.execute(
+            jobs.insert(),
+            [
+                {"id": "batch_a", "api": "openai", "key_id": "k1", "endpoint": "/v1/chat/completions",
+                 "completion_window": "24h", "status": "in_progress", "total": 4, "created_at": at,
+                 "expires_at": at + timedelta(days=1)},
+                {"id": "batch_b", "api": "anthropic", "key_id": None, "endpoint": "/v1/messages",
+                 "completion_window": "24h", "status": "validating", "total": 0,
+                 "created_at": at + timedelta(hours=1), "expires_at": at + timedelta(days=1)},
+            ],
+        )  # fmt: skip
+        base = {"job_id": "batch_a", "model": "gpt-4o-mini", "body": "{}", "digest": "d"}
+        await session.execute(
+            items.insert(),
+            [
+                {
+                    **base,
+                    "line": 1,
+                    "custom_id": "1",
+                    "state": "succeeded",
+                    "cost_usd": 0.25,
+                    "saving_usd": 0.25,
+                },
+                {
+                    **base,
+                    "line": 2,
+                    "custom_id": "2",
+                    "state": "succeeded",
+                    "cost_usd": 0.5,
+                    "saving_usd": 0.5,
+                },
+                {
+                    **base,
+                    "line": 3,
+                    "custom_id": "3",
+                    "state": "failed",
+                    "cost_usd": None,
+                    "saving_usd": None,
+                },
+                {
+                    **base,
+                    "line": 4,
+                    "custom_id": "4",
+                    "state": "queued",
+                    "cost_usd": None,
+                    "saving_usd": None,
+                },
+            ],
+        )
+    async with sessionmaker() as session:
+        b, a = await queries.batch_jobs(session)  # newest first
+    assert b["id"] == "batch_b" and b["progress"] is None and b["done"] == 0
+    assert (a["total"], a["done"], a["pending"], a["succeeded"], a["failed"]) == (4, 3, 1, 2, 1)
+    assert a["progress"] == 0.75
+    assert a["cost_usd"] == pytest.approx(0.75) and a["saved_usd"] == pytest.approx(0.75)

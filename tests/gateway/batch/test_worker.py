@@ -1,0 +1,429 @@
+"""The worker's durability: a gateway killed with SIGKILL mid-job and restarted finishes the job with every
+item exactly once (and nothing sent upstream twice); two gateway processes on one database share a job
+and run each item once. Both on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anthropic
+import openai
+import pytest
+from sqlalchemy import select, update
+
+from gateway.api.anthropic import MESSAGES
+from gateway.api.openai import CHAT
+from gateway.batch import lines, store
+from gateway.config import Catalogue
+from gateway.providers.registry import ProviderKinds
+from gateway.settings import ModelPriceOverride, ModelSettings, ProviderSettings
+from gateway.steps import Steps
+from gateway.storage import make_engine, make_sessionmaker, upgrade
+from gateway.storage.models import BatchItemRow, BatchJobRow, BatchUploadRow
+from gateway.types import (
+    MISS,
+    CacheOutcome,
+    CacheStatus,
+    ChatRequest,
+    ChatResponse,
+    Choice,
+    RouteDecision,
+    StopReason,
+    TextPart,
+    Usage,
+)
+from tests.gateway.api.conftest import (
+    ANTHROPIC_KEY,
+    _sim_server,
+    create_key,
+    db_url,
+    gateway_factory,
+    make_settings,
+    sim,
+    sim_url,
+)
+from tests.gateway.api.test_batches import batch_settings
+from tests.gateway.batch.conftest import gateway_process, write_config
+from tests.gateway.test_pipeline_e2e import FakeCache
+from tests.upstream import Fault, Simulator
+from tests.waiting import wait_until
+
+__all__ = [
+    "_sim_server",
+    "db_url",
+    "gateway_factory",
+    "sim",
+    "sim_url",
+]  # the surface fixtures, shared with tests/gateway/api/
+
+
+def chat_line(custom_id: str, text: str, model: str = "gpt-4o-mini") -> dict[str, Any]:
+    body = {"model": model, "messages": [{"role": "user", "content": text}]}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def _finished(client: openai.OpenAI, batch_id: str) -> Any:
+    return wait_until(
+        lambda: (b := client.batches.retrieve(batch_id)).status == "completed" and b,
+        timeout_s=90,
+        what="the batch to complete",
+    )
+
+
+def _output(client: openai.OpenAI, batch: Any) -> list[dict[str, Any]]:
+    text = client.files.content(batch.output_file_id).text
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_sigkill_mid_job_then_restart_runs_every_item_once(
+    sim: Simulator, sim_url: str, database_url: str, tmp_path: Path
+) -> None:
+    upgrade(database_url)
+    sim.config.batches = True
+    sim.config.batch_latency_s = 1.5  # upstream batches stay in progress for a while
+    sim.config.ttft_s = 0.15  # every upstream call is slow: the kill lands between them
+    config = write_config(
+        tmp_path / "gw.yaml", sim_url, database_url, tmp_path / "files", upload_max_items=4, claim_size=4
+    )
+    lines = [chat_line(f"item-{i}", f"question {i}") for i in range(24)]
+    with gateway_process(config, tmp_path) as (url, proc):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        wait_until(lambda: len(sim._batches.jobs) >= 2, timeout_s=30, what="some upstream batches")
+        proc.send_signal(signal.SIGKILL)  # mid-job: some batches created, others not yet
+        proc.wait(timeout=30)
+    created_before = len(sim._batches.jobs)
+    assert created_before < 6, "the job was fully submitted before the kill: the test proved nothing"
+    with gateway_process(config, tmp_path) as (url, _proc):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-client", max_retries=0)
+        batch = _finished(client, batch.id)
+        out = _output(client, batch)
+    ids = Counter(o["custom_id"] for o in out)
+    assert ids == Counter(line["custom_id"] for line in lines)  # every item exactly once
+    assert all(o["response"]["status_code"] == 200 for o in out)
+    assert batch.error_file_id is None
+    sent = Counter(sim._batches.sent)  # upstream: each item (by its gateway id) in one batch only
+    assert len(sent) == 24 and max(sent.values()) == 1
+
+
+def test_two_gateways_share_a_job_and_run_each_item_once(
+    sim: Simulator, sim_url: str, database_url: str, tmp_path: Path
+) -> None:
+    upgrade(database_url)
+    sim.config.batches = True
+    sim.config.ttft_s = 0.02
+    config = write_config(
+        tmp_path / "gw.yaml",
+        sim_url,
+        database_url,
+        tmp_path / "files",
+        upload_max_items=3,
+        claim_size=3,
+        fanout_concurrency=2,
+    )
+    lines = [chat_line(f"oa-{i}", f"batch api {i}") for i in range(15)]
+    lines += [chat_line(f"an-{i}", f"fan out {i}", model="claude-haiku-4-5") for i in range(15)]
+    with gateway_process(config, tmp_path) as (url_a, _a), gateway_process(config, tmp_path) as (url_b, _b):
+        client_a = openai.OpenAI(base_url=f"{url_a}/v1", api_key="sk-client", max_retries=0)
+        client_b = openai.OpenAI(base_url=f"{url_b}/v1", api_key="sk-client", max_retries=0)
+        uploaded = client_a.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = client_a.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = _finished(client_b, batch.id)  # the other replica sees the same job
+        out = _output(client_b, batch)
+    assert Counter(o["custom_id"] for o in out) == Counter(line["custom_id"] for line in lines)
+    assert all(o["response"]["status_code"] == 200 for o in out)
+    sent = Counter(sim._batches.sent)
+    assert len(sent) == 15 and max(sent.values()) == 1
+    fanned = Counter(
+        r.json["messages"][0]["content"] for r in sim.requests if r.path == "/v1/messages" and r.json
+    )
+    assert len(fanned) == 15 and max(fanned.values()) == 1
+
+
+# ---- the pipeline's steps apply to items; budgets; targets without a batch API ----------------------------
+
+
+class FakeLocal:
+    """A canonical provider (the local engine's place): answers every request, counting them."""
+
+    calls: ClassVar[list[str]] = []
+
+    def __init__(self, name: str, _settings: Any, _context: Any) -> None:
+        self.name = name
+        self.kind = "local"
+
+    async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
+        text = "".join(p.text for m in request.messages for p in m.content if isinstance(p, TextPart))
+        FakeLocal.calls.append(text)
+        return ChatResponse(
+            id="local-1",
+            model=model,
+            choices=(Choice(content=(TextPart(f"local: {text}"),), stop_reason=StopReason.END),),
+            usage=Usage(input_tokens=5, output_tokens=3),
+            created=1,
+        )
+
+    async def stream(self, request: ChatRequest, model: str) -> Any:
+        raise NotImplementedError
+
+    async def count_tokens(self, request: ChatRequest, model: str) -> int:
+        return 1
+
+    async def send(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Cheaper:
+    """Routes gpt-4o to gpt-4o-mini (a router's decision), everything else as named."""
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+
+    def route(self, call: Any) -> RouteDecision:
+        requested = self.catalogue.resolve(call.model)
+        target = self.catalogue.resolve("gpt-4o-mini") if call.model == "gpt-4o" else requested
+        return RouteDecision(target=target, reason="cheaper", requested=requested)
+
+
+def test_items_meet_the_cache_router_and_local_engine(
+    gateway_factory: Any, sim: Simulator, sim_url: str, tmp_path: Path
+) -> None:
+    sim.config.batches = True
+    hit = ChatResponse(
+        id="chatcmpl-cached",
+        model="gpt-4o-mini",
+        choices=(Choice(content=(TextPart("from the cache"),), stop_reason=StopReason.END),),
+        usage=Usage(input_tokens=3, output_tokens=3),
+        created=1,
+    )
+
+    class Cache(FakeCache):
+        async def lookup(self, call: Any) -> CacheOutcome:
+            text = call.canonical.messages[-1].content[0].text
+            if text == "cached":
+                return CacheOutcome(CacheStatus.HIT_EXACT, hit, counterfactual_usd=0.002)
+            return MISS
+
+    cache = Cache()
+    FakeLocal.calls = []
+    kinds = ProviderKinds()
+    kinds.register("local", FakeLocal)
+    providers = dict(make_settings(sim_url, "sqlite://").providers)
+    providers["local"] = ProviderSettings(kind="local")
+    models = dict(make_settings(sim_url, "sqlite://").models)
+    models["local-model"] = ModelSettings(
+        provider="local", model="tiny", prices=ModelPriceOverride(input=0, output=0)
+    )
+    lines = [
+        chat_line("hit", "cached"),
+        chat_line("routed", "route me", model="gpt-4o"),
+        chat_line("local-1", "run here", model="local-model"),
+        chat_line("local-2", "run here too", model="local-model"),
+        chat_line("plain", "plain"),
+    ]
+
+    def steps(settings: Any) -> Steps:
+        return Steps(router=Cheaper(Catalogue(settings)), cache=cache)
+
+    with gateway_factory(
+        batch=batch_settings(tmp_path),
+        steps_factory=steps,
+        provider_kinds=kinds,
+        providers=providers,
+        models=models,
+    ) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = _finished(client, batch.id)
+        out = {o["custom_id"]: o["response"]["body"] for o in _output(client, batch)}
+    assert out["hit"]["choices"][0]["message"]["content"] == "from the cache"
+    billed = [b["usage"]["prompt_tokens"] for c, b in out.items() if c != "hit"]  # a cache hit costs none
+    assert batch.usage.input_tokens == sum(billed)
+    assert out["routed"]["model"] == "gpt-4o-mini"
+    assert out["local-1"]["choices"][0]["message"]["content"] == "local: run here"
+    assert sorted(FakeLocal.calls) == ["run here", "run here too"]
+    assert sorted(sim._batches.sent)  # the routed and plain items went through the batch API
+    upstream = [r for r in sim.requests if r.path == "/v1/files" and r.method == "POST"]
+    assert len(upstream) == 1 and b"route me" in upstream[0].body and b"cached" not in upstream[0].body
+    assert sorted(m for m, _ in cache.stored) == ["gpt-4o", "gpt-4o-mini", "local-model", "local-model"]
+    rows = {
+        r["requested_model"] + "/" + str(r["cache"]): r
+        for r in gw.rows()
+        if r["path"] == "/v1/chat/completions"
+    }
+    assert rows["gpt-4o-mini/hit-exact"]["saving_mechanism"] == "cache"
+    routed = rows["gpt-4o/miss"]
+    assert routed["served_model"] == "gpt-4o-mini" and routed["saving_mechanism"] == "batch"
+    assert routed["counterfactual_usd"] > 2 * routed["cost_usd"]  # gpt-4o at the live price
+    assert rows["local-model/miss"]["provider"] == "local"
+
+
+def test_budget_is_held_at_submission_and_released_item_by_item(
+    gateway_factory: Any, sim: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    sim.config.batches = True
+    sim.config.batch_latency_s = 0.5
+    key_id, raw = create_key(db_url, budget_usd=0.01)
+    big = [chat_line(f"b{i}", f"q{i}", model="gpt-4o") for i in range(200)]  # 200 x 1024 output tokens
+    small = [chat_line(f"s{i}", f"q{i}") for i in range(3)]
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key=raw, max_retries=0)
+        uploaded = client.files.create(file=("big.jsonl", jsonl(big)), purpose="batch")
+        with pytest.raises(openai.RateLimitError) as err:
+            client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        assert "batch of 200 requests" in err.value.message
+        budgets = gw.app.state.pipeline.budgets
+        assert budgets.held(key_id) == 0
+        uploaded = client.files.create(file=("small.jsonl", jsonl(small)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert budgets.held(key_id) > 0
+        _finished(client, batch.id)
+        assert budgets.held(key_id) == pytest.approx(0, abs=1e-12)
+
+
+def test_a_dead_workers_claims_are_taken_over_and_its_sends_never_repeated(
+    gateway_factory: Any, sim: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    """Rows as a killed worker leaves them: a claimed item (nothing sent: run again) and an item it was
+    sending (perhaps sent: failed as interrupted, never sent again), both with their leases run out."""
+
+    async def seed() -> None:
+        engine = make_engine(db_url)
+        sm = make_sessionmaker(engine)
+        t = datetime.now(UTC)
+        job = BatchJobRow(
+            id="batch_seeded", api="openai", key_id=None, endpoint="/v1/chat/completions",
+            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
+            expires_at=t + timedelta(days=1),
+        )  # fmt: skip
+        seen = lines.Duplicates()
+        items = [
+            lines.openai_line(i + 1, jsonl([chat_line(c, c, model="claude-haiku-4-5")]), "/v1/chat/completions",
+                              CHAT.validate, CHAT.output_cap)
+            for i, c in enumerate(("was-claimed", "was-sending", "untouched"))
+        ]  # fmt: skip
+        await store.submit(sm, job, iter(items), lambda _i: 0.0, seen.original, lambda *_: None)
+        async with sm() as s:
+            past = t - timedelta(seconds=30)
+            for custom_id, state in (("was-claimed", "claimed"), ("was-sending", "sending")):
+                await s.execute(
+                    update(BatchItemRow)
+                    .where(BatchItemRow.custom_id == custom_id)
+                    .values(state=state, claimed_by="dead-worker", lease_until=past)
+                )
+            await s.commit()
+        await engine.dispose()
+
+    asyncio.run(seed())
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        batch = _finished(client, "batch_seeded")
+        out = _output(client, batch)
+        errors = [json.loads(x) for x in client.files.content(batch.error_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in out) == ["untouched", "was-claimed"]
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("was-sending", "interrupted")]
+    sent = [r.json["messages"][0]["content"] for r in sim.requests if r.path == "/v1/messages"]
+    assert sorted(sent) == ["untouched", "was-claimed"]
+
+
+@pytest.mark.parametrize("reached_upstream", [True, False])
+def test_a_message_batch_cut_off_mid_creation_is_found_or_created_once(
+    gateway_factory: Any, sim: Simulator, sim_url: str, db_url: str, tmp_path: Path, reached_upstream: bool
+) -> None:
+    """A worker died between recording an upload and learning its message batch's id: the batch is
+    adopted when it reached Anthropic (found by its results), created when it did not; never both."""
+    sim.config.batches = True
+    t = datetime.now(UTC)
+    params = [
+        {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": f"q{i}"}]}
+        for i in range(3)
+    ]
+
+    async def seed() -> list[int]:
+        engine = make_engine(db_url)
+        sm = make_sessionmaker(engine)
+        job = BatchJobRow(
+            id="msgbatch_seeded", api="anthropic", key_id=None, endpoint="/v1/messages",
+            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
+            expires_at=t + timedelta(days=1),
+        )  # fmt: skip
+        items = [
+            lines.anthropic_request(i, {"custom_id": f"m{i}", "params": p}, MESSAGES.validate, MESSAGES.output_cap)
+            for i, p in enumerate(params)
+        ]  # fmt: skip
+        await store.submit(sm, job, iter(items), lambda _i: 0.0, lambda _i: None, lambda *_: None)
+        async with sm() as s:
+            up = BatchUploadRow(
+                job_id=job.id, provider="anthropic", endpoint="/v1/messages", state="creating",
+                claimed_by="dead-worker", lease_until=t - timedelta(seconds=30), cancel_sent=False, created_at=t,
+            )  # fmt: skip
+            s.add(up)
+            await s.flush()
+            await s.execute(
+                update(BatchItemRow).values(state="submitted", upload_id=up.id, target="claude-haiku-4-5")
+            )
+            ids = [i.id for i in await s.scalars(select(BatchItemRow).order_by(BatchItemRow.id))]
+            await s.commit()
+        await engine.dispose()
+        return ids
+
+    ids = asyncio.run(seed())
+    if reached_upstream:  # the dead worker's create did reach Anthropic
+        upstream = anthropic.Anthropic(base_url=sim_url, api_key=ANTHROPIC_KEY, max_retries=0)
+        upstream.messages.batches.create(
+            requests=[{"custom_id": str(i), "params": p} for i, p in zip(ids, params, strict=True)]  # type: ignore[misc]
+        )
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="sk-ant-client", max_retries=0)
+        wait_until(
+            lambda: client.messages.batches.retrieve("msgbatch_seeded").processing_status == "ended",
+            timeout_s=30,
+        )
+        results = {r.custom_id: r.result.type for r in client.messages.batches.results("msgbatch_seeded")}
+    assert results == {"m0": "succeeded", "m1": "succeeded", "m2": "succeeded"}
+    assert sorted(sim._batches.sent) == sorted(str(i) for i in ids)  # each item in one upstream batch
+    assert len(sim._batches.jobs) == 1
+
+
+def test_a_fan_out_item_refused_with_429_is_tried_again_later(
+    gateway_factory: Any, sim: Simulator, tmp_path: Path
+) -> None:
+    """A rate limit refused the request before any model ran it: the item goes back to the queue (with a
+    backoff) instead of failing; the second try answers it."""
+    sim.inject(Fault(status=429, path="/v1/messages", times=1))
+    lines_ = [chat_line("limited", "please", model="claude-haiku-4-5")]  # through the pipeline (translated)
+    with gateway_factory(batch=batch_settings(tmp_path), provider_opts={"max_retries": 0}) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = _finished(client, batch.id)
+        out = _output(client, batch)
+    assert [(o["custom_id"], o["response"]["status_code"]) for o in out] == [("limited", 200)]
+    assert sum(1 for r in sim.requests if r.path == "/v1/messages") == 2
