@@ -37,9 +37,14 @@ KEY_COLUMNS = ("dimension", "hour", "value")
 MEASURES: tuple[str, ...] = tuple(c.name for c in ROLLUP.columns if c.name not in KEY_COLUMNS)
 HISTOGRAM_COLUMNS: tuple[str, ...] = (*LATENCY_BUCKET_COLUMNS, *TTFT_BUCKET_COLUMNS)
 BASE_MEASURES: tuple[str, ...] = tuple(m for m in MEASURES if m not in HISTOGRAM_COLUMNS)
+SPEND_MEASURES: tuple[str, ...] = (
+    "requests", "unpriced", "input_tokens", "output_tokens", "cost_usd", "counterfactual_usd", "saving_usd"
+)  # fmt: skip
 HISTOGRAM_DIMENSIONS = frozenset({"all", "provider"})
-"""The dimensions whose rows carry the latency and TTFT histograms (the overview's and the local engine
-panel's percentiles); the other dimensions' bucket columns stay 0, which keeps the write small."""
+"""The dimensions whose rows carry every measure, the latency and TTFT histograms included (the overview's
+and the local engine panel's totals, rates and percentiles). The other dimensions' rows carry only
+``SPEND_MEASURES`` (what the spend, key, cache and routing reports read; the rest stay 0), which keeps the
+log writer's upsert small."""
 HOUR_S = 3600
 Group = tuple[str, datetime, str]  # (dimension, hour, value)
 
@@ -81,8 +86,8 @@ def groups_of(row: Mapping[str, Any], hour: datetime | None = None) -> tuple[Gro
 
 
 def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[Group, dict[str, Any]]:
-    """The batch's totals per rollup group: ``BASE_MEASURES`` for every group, and the histogram columns
-    too for the groups of ``HISTOGRAM_DIMENSIONS``. Pure.
+    """The batch's totals per rollup group: every measure for the groups of ``HISTOGRAM_DIMENSIONS``,
+    ``SPEND_MEASURES`` for the others. Pure.
 
     Column-wise, because it runs in the log writer's transaction: each measure becomes one array over the
     batch, and each dimension's groups are summed with ``np.bincount`` (measured: 2.5x less CPU
@@ -103,10 +108,12 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[Group, dict[str, Any]]:
         tags: Iterable[Any] = values if one_hour else zip(slots, values, strict=True)
         inverse = np.fromiter((index.setdefault(t, len(index)) for t in tags), dtype=np.intp, count=n)
         size = len(index)
+        detail = dimension in HISTOGRAM_DIMENSIONS
+        measured = BASE_MEASURES if detail else SPEND_MEASURES
         sums = {
-            name: np.bincount(inverse, weights=col, minlength=size).tolist() for name, col in columns.items()
+            name: np.bincount(inverse, weights=columns[name], minlength=size).tolist() for name in measured
         }
-        if dimension in HISTOGRAM_DIMENSIONS:
+        if detail:
             hist: dict[str, list[list[int]]] = {}
             for prefix, bucket in (("lat", lat_bucket), ("ttft", ttft_bucket)):
                 seen = bucket >= 0
@@ -115,10 +122,11 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> dict[Group, dict[str, Any]]:
         for tag, j in index.items():
             slot, value = (slots[0], tag) if one_hour else tag
             key = (dimension, hours[slot], value)
-            totals: dict[str, Any] = {name: sums[name][j] for name in BASE_MEASURES}
+            totals: dict[str, Any] = {name: sums[name][j] for name in measured}
             for name in _COUNTS:
-                totals[name] = int(totals[name])
-            if dimension in HISTOGRAM_DIMENSIONS:
+                if name in totals:
+                    totals[name] = int(totals[name])
+            if detail:
                 totals.update(zip(LATENCY_BUCKET_COLUMNS, hist["lat"][j], strict=True))
                 totals.update(zip(TTFT_BUCKET_COLUMNS, hist["ttft"][j], strict=True))
             groups[key] = totals
@@ -217,7 +225,7 @@ async def add_rows(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> 
         value = {"dimension": key[0], "hour": key[1], "value": key[2], **totals}
         (wide if key[0] in HISTOGRAM_DIMENSIONS else narrow).append(value)
     dialect = session.get_bind().dialect.name
-    for values, measured in ((wide, MEASURES), (narrow, BASE_MEASURES)):
+    for values, measured in ((wide, MEASURES), (narrow, SPEND_MEASURES)):
         if not values:
             continue
         if dialect in ("sqlite", "postgresql"):

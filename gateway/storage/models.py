@@ -177,8 +177,9 @@ class RequestRollupRow(Base):
     nearly as many rows as the log itself under many keys and models). Maintained in the log writer's
     transaction (``gateway.reports.rollups``) and kept when raw rows are pruned. Missing values are ``''``.
     Money sums cover the rows whose amount is known; ``unpriced`` counts the rows without a cost;
-    ``errors`` counts status >= 400 (or none); ``cache_hits`` exact and semantic hits. The latency and TTFT
-    histogram columns (``lat_bNN``, ``ttft_bNN``) are filled for the ``all`` and ``provider`` rows only."""
+    ``errors`` counts status >= 400 (or none); ``cache_hits`` exact and semantic hits. The ``all`` and
+    ``provider`` rows carry every measure; the others only requests, unpriced, input and output tokens and
+    the money sums (``gateway.reports.rollups.SPEND_MEASURES``), the rest left 0 (default)."""
 
     __tablename__ = "request_rollup"
     # SQLite: a WITHOUT ROWID table, clustered by the primary key, as the range scans of the reports want.
@@ -189,20 +190,20 @@ class RequestRollupRow(Base):
     hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     value: Mapped[str] = mapped_column(String(200), primary_key=True)
     requests: Mapped[int] = mapped_column(BigInteger)
-    errors: Mapped[int] = mapped_column(BigInteger)
-    cache_hits: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_hits: Mapped[int] = mapped_column(BigInteger, server_default="0")
     unpriced: Mapped[int] = mapped_column(BigInteger)
     input_tokens: Mapped[int] = mapped_column(BigInteger)
     output_tokens: Mapped[int] = mapped_column(BigInteger)
-    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[float] = mapped_column(Money())
     counterfactual_usd: Mapped[float] = mapped_column(Money())
     saving_usd: Mapped[float] = mapped_column(Money())
-    latency_count: Mapped[int] = mapped_column(BigInteger)
-    latency_ms_sum: Mapped[float] = mapped_column(Float)
-    ttft_count: Mapped[int] = mapped_column(BigInteger)
-    ttft_ms_sum: Mapped[float] = mapped_column(Float)
+    latency_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    latency_ms_sum: Mapped[float] = mapped_column(Float, server_default="0")
+    ttft_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    ttft_ms_sum: Mapped[float] = mapped_column(Float, server_default="0")
 
 
 for _column in (*LATENCY_BUCKET_COLUMNS, *TTFT_BUCKET_COLUMNS):
