@@ -45,7 +45,12 @@ class MiniLMEmbedder:
 
     dim = 384
 
-    def __init__(self, model_dir: Path | None = None, *, batch_size: int = 64) -> None:
+    def __init__(
+        self, model_dir: Path | None = None, *, batch_size: int = 64, threads: int | None = None
+    ) -> None:
+        """``threads``: torch's intra-op threads for each call (None: torch's default, every core). One
+        thread embeds a single short text ~25x faster than two on a busy 2-core machine (measured in
+        ``bench/semantic_cache.py``), where the cores are contended anyway."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
@@ -53,18 +58,28 @@ class MiniLMEmbedder:
         path = model_dir if model_dir is not None else bundled_model_dir()
         self._model: Any = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self._batch_size = batch_size
+        self._threads = threads
         self._lock = threading.Lock()  # one forward pass at a time: torch already uses every core
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        import torch
+
         with self._lock:
-            out = self._model.encode(
-                list(texts),
-                batch_size=self._batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            before = torch.get_num_threads()
+            if self._threads is not None:
+                torch.set_num_threads(self._threads)
+            try:
+                out = self._model.encode(
+                    list(texts),
+                    batch_size=self._batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+            finally:
+                if self._threads is not None:
+                    torch.set_num_threads(before)
         vectors: Vectors = np.ascontiguousarray(out, dtype=np.float32)
         return vectors

@@ -42,7 +42,7 @@ from gateway.pipeline import Pipeline
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
 from gateway.reports.retention import Pruner
 from gateway.settings import Settings
-from gateway.steps import RequestedModel, Steps
+from gateway.steps import Managed, RequestedModel, Steps
 from gateway.storage.db import make_engine, make_sessionmaker
 
 
@@ -65,6 +65,8 @@ def create_app(
     catalogue = Catalogue(settings)
     metrics = Metrics(models=model_labels(catalogue), providers=settings.providers)
     pipeline_steps = steps if steps is not None else default_steps(settings, catalogue)
+    candidates: tuple[object, ...] = (pipeline_steps.cache, pipeline_steps.router, pipeline_steps.planner)
+    managed: list[Managed] = [s for s in candidates if isinstance(s, Managed)]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,12 +75,25 @@ def create_app(
         keys = KeyStore(
             sessionmaker, refresh_interval_s=settings.key_refresh_s, change_poll_s=settings.key_change_poll_s
         )
+        # The log writer runs on its own loop and thread, with its own engine (see gateway.logwriter).
+        log_engine = make_engine(settings.database_url)
         logwriter = LogWriter(
-            sessionmaker,
+            make_sessionmaker(log_engine),
+            own_thread=True,
+            close=log_engine.dispose,
             batch_size=settings.log_batch_size,
             flush_interval_s=settings.log_flush_interval_s,
+            max_pending=settings.log_writer.max_pending,
+            spill_dir=settings.spill_dir,
+            quarantine_dir=settings.quarantine_dir,
+            replay_spill=settings.log_writer.replay_spill,
+            unhealthy_after_failures=settings.log_writer.unhealthy_after_failures,
+            behind_after_s=settings.log_writer.behind_after_s,
+            retry_base_s=min(0.5, settings.log_writer.retry_max_s),
+            retry_max_s=settings.log_writer.retry_max_s,
             on_flushed=keys.spend_flushed,  # flushed spend moves from the in-memory delta to the DB total
         )
+        metrics.track_log_writer(logwriter)
         context = ProviderContext.from_settings(settings, environ)
         context.on_retry = metrics.on_retry
         providers = Providers.from_settings(settings, environ, context=context, kinds=provider_kinds)
@@ -114,17 +129,24 @@ def create_app(
                     metrics=metrics,
                 )
                 state.passthrough = Passthrough(pipeline)
+                state.steps = pipeline_steps
                 worker = _start_batches(app, settings, sessionmaker, pipeline)
-                if worker is not None:
-                    await worker.start()
                 pruner = _pruner(settings, sessionmaker)
+                started: list[Managed] = []
                 try:
+                    for step in managed:
+                        await step.start(sessionmaker)
+                        started.append(step)
+                    if worker is not None:
+                        await worker.start()
                     yield
                 finally:
                     if pruner is not None:
                         await pruner.stop()
                     if worker is not None:
                         await worker.stop()
+                    for step in reversed(started):
+                        await step.stop()
             finally:
                 try:
                     await providers.aclose()
@@ -152,6 +174,10 @@ def create_app(
         app.include_router(reports.router)
         app.include_router(dashboard.router)
         dashboard.mount_static(app)
+
+        from gateway.api import cache_admin
+
+        app.include_router(cache_admin.router)
     app.include_router(passthrough.router)
     return app
 
@@ -188,11 +214,15 @@ def _start_batches(
 
 
 def default_steps(settings: Settings, catalogue: Catalogue) -> Steps:
-    """The steps an app runs unless told otherwise: the model as named, and the prompt-prefix planner
-    when ``prefix.enabled``."""
+    """The steps an app runs unless told otherwise: the model as named, the prompt-prefix planner when
+    ``prefix.enabled``, the answer caches when ``cache.enabled``."""
     steps = Steps(router=RequestedModel(catalogue))
     if settings.prefix.enabled:
         steps.planner = prefix_planner(settings)
+    if settings.cache.enabled:
+        from gateway.caching import build_cache
+
+        steps.cache = build_cache(settings.cache)
     return steps
 
 

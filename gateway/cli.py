@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         run=_db_current
     )
     replay = db.add_parser("replay-spill", parents=[common], help="load spilled request-log rows back")
-    replay.add_argument("--dir", type=Path, help="spill folder (default: ./data/spill)")
+    replay.add_argument("--dir", type=Path, help="spill folder (default: <data_dir>/spill)")
     replay.set_defaults(run=_db_replay_spill)
 
     report = sub.add_parser("report", parents=[common], help="spend and savings from the request log")
@@ -123,11 +123,23 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("table", "csv", "json"), default="table")
     report.set_defaults(run=_report)
 
+    cache = sub.add_parser("cache", help="the answer caches").add_subparsers(
+        title="cache commands", metavar="ACTION"
+    )
+    purge = cache.add_parser(
+        "purge", parents=[common], help="delete cached answers (every filter given must match)"
+    )
+    purge.add_argument("--namespace", help="key:<key id>, group:<name>, byok:<hash> or anonymous")
+    purge.add_argument("--model", help="the model as clients name it")
+    purge.add_argument("--older-than", metavar="AGE", help="created more than AGE ago: 90s, 30m, 12h, 7d")
+    purge.add_argument("--all", action="store_true", help="required when no filter is given")
+    purge.set_defaults(run=_cache_purge)
+
     local = sub.add_parser("local", help="the local inference engine").add_subparsers(
         title="local commands", metavar="ACTION"
     )
-    build = local.add_parser("build", help="convert the local model (GGUF -> ONNX)")
-    build.add_argument("--out", default="./data/models")
+    build = local.add_parser("build", parents=[common], help="convert the local model (GGUF -> ONNX)")
+    build.add_argument("--out", help="output folder (default: local_model_dir, i.e. <data_dir>/models)")
     build.add_argument("--force", action="store_true")
     build.set_defaults(run=_local_build)
 
@@ -297,6 +309,48 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+_AGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_age(text: str) -> float:
+    """Seconds in an age such as ``90s``, ``30m``, ``12h``, ``7d`` (a bare number is seconds)."""
+    text = text.strip().lower()
+    unit = _AGE_UNITS.get(text[-1:]) if text else None
+    try:
+        return float(text[:-1]) * unit if unit is not None else float(text)
+    except ValueError:
+        raise CLIError(f"not an age: {text!r} (use 90s, 30m, 12h or 7d)", status=2) from None
+
+
+def _cache_purge(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.storage import cache_repo, make_engine, make_sessionmaker, upgrade
+    from gateway.storage.cache_repo import Purge
+
+    if args.namespace is None and args.model is None and args.older_than is None and not args.all:
+        raise CLIError("give --namespace, --model or --older-than (or --all to empty the cache)", status=2)
+    now = time.time()
+    p = Purge(
+        namespace=args.namespace,
+        model=args.model,
+        older_than=None if args.older_than is None else now - parse_age(args.older_than),
+    )
+    url = _settings(args).database_url
+    upgrade(url)
+
+    async def run() -> int:
+        engine = make_engine(url)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                return await cache_repo.purge(session, p, now)
+        finally:
+            await engine.dispose()
+
+    print(f"deleted {asyncio.run(run())} cached answers (running gateways drop them at their next sync)")
+    return 0
+
+
 def _db_upgrade(args: argparse.Namespace) -> int:
     from gateway.storage import current_revision, upgrade
 
@@ -328,21 +382,37 @@ def _db_current(args: argparse.Namespace) -> int:
 
 
 def _db_replay_spill(args: argparse.Namespace) -> int:
-    from gateway.logwriter import replay_spill
+    from gateway.spill import CLAIMED_SUFFIX, replay_spill
     from gateway.storage import make_engine, make_sessionmaker, upgrade
 
-    url = _settings(args).database_url
+    settings = _settings(args)
+    url = settings.database_url
+    spill_dir: Path = args.dir if args.dir is not None else settings.spill_dir
     upgrade(url)
 
-    async def run() -> tuple[int, int]:
+    async def run() -> Any:
         engine = make_engine(url)
         try:
-            return await replay_spill(make_sessionmaker(engine), args.dir)
+            return await replay_spill(make_sessionmaker(engine), spill_dir, settings.quarantine_dir)
         finally:
             await engine.dispose()
 
-    files, rows = asyncio.run(run())
-    print(f"replayed {rows} rows from {files} spill files")
+    report = asyncio.run(run())
+    print(f"replayed {report.rows} rows from {report.files} spill files in {spill_dir}")
+    if report.quarantined:
+        print(f"{report.quarantined} rows or lines were refused and quarantined to {settings.quarantine_dir}")
+    for name, why in report.bad_files:
+        print(f"unreadable spill file {name} ({why}): moved to {settings.quarantine_dir}", file=sys.stderr)
+    claimed = sorted(spill_dir.glob("*" + CLAIMED_SUFFIX)) if spill_dir.is_dir() else []
+    if claimed:
+        print(
+            f"{len(claimed)} files are being replayed by a running gateway, or were left by an interrupted "
+            f"replay (rename them without {CLAIMED_SUFFIX} to replay them): "
+            + ", ".join(p.name for p in claimed),
+            file=sys.stderr,
+        )
+    if report.database_error is not None:
+        raise CLIError(f"the database failed ({report.database_error}); the files not replayed are kept")
     return 0
 
 
@@ -373,11 +443,12 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _local_build(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out is not None else Path(_settings(args).local_model_dir)
     try:
         from local_engine.convert import build_all
     except ImportError as exc:
         raise CLIError(f"the local engine's converter is not available ({exc})") from None
-    manifest = build_all(Path(args.out), force=args.force)
+    manifest = build_all(out, force=args.force)
     print(manifest)
     return 0
 

@@ -118,8 +118,12 @@ def render_default_config() -> str:
         "# Address the gateway listens on.",
         f"host: {_scalar(d.host)}",
         f"port: {d.port}",
-        "# SQLAlchemy URL: SQLite (embedded, default) or PostgreSQL (postgresql+asyncpg://user@host/db).",
-        f"database_url: {_scalar(d.database_url)}",
+        "# The folder for the gateway's files: the SQLite database (unless database_url is set), the request",
+        "# log's spill/ (rows waiting for the database) and quarantine/ (rows it refused), and models/.",
+        f"data_dir: {_scalar(d.data_dir)}",
+        "# SQLAlchemy URL: SQLite (embedded) or PostgreSQL (postgresql+asyncpg://user@host/db).",
+        "# null: SQLite at <data_dir>/thriftgate.db.",
+        "database_url: null",
         "# Admin key for the admin API and dashboard; set it to require virtual keys by default.",
         "master_key: null",
         "# Whether clients must send a virtual key. null: required exactly when master_key is set.",
@@ -138,11 +142,24 @@ def render_default_config() -> str:
         "# Request-log rows are written in batches of up to this many rows, at least this often (seconds).",
         f"log_batch_size: {d.log_batch_size}",
         f"log_flush_interval_s: {d.log_flush_interval_s}",
+        "# The request-log writer: rows kept in memory while the database is slow or down (the oldest beyond",
+        "# max_pending are spilled to <data_dir>/spill, and replayed automatically once it keeps up again",
+        "# if replay_spill). A batch the database refuses is retried row by row; a row it still refuses is",
+        "# quarantined to <data_dir>/quarantine. /readyz reports the writer unhealthy after",
+        "# unhealthy_after_failures consecutive failed writes, or while rows wait longer than behind_after_s.",
+        "# While the database fails, writes are retried with a backoff doubling from 0.5 s up to retry_max_s.",
+        "log_writer:",
+        f"  max_pending: {d.log_writer.max_pending}",
+        f"  replay_spill: {'true' if d.log_writer.replay_spill else 'false'}",
+        f"  unhealthy_after_failures: {d.log_writer.unhealthy_after_failures}",
+        f"  behind_after_s: {d.log_writer.behind_after_s}",
+        f"  retry_max_s: {d.log_writer.retry_max_s}",
         "# Logging: level, and one JSON object per line (true) or plain text (false).",
         f"log_level: {_scalar(d.log_level)}",
         f"log_json: {'true' if d.log_json else 'false'}",
-        "# Where the local engine keeps its converted models.",
-        f"local_model_dir: {_scalar(d.local_model_dir)}",
+        "# Where the local engine keeps its converted models (thriftgate local build writes there).",
+        "# null: <data_dir>/models.",
+        "local_model_dir: null",
         "",
         "# Headers that cross the gateway (lower-case names; a trailing * matches a prefix, e.g. x-ratelimit-*).",
         "# Everything else is dropped in both directions: the operator's headers (openai-organization,",
@@ -202,9 +219,11 @@ def render_default_config() -> str:
         "passthrough:",
         "  routes:",
     ]
+    lines_cache = _cache_block(d)
     for r in d.passthrough.routes:
         entry = f"    - {{method: {r.method}, path: {r.path}, model: {r.model}, metering: {r.metering}"
         lines.append(entry + (f", provider: {r.provider}}}" if r.provider else "}"))
+    lines += lines_cache
     b = d.batch
     lines += [
         "",
@@ -307,6 +326,44 @@ def render_default_config() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _cache_block(d: Settings) -> list[str]:
+    c = d.cache
+    s = c.semantic
+    return [
+        "",
+        "# Answer caches (README: Caching). Off by default: a cache changes what clients get back. Only",
+        "# complete, successful answers of requests that do not sample (temperature 0) are cached, unless",
+        "# cache_sampled allows more (an unset temperature samples: the providers' default is 1). Scope: the",
+        "# tenant (virtual key, or its group below), the model as named, and everything that changes the",
+        "# output. Per request: Cache-Control: no-cache (skip the lookup), no-store (do not store), both",
+        "# (bypass); x-thriftgate-cache-ttl: SECONDS (at most max_ttl_s).",
+        "cache:",
+        f"  enabled: {'true' if c.enabled else 'false'}",
+        f"  ttl_s: {c.ttl_s}",
+        f"  max_ttl_s: {c.max_ttl_s}",
+        f"  max_entries: {c.max_entries}          # held in memory, least recently used evicted first",
+        f"  cache_sampled: {'true' if c.cache_sampled else 'false'}",
+        "  key_groups: {}              # group name -> [virtual key ids] sharing one namespace",
+        "  models: {}                  # model alias -> {enabled, ttl_s, cache_sampled, semantic}",
+        "  keys: {}                    # virtual key id -> the same fields; the stricter of both wins",
+        "  # Entries written by other replicas (and purges) reach this one within about this many seconds.",
+        f"  sync_interval_s: {c.sync_interval_s}",
+        "  # The semantic cache: a rephrased last user turn served from a stored answer when everything else",
+        "  # matches exactly and the trap guard accepts the pair. max_wrong_hit_rate is the error budget: the",
+        "  # guard's threshold is the loosest whose measured wrong-hit rate (95% upper bound) stays within it.",
+        "  semantic:",
+        f"    enabled: {'true' if s.enabled else 'false'}",
+        f"    max_wrong_hit_rate: {s.max_wrong_hit_rate}",
+        "    # Held online: candidates below the threshold, and this share of those above it, are answered",
+        "    # upstream and compared with the stored answer; the threshold moves on that evidence.",
+        f"    online_budget: {'true' if s.online_budget else 'false'}",
+        f"    explore_rate: {s.explore_rate}",
+        f"    min_cosine: {s.min_cosine}",
+        f"    batch_window_ms: {s.batch_window_ms}",
+        f"    max_batch: {s.max_batch}",
+    ]
 
 
 def write_default_config(path: str | Path, *, force: bool = False) -> Path:

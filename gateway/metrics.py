@@ -10,11 +10,13 @@ registry, and the exposition stays the size the configuration makes it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from gateway.types import Usage
 
@@ -36,6 +38,77 @@ def model_labels(catalogue: Catalogue) -> frozenset[str]:
         names.add(route.alias)
         names.add(route.upstream_model)
     return frozenset(names)
+
+
+class LogWriterState(Protocol):
+    """What ``/metrics`` reads from the request-log writer (``gateway.logwriter.LogWriter``)."""
+
+    @property
+    def pending(self) -> int: ...
+    @property
+    def quarantined(self) -> int: ...
+
+    written: int
+    spilled: int
+    replayed: int
+    write_failures: int
+
+    def health(self) -> Any: ...
+
+
+class _LogWriterCollector(Collector):
+    """Reads the writer's counters at scrape time (nothing is copied on the request path)."""
+
+    def __init__(self) -> None:
+        self.writer: LogWriterState | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families(None))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(self.writer))
+
+    @staticmethod
+    def _families(w: LogWriterState | None) -> Iterator[Metric]:
+        def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        def counter(name: str, doc: str, value: float | None) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        yield gauge(
+            "thriftgate_log_queue_depth",
+            "Request-log rows queued in memory, not yet written",
+            None if w is None else w.pending,
+        )
+        yield gauge(
+            "thriftgate_log_writer_healthy",
+            "1 while the request-log writer keeps up, 0 while it is persistently failing or behind",
+            None if w is None else float(w.health().healthy),
+        )
+        yield counter(
+            "thriftgate_log_rows_written", "Request-log rows written", None if w is None else w.written
+        )
+        yield counter(
+            "thriftgate_log_rows_spilled",
+            "Request-log rows spilled to disk (over max_pending)",
+            None if w is None else w.spilled,
+        )
+        yield counter(
+            "thriftgate_log_rows_replayed",
+            "Spilled request-log rows written back",
+            None if w is None else w.replayed,
+        )
+        yield counter(
+            "thriftgate_log_rows_quarantined",
+            "Request-log rows the database refused, kept in the quarantine folder",
+            None if w is None else w.quarantined,
+        )
+        yield counter(
+            "thriftgate_log_write_failures",
+            "Request-log writes that failed because of the database (retried)",
+            None if w is None else w.write_failures,
+        )
 
 
 class Metrics:
@@ -90,6 +163,12 @@ class Metrics:
             ["provider", "reason"],
             registry=r,
         )
+        self._log_writer = _LogWriterCollector()
+        r.register(self._log_writer)
+
+    def track_log_writer(self, writer: LogWriterState) -> None:
+        """Exposes ``writer``'s queue depth and counters (read at each scrape). Replaces any earlier one."""
+        self._log_writer.writer = writer
 
     def observe_request(
         self,

@@ -261,6 +261,23 @@ class PassthroughSettings(_Strict):
     routes: list[PassthroughRoute] = Field(default_factory=default_passthrough_routes)
 
 
+class LogWriterSettings(_Strict):
+    """How the request log is written (``gateway.logwriter``), beyond ``log_batch_size`` and
+    ``log_flush_interval_s``."""
+
+    max_pending: int = Field(default=100_000, ge=1)
+    """Rows kept in memory while the database is slow or down; the oldest beyond this are spilled to
+    ``<data_dir>/spill``."""
+    replay_spill: bool = True
+    """Replay spilled rows automatically once the database keeps up again."""
+    unhealthy_after_failures: int = Field(default=3, ge=1)
+    """``/readyz`` reports the writer unhealthy after this many consecutive failed writes..."""
+    behind_after_s: float = Field(default=30.0, gt=0)
+    """... or while rows have waited longer than this (seconds), or were spilled this recently."""
+    retry_max_s: float = Field(default=30.0, gt=0)
+    """While the database fails, writes are retried with a backoff doubling from 0.5 s up to this."""
+
+
 class BudgetSettings(_Strict):
     """How budgets hold money for requests in flight (``gateway.budgets``)."""
 
@@ -350,6 +367,64 @@ class PrefixSettings(_Strict):
         return {**DEFAULT_PREFIX_MIN_TOKENS, **value} if isinstance(value, dict) else value
 
 
+class CacheRule(_Strict):
+    """Overrides for one model (as the client names it) or one virtual key; unset fields inherit. Where a
+    model's and a key's rule both set a field, the stricter value wins (off beats on, the shorter TTL)."""
+
+    enabled: bool | None = None
+    ttl_s: float | None = Field(default=None, gt=0)
+    cache_sampled: bool | None = None
+    semantic: bool | None = None
+
+
+class SemanticCacheSettings(_Strict):
+    """The semantic cache (``cache.semantic``): answers a rephrased question from a stored answer when the
+    last user turn means the same and everything else matches exactly."""
+
+    enabled: bool = False
+    """Off by default: it loads the MiniLM embedder (about 90 MB, a second at start)."""
+    max_wrong_hit_rate: float = Field(default=0.10, gt=0, lt=1)
+    """The operator's error budget: the largest share of semantic hits that may be wrong answers. The
+    guard's acceptance threshold is the loosest one whose wrong-hit rate, measured on held-out labelled
+    pairs with a 95% upper bound, stays within it (``cache.guard``). Those pairs include QQP's noisy
+    labels, so the measured rate overstates real wrong answers: 0.10 serves 0.1% of our trap pairs and 43%
+    of our paraphrases (QQP precision 0.945); 0.12 serves 0.8% and 61% (``bench/results/semantic_cache.md``)."""
+    online_budget: bool = True
+    """Hold the budget online: candidates the guard scores below its threshold (misses anyway) and a share
+    ``explore_rate`` of those above it are sent upstream, their fresh answers compared with the stored
+    ones, and the threshold moved on that evidence (``cache.budget``). Off: the offline threshold stays."""
+    explore_rate: float = Field(default=0.02, ge=0, le=1)
+    """The share of would-be semantic hits sent upstream as probes (each costs one paid call)."""
+    min_cosine: float = Field(default=0.80, ge=0, le=1)
+    """Candidates below this cosine are never considered (the guard decides above it)."""
+    batch_window_ms: float = Field(default=0.0, ge=0)
+    """Lookups that arrive while a batch is being embedded always go together in the next batch; a window
+    above 0 also holds each batch that long for company (more batching, more latency)."""
+    max_batch: int = Field(default=32, ge=1)
+
+
+class CacheSettings(_Strict):
+    """The exact and semantic answer caches (``gateway.caching``)."""
+
+    enabled: bool = False
+    """Off by default: a cache changes what clients get back (a stored answer instead of a fresh one)."""
+    ttl_s: float = Field(default=3600.0, gt=0)
+    max_ttl_s: float = Field(default=7 * 86400.0, gt=0)
+    """The longest TTL a client may ask for with ``x-thriftgate-cache-ttl``."""
+    max_entries: int = Field(default=100_000, ge=1)
+    """Entries held in memory (least recently used evicted first); the database table keeps the newest
+    this many (trimmed, and expired rows deleted, every 30 s)."""
+    cache_sampled: bool = False
+    """Cache requests that sample (temperature above 0, or unset: the providers' default is 1)."""
+    key_groups: dict[str, list[str]] = Field(default_factory=dict)
+    """Named groups of virtual key ids that share one cache namespace (by default each key has its own)."""
+    models: dict[str, CacheRule] = Field(default_factory=dict)
+    keys: dict[str, CacheRule] = Field(default_factory=dict)
+    sync_interval_s: float = Field(default=1.0, gt=0)
+    """How often entries written by other replicas are loaded (and purges applied, hit counts saved)."""
+    semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
+
+
 class Settings(BaseSettings):
     """Everything the gateway is configured with. Build it with ``load_settings`` (see the module docstring)."""
 
@@ -359,7 +434,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    database_url: str = "sqlite+aiosqlite:///./data/thriftgate.db"
+    data_dir: str = "./data"
+    """Where the gateway keeps its files: the SQLite database (unless ``database_url`` is set), the
+    request log's ``spill/`` and ``quarantine/`` folders and the local engine's ``models/``."""
+    database_url: str = ""
+    """Empty (or null): SQLite at ``<data_dir>/thriftgate.db``."""
     master_key: SecretStr | None = None
     require_virtual_key: bool | None = None
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
@@ -368,11 +447,13 @@ class Settings(BaseSettings):
     key_refresh_s: float = Field(default=5.0, gt=0)
     key_change_poll_s: float = Field(default=0.2, gt=0)
     """SQLite: how often the key table is checked for changes made by other processes (revocations)."""
-    log_batch_size: int = Field(default=500, ge=1)
+    log_batch_size: int = Field(default=2000, ge=1)
     log_flush_interval_s: float = Field(default=0.5, gt=0)
     log_level: str = "INFO"
     log_json: bool = True
-    local_model_dir: str = "./data/models"
+    local_model_dir: str = ""
+    """Empty (or null): ``<data_dir>/models``."""
+    log_writer: LogWriterSettings = Field(default_factory=LogWriterSettings)
     passthrough: PassthroughSettings = Field(default_factory=PassthroughSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
@@ -388,6 +469,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     prefix: PrefixSettings = Field(default_factory=PrefixSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     config_path: str | None = None
 
     @classmethod
@@ -401,6 +483,29 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment is layered by load_settings (over the YAML file), never read implicitly.
         return (init_settings,)
+
+    @field_validator("database_url", "local_model_dir", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @model_validator(mode="after")
+    def _paths_follow_data_dir(self) -> Settings:
+        if not self.database_url:
+            self.database_url = sqlite_url(os.path.join(self.data_dir, "thriftgate.db"))
+        if not self.local_model_dir:
+            self.local_model_dir = os.path.join(self.data_dir, "models")
+        return self
+
+    @property
+    def spill_dir(self) -> Path:
+        """Request-log rows waiting for the database: ``<data_dir>/spill``."""
+        return Path(self.data_dir) / "spill"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Request-log rows the database refused: ``<data_dir>/quarantine``."""
+        return Path(self.data_dir) / "quarantine"
 
     @model_validator(mode="after")
     def _models_use_configured_providers(self) -> Settings:
@@ -419,6 +524,11 @@ class Settings(BaseSettings):
         if self.require_virtual_key is not None:
             return self.require_virtual_key
         return self.master_key is not None
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of the SQLite database file at ``path`` (relative paths stay relative)."""
+    return f"sqlite+aiosqlite:///{Path(path).as_posix() if isinstance(path, Path) else path}"
 
 
 def load_settings(config_path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

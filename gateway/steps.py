@@ -12,11 +12,13 @@ writes the response itself: the pipeline renders whatever a step decides, in the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gateway.types import MISS, CacheOutcome, ChatResponse, ModelRoute, RouteDecision
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
     from gateway.config import Catalogue
     from gateway.pipeline import Call
 
@@ -35,6 +37,16 @@ class CacheStep(Protocol):
     def store(self, call: Call, response: ChatResponse) -> None:
         """Stores a complete, successful answer (never an error, never a cut stream)."""
         ...
+
+
+@runtime_checkable
+class Managed(Protocol):
+    """A step with state outside the request (a cache's index and database rows): the app's lifespan
+    calls ``start`` once the database is reachable and ``stop`` at shutdown."""
+
+    async def start(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class RouteStep(Protocol):

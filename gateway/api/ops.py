@@ -1,4 +1,5 @@
-"""Operations endpoints: liveness, readiness (the database answers) and Prometheus metrics.
+"""Operations endpoints: liveness, readiness (the database answers, the request log keeps up) and
+Prometheus metrics.
 
 ``/metrics`` tells whoever reads it the traffic, models and spend of every tenant, so it is guarded
 (``metrics_access``): with a master key or a metrics token configured it needs one of them as
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -18,6 +19,9 @@ from fastapi.responses import JSONResponse, Response
 from gateway.deps import DbEngineDep, MetricsDep, SettingsDep
 from gateway.settings import Settings
 from gateway.storage.db import ping
+
+if TYPE_CHECKING:
+    from gateway.logwriter import LogWriter
 
 router = APIRouter(tags=["ops"])
 
@@ -31,11 +35,29 @@ async def healthz() -> JSONResponse:
 
 
 @router.get("/readyz")
-async def readyz(engine: DbEngineDep) -> JSONResponse:
-    """200 when the database is reachable, else 503 (a load balancer stops sending traffic here)."""
-    if await ping(engine):
-        return JSONResponse({"status": "ready", "database": "ok"})
-    return JSONResponse({"status": "not ready", "database": "unreachable"}, status_code=503)
+async def readyz(request: Request, engine: DbEngineDep) -> JSONResponse:
+    """200 when the database is reachable and the request-log writer keeps up, else 503 (a load
+    balancer stops sending traffic here): a gateway whose log is persistently failing or behind would
+    serve requests whose spend never reaches the database."""
+    body: dict[str, Any] = {"status": "ready", "database": "ok"}
+    ready = await ping(engine)
+    if not ready:
+        body["database"] = "unreachable"
+    writer: LogWriter | None = getattr(request.app.state, "logwriter", None)
+    if writer is not None:
+        health = writer.health()
+        body["log_writer"] = {
+            "status": "ok" if health.healthy else "unhealthy",
+            "pending": health.pending,
+            "consecutive_failures": health.failures,
+            "lag_s": round(health.lag_s, 3),
+        }
+        if health.reason is not None:
+            body["log_writer"]["reason"] = health.reason
+        ready = ready and health.healthy
+    if not ready:
+        body["status"] = "not ready"
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -315,3 +316,37 @@ class BatchItemRow(Base):
     output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class CacheEntryRow(Base):
+    """One cached answer (``cache.entries.CacheEntry``). ``seq`` orders inserts, so replicas load what
+    others wrote since they last looked; ``embedding`` is the last user turn's float32 vector, raw."""
+
+    __tablename__ = "cache_entries"
+
+    seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    namespace: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(String(256), index=True)
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    scope: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    cost_usd: Mapped[float | None] = mapped_column(Money(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    hits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class CachePurgeRow(Base):
+    """A purge of cache entries (by namespace, model and/or age), replayed by every replica on its
+    in-memory index. ``older_than`` removes entries created before it."""
+
+    __tablename__ = "cache_purges"
+
+    seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    namespace: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    older_than: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

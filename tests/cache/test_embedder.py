@@ -31,3 +31,12 @@ def test_a_paraphrase_is_closer_than_another_question(embedder: MiniLMEmbedder) 
         ]
     )
     assert float(q @ para) > float(q @ other) + 0.3
+
+
+def test_a_thread_count_per_call_gives_the_same_vectors_and_restores_torch(embedder: MiniLMEmbedder) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    one = MiniLMEmbedder(threads=1).embed(["How do I reset my password?"])
+    assert np.allclose(one, embedder.embed(["How do I reset my password?"]), atol=1e-5)
+    assert torch.get_num_threads() == before

@@ -10,7 +10,8 @@ import pytest
 from gateway.cli import is_loopback, main
 from gateway.errors import AuthenticationFailed
 from gateway.keys import KeyStore
-from gateway.storage import make_engine, make_sessionmaker, repo
+from gateway.spill import write_spill
+from gateway.storage import head_revision, make_engine, make_sessionmaker, repo
 from gateway.types import RequestRecord, Usage
 
 
@@ -44,9 +45,10 @@ def fresh_store_authenticate(url: str, raw: str) -> str:
 
 def test_db_upgrade_current_downgrade(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "db", "current")[1].startswith("none")
+    head = head_revision()
     status, out, _ = run(capsys, "db", "upgrade")
-    assert status == 0 and "database at revision" in out
-    assert run(capsys, "db", "current")[1].strip().endswith("(head)")
+    assert status == 0 and out.strip() == f"database at revision {head}"
+    assert run(capsys, "db", "current")[1].strip() == f"{head} (head)"
     assert run(capsys, "db", "downgrade", "base")[0] == 0
     assert run(capsys, "db", "current")[1].startswith("none")
 
@@ -141,11 +143,11 @@ def test_replay_spill(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture
     ]
     (spill / "request_log-1-1-0.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     status, out, _ = run(capsys, "db", "replay-spill", "--dir", str(spill))
-    assert status == 0 and out.strip() == "replayed 3 rows from 1 spill files"
+    assert status == 0 and out.strip() == f"replayed 3 rows from 1 spill files in {spill}"
     assert list(spill.iterdir()) == []
     assert (
         run(capsys, "db", "replay-spill", "--dir", str(spill))[1].strip()
-        == "replayed 0 rows from 0 spill files"
+        == f"replayed 0 rows from 0 spill files in {spill}"
     )
 
 
@@ -161,3 +163,68 @@ def test_init_writes_config(db_url: str, tmp_path: Path, capsys: pytest.CaptureF
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["keys"]) == 2
+
+
+def test_data_dir_holds_the_database_and_the_spill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "state"
+    monkeypatch.setenv("THRIFTGATE_DATA_DIR", str(data))
+    assert run(capsys, "db", "upgrade")[0] == 0
+    assert (data / "thriftgate.db").is_file() and not (tmp_path / "data").exists()
+    write_spill(data / "spill", [repo.request_row(RequestRecord("req_1", "openai.chat", "POST", "/v1/x"))])
+    (data / "spill" / "request_log-9-9-9.jsonl").write_bytes(b"{broken\n")
+    status, out, _ = run(capsys, "db", "replay-spill")
+    assert status == 0
+    assert out.splitlines() == [
+        f"replayed 1 rows from 2 spill files in {data / 'spill'}",
+        f"1 rows or lines were refused and quarantined to {data / 'quarantine'}",
+    ]
+    assert list((data / "quarantine").glob("request_log-*.jsonl"))
+    assert not (tmp_path / "data").exists()
+
+
+def test_local_build_writes_under_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``local build`` without --out writes to local_model_dir, which follows data_dir. A current build
+    is placed there first, so the command finds it instead of converting for minutes."""
+    convert = pytest.importorskip("local_engine.convert")
+    try:
+        source = convert.default_source()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "state"
+    monkeypatch.setenv("THRIFTGATE_DATA_DIR", str(data))
+    model_dir = convert.model_dir_for(data / "models")
+    (model_dir / "fp32").mkdir(parents=True)
+    (model_dir / "fp32" / "model.onnx").write_bytes(b"")
+    (model_dir / "tokenizer.json").write_text("{}")
+    manifest = {
+        "complete": True,
+        "converter_version": convert.CONVERTER_VERSION,
+        "source": {"sha256": convert.file_sha256(source)},
+        "variants": {"fp32": {"file": "fp32/model.onnx"}},
+    }
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    status, out, _ = run(capsys, "local", "build")
+    assert status == 0 and out.strip() == str(model_dir / "manifest.json")
+    assert not (tmp_path / "data").exists()
+
+
+def test_replay_spill_keeps_the_files_when_the_database_fails(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    assert run(capsys, "db", "upgrade")[0] == 0
+    spill = tmp_path / "spill"
+    write_spill(spill, [repo.request_row(RequestRecord("req_1", "openai.chat", "POST", "/v1/x"))])
+    [path] = list(spill.iterdir())
+    with sqlite3.connect(tmp_path / "cli" / "tg.db") as conn:
+        conn.execute("ALTER TABLE request_log RENAME TO request_log_away")
+    status, _, err = run(capsys, "db", "replay-spill", "--dir", str(spill))
+    assert status == 1 and "the database failed" in err and "no such table" in err
+    assert list(spill.iterdir()) == [path]  # untouched, for the next try

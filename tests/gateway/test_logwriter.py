@@ -6,15 +6,18 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.keys import KeyStore
-from gateway.logwriter import LogWriter, replay_spill
-from gateway.storage import RequestLogRow, VirtualKeyRow, make_engine, make_sessionmaker
+from gateway.logwriter import LogWriter
+from gateway.spill import replay_spill
+from gateway.storage import RequestLogRow, VirtualKeyRow, make_engine, make_sessionmaker, repo
 from gateway.types import RequestRecord, Usage
 from tests.gateway.conftest import Backend
+from tests.gateway.storage.test_failures import poison
 
 
 def record(i: int, key_id: str | None = None, cost: float | None = 0.001) -> RequestRecord:
@@ -59,21 +62,18 @@ async def wait_for(cond: Callable[[], Any], within_s: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def count_inserts(engine: AsyncEngine) -> list[int]:
+def count_commits(engine: AsyncEngine) -> list[int]:
+    """One entry per committed transaction (the writer commits once per batch; its INSERT may bypass
+    SQLAlchemy's statement events, going to the driver directly)."""
     calls: list[int] = []
-
-    def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO REQUEST_LOG"):
-            calls.append(1)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", before)
+    event.listen(engine.sync_engine, "commit", lambda conn: calls.append(1))
     return calls
 
 
 async def test_rows_land_in_batches(
     engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    inserts = count_inserts(engine)
+    inserts = count_commits(engine)
     writer = LogWriter(sessionmaker, batch_size=3, flush_interval_s=30)
     await writer.start()
     for i in range(3):
@@ -199,6 +199,7 @@ async def test_overflow_spills_and_replays(
         flush_interval_s=0.02,
         max_pending=3,
         spill_dir=spill,
+        replay_spill=False,
         retry_base_s=0.02,
         retry_max_s=0.05,
     )
@@ -213,7 +214,8 @@ async def test_overflow_spills_and_replays(
     await _rename(engine, "request_log_away", "request_log")
     await wait_for(lambda: _eq(count_rows(sessionmaker), 3))
     await writer.stop()
-    assert await replay_spill(sessionmaker, spill) == (1, 2)
+    report = await replay_spill(sessionmaker, spill, tmp_path / "quarantine")
+    assert (report.files, report.rows, report.quarantined, report.bad_files) == (1, 2, 0, [])
     assert list(spill.glob("*.jsonl")) == []
     assert await count_rows(sessionmaker) == 5
     async with sessionmaker() as s:
@@ -226,14 +228,17 @@ async def test_stop_while_database_down_spills_everything(
     engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
     await _rename(engine, "request_log", "request_log_away")
-    writer = LogWriter(sessionmaker, flush_interval_s=60, spill_dir=tmp_path, retry_base_s=0.01)
+    writer = LogWriter(
+        sessionmaker, flush_interval_s=60, spill_dir=tmp_path, replay_spill=False, retry_base_s=0.01
+    )
     await writer.start()
     for i in range(3):
         writer.submit(record(i))
     await writer.stop()
     assert writer.pending == 0 and writer.spilled == 3
     await _rename(engine, "request_log_away", "request_log")
-    assert await replay_spill(sessionmaker, tmp_path) == (1, 3)
+    report = await replay_spill(sessionmaker, tmp_path, tmp_path / "quarantine")
+    assert (report.files, report.rows) == (1, 3)
     assert await count_rows(sessionmaker) == 3
 
 
@@ -323,3 +328,236 @@ async def test_postgres_connection_outage(
     await wait_for(lambda: _eq(count_rows(sessionmaker), 4))
     await writer.stop()
     assert writer.pending == 0
+
+
+# ---- hole b: one bad row never blocks the rest -----------------------------------------------------
+
+
+def quarantined_entries(directory: Path) -> list[dict[str, Any]]:
+    files = sorted(f for f in directory.glob("request_log-*.jsonl") if f.is_file())
+    return [orjson.loads(line) for f in files for line in f.read_bytes().splitlines()]
+
+
+async def test_a_refused_row_is_quarantined_and_the_rest_of_its_batch_written(
+    backend: Backend, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await poison(engine, backend, "req_poison")
+    store = KeyStore(sessionmaker)
+    key, _ = await store.create(name="k")
+    writer = LogWriter(
+        sessionmaker,
+        batch_size=10,
+        flush_interval_s=60,
+        quarantine_dir=tmp_path / "q",
+        on_flushed=store.spend_flushed,
+    )
+    await writer.start()
+    for i in range(3):
+        writer.submit(record(i, key_id=key.id, cost=0.25))
+    poisoned = record(99, key_id=key.id, cost=100.0)
+    poisoned.request_id = "req_poison"
+    writer.submit(poisoned)
+    for i in range(3, 6):
+        writer.submit(record(i, key_id=key.id, cost=0.25))
+    assert await writer.flush()
+    assert await count_rows(sessionmaker) == 6 and writer.pending == 0
+    assert writer.quarantined == 1 and writer.written == 6
+    assert await spend(sessionmaker, key.id) == pytest.approx(1.5)  # the refused row's cost is not added
+    [entry] = quarantined_entries(tmp_path / "q")
+    assert entry["row"]["request_id"] == "req_poison" and "poisoned row" in entry["error"]
+    writer.submit(record(7))  # and the log goes on
+    await writer.stop()
+    assert await count_rows(sessionmaker) == 7
+
+
+async def test_spilled_rows_are_replayed_automatically_once_the_database_keeps_up(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    spill = tmp_path / "spill"
+    await _rename(engine, "request_log", "request_log_away")
+    writer = LogWriter(
+        sessionmaker,
+        batch_size=2,
+        flush_interval_s=0.02,
+        max_pending=3,
+        spill_dir=spill,
+        replay_spill=True,
+        retry_base_s=0.02,
+        retry_max_s=0.05,
+    )
+    await writer.start()
+    for i in range(8):
+        writer.submit(record(i))
+    await wait_for(lambda: _true(writer.spilled == 5))
+    assert spill.is_dir() and list(spill.glob("*.jsonl"))
+    assert not writer.health().healthy
+
+    await _rename(engine, "request_log_away", "request_log")
+    await wait_for(lambda: _eq(count_rows(sessionmaker), 8))
+    assert list(spill.iterdir()) == [] and writer.replayed == 5
+    await writer.stop()
+    async with sessionmaker() as s:
+        ids = sorted((await s.execute(select(RequestLogRow.request_id))).scalars())
+    assert ids == sorted(f"req_{i}" for i in range(8))
+
+
+async def test_spill_files_left_by_an_earlier_process_are_replayed_at_start(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    from gateway.spill import spill_files, write_spill
+
+    write_spill(tmp_path, [repo.request_row(record(i)) for i in range(4)])
+    writer = LogWriter(sessionmaker, flush_interval_s=0.02, spill_dir=tmp_path, replay_spill=True)
+    await writer.start()
+    writer.submit(record(10))
+    await wait_for(lambda: _eq(count_rows(sessionmaker), 5))
+    await writer.stop()
+    assert spill_files(tmp_path) == []
+
+
+async def test_health_reports_persistent_failure_then_recovery(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    writer = LogWriter(
+        sessionmaker, flush_interval_s=0.02, retry_base_s=0.01, retry_max_s=0.02, unhealthy_after_failures=3
+    )
+    assert writer.health().healthy
+    await _rename(engine, "request_log", "request_log_away")
+    await writer.start()
+    writer.submit(record(0))
+    await wait_for(lambda: _true(not writer.health().healthy))
+    health = writer.health()
+    assert health.failures >= 3 and "failed" in (health.reason or "") and health.pending == 1
+    await _rename(engine, "request_log_away", "request_log")
+    await wait_for(lambda: _true(writer.health().healthy))
+    await writer.stop()
+    assert await count_rows(sessionmaker) == 1
+
+
+async def test_health_reports_a_writer_that_falls_behind(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    writer = LogWriter(sessionmaker, flush_interval_s=60, behind_after_s=0.05)
+    await writer.start()
+    writer.submit(record(0))  # never flushed within behind_after_s: the interval is 60 s
+    await wait_for(lambda: _true(not writer.health().healthy))
+    assert "waited" in (writer.health().reason or "")
+    await writer.stop()
+    assert writer.health().healthy
+
+
+async def test_replay_never_stops_at_a_bad_file_or_line(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    spill, q = tmp_path / "spill", tmp_path / "quarantine"
+    spill.mkdir()
+    good = [orjson.dumps(repo.request_row(record(i))) for i in range(3)]
+    old_unbounded = {**repo.request_row(record(3)), "requested_model": "m" * 300, "path": "/v1/\x00"}
+    (spill / "request_log-1-1-0.jsonl").write_bytes(
+        b"\n".join([good[0], b"{not json", b"[1, 2]", good[1]]) + b"\n"
+    )
+    (spill / "request_log-2-1-0.jsonl").write_bytes(b"\xff\xfe garbage\n")
+    (spill / "request_log-3-1-0.jsonl").write_bytes(good[2] + b"\n" + orjson.dumps(old_unbounded) + b"\n")
+    unreadable = spill / "request_log-4-1-0.jsonl"
+    unreadable.mkdir()  # reading it fails (IsADirectoryError)
+    report = await replay_spill(sessionmaker, spill, q)
+    assert (report.files, report.rows, report.quarantined) == (3, 4, 3)
+    assert [name for name, _ in report.bad_files] == ["request_log-4-1-0.jsonl"]
+    assert list(spill.iterdir()) == []
+    assert await count_rows(sessionmaker) == 4
+    async with sessionmaker() as s:
+        models = (await s.execute(select(RequestLogRow.requested_model, RequestLogRow.path))).all()
+    assert ("m" * 199 + "…", "/v1/") in models  # a row spilled before rows were bounded is cleaned on replay
+    raws = [e["raw"] for e in quarantined_entries(q) if "raw" in e]
+    assert raws == ["{not json", "[1, 2]", "\ufffd\ufffd garbage"]
+    assert (q / "unreadable-request_log-4-1-0.jsonl").is_dir()
+
+
+async def test_two_replayers_never_load_a_file_twice(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """Replicas sharing a data directory replay the same spill folder: a file is claimed (renamed)
+    before it is read, so each row lands once."""
+    from gateway.spill import write_spill
+
+    for f in range(6):
+        write_spill(tmp_path, [repo.request_row(record(f * 10 + i)) for i in range(5)])
+    a = LogWriter(sessionmaker, spill_dir=tmp_path, quarantine_dir=tmp_path / "q")
+    b = LogWriter(sessionmaker, spill_dir=tmp_path, quarantine_dir=tmp_path / "q")
+    first, second = await asyncio.gather(a.replay_spilled(), b.replay_spilled())
+    assert first.files + second.files == 6 and first.rows + second.rows == 30
+    assert a.replayed + b.replayed == 30
+    assert await count_rows(sessionmaker) == 30
+    async with sessionmaker() as s:
+        ids = (await s.execute(select(RequestLogRow.request_id))).scalars().all()
+    assert len(set(ids)) == 30
+
+
+# ---- on its own thread (as the gateway runs it) -----------------------------------------------------
+
+
+async def test_own_thread_writes_and_reports_spend_on_the_callers_loop(
+    migrated_url: str, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    import threading
+
+    store = KeyStore(sessionmaker)
+    await store.start()
+    key, _ = await store.create(name="k", budget_usd=1.0)
+    reported_on: set[int] = set()
+
+    def on_flushed(flushed: Any) -> None:
+        reported_on.add(threading.get_ident())
+        store.spend_flushed(flushed)
+
+    own_engine = make_engine(migrated_url)
+    writer = LogWriter(
+        make_sessionmaker(own_engine),
+        own_thread=True,
+        close=own_engine.dispose,
+        batch_size=3,
+        flush_interval_s=0.02,
+        spill_dir=tmp_path,
+        on_flushed=on_flushed,
+    )
+    await writer.start()
+    for i in range(7):
+        store.record_usage(key.id, 10, 0.01)
+        writer.submit(record(i, key_id=key.id, cost=0.01))
+    await wait_for(lambda: _eq(count_rows(sessionmaker), 7))
+    assert writer.health().healthy
+    writer.submit(record(7, key_id=key.id, cost=0.01))
+    store.record_usage(key.id, 10, 0.01)
+    await writer.stop()  # flushes the last row, reports its spend, disposes of its engine
+    assert await count_rows(sessionmaker) == 8 and writer.written == 8 and writer.pending == 0
+    assert reported_on == {threading.get_ident()}
+    assert await spend(sessionmaker, key.id) == pytest.approx(0.08)
+    assert key.spend_usd == pytest.approx(0.08)  # moved from the in-memory delta exactly once
+    await store.stop()
+
+
+async def test_own_thread_keeps_rows_while_the_database_fails_and_spills_them_at_stop(
+    migrated_url: str, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    await _rename(engine, "request_log", "request_log_away")
+    own_engine = make_engine(migrated_url)
+    writer = LogWriter(
+        make_sessionmaker(own_engine),
+        own_thread=True,
+        close=own_engine.dispose,
+        flush_interval_s=0.01,
+        retry_base_s=0.01,
+        retry_max_s=0.02,
+        unhealthy_after_failures=2,
+        spill_dir=tmp_path,
+    )
+    await writer.start()
+    for i in range(3):
+        writer.submit(record(i))
+    await wait_for(lambda: _true(not writer.health().healthy))
+    assert writer.pending == 3 and writer.write_failures >= 2
+    await writer.stop()
+    assert writer.spilled == 3 and writer.pending == 0
+    await _rename(engine, "request_log_away", "request_log")
+    report = await replay_spill(sessionmaker, tmp_path, tmp_path / "quarantine")
+    assert report.rows == 3

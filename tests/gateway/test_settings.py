@@ -241,3 +241,44 @@ def test_provider_key_from_environment_stays_secret() -> None:
     assert anthropic.resolved_api_key({}) == "sk-ant-secret"
     assert "sk-ant-secret" not in repr(s)
     assert "sk-ant-secret" not in s.model_dump_json()
+
+
+def test_data_dir_names_every_file_location(tmp_path: Path) -> None:
+    default = Settings()
+    assert default.data_dir == "./data"
+    assert default.database_url == "sqlite+aiosqlite:///./data/thriftgate.db"
+    assert default.local_model_dir == "./data/models"
+    assert (default.spill_dir, default.quarantine_dir) == (Path("data/spill"), Path("data/quarantine"))
+
+    config = tmp_path / "tg.yaml"
+    config.write_text("data_dir: /srv/tg\ndatabase_url: null\nlocal_model_dir: null\n")
+    s = load_settings(config, env={})
+    assert s.database_url == "sqlite+aiosqlite:////srv/tg/thriftgate.db"
+    assert s.local_model_dir == "/srv/tg/models"
+    assert (s.spill_dir, s.quarantine_dir) == (Path("/srv/tg/spill"), Path("/srv/tg/quarantine"))
+
+    from_env = load_settings(env={"THRIFTGATE_DATA_DIR": "var/tg"})
+    assert from_env.database_url == "sqlite+aiosqlite:///var/tg/thriftgate.db"
+    assert from_env.spill_dir == Path("var/tg/spill")
+
+
+def test_explicit_database_url_and_model_dir_win_over_data_dir() -> None:
+    s = load_settings(
+        env={
+            "THRIFTGATE_DATA_DIR": "/srv/tg",
+            "THRIFTGATE_DATABASE_URL": "postgresql://u@db/tg",
+            "THRIFTGATE_LOCAL_MODEL_DIR": "/models",
+        }
+    )
+    assert s.database_url == "postgresql://u@db/tg" and s.local_model_dir == "/models"
+    assert s.spill_dir == Path("/srv/tg/spill")  # the spill and quarantine always follow data_dir
+
+
+def test_log_writer_settings() -> None:
+    s = load_settings(
+        env={"THRIFTGATE_LOG_WRITER__MAX_PENDING": "5", "THRIFTGATE_LOG_WRITER__REPLAY_SPILL": "false"}
+    )
+    assert s.log_writer.max_pending == 5 and s.log_writer.replay_spill is False
+    assert s.log_writer.unhealthy_after_failures == 3 and s.log_writer.behind_after_s == 30.0
+    with pytest.raises(SettingsError, match=r"log_writer\.max_pending"):
+        load_settings(env={"THRIFTGATE_LOG_WRITER__MAX_PENDING": "0"})

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
+from sqlalchemy import select, text
 
 from gateway.api import ops
 from gateway.api.ops import is_loopback_client, metrics_access
 from gateway.app import create_app
 from gateway.metrics import Metrics
-from gateway.settings import MetricsSettings, Settings, load_settings
+from gateway.settings import LogWriterSettings, MetricsSettings, Settings, load_settings
+from gateway.storage import RequestLogRow
 from gateway.storage.db import make_engine
-from tests.gateway.api.conftest import make_settings
+from tests.gateway.api.conftest import create_key, make_settings
+from tests.gateway.conftest import Backend
 from tests.servers import free_port, serve
 from tests.upstream import Fault, Simulator
+from tests.waiting import wait_until
 
 MASTER = "master-key-value-0001"
 TOKEN = "scrape-token-value-0001"
@@ -207,3 +214,184 @@ def test_a_gateway_listening_beyond_loopback_serves_metrics_only_to_loopback(
     assert remote.status_code == 403 and "thriftgate_" not in remote.text
     assert local.status_code == 200 and "thriftgate_requests" in local.text
     assert health.status_code == 200
+
+
+# ---- the request log behind /readyz and /metrics (hole b) ----
+
+
+def read_log(url: str) -> list[dict[str, Any]]:
+    async def run() -> list[dict[str, Any]]:
+        engine = make_engine(url)
+        try:
+            async with engine.connect() as conn:
+                result = await conn.execute(select(RequestLogRow.__table__).order_by(RequestLogRow.id))
+                return [dict(r._mapping) for r in result]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def exec_sql(url: str, *statements: str) -> None:
+    async def run() -> None:
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                for statement in statements:
+                    await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def rows_when(url: str, n: int) -> list[dict[str, Any]] | None:
+    rows = read_log(url)
+    return rows if len(rows) == n else None
+
+
+def readyz_when(url: str, status: int) -> httpx.Response | None:
+    r = httpx.get(f"{url}/readyz")
+    return r if r.status_code == status else None
+
+
+def metrics_when(
+    url: str, name: str, value: float
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+    s = samples(httpx.get(f"{url}/metrics").text)
+    return s if s.get((name, frozenset())) == value else None
+
+
+def test_hostile_unauthenticated_requests_never_stop_the_request_log(
+    backend: Backend, migrated_url: str, sim_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    """The review's reproduction: a 300-character model name and NULs in the model and the path, sent
+    without a key (401), stopped every later log batch on PostgreSQL. The surfaces now refuse such model
+    names before they reach the log (400); a path still reaches it as sent (a NUL in it refused by
+    PostgreSQL, its length unbounded). Every such request is logged, bounded and cleaned, and the
+    requests after it are logged too, on both databases."""
+    _, raw = create_key(migrated_url, name="tenant")
+    settings = make_settings(
+        sim_url, migrated_url, master_key=SecretStr(MASTER), log_flush_interval_s=0.02, data_dir=str(tmp_path)
+    )
+    app = create_app(settings, env={}, configure_logs=False)
+    messages = [{"role": "user", "content": "hi"}]
+    with serve(app) as url:
+        auth = {"authorization": f"Bearer {raw}"}
+        hostile = [
+            httpx.post(f"{url}/v1/chat/completions", json={"model": "m" * 300, "messages": messages}),
+            httpx.post(f"{url}/v1/chat/completions", json={"model": "gpt\x00-4o", "messages": messages}),
+            httpx.post(f"{url}/v1/chat%00/completions", json={"model": "gpt-4o\x00", "messages": messages}),
+            httpx.post(
+                f"{url}/v1/messages", json={"model": "c" * 300, "max_tokens": 5, "messages": messages}
+            ),
+            httpx.post(
+                f"{url}/v1/chat/completions", json={"model": "k" * 300, "messages": messages}, headers=auth
+            ),
+            httpx.post(f"{url}/v1/completions", json={"model": "q" * 300, "prompt": "x"}, headers=auth),
+            httpx.post(f"{url}/v1/completions", json={"model": "q" * 300, "prompt": "x"}),
+            httpx.get(f"{url}/v1/" + "z" * 3000 + "%00"),
+            httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "openai/" + "o" * 300, "messages": messages},
+                headers=auth,
+            ),
+            httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": messages},
+                headers={"authorization": "Bearer " + "x" * 300},
+            ),
+        ]
+        assert all(400 <= r.status_code < 500 for r in hostile), [r.status_code for r in hostile]
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=raw, max_retries=0)
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+        rows = wait_until(lambda: rows_when(migrated_url, len(hostile) + 3), what="every request logged")
+        ready = httpx.get(f"{url}/readyz")
+        metrics = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {MASTER}"})
+    assert ready.status_code == 200 and ready.json()["log_writer"]["status"] == "ok"
+    s = samples(metrics.text)
+    assert s[("thriftgate_log_rows_quarantined_total", frozenset())] == 0
+    assert s[("thriftgate_log_rows_written_total", frozenset())] >= 7
+    assert s[("thriftgate_log_queue_depth", frozenset())] == 0
+
+    refused, served = rows[: len(hostile)], rows[len(hostile) :]
+    assert [r["status_code"] for r in refused] == [r.status_code for r in hostile]
+    for row in refused:
+        assert row["requested_model"] is None or len(row["requested_model"]) <= 200
+        assert "\x00" not in row["path"] and len(row["path"]) <= 2048
+    long_path = refused[7]["path"]  # /v1/zzz...z%00: 3,004 characters and a NUL
+    assert long_path == "/v1/" + "z" * 2043 + "…"
+    assert [(r["status_code"], r["served_model"]) for r in served] == [(200, "gpt-4o-mini")] * 3
+    assert not (tmp_path / "quarantine").exists()
+
+
+def test_readyz_reports_a_request_log_that_keeps_failing_and_spilled_rows_come_back(
+    db_url: str, sim_url: str, sim: Simulator, tmp_path: Path
+) -> None:
+    """The writer fails (its table is gone): /readyz says so, the rows over max_pending are spilled under
+    data_dir, and once the table is back everything is written, the spilled rows replayed by the writer."""
+    settings = make_settings(
+        sim_url,
+        db_url,
+        log_flush_interval_s=0.01,
+        log_writer=LogWriterSettings(
+            unhealthy_after_failures=2, max_pending=1, behind_after_s=1.0, retry_max_s=0.2
+        ),
+        data_dir=str(tmp_path / "data"),
+    )
+    app = create_app(settings, env={}, configure_logs=False)
+    oc_messages = [{"role": "user", "content": "hi"}]
+    with serve(app) as url:
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        exec_sql(db_url, "ALTER TABLE request_log RENAME TO request_log_away")
+        oc = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-x", max_retries=0)
+        for _ in range(2):
+            oc.chat.completions.create(model="gpt-4o-mini", messages=oc_messages)  # type: ignore[arg-type]
+        down = wait_until(lambda: readyz_when(url, 503), what="readyz 503")
+        failing = wait_until(
+            lambda: metrics_when(url, "thriftgate_log_rows_spilled_total", 1), what="a spill"
+        )
+        spilled = sorted((tmp_path / "data" / "spill").glob("request_log-*.jsonl"))
+        exec_sql(db_url, "ALTER TABLE request_log_away RENAME TO request_log")
+        wait_until(lambda: readyz_when(url, 200), timeout_s=15, what="readyz 200")
+        recovered = wait_until(
+            lambda: metrics_when(url, "thriftgate_log_rows_replayed_total", 1), what="replay"
+        )
+        rows = wait_until(lambda: rows_when(db_url, 2), what="both rows")
+    body = down.json()
+    assert body["database"] == "ok" and body["status"] == "not ready"
+    assert body["log_writer"]["status"] == "unhealthy" and body["log_writer"]["pending"] <= 2
+    assert failing[("thriftgate_log_queue_depth", frozenset())] == 1
+    assert failing[("thriftgate_log_write_failures_total", frozenset())] >= 2
+    assert failing[("thriftgate_log_writer_healthy", frozenset())] == 0
+    assert len(spilled) == 1  # under data_dir, not the working directory
+    assert recovered[("thriftgate_log_queue_depth", frozenset())] == 0
+    assert recovered[("thriftgate_log_writer_healthy", frozenset())] == 1
+    assert [r["status_code"] for r in rows] == [200, 200]
+    assert list((tmp_path / "data" / "spill").iterdir()) == []
+
+
+def test_metrics_count_quarantined_rows(db_url: str, sim_url: str, sim: Simulator, tmp_path: Path) -> None:
+    exec_sql(
+        db_url,
+        "CREATE TRIGGER poison BEFORE INSERT ON request_log WHEN NEW.requested_model = 'gpt-4o' "
+        "BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+    )
+    settings = make_settings(sim_url, db_url, log_flush_interval_s=0.01, data_dir=str(tmp_path))
+    app = create_app(settings, env={}, configure_logs=False)
+    oc_messages = [{"role": "user", "content": "hi"}]
+    with serve(app) as url:
+        oc = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-x", max_retries=0)
+        for model in ("gpt-4o-mini", "gpt-4o", "gpt-4o-mini"):
+            oc.chat.completions.create(model=model, messages=oc_messages)  # type: ignore[arg-type]
+        wait_until(lambda: len(read_log(db_url)) == 2, what="the two other rows")
+        s = wait_until(
+            lambda: metrics_when(url, "thriftgate_log_rows_quarantined_total", 1), what="one quarantined"
+        )
+        ready = httpx.get(f"{url}/readyz")
+    assert s[("thriftgate_log_rows_written_total", frozenset())] == 2
+    assert ready.status_code == 200  # one refused row does not make the writer unhealthy
+    [quarantine_file] = (tmp_path / "quarantine").glob("request_log-*.jsonl")
+    entry = orjson.loads(quarantine_file.read_bytes())
+    assert entry["row"]["requested_model"] == "gpt-4o" and "poisoned row" in entry["error"]

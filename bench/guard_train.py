@@ -1,0 +1,127 @@
+"""Fits the semantic cache's guard (``cache/guard.py``) and writes ``cache/guard_model.json``.
+
+Data (all from the QQP dev file, ``../shared/data/qqp_pairs.dev.jsonl.gz``, never its evaluation part):
+
+* QQP pairs 2,000-8,000 of the seeded shuffle (pairs 0-2,000 are the benchmark's QQP test set);
+* the ``train`` trap and paraphrase pairs of ``bench/traps.py`` (source questions disjoint from the
+  benchmark's ``eval`` pairs; swap templates and entities too).
+
+Only candidate pairs matter (cosine ≥ ``MIN_COSINE``, what the FAISS search lets through); pairs the
+decisive-token rule already rejects are left out of the fit. The calibration table comes from 5-fold
+out-of-fold scores on the candidate pairs, so each pair is scored by a model that never saw it.
+Conversation pairs are not used: the scope fingerprint, not the guard, keeps them apart.
+
+    python -m bench.guard_train [--qqp-pairs 6000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import random
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+from sklearn.neural_network import MLPClassifier
+
+from bench import traps
+from bench.embcache import EmbeddingMemo
+from cache.guard import MODEL_FILE, GuardModel, decisive_mismatch, features, tokens
+
+MIN_COSINE = 0.70
+QQP_SEED = 7
+QQP_TEST = 2000  # the benchmark's QQP pairs: rows[:QQP_TEST] of the seeded shuffle
+
+
+def qqp_rows() -> list[dict[str, Any]]:
+    with gzip.open(traps.QQP, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    random.Random(QQP_SEED).shuffle(rows)
+    return rows
+
+
+def idf_table(rows: list[dict[str, Any]], min_df: int = 3) -> tuple[dict[str, float], float]:
+    docs = {q for r in rows for q in (r["a"], r["b"])}
+    df: Counter[str] = Counter()
+    for q in docs:
+        df.update(set(tokens(q)))
+    n = len(docs)
+    idf = {t: round(math.log((n + 1) / (c + 1)) + 1, 3) for t, c in df.items() if c >= min_df}
+    return idf, round(math.log((n + 1) / 2) + 1, 3)
+
+
+def cosines(memo: EmbeddingMemo, pairs: list[dict[str, Any]]) -> np.ndarray:
+    va = memo.embed([p["a"] for p in pairs])
+    vb = memo.embed([p["b"] for p in pairs])
+    return np.einsum("ij,ij->i", va, vb)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--qqp-pairs", type=int, default=6000)
+    ap.add_argument("--trap-pairs", type=int, default=1400)
+    args = ap.parse_args()
+    rows = qqp_rows()
+    idf, idf_unknown = idf_table(rows)
+    qqp = [
+        {"a": r["a"], "b": r["b"], "same": r["duplicate"], "kind": "qqp"}
+        for r in rows[QQP_TEST : QQP_TEST + args.qqp_pairs]
+    ]
+    train = [p for p in traps.load("train") if p["kind"] != "conversation"]
+    random.Random(3).shuffle(train)
+    pairs = qqp + train[: args.trap_pairs]
+    memo = EmbeddingMemo(None)
+    cos = cosines(memo, pairs)
+    keep = [i for i, p in enumerate(pairs) if cos[i] >= MIN_COSINE and not decisive_mismatch(p["a"], p["b"])]
+    X = np.array([features(pairs[i]["a"], pairs[i]["b"], float(cos[i]), idf, idf_unknown) for i in keep])
+    y = np.array([1 if pairs[i]["same"] else 0 for i in keep])
+    mean, scale = X.mean(axis=0), X.std(axis=0) + 1e-9
+    Z = (X - mean) / scale
+    oof = np.zeros(len(y))
+
+    def fit(Zt: np.ndarray, yt: np.ndarray) -> MLPClassifier:
+        return MLPClassifier((16,), alpha=1e-2, max_iter=3000, random_state=0).fit(Zt, yt)
+
+    for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(Z, y):
+        oof[te] = fit(Z[tr], y[tr]).predict_proba(Z[te])[:, 1]
+    net = fit(Z, y)
+    # Calibration over every candidate of the deployed filter (cosine >= 0.80): rule-rejected pairs are
+    # never accepted, so they count in neither column.
+    cand = np.array([cos[i] >= 0.80 for i in keep])
+    table = []
+    for tau in np.round(np.arange(0.50, 1.0, 0.0025), 4):
+        acc = cand & (oof >= tau)
+        table.append((float(tau), int(acc.sum()), int((acc & (y == 0)).sum())))
+    model = GuardModel(
+        mean=tuple(float(v) for v in mean),
+        scale=tuple(float(v) for v in scale),
+        hidden_w=tuple(tuple(float(v) for v in row) for row in net.coefs_[0]),
+        hidden_b=tuple(float(v) for v in net.intercepts_[0]),
+        out_w=tuple(float(v) for v in net.coefs_[1][:, 0]),
+        out_b=float(net.intercepts_[1][0]),
+        idf=idf,
+        idf_unknown=idf_unknown,
+        calibration=tuple(table),
+        meta={
+            "fitted_on": f"QQP dev pairs {QQP_TEST}-{QQP_TEST + args.qqp_pairs} (seed {QQP_SEED}) + "
+            f"{min(args.trap_pairs, len(train))} bench/traps.py train pairs",
+            "candidates": len(y),
+            "positives": int(y.sum()),
+            "min_cosine_fit": MIN_COSINE,
+            "calibrated_on": "5-fold out-of-fold scores, candidates with cosine >= 0.80",
+        },
+    )
+    MODEL_FILE.write_text(json.dumps(model.to_json(), separators=(",", ":")))
+    print(f"fitted on {len(y)} candidate pairs ({int(y.sum())} same); wrote {MODEL_FILE}")
+    check = [model.score(pairs[i]["a"], pairs[i]["b"], float(cos[i])) for i in keep[:50]]
+    assert np.allclose(check, net.predict_proba(Z[:50])[:, 1], atol=1e-6), "numpy inference != sklearn"
+    for budget in (0.01, 0.02, 0.05, 0.08, 0.10, 0.15):
+        print(f"  budget {budget:.2f} -> threshold {model.threshold_for(budget):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""Semantic cache benchmark: ours against GPTCache's rule and a plain cosine threshold, in the same run,
+on the same MiniLM embeddings.
+
+    gptcache   the last message only, cosine >= 0.8 (GPTCache's default similarity threshold)
+    cosine     our scope fingerprint (conversations, system prompts ... must match) + a cosine threshold
+    ours       scope + cosine >= 0.80 + the trap guard at the operating point of an error budget
+
+Measures:
+* trap and paraphrase pairs (``bench/data/cache_pairs.eval.jsonl``, built by ``bench/traps.py``): the
+  share of each kind a method would serve (the cache holds ``a``; ``b`` arrives);
+* deployed precision at a hit rate on those pairs (each method's threshold swept);
+* QQP (pairs 0-2,000 of the seeded shuffle of ``qqp_pairs.dev.jsonl.gz``; the guard never saw them):
+  precision, recall and F1 against the threshold and at the operating point, and the false hits there,
+  written out for reading;
+* lookup latency (embedding included) with 10k and 100k entries in a scope, and embedding throughput,
+  batched (``MicroBatcher``) against one at a time.
+
+    python -m bench.semantic_cache [--quick] [--budget 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import traps
+from bench.embcache import EmbeddingMemo
+from bench.guard_train import QQP_TEST, qqp_rows
+from cache.entries import CacheEntry, EntryTable
+from cache.guard import load_guard
+from cache.semantic import MicroBatcher, SemanticCache
+from gateway.types import ChatResponse, Usage
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GPTCACHE_THRESHOLD = 0.8
+MIN_COSINE = 0.80
+KINDS = ("negation", "number", "swap", "scope", "conversation")
+
+
+def _served_cosine(p: dict[str, Any], cos: float, t: float, *, scoped: bool) -> bool:
+    if scoped and p["kind"] == "conversation":
+        return False  # the earlier turns differ: another scope fingerprint
+    return cos >= t
+
+
+def _prf(served: np.ndarray, same: np.ndarray) -> dict[str, float]:
+    tp = int((served & same).sum())
+    n = int(served.sum())
+    p = tp / n if n else 1.0
+    r = tp / int(same.sum()) if same.sum() else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4), "served": n}
+
+
+def pair_metrics(pairs: list[dict[str, Any]], cos: np.ndarray, budget: float) -> dict[str, Any]:
+    guard = load_guard(max_wrong_hit_rate=budget)
+    scores = np.array(
+        [
+            -1.0 if p["kind"] == "conversation" or c < MIN_COSINE else _score(guard, p, float(c))
+            for p, c in zip(pairs, cos, strict=True)
+        ]
+    )
+    methods = {
+        "gptcache": np.array(
+            [_served_cosine(p, c, GPTCACHE_THRESHOLD, scoped=False) for p, c in zip(pairs, cos, strict=True)]
+        ),
+        "cosine@0.80": np.array(
+            [_served_cosine(p, c, 0.80, scoped=True) for p, c in zip(pairs, cos, strict=True)]
+        ),
+        "cosine@0.90": np.array(
+            [_served_cosine(p, c, 0.90, scoped=True) for p, c in zip(pairs, cos, strict=True)]
+        ),
+        "cosine@0.95": np.array(
+            [_served_cosine(p, c, 0.95, scoped=True) for p, c in zip(pairs, cos, strict=True)]
+        ),
+        "ours": scores >= guard.threshold,
+    }
+    kinds = [*KINDS, "paraphrase"]
+    table = {}
+    for name, served in methods.items():
+        row = {}
+        for k in kinds:
+            idx = np.array([p["kind"] == k for p in pairs])
+            row[k] = round(float(served[idx].mean()), 4)
+        traps_idx = np.array([p["kind"] != "paraphrase" for p in pairs])
+        row["all_traps"] = round(float(served[traps_idx].mean()), 4)
+        for src in ("qqp", "reworded"):
+            idx = np.array([p.get("source") == src for p in pairs])
+            row[f"paraphrase_{src}"] = round(float(served[idx].mean()), 4)
+        table[name] = row
+    same = np.array([bool(p["same"]) for p in pairs])
+    # precision at a hit rate: sweep each method's own knob
+    at_rate = {}
+    last_cos = np.array(cos)
+    scoped_cos = np.where([p["kind"] == "conversation" for p in pairs], -1.0, last_cos)
+    for name, s in (("gptcache", last_cos), ("cosine", scoped_cos), ("ours", scores)):
+        order = np.argsort(-s, kind="stable")
+        row = {}
+        for rate in (0.1, 0.2, 0.3, 0.4):
+            k = int(rate * len(pairs))
+            top = order[:k]
+            ok = s[top] > -1.0
+            row[f"{int(rate * 100)}%"] = round(float(same[top].mean()), 4) if ok.all() else None
+        at_rate[name] = row
+    return {"served": table, "precision_at_hit_rate": at_rate, "threshold": guard.threshold}
+
+
+def _score(guard: Any, p: dict[str, Any], c: float) -> float:
+    return float(guard.score(p["a"], p["b"], float(c)))
+
+
+def qqp_metrics(rows: list[dict[str, Any]], cos: np.ndarray, budget: float) -> dict[str, Any]:
+    guard = load_guard(max_wrong_hit_rate=budget)
+    pairs = [{"a": r["a"], "b": r["b"], "kind": "qqp"} for r in rows]
+    same = np.array([bool(r["duplicate"]) for r in rows])
+    scores = np.array(
+        [_score(guard, p, c) if c >= MIN_COSINE else -1.0 for p, c in zip(pairs, cos, strict=True)]
+    )
+    cosine_curve = {f"{t:.2f}": _prf(cos >= t, same) for t in np.arange(0.70, 1.0, 0.02)}
+    ours_curve = {
+        f"{t:.3f}": _prf(scores >= t, same) for t in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
+    }
+    served = scores >= guard.threshold
+    false_hits = [
+        {"a": r["a"], "b": r["b"], "cosine": round(float(c), 3), "score": round(float(s), 3)}
+        for r, c, s, v in zip(rows, cos, scores, served, strict=True)
+        if v and not r["duplicate"]
+    ]
+    # the plain-cosine threshold that matches ours' recall, for precision at an equal hit rate
+    rec = _prf(served, same)["recall"]
+    best = None
+    for t in np.arange(0.999, 0.70, -0.001):
+        m = _prf(cos >= t, same)
+        if m["recall"] >= rec:
+            best = {"threshold": round(float(t), 3), **m}
+            break
+    return {
+        "pairs": len(rows),
+        "duplicates": int(same.sum()),
+        "cosine_curve": cosine_curve,
+        "ours_curve": ours_curve,
+        "gptcache": _prf(cos >= GPTCACHE_THRESHOLD, same),
+        "ours_at_operating_point": {"threshold": guard.threshold, **_prf(served, same)},
+        "cosine_at_equal_recall": best,
+        "false_hits": false_hits,
+    }
+
+
+# ---- latency and throughput ----------------------------------------------------------------------------
+
+_ANSWER = ChatResponse(id="r", model="m", choices=(), usage=Usage())
+
+
+async def lookup_latency(
+    embedder: Any,
+    base: np.ndarray,
+    base_texts: list[str],
+    queries: list[str],
+    sizes: list[int],
+    budget: float,
+) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    out = {}
+    for n in sizes:
+        sem = SemanticCache(embedder, load_guard(max_wrong_hit_rate=budget), min_cosine=MIN_COSINE)
+        table = EntryTable(n + 10)
+        sem.attach(table)
+        reps = -(-n // len(base))
+        vecs = np.tile(base, (reps, 1))[:n] + rng.normal(0, 0.02, (n, base.shape[1])).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        t0 = time.perf_counter()
+        for i in range(n):
+            e = CacheEntry(
+                str(i), "ns", "m", f"k{i}", "scope", _ANSWER, 0.0, 1e12, text=base_texts[i % len(base_texts)]
+            )
+            e.embedding = vecs[i].astype(np.float32)
+            table.add(e)
+        build_s = time.perf_counter() - t0
+        total, search = [], []
+        for q in queries:
+            t = time.perf_counter()
+            vec = await sem.embed(q + f" #{n}")  # a text never seen: the embedding is part of every lookup
+            t_emb = time.perf_counter()
+            sem._memo[q + f" #{n}"] = vec
+            await sem.lookup("scope", q + f" #{n}", 1.0)
+            done = time.perf_counter()
+            total.append((t_emb - t) * 1000 + (done - t_emb) * 1000)
+            search.append((done - t_emb) * 1000)
+        await sem.aclose()
+        out[str(n)] = {
+            "p50_ms": round(statistics.median(total), 2),
+            "p99_ms": round(float(np.percentile(total, 99)), 2),
+            "search_guard_p50_ms": round(statistics.median(search), 3),
+            "search_guard_p99_ms": round(float(np.percentile(search, 99)), 3),
+            "index_build_s": round(build_s, 1),
+            "queries": len(queries),
+        }
+        print(f"  {n} entries: {out[str(n)]}", flush=True)
+    return out
+
+
+async def throughput(embedder: Any, texts: list[str]) -> dict[str, Any]:
+    t = time.perf_counter()
+    for x in texts:
+        embedder.embed([x])
+    one = len(texts) / (time.perf_counter() - t)
+    batcher = MicroBatcher(embedder, max_batch=32)
+    t = time.perf_counter()
+    await asyncio.gather(*(batcher.embed(x + " ") for x in texts))
+    batched = len(texts) / (time.perf_counter() - t)
+    n_batches = batcher.batches
+    await batcher.aclose()
+    return {
+        "texts": len(texts),
+        "one_at_a_time_per_s": round(one, 1),
+        "micro_batched_per_s": round(batched, 1),
+        "batches": n_batches,
+        "ratio": round(batched / one, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer pairs, 10k entries only, fewer queries")
+    ap.add_argument("--budget", type=float, default=0.05, help="max_wrong_hit_rate of the operating point")
+    ap.add_argument("--skip-latency", action="store_true")
+    args = ap.parse_args()
+    memo = EmbeddingMemo(None)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    load = os.getloadavg()
+
+    pairs = traps.load("eval")
+    if args.quick:
+        pairs = pairs[::4]
+    va = memo.embed([p["a"] for p in pairs], progress=True)
+    vb = memo.embed([p["b"] for p in pairs], progress=True)
+    cos = np.einsum("ij,ij->i", va, vb)
+    result: dict[str, Any] = {"budget": args.budget, "pairs": len(pairs)}
+    result["traps"] = pair_metrics(pairs, cos, args.budget)
+    result["traps_by_budget"] = {
+        str(b): pair_metrics(pairs, cos, b)["served"]["ours"] for b in (0.05, 0.08, 0.1, 0.12, 0.15, 0.2)
+    }
+
+    rows = qqp_rows()[: (500 if args.quick else QQP_TEST)]
+    qa = memo.embed([r["a"] for r in rows], progress=True)
+    qb = memo.embed([r["b"] for r in rows], progress=True)
+    qcos = np.einsum("ij,ij->i", qa, qb)
+    result["qqp"] = qqp_metrics(rows, qcos, args.budget)
+    result["qqp_by_budget"] = {
+        str(b): qqp_metrics(rows, qcos, b)["ours_at_operating_point"]
+        for b in (0.05, 0.08, 0.1, 0.12, 0.15, 0.2)
+    }
+
+    if not args.skip_latency:
+        from cache.embedder import MiniLMEmbedder
+
+        embedder = MiniLMEmbedder(threads=1)  # as gateway.caching builds it
+        sizes = [10_000] if args.quick else [10_000, 100_000]
+        queries = [r["b"] for r in rows[: (20 if args.quick else 60)]]
+        base_texts = [r["a"] for r in rows]
+        result["latency"] = asyncio.run(lookup_latency(embedder, qa, base_texts, queries, sizes, args.budget))
+        result["throughput"] = asyncio.run(throughput(embedder, [r["a"] for r in rows[:64]]))
+    result["meta"] = {
+        "started": started,
+        "load_average_at_start": [round(x, 2) for x in load],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "command": "python -m bench.semantic_cache"
+        + (" --quick" if args.quick else "")
+        + f" --budget {args.budget}",
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "semantic_cache.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "semantic_cache.md").write_text(report(result))
+    print(report(result))
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [
+        "# Semantic cache benchmark",
+        "",
+        f"`{r['meta']['command']}` · {r['meta']['started']} · {r['meta']['cores']} cores, load average "
+        f"{r['meta']['load_average_at_start'][0]} at start (the machine is shared)",
+        "",
+        f"## Trap and paraphrase pairs served ({r['pairs']} pairs, `bench/data/cache_pairs.eval.jsonl`)",
+        "",
+        "| method | negation | number | swap | scope | conversation | all traps | paraphrases | (QQP dups) | (reworded) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in r["traps"]["served"].items():
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{row[k]:.1%}"
+                for k in (*KINDS, "all_traps", "paraphrase", "paraphrase_qqp", "paraphrase_reworded")
+            )
+            + " |"
+        )
+    lines += ["", f"ours: guard threshold {r['traps']['threshold']:.3f} for budget {r['budget']}", ""]
+    lines += ["### ours by error budget", "", "| budget | all traps | paraphrases |", "|---|---|---|"]
+    for b, row in r["traps_by_budget"].items():
+        lines.append(f"| {b} | {row['all_traps']:.1%} | {row['paraphrase']:.1%} |")
+    lines += [
+        "",
+        "### Deployed precision at a hit rate (share of all pairs served)",
+        "",
+        "| method | 10% | 20% | 30% | 40% |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in r["traps"]["precision_at_hit_rate"].items():
+        lines.append(
+            f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in row.values()) + " |"
+        )
+    q = r["qqp"]
+    lines += [
+        "",
+        f"## QQP ({q['pairs']} pairs, {q['duplicates']} duplicates)",
+        "",
+        "| method | threshold | precision | recall | F1 | served |",
+        "|---|---|---|---|---|---|",
+        f"| gptcache | 0.80 | {q['gptcache']['precision']:.3f} | {q['gptcache']['recall']:.3f} | {q['gptcache']['f1']:.3f} | {q['gptcache']['served']} |",
+    ]
+    c = q["cosine_at_equal_recall"]
+    if c:
+        lines.append(
+            f"| cosine (ours' recall) | {c['threshold']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['served']} |"
+        )
+    o = q["ours_at_operating_point"]
+    lines.append(
+        f"| ours (budget {r['budget']}) | {o['threshold']:.3f} | {o['precision']:.3f} | {o['recall']:.3f} | {o['f1']:.3f} | {o['served']} |"
+    )
+    lines += ["", "| ours by budget | threshold | precision | recall | F1 |", "|---|---|---|---|---|"]
+    for b, m in r["qqp_by_budget"].items():
+        lines.append(
+            f"| {b} | {m['threshold']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} |"
+        )
+    lines += [
+        "",
+        "Plain cosine against its threshold:",
+        "",
+        "| threshold | precision | recall | F1 |",
+        "|---|---|---|---|",
+    ]
+    for t, m in q["cosine_curve"].items():
+        lines.append(f"| {t} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} |")
+    lines += [
+        "",
+        "Ours against the guard's threshold (cosine >= 0.80):",
+        "",
+        "| threshold | precision | recall | F1 |",
+        "|---|---|---|---|",
+    ]
+    for t, m in q["ours_curve"].items():
+        lines.append(f"| {t} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} |")
+    lines += [
+        "",
+        f"False hits at the operating point ({len(q['false_hits'])}), to read for label errors:",
+        "",
+    ]
+    for fh in q["false_hits"]:
+        lines.append(f"- {fh['a']} ‖ {fh['b']} (cos {fh['cosine']}, score {fh['score']})")
+    if "latency" in r:
+        lines += [
+            "",
+            "## Lookup latency, embedding included (one scope holding N entries)",
+            "",
+            "| entries | p50 ms | p99 ms | search+guard p50 ms | p99 ms |",
+            "|---|---|---|---|---|",
+        ]
+        for n, m in r["latency"].items():
+            lines.append(
+                f"| {n} | {m['p50_ms']} | {m['p99_ms']} | {m['search_guard_p50_ms']} | {m['search_guard_p99_ms']} |"
+            )
+        t = r["throughput"]
+        lines += [
+            "",
+            f"Embedding throughput ({t['texts']} texts): one at a time {t['one_at_a_time_per_s']}/s, micro-batched {t['micro_batched_per_s']}/s ({t['batches']} batches), ×{t['ratio']}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

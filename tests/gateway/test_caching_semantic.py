@@ -1,0 +1,218 @@
+"""Semantic hits through both SDKs, streamed and not, with a fake embedder registered through the
+``Embedder`` protocol: a rephrased last turn is served with its similarity; a changed number, another
+tenant, model, system prompt or conversation is not."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from cache.budget import OnlineBudget
+from cache.guard import decisive_mismatch
+from cache.semantic import SemanticCache
+from gateway.caching import GatewayCache
+from gateway.config import Catalogue
+from gateway.settings import CacheSettings, Settings
+from gateway.steps import RequestedModel, Steps
+from tests.cache.fakes import BagOfWords
+from tests.gateway.api.conftest import (  # the surface fixtures, shared with tests/gateway/api/
+    _sim_server,
+    create_key,
+    db_url,
+    gateway_factory,
+    sim,
+    sim_url,
+)
+from tests.upstream import Simulator
+from tests.waiting import wait_until
+
+__all__ = ["_sim_server", "db_url", "gateway_factory", "sim", "sim_url"]
+
+GREEDY: Any = {"temperature": 0}
+Q = "What is the capital city of France?"
+REPHRASED = "what is the capital city of france"
+
+
+class DecisiveTokens:
+    """A guard that applies only the decisive-token rule (numbers and negations must match)."""
+
+    def accept(self, query: str, cached: str, cosine: float) -> bool:
+        return decisive_mismatch(query, cached) is None
+
+
+def semantic_gateway(gateway_factory: Callable[..., Any]) -> Any:
+    def steps(s: Settings) -> Steps:
+        sem = SemanticCache(BagOfWords(), DecisiveTokens(), min_cosine=0.9)
+        cache = GatewayCache(CacheSettings(enabled=True), semantic=sem)
+        return Steps(router=RequestedModel(Catalogue(s)), cache=cache)
+
+    return gateway_factory(steps_factory=steps)
+
+
+def user(text: str) -> list[Any]:
+    return [{"role": "user", "content": text}]
+
+
+def ask(gw: Any, text: str, key: str = "sk-client", **kw: Any) -> Any:
+    client = openai.OpenAI(base_url=gw.openai_url, api_key=key, max_retries=0)
+    kw.setdefault("model", "gpt-4o-mini")
+    kw.setdefault("messages", user(text))
+    return client.chat.completions.with_raw_response.create(temperature=0, **kw)
+
+
+def wait_indexed(gw: Any, n: int) -> None:
+    cache: GatewayCache = gw.app.state.steps.cache
+    assert cache.semantic is not None
+    semantic = cache.semantic
+    wait_until(lambda: sum(len(s) for s in semantic.scopes.values()) >= n, timeout_s=5, what="the index")
+
+
+def test_a_rephrased_question_is_a_semantic_hit_in_every_format(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    with semantic_gateway(gateway_factory) as gw:
+        first = ask(gw, Q)
+        text = first.parse().choices[0].message.content
+        wait_indexed(gw, 1)
+        hit = ask(gw, REPHRASED)
+        chunks = list(
+            openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0).chat.completions.create(
+                model="gpt-4o-mini",
+                messages=user("WHAT is the capital city of France??"),
+                temperature=0,
+                stream=True,
+            )
+        )
+        an = anthropic.Anthropic(base_url=gw.url, api_key="sk-ant-client", max_retries=0)
+        an.messages.create(model="claude-haiku-4-5", max_tokens=40, messages=user(Q), extra_body=GREEDY)
+        wait_indexed(gw, 2)
+        with an.messages.stream(
+            model="claude-haiku-4-5", max_tokens=40, messages=user(REPHRASED), extra_body=GREEDY
+        ) as s:
+            streamed = "".join(s.text_stream)
+        raw = an.messages.with_raw_response.create(
+            model="claude-haiku-4-5",
+            max_tokens=40,
+            messages=user("The capital city of France is what?"),
+            extra_body=GREEDY,
+        )
+    assert hit.headers["x-thriftgate-cache"] == "hit-semantic"
+    assert float(hit.headers["x-thriftgate-cache-similarity"]) > 0.99
+    assert hit.parse().choices[0].message.content == text
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert raw.headers["x-thriftgate-cache"] == "hit-semantic"
+    assert raw.parse().content[0].text == streamed  # type: ignore[union-attr]
+    assert len(sim.requests) == 2
+    rows = gw.rows()
+    assert [r["cache"] for r in rows] == [
+        "miss",
+        "hit-semantic",
+        "hit-semantic",
+        "miss",
+        "hit-semantic",
+        "hit-semantic",
+    ]
+    assert rows[1]["cost_usd"] == 0 and rows[1]["counterfactual_usd"] == pytest.approx(rows[0]["cost_usd"])
+    assert rows[1]["saving_mechanism"] == "cache"
+
+
+def test_no_semantic_hit_across_numbers_tenants_models_system_prompts_or_conversations(
+    gateway_factory: Callable[..., Any], sim: Simulator, db_url: str
+) -> None:
+    _, k1 = create_key(db_url, name="a")
+    _, k2 = create_key(db_url, name="b")
+    base = "How many moons does planet number 4 have?"
+    with semantic_gateway(gateway_factory) as gw:
+        ask(gw, base, key=k1)
+        wait_indexed(gw, 1)
+        assert ask(gw, base.lower(), key=k1).headers["x-thriftgate-cache"] == "hit-semantic"
+        assert ask(gw, base.replace("4", "5"), key=k1).headers["x-thriftgate-cache"] == "miss"
+        assert ask(gw, base.lower(), key=k2).headers["x-thriftgate-cache"] == "miss"
+        assert ask(gw, base.lower(), key=k1, model="gpt-4o").headers["x-thriftgate-cache"] == "miss"
+        system = [{"role": "system", "content": "You are a pirate."}, *user(base.lower())]
+        assert ask(gw, "", key=k1, messages=system).headers["x-thriftgate-cache"] == "miss"
+        convo = [*user("Talk about Jupiter"), {"role": "assistant", "content": "OK"}, *user(base.lower())]
+        assert ask(gw, "", key=k1, messages=convo).headers["x-thriftgate-cache"] == "miss"
+
+
+class ScoresAlike:
+    """Scores every pair of different texts 0.6 (identical texts 1.0)."""
+
+    def score(self, query: str, cached: str, cosine: float) -> float:
+        return 1.0 if query == cached else 0.6
+
+    def accept(self, query: str, cached: str, cosine: float) -> bool:
+        return self.score(query, cached, cosine) >= 0.9
+
+
+def test_the_online_budget_learns_from_probes_before_it_serves(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    # Offline, candidates scoring 0.5-0.9 were 30% wrong: nothing below 0.9 may be served at a 10%
+    # budget, and with so little prior evidence nothing at all. Probes (sent upstream, answers compared)
+    # whose fresh answers agree with the stored ones earn the 0.5 threshold.
+    budget = OnlineBudget(0.10, [(0.5, 100, 30), (0.9, 100, 0)], explore_rate=0.0, prior_weight=3)
+    assert budget.threshold > 1.0
+
+    def steps(s: Settings) -> Steps:
+        sem = SemanticCache(BagOfWords(), ScoresAlike(), min_cosine=0.9)
+        cache = GatewayCache(CacheSettings(enabled=True), semantic=sem, budget=budget)
+        return Steps(router=RequestedModel(Catalogue(s)), cache=cache)
+
+    rng = random.Random(5)
+    statuses = []
+    with gateway_factory(steps_factory=steps) as gw:
+        ask(gw, Q)
+        wait_indexed(gw, 1)
+        for _ in range(60):
+            variant = "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in Q)
+            statuses.append(ask(gw, variant).headers["x-thriftgate-cache"])
+            if statuses[-1] == "hit-semantic":
+                break
+            wait_until(lambda n=len(statuses): len(budget.probes) >= n, timeout_s=5, what="the probe")
+    assert statuses[0] == "miss" and statuses[-1] == "hit-semantic"
+    assert budget.threshold == 0.5
+    assert not any(wrong for _, wrong in budget.probes)
+    assert len(budget.probes) == len(statuses) - 1 == len(sim.requests) - 1
+
+
+def test_a_model_rule_keeps_only_the_exact_cache(gateway_factory: Callable[..., Any], sim: Simulator) -> None:
+    from gateway.settings import CacheRule
+
+    def steps(s: Settings) -> Steps:
+        sem = SemanticCache(BagOfWords(), DecisiveTokens(), min_cosine=0.9)
+        rules = CacheSettings(enabled=True, models={"gpt-4o": CacheRule(semantic=False)})
+        return Steps(router=RequestedModel(Catalogue(s)), cache=GatewayCache(rules, semantic=sem))
+
+    with gateway_factory(steps_factory=steps) as gw:
+        ask(gw, Q, model="gpt-4o")
+        ask(gw, Q)
+        wait_indexed(gw, 2)
+        assert ask(gw, REPHRASED, model="gpt-4o").headers["x-thriftgate-cache"] == "miss"
+        assert ask(gw, Q, model="gpt-4o").headers["x-thriftgate-cache"] == "hit-exact"
+        assert ask(gw, REPHRASED).headers["x-thriftgate-cache"] == "hit-semantic"
+
+
+def test_the_configured_stack_serves_a_rephrased_question(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    """``cache.semantic.enabled`` in the settings: the real MiniLM embedder, the shipped guard at the
+    default budget, the online budget."""
+    from gateway.settings import SemanticCacheSettings
+
+    settings = CacheSettings(enabled=True, semantic=SemanticCacheSettings(enabled=True))
+    with gateway_factory(cache=settings) as gw:
+        first = ask(gw, "How do I reset my router's admin password?")
+        wait_indexed(gw, 1)
+        again = ask(gw, "how do i reset my router's admin password")
+        swapped = ask(gw, "How do I reset my admin router's password?")
+    assert first.headers["x-thriftgate-cache"] == "miss"
+    assert again.headers["x-thriftgate-cache"] == "hit-semantic"
+    assert float(again.headers["x-thriftgate-cache-similarity"]) > 0.95
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert swapped.headers["x-thriftgate-cache"] == "miss"
