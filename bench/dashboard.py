@@ -93,7 +93,7 @@ def synthetic_row(i: int, rng: random.Random, at: float) -> dict[str, Any]:
         "cache_read_tokens": 0, "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0, "reasoning_tokens": 0,
         "usage_estimated": False, "cost_usd": cost, "counterfactual_usd": cf,
         "saving_usd": None if cf is None or cost is None else cf - cost, "saving_mechanism": mech,
-        "priced": cost is not None, "cache": cache, "route_reason": rng.choice(REASONS),
+        "priced": cost is not None, "cache": cache, "route_reason": rng.choice(REASONS), "plan": None,
         "error": None if status < 400 else "upstream error",
     }  # fmt: skip
 
