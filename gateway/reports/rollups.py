@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import Table, update
+from sqlalchemy import Table, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -224,7 +224,20 @@ async def add_rows(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> 
     for key, totals in sorted(aggregate(rows).items(), key=lambda item: item[0]):
         value = {"dimension": key[0], "hour": key[1], "value": key[2], **totals}
         (wide if key[0] in HISTOGRAM_DIMENSIONS else narrow).append(value)
-    dialect = session.get_bind().dialect.name
+    conn = await session.connection()
+    driver = conn.dialect.driver
+    if driver in ("aiosqlite", "asyncpg"):
+        # Like the request-log insert (gateway.storage.repo): pre-built tuples straight to the driver's
+        # executemany, in the session's transaction (asyncpg: begun by the SELECT 1).
+        if driver == "asyncpg":
+            await conn.execute(text("SELECT 1"))
+        raw = (await conn.get_raw_connection()).driver_connection
+        for values, measured in ((wide, MEASURES), (narrow, SPEND_MEASURES)):
+            if values:
+                records = [_driver_record(driver, v, measured) for v in values]
+                await raw.executemany(_upsert_sql(driver, measured), records)  # type: ignore[union-attr]
+        return
+    dialect = conn.dialect.name
     for values, measured in ((wide, MEASURES), (narrow, SPEND_MEASURES)):
         if not values:
             continue
@@ -238,6 +251,33 @@ async def add_rows(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> 
             )
             if getattr(result, "rowcount", 0) == 0:
                 await session.execute(ROLLUP.insert(), [value])
+
+
+@functools.cache
+def _upsert_sql(driver: str, measured: tuple[str, ...]) -> str:
+    """The upsert of ``_upsert`` as the driver's own SQL (``?`` or ``$n`` parameters)."""
+    columns = (*KEY_COLUMNS, *measured)
+    marks = ", ".join("?" if driver == "aiosqlite" else f"${i + 1}" for i in range(len(columns)))
+    sets = ", ".join(f"{m} = {ROLLUP.name}.{m} + excluded.{m}" for m in measured)
+    return (
+        f"INSERT INTO {ROLLUP.name} ({', '.join(columns)}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {sets}"
+    )
+
+
+def _driver_record(driver: str, value: Mapping[str, Any], measured: tuple[str, ...]) -> tuple[Any, ...]:
+    """One upsert's parameters as the driver takes them: SQLite gets the hour as the naive UTC text
+    SQLAlchemy stores (``UTCDateTime``), asyncpg an aware datetime and money as text (exact, cheaper)."""
+    hour: datetime = value["hour"]
+    at: Any = hour.replace(tzinfo=None).isoformat(" ", "microseconds") if driver == "aiosqlite" else hour
+    if driver == "aiosqlite":
+        return (value["dimension"], at, value["value"], *(value[m] for m in measured))
+    return (
+        value["dimension"],
+        at,
+        value["value"],
+        *(repr(float(value[m])) if m in _MONEY else value[m] for m in measured),
+    )
 
 
 @functools.cache
