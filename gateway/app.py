@@ -3,7 +3,8 @@
 Routes: the OpenAI surface (``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/responses``,
 ``/v1/models``), the Anthropic surface (``/v1/messages``, ``/v1/messages/count_tokens``), the batch
 surfaces (``/v1/files``, ``/v1/batches``, ``/v1/messages/batches``, with their worker), the admin API
-(``/admin``, when present), ops (``/healthz``, ``/readyz``, ``/metrics``) and, last, the passthrough for any
+(``/admin``, when present, with the reports API ``/admin/api`` and the dashboard's pages), ops (``/healthz``,
+``/readyz``, ``/metrics``) and, last, the passthrough for any
 other ``/v1/...`` path.
 
 The lifespan builds what needs the event loop (database engine, key store, log writer, providers'
@@ -17,6 +18,7 @@ import importlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -24,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cache.prefix import PrefixPlanner
 from cache.reuse import ReuseTracker
-from gateway.api import anthropic, batches, openai, ops, passthrough
+from gateway.api import anthropic, batches, dashboard, openai, ops, passthrough, reports
 from gateway.api.errors import install_error_handlers
 from gateway.api.schemas import complete_schema
 from gateway.batch.files import FileStore
@@ -40,6 +42,7 @@ from gateway.metrics import Metrics, model_labels
 from gateway.passthrough import Passthrough
 from gateway.pipeline import Pipeline
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
+from gateway.reports.retention import Pruner
 from gateway.router import Router
 from gateway.settings import Settings
 from gateway.steps import Managed, RouteHealth, Steps
@@ -133,6 +136,7 @@ def create_app(
                 state.passthrough = Passthrough(pipeline)
                 state.steps = pipeline_steps
                 worker = _start_batches(app, settings, sessionmaker, pipeline)
+                pruner = _pruner(settings, sessionmaker)
                 started: list[Managed] = []
                 try:
                     for step in managed:
@@ -142,6 +146,8 @@ def create_app(
                         await worker.start()
                     yield
                 finally:
+                    if pruner is not None:
+                        await pruner.stop()
                     if worker is not None:
                         await worker.stop()
                     for step in reversed(started):
@@ -170,6 +176,10 @@ def create_app(
     admin = _admin_router()
     if admin is not None:
         app.include_router(admin)
+        app.include_router(reports.router)
+        app.include_router(dashboard.router)
+        dashboard.mount_static(app)
+
         from gateway.api import cache_admin
 
         app.include_router(cache_admin.router)
@@ -189,6 +199,18 @@ def _document(app: FastAPI, settings: Settings) -> None:
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
+
+
+def _pruner(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> Pruner | None:
+    """The request-log pruner, started, when a retention is configured (``dashboard.retention_days``)."""
+    days = settings.dashboard.retention_days
+    if days is None:
+        return None
+    pruner = Pruner(
+        sessionmaker, retention=timedelta(days=days), interval_s=settings.dashboard.prune_interval_s
+    )
+    pruner.start()
+    return pruner
 
 
 def _start_batches(

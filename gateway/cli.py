@@ -6,10 +6,11 @@
     thriftgate keys list [--json]
     thriftgate keys revoke ID
     thriftgate db upgrade [REV] | db downgrade REV | db current | db replay-spill [--dir DIR]
+    thriftgate report [--since 7d] [--by model|key|provider|mechanism|day] [--format table|csv|json]
     thriftgate local build [--out DIR] [--force]
     thriftgate batch submit FILE.jsonl [--model M] [--wait] | batch status|results -o OUT|cancel ID | batch list
 
-``keys`` and ``db`` work directly on the configured database (``database_url`` from the settings:
+``keys``, ``report`` and ``db`` work directly on the configured database (``database_url`` from the settings:
 ``--config``, ``THRIFTGATE_CONFIG``, ``./thriftgate.yaml``, ``THRIFTGATE_DATABASE_URL``), migrating it
 first where they write, through the same code as the gateway. Exit status: 0 ok, 1 failed, 2 usage or
 configuration error.
@@ -115,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     replay = db.add_parser("replay-spill", parents=[common], help="load spilled request-log rows back")
     replay.add_argument("--dir", type=Path, help="spill folder (default: <data_dir>/spill)")
     replay.set_defaults(run=_db_replay_spill)
+
+    report = sub.add_parser("report", parents=[common], help="spend and savings from the request log")
+    report.add_argument("--since", default="7d", help="today, <n>h or <n>d (default: 7d)")
+    report.add_argument("--by", choices=("model", "key", "provider", "mechanism", "day"), default="model")
+    report.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report.set_defaults(run=_report)
 
     cache = sub.add_parser("cache", help="the answer caches").add_subparsers(
         title="cache commands", metavar="ACTION"
@@ -406,6 +413,32 @@ def _db_replay_spill(args: argparse.Namespace) -> int:
         )
     if report.database_error is not None:
         raise CLIError(f"the database failed ({report.database_error}); the files not replayed are kept")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.reports import queries
+    from gateway.reports.report import render
+    from gateway.storage import make_engine, make_sessionmaker, upgrade
+
+    try:
+        since = queries.window_start(datetime.now(UTC), args.since)
+    except ValueError as exc:
+        raise CLIError(str(exc), status=2) from None
+    url = _settings(args).database_url
+    upgrade(url)
+
+    async def run() -> list[dict[str, Any]]:
+        engine = make_engine(url)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                return await queries.report_table(session, since, args.by)
+        finally:
+            await engine.dispose()
+
+    print(render(asyncio.run(run()), by=args.by, since=since.isoformat(), fmt=args.format))
     return 0
 
 

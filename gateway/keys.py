@@ -384,6 +384,27 @@ class KeyStore:
         self._limiter.forget(key_id)
         return True
 
+    async def update_limits(self, key_id: str, **limits: Any) -> VirtualKey | None:
+        """Changes a key's ``budget_usd``, ``rpm``, ``tpm`` or ``models`` (only those given; None removes
+        the limit) in the database and in this process at once; other gateways pick it up at their next
+        refresh. None for an unknown id; raises ``InvalidRequest`` for bad values."""
+        unknown = set(limits) - {"budget_usd", "rpm", "tpm", "models"}
+        if unknown:
+            raise InvalidRequest(f"not a key limit: {sorted(unknown)}", param=sorted(unknown)[0])
+        budget = limits.get("budget_usd")
+        if budget is not None and budget < 0:
+            raise InvalidRequest("budget_usd must be >= 0", param="budget_usd")
+        for field in ("rpm", "tpm"):
+            value = limits.get(field)
+            if value is not None and not 1 <= value <= MAX_LIMIT:
+                raise InvalidRequest(f"{field} must be between 1 and {MAX_LIMIT}", param=field)
+        if limits.get("models") is not None:
+            limits["models"] = sorted({m.strip() for m in limits["models"] if m.strip()})
+        epoch = self._flush_epoch
+        async with self._sessionmaker.begin() as session:
+            row = await repo.update_key_limits(session, key_id, limits)
+        return None if row is None else self._merge(row, stale_possible=epoch != self._flush_epoch)
+
     async def get(self, key_id: str) -> VirtualKey | None:
         """One key, read fresh from the database (and merged into memory)."""
         if not _possible_id(key_id):

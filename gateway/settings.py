@@ -444,6 +444,17 @@ class BudgetSettings(_Strict):
     """Whether a key with a budget may use a model (or passthrough endpoint) of unknown price."""
 
 
+class DashboardSettings(_Strict):
+    """The admin dashboard (``/admin``), its reports and the retention of raw request-log rows."""
+
+    session_ttl_s: int = Field(default=12 * 3600, ge=60)
+    """How long a dashboard login (session cookie) lasts."""
+    retention_days: float | None = Field(default=None, gt=0)
+    """Raw request-log rows older than this are deleted (the hourly rollups are kept); None keeps them all."""
+    prune_interval_s: float = Field(default=3600.0, gt=0)
+    """How often the pruner runs when ``retention_days`` is set."""
+
+
 class BatchSettings(_Strict):
     """Batch jobs (``/v1/files``, ``/v1/batches``, ``/v1/messages/batches``) and the worker that runs them
     (``gateway.batch``)."""
@@ -613,6 +624,7 @@ class Settings(BaseSettings):
     models: dict[str, ModelSettings] = Field(default_factory=default_models)
     upstream_headers: UpstreamHeaderSettings = Field(default_factory=UpstreamHeaderSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     prefix: PrefixSettings = Field(default_factory=PrefixSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)

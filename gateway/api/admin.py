@@ -3,10 +3,12 @@
     POST   /admin/keys        create a key; 201 with the raw key, shown this once
     GET    /admin/keys        every key (revoked ones included)
     GET    /admin/keys/{id}   one key
+    PATCH  /admin/keys/{id}   change its limits (budget_usd, rpm, tpm, models; null removes one)
     DELETE /admin/keys/{id}   revoke a key (immediate here; other gateways: see gateway.keys)
 
 The master key (``settings.master_key``) is accepted as ``Authorization: Bearer <key>`` or ``x-api-key``
-and compared in constant time; with no master key configured every admin route answers 403. Errors are
+and compared in constant time; a dashboard session cookie is accepted too (``require_admin``, with CSRF
+checks; see ``gateway.api.session``); with no master key configured every admin route answers 403. Errors are
 ``{"error": {"message", "type", "code"}}``, rendered here (the route class) so the router works in any app.
 """
 
@@ -23,6 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.api import session
 from gateway.deps import KeyStoreDep, SettingsDep
 from gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied
 from gateway.keys import MAX_LIMIT, VirtualKey
@@ -81,8 +84,30 @@ def require_master_key(
         raise AuthenticationFailed("Invalid or missing master key.", code="invalid_master_key")
 
 
+async def require_admin(
+    request: Request,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> None:
+    """Admits the master key (``require_master_key``) or, when no key is presented, a dashboard session
+    cookie (``gateway.api.session``); a state-changing request on the cookie also needs the session's
+    CSRF token in ``X-CSRF-Token`` and must not come from another site."""
+    if authorization is None and x_api_key is None:
+        token = session.session_token(request, settings)
+        if token is not None:
+            if request.method in session.SAFE_METHODS:
+                return
+            if session.same_site(request) and session.csrf_ok(
+                session.master_of(settings), token, request.headers.get(session.CSRF_HEADER)
+            ):
+                return
+            raise PermissionDenied("Missing or invalid CSRF token.", code="csrf_failed")
+    require_master_key(settings, authorization, x_api_key)
+
+
 router = APIRouter(
-    prefix="/admin", tags=["admin"], dependencies=[Depends(require_master_key)], route_class=AdminRoute
+    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], route_class=AdminRoute
 )
 
 
@@ -92,6 +117,17 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
+    budget_usd: float | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    models: list[str] | None = None
+
+
+class KeyUpdate(BaseModel):
+    """The body of ``PATCH /admin/keys/{id}``: the limits to change (null removes one); others are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
     budget_usd: float | None = Field(default=None, ge=0)
     rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
     tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
@@ -158,6 +194,12 @@ async def list_keys(keys: KeyStoreDep) -> KeyList:
 @router.get("/keys/{key_id}", response_model=KeyPublic)
 async def get_key(key_id: str, keys: KeyStoreDep) -> Any:
     key = await keys.get(key_id)
+    return _not_found(key_id) if key is None else KeyPublic.of(key)
+
+
+@router.patch("/keys/{key_id}", response_model=KeyPublic)
+async def update_key(key_id: str, body: KeyUpdate, keys: KeyStoreDep) -> Any:
+    key = await keys.update_limits(key_id, **body.model_dump(exclude_unset=True))
     return _not_found(key_id) if key is None else KeyPublic.of(key)
 
 

@@ -10,12 +10,13 @@ puts the zone back on read).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Dialect,
     Float,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Table,
     Text,
     TypeDecorator,
     false,
@@ -126,6 +128,90 @@ class RequestLogRow(Base):
     route_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     plan: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    5,
+    10,
+    25,
+    50,
+    75,
+    100,
+    150,
+    250,
+    400,
+    600,
+    800,
+    1000,
+    1500,
+    2000,
+    3000,
+    5000,
+    8000,
+    15000,
+    30000,
+    60000,
+)
+"""Upper bounds (ms, inclusive) of the rollup's latency and TTFT histogram buckets; one more bucket above
+the last bound. ``gateway.reports.rollups`` estimates percentiles from them."""
+
+LATENCY_BUCKET_COLUMNS = tuple(f"lat_b{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
+TTFT_BUCKET_COLUMNS = tuple(f"ttft_b{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
+ROLLUP_DIMENSIONS: tuple[str, ...] = (
+    "all",
+    "key",
+    "model",
+    "provider",
+    "mechanism",
+    "cache",
+    "status",
+    "route",
+)
+"""The dimensions each request is rolled up under (``all``: one row per hour, value ``''``)."""
+
+
+class RequestRollupRow(Base):
+    """Hourly totals of the request log per (hour, dimension, value): one row per hour for ``all``, and one
+    per hour and key, model (served, else requested), provider, saving mechanism, cache outcome, status
+    class (``2xx``...) and route reason. Each request adds to one row of every dimension, so each report reads only the rows
+    of the dimension it groups by (rolling up the cross product of the dimensions instead would leave
+    nearly as many rows as the log itself under many keys and models). Maintained in the log writer's
+    transaction (``gateway.reports.rollups``) and kept when raw rows are pruned. Missing values are ``''``.
+    Money sums cover the rows whose amount is known; ``unpriced`` counts the rows without a cost;
+    ``errors`` counts status >= 400 (or none); ``cache_hits`` exact and semantic hits. The ``all`` and
+    ``provider`` rows carry every measure; the others only requests, unpriced, input and output tokens and
+    the money sums (``gateway.reports.rollups.SPEND_MEASURES``), the rest left 0 (default)."""
+
+    __tablename__ = "request_rollup"
+    # SQLite: a WITHOUT ROWID table, clustered by the primary key, as the range scans of the reports want.
+    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012 (SQLAlchemy reads it once)
+
+    # Primary key (dimension, hour, value): every report reads one dimension over a range of hours.
+    dimension: Mapped[str] = mapped_column(String(16), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_hits: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    unpriced: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cost_usd: Mapped[float] = mapped_column(Money())
+    counterfactual_usd: Mapped[float] = mapped_column(Money())
+    saving_usd: Mapped[float] = mapped_column(Money())
+    latency_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    latency_ms_sum: Mapped[float] = mapped_column(Float, server_default="0")
+    ttft_count: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    ttft_ms_sum: Mapped[float] = mapped_column(Float, server_default="0")
+
+
+for _column in (*LATENCY_BUCKET_COLUMNS, *TTFT_BUCKET_COLUMNS):
+    # Core-only columns (the rollup is written and read with Core statements, never as ORM objects).
+    cast(Table, RequestRollupRow.__table__).append_column(
+        Column(_column, BigInteger, nullable=False, server_default="0")
+    )
 
 
 class FileRow(Base):

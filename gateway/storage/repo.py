@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.reports import rollups
 from gateway.storage.logrow import (
     COLUMNS,
     INT32_MAX,
@@ -57,6 +58,20 @@ async def revoke_key(session: AsyncSession, key_id: str, at: datetime) -> bool:
         row.revoked_at = at
         await session.flush()
     return True
+
+
+async def update_key_limits(
+    session: AsyncSession, key_id: str, values: Mapping[str, Any]
+) -> VirtualKeyRow | None:
+    """Sets the given columns (budget_usd, rpm, tpm, models; None clears a limit) of one key and returns
+    it, or None for an unknown id."""
+    row = await session.get(VirtualKeyRow, key_id, with_for_update=True)
+    if row is None:
+        return None
+    for name, value in values.items():
+        setattr(row, name, value)
+    await session.flush()
+    return row
 
 
 async def add_spend(session: AsyncSession, spend: Mapping[str, float]) -> dict[str, float]:
@@ -202,8 +217,10 @@ async def write_request_batch(
     session: AsyncSession, rows: Sequence[Mapping[str, Any]]
 ) -> dict[str, tuple[float, float]]:
     """Inserts ``rows`` and adds their known costs to each key's spend, in the caller's transaction.
-    Returns ``{key_id: (added_usd, new_total_usd)}`` for each key that exists."""
+    Returns ``{key_id: (added_usd, new_total_usd)}`` for each key that exists. The hourly rollups
+    (``gateway.reports.rollups``) are updated in the same transaction."""
     await insert_request_rows(session, rows)
+    await rollups.add_rows(session, rows)
     added = spend_by_key(rows)
     totals = await add_spend(session, added)
     return {key_id: (added[key_id], total) for key_id, total in totals.items()}

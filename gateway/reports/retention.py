@@ -1,0 +1,74 @@
+"""Retention of raw request-log rows: rows older than ``retention_days`` are deleted, in chunks, every
+``prune_interval_s``. The hourly rollups are kept, so the dashboard's totals and ``thriftgate report`` still
+cover the pruned period; only the per-request list loses those rows."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+from sqlalchemy import Table, delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.logs import get_logger
+from gateway.storage.models import RequestLogRow
+
+log = get_logger(__name__)
+LOG = cast(Table, RequestLogRow.__table__)
+CHUNK = 10_000
+
+
+async def prune(
+    sessionmaker: async_sessionmaker[AsyncSession], before: datetime, *, chunk: int = CHUNK
+) -> int:
+    """Deletes request-log rows created before ``before``, ``chunk`` rows per transaction (short locks, so
+    the log writer is never held up for long). Returns how many were deleted. Rollups are untouched."""
+    deleted = 0
+    while True:
+        async with sessionmaker.begin() as session:
+            ids = select(LOG.c.id).where(LOG.c.created_at < before).order_by(LOG.c.id).limit(chunk)
+            result = await session.execute(delete(LOG).where(LOG.c.id.in_(ids.scalar_subquery())))
+            n = int(getattr(result, "rowcount", 0) or 0)
+        deleted += n
+        if n < chunk:
+            return deleted
+
+
+class Pruner:
+    """Runs ``prune`` every ``interval_s`` with a cut-off ``retention`` before now (a background task)."""
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], *, retention: timedelta, interval_s: float
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._retention = retention
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="thriftgate-log-pruner")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def run_once(self) -> int:
+        """One pruning pass now; returns the number of rows deleted."""
+        return await prune(self._sessionmaker, datetime.now(UTC) - self._retention)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                n = await self.run_once()
+                if n:
+                    log.info("pruned request-log rows", extra={"rows": n})
+            except Exception:
+                log.exception("pruning the request log failed; retrying at the next interval")
+            await asyncio.sleep(self._interval_s)

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.app import create_app
+from gateway.reports.retention import Pruner, prune
+from gateway.reports.rollups import ROLLUP
+from gateway.settings import DashboardSettings, Settings
+from gateway.storage import make_engine, make_sessionmaker, repo, upgrade
+from gateway.storage.models import RequestLogRow
+from tests.gateway.reports.test_rollups import record
+from tests.servers import serve
+from tests.waiting import wait_until
+
+
+async def test_pruning_keeps_the_rollups(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    rng = random.Random(5)
+    now_s = datetime.now(UTC).timestamp()
+    rows = [{**record(i, rng), "created_at": now_s - i * 3600.0} for i in range(100)]
+    async with sessionmaker.begin() as session:
+        await repo.write_request_batch(session, rows)
+
+    async def counts() -> tuple[int, int]:
+        async with sessionmaker() as session:
+            raw = (await session.execute(select(func.count()).select_from(RequestLogRow))).scalar_one()
+            rolled = (
+                await session.execute(select(func.sum(ROLLUP.c.requests)).where(ROLLUP.c.dimension == "all"))
+            ).scalar_one()
+            return int(raw), int(rolled)
+
+    assert await counts() == (100, 100)
+    cutoff = datetime.fromtimestamp(now_s - 49.5 * 3600, UTC)
+    assert await prune(sessionmaker, cutoff, chunk=7) == 50  # several chunks
+    assert await counts() == (50, 100)
+    pruner = Pruner(sessionmaker, retention=timedelta(hours=10), interval_s=3600)
+    assert await pruner.run_once() == 40
+    assert await counts() == (10, 100)
+
+
+def test_the_gateway_prunes_with_a_retention(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}"
+    upgrade(url)
+    rng = random.Random(2)
+    now = time.time()
+    rows = [{**record(i, rng), "created_at": now - i * 86400.0} for i in range(5)]  # today ... 4 days ago
+
+    async def write() -> None:
+        engine = make_engine(url)
+        try:
+            async with make_sessionmaker(engine).begin() as session:
+                await repo.write_request_batch(session, rows)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(write())
+    db = tmp_path / "gw.db"
+
+    def count(sql: str) -> int:
+        con = sqlite3.connect(db)
+        try:
+            return int(con.execute(sql).fetchone()[0])
+        finally:
+            con.close()
+
+    settings = Settings(
+        database_url=url, dashboard=DashboardSettings(retention_days=1.5, prune_interval_s=3600)
+    )
+    with serve(create_app(settings, configure_logs=False)):
+        wait_until(
+            lambda: count("SELECT count(*) FROM request_log") == 2, what="rows older than 1.5 days pruned"
+        )
+    assert count("SELECT sum(requests) FROM request_rollup WHERE dimension = 'all'") == 5  # rollups kept
