@@ -76,15 +76,33 @@ class Finals:
                 )
             )
             final: dict[str, str] = {}
+            ours: list[BatchJobRow] = []
             for job in jobs:
-                final[job.id] = (
+                outcome = (
                     self._final_of(job)
                     if job.status == "finalizing"  # a finalizer that died: done again
                     else {"cancelling": "cancelled", "expiring": "expired"}.get(job.status, "completed")
                 )
-                job.status = "finalizing"
-                job.finalizing_at = t
+                # Compare-and-set on what was read: on SQLite (no FOR UPDATE) another worker may have
+                # taken this job between the select and here; only one finalizer moves it.
+                seen = (
+                    BatchJobRow.finalizing_at.is_(None)
+                    if job.finalizing_at is None
+                    else (BatchJobRow.finalizing_at == job.finalizing_at)
+                )
+                moved = await s.execute(
+                    update(BatchJobRow)
+                    .where(BatchJobRow.id == job.id, BatchJobRow.status == job.status, seen)
+                    .values(status="finalizing", finalizing_at=t)
+                    .returning(BatchJobRow.id)
+                    .execution_options(synchronize_session=False)
+                )
+                if moved.first() is None:
+                    continue
+                final[job.id] = outcome
+                ours.append(job)
             await s.commit()
+            jobs = ours
         for job in jobs:
             await self._finalize(job, final[job.id])
 

@@ -223,11 +223,23 @@ async def claim_items(
         await session.commit()
         return []
     ids = [r.id for r in rows]
-    await session.execute(
+    # The claim re-checks what the select saw: on SQLite (no FOR UPDATE) another process may have claimed
+    # some of these rows between the two statements; only the rows this update moved are ours.
+    result = await session.execute(
         update(BatchItemRow)
-        .where(BatchItemRow.id.in_(ids))
+        .where(
+            BatchItemRow.id.in_(ids),
+            BatchItemRow.state == QUEUED,
+            or_(BatchItemRow.lease_until.is_(None), BatchItemRow.lease_until < t),
+        )
         .values(state=CLAIMED, claimed_by=worker, lease_until=t + timedelta(seconds=lease_s))
+        .returning(BatchItemRow.id)
     )
+    won = {r[0] for r in result}
+    rows = [r for r in rows if r.id in won]
+    if not rows:
+        await session.commit()
+        return []
     jobs = {
         j.id: j
         for j in await session.scalars(

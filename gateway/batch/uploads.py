@@ -189,12 +189,19 @@ class Uploads:
                     .with_for_update(skip_locked=True)
                 )
             )
-            if ups:
-                await s.execute(
+            if ups:  # re-checked: on SQLite (no FOR UPDATE) another worker may have taken some meanwhile
+                won = await s.execute(
                     update(BatchUploadRow)
-                    .where(BatchUploadRow.id.in_([u.id for u in ups]))
+                    .where(
+                        BatchUploadRow.id.in_([u.id for u in ups]),
+                        BatchUploadRow.state == POLLING,
+                        BatchUploadRow.lease_until < t,
+                    )
                     .values(claimed_by=self.id, lease_until=t + timedelta(seconds=self.settings.lease_s))
+                    .returning(BatchUploadRow.id)
                 )
+                ours = {r[0] for r in won}
+                ups = [u for u in ups if u.id in ours]
             jobs = {
                 j.id: j
                 for j in await s.scalars(
