@@ -25,7 +25,7 @@ from local_engine.sampling import (
     TokenLogprob,
     logits_to_probs,
     make_rng,
-    sample,
+    sample_logits,
     token_logprob,
 )
 from local_engine.scheduler import DecodeItem, PrefillChunk, Scheduler, SequenceUpdate
@@ -265,8 +265,7 @@ class LLMEngine:
 
     # ---- sampling and stopping ----
     def _sample(self, state: _RequestState, logits: np.ndarray) -> int:
-        p = state.seq.params
-        return sample(logits_to_probs(logits, p.temperature, p.top_k, p.top_p), state.rng)
+        return sample_logits(logits, state.seq.params, state.rng)
 
     def _append(
         self, state: _RequestState, tokens: list[int], logits: np.ndarray
