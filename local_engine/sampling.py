@@ -19,6 +19,7 @@ class SamplingParams:
     """How one request is decoded. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters.
 
     `logprobs` is the number of top alternatives to return per generated token (None: no logprobs).
+    `grammar` constrains the output (JSON schema, tool call; ``local_engine.constrained``).
     """
 
     max_tokens: int = 256
@@ -30,6 +31,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None
     ignore_eos: bool = False
+    grammar: str | None = None  # an llguidance grammar (see local_engine.constrained): masks every token
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
