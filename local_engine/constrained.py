@@ -176,7 +176,9 @@ class GrammarCompiler:
         import llguidance
 
         self.vocab_size = vocab_size
-        self._tokenizer = llguidance.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=sorted(stop_ids))
+        self._tokenizer = llguidance.LLTokenizer(
+            tokenizer_json, n_vocab=vocab_size, eos_token=sorted(stop_ids)
+        )
         self.token_texts = [self._tokenizer.decode_str([i]) for i in range(vocab_size)]
         self.scores = closing_scores(self.token_texts)
 

@@ -154,10 +154,8 @@ def chat_ids(tokenizer: Any, question: str) -> list[int]:
 
 def is_correct(answer: str, accepted: Sequence[str]) -> bool:
     """Whether ``answer`` contains one of ``accepted`` as a word (a prefix match for word stems)."""
-    for word in accepted:
-        if re.search(r"(?<!\w)" + re.escape(word.lower()), answer.lower()):
-            return True
-    return False
+    text = answer.lower()
+    return any(re.search(r"(?<!\w)" + re.escape(word.lower()), text) for word in accepted)
 
 
 def answer_score(runner: Runner, tokenizer: TokenizerLike) -> tuple[int, list[str]]:
@@ -183,7 +181,9 @@ def mtbench_first_turns(path: Path) -> list[str]:
     return [json.loads(line)["turns"][0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def greedy_runs(runner: Runner, prompts: Sequence[Sequence[int]], stop_ids: frozenset[int]) -> list[list[int]]:
+def greedy_runs(
+    runner: Runner, prompts: Sequence[Sequence[int]], stop_ids: frozenset[int]
+) -> list[list[int]]:
     return [greedy(runner, p, GREEDY_MATCH_TOKENS, stop_ids) for p in prompts]
 
 

@@ -106,9 +106,14 @@ class GGUFBlocksLinear:
 
     blocks: dict[str, BlockQuant]
     accuracy_level: int = 4
+    block_size: int | None = (
+        None  # split the GGUF's 32-blocks (exact); smaller blocks quantize activations finer
+    )
 
     def __call__(self, g: GraphBuilder, name: str, x: str, w: np.ndarray, *, tied: str | None = None) -> str:
         bq = self.blocks[name]
+        if self.block_size is not None and self.block_size != bq.codes.shape[2]:
+            bq = bq.split(self.block_size)
         n, nb, bs = bq.codes.shape
         k = nb * bs
         assert w.shape == (n, k), (name, w.shape, bq.codes.shape)

@@ -33,7 +33,9 @@ def random_orthogonal(n: int, seed: int = 0) -> np.ndarray:
     return rotation
 
 
-def rotate_residual(config: ModelConfig, weights: dict[str, np.ndarray], seed: int = 0) -> dict[str, np.ndarray]:
+def rotate_residual(
+    config: ModelConfig, weights: dict[str, np.ndarray], seed: int = 0
+) -> dict[str, np.ndarray]:
     """Returns new float32 weights (HF layout, as ``gguf_weights.GGUFModel.weights``) computing the same
     function with the residual stream rotated by a random orthogonal matrix, norms folded and set to one,
     and an explicit (untied) ``lm_head``. The input dict is not modified."""

@@ -82,7 +82,12 @@ def compiler(real_tokenizer: Tokenizer, real_runner: ModelRunner) -> GrammarComp
 
 
 def generate(
-    runner: ModelRunner, tokenizer: Tokenizer, compiler: GrammarCompiler, prompt: str, grammar: str, **kw: object
+    runner: ModelRunner,
+    tokenizer: Tokenizer,
+    compiler: GrammarCompiler,
+    prompt: str,
+    grammar: str,
+    **kw: object,
 ) -> str:
     engine = LLMEngine(runner, tokenizer, speculative="auto", grammar_compiler=lambda: compiler)
     params = SamplingParams(max_tokens=200, grammar=grammar, **kw)  # type: ignore[arg-type]
@@ -119,7 +124,12 @@ def test_json_object_mode_gives_an_object(
     real_runner: ModelRunner, real_tokenizer: Tokenizer, compiler: GrammarCompiler
 ) -> None:
     text = generate(
-        real_runner, real_tokenizer, compiler, "List two colors as JSON.", json_schema_grammar(None), temperature=0.0
+        real_runner,
+        real_tokenizer,
+        compiler,
+        "List two colors as JSON.",
+        json_schema_grammar(None),
+        temperature=0.0,
     )
     assert isinstance(json.loads(text), dict)
 
@@ -128,8 +138,12 @@ def test_json_object_mode_gives_an_object(
 def test_a_forced_tool_call_names_a_tool_and_validates(
     real_runner: ModelRunner, real_tokenizer: Tokenizer, compiler: GrammarCompiler
 ) -> None:
-    grammar = tool_call_grammar([("get_weather", WEATHER), ("get_time", {"type": "object"})], allow_text=False)
-    text = generate(real_runner, real_tokenizer, compiler, "What is the weather in Paris?", grammar, temperature=0.0)
+    grammar = tool_call_grammar(
+        [("get_weather", WEATHER), ("get_time", {"type": "object"})], allow_text=False
+    )
+    text = generate(
+        real_runner, real_tokenizer, compiler, "What is the weather in Paris?", grammar, temperature=0.0
+    )
     call = json.loads(text)
     assert call["name"] in ("get_weather", "get_time")
     if call["name"] == "get_weather":
