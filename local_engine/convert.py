@@ -7,13 +7,18 @@
     tokenizer.json, tokenizer_config.json (special tokens + chat template)
     fp32/model.onnx(.data)  float32 weights as dequantized from the GGUF (the reference)
     int8/                   8-bit block-32 MatMulNBits (re-quantized from float32), int8 activations
-    int4/                   the GGUF's own Q4_1 codes (and Q8_0 head) mapped exactly onto MatMulNBits
-    int4-b32/               4-bit block-32 re-quantized from float32 (kept for comparison)
+    int4/                   the GGUF's own Q4_1 codes (and Q8_0 head) mapped exactly onto MatMulNBits,
+                            int8 activations (accuracy level 4)
+    int4-fa/                the GGUF's own codes with float zero points: exact weights, float activations
+                            in the 4-bit layers; the Q8_0 head in blocks of 16 with int8 activations
+    int4-exact/             the same with the head in float32 (tied to the embedding): float32's function
 
-and measures each variant (perplexity on a fixed text shipped in the package, greedy agreement with
-float32, decode speed). ``default_variant`` is the fastest variant within ``QUALITY_BAR`` of float32's
-perplexity. The build is skipped when the manifest already matches the source hash and converter
-version (unless ``force``).
+and measures each variant against float32 (``local_engine.quality``): perplexity on a fixed text
+shipped in the package, mean KL divergence and top-1 agreement over that text, the factual-question
+answer score, the greedy 32-token match over the MT-Bench first turns, and decode speed.
+``default_variant`` is the fastest variant that passes the bars (perplexity within ``QUALITY_BAR``,
+KL <= ``quality.KL_BAR``, top-1 >= ``quality.TOP1_BAR``, answers >= float32's). The build is skipped
+when the manifest already matches the source hash and converter version (unless ``force``).
 """
 
 from __future__ import annotations
@@ -31,14 +36,22 @@ from typing import Any
 import numpy as np
 import onnx
 
+from local_engine import quality
 from local_engine.config import ModelConfig
 from local_engine.gguf_weights import default_source, file_sha256, load_gguf, load_gguf_blocks
-from local_engine.graph import LinearBuilder, build_decoder, float_linear, random_weights, tiny_config
+from local_engine.graph import (
+    GraphBuilder,
+    LinearBuilder,
+    build_decoder,
+    float_linear,
+    random_weights,
+    tiny_config,
+)
 from local_engine.quantize import GGUFBlocksLinear, NBitsLinear, fused_blocks
 from local_engine.runner import ModelRunner
 from local_engine.tokenizer import Tokenizer
 
-CONVERTER_VERSION = "3"
+CONVERTER_VERSION = "4"
 MODEL_NAME = "smollm2-135m-instruct"
 QUALITY_BAR = 0.05  # a variant passes when its perplexity is within 5% of float32's
 PERPLEXITY_TEXT = Path(__file__).parent / "perplexity_text.txt"  # package data: the fixed text
@@ -50,7 +63,7 @@ GREEDY_PROMPTS = (
 )
 GREEDY_TOKENS = 24
 SPEED_TIE = 0.10  # decode timings vary about ±10% from run to run on a shared machine
-VARIANTS = ("fp32", "int8", "int4", "int4-b32")
+VARIANTS = ("fp32", "int8", "int4", "int4-fa", "int4-exact")
 
 
 @dataclass(slots=True)
@@ -60,6 +73,21 @@ class VariantQuality:
     greedy_prefix: list[int]  # per prompt: leading greedy tokens equal to float32's (of GREEDY_TOKENS)
     decode_tokens_per_s: float
     prefill_tokens_per_s: float
+    kl: float = 0.0  # mean KL(fp32 || variant) over the text, nats
+    answers: int = 0  # FACTUAL_QUESTIONS answered correctly, greedily
+    mtbench_match: float | None = None  # share of MT-Bench first turns whose 32 greedy tokens equal fp32's
+    sample_answers: dict[str, str] | None = None  # a few answers, for the manifest's reader
+
+
+@dataclass(slots=True, frozen=True)
+class HeadSplitLinear:
+    """A ``LinearBuilder`` using ``head`` for the output head (``logits``) and ``body`` for the rest."""
+
+    body: LinearBuilder
+    head: LinearBuilder
+
+    def __call__(self, g: GraphBuilder, name: str, x: str, w: np.ndarray, *, tied: str | None = None) -> str:
+        return (self.head if name == "logits" else self.body)(g, name, x, w, tied=tied)
 
 
 def model_dir_for(out_dir: Path) -> Path:
@@ -103,7 +131,13 @@ def _build(source: Path, sha: str, model_dir: Path, manifest_path: Path) -> Path
         "fp32": float_linear,
         "int8": NBitsLinear(bits=8, block_size=32, accuracy_level=4),
         "int4": GGUFBlocksLinear(blocks, accuracy_level=4),
-        "int4-b32": NBitsLinear(bits=4, block_size=32, accuracy_level=4),
+        "int4-fa": HeadSplitLinear(
+            body=GGUFBlocksLinear(blocks, accuracy_level=4, float_zero_points=True),
+            head=GGUFBlocksLinear(blocks, accuracy_level=4, block_size=16),
+        ),
+        "int4-exact": HeadSplitLinear(
+            body=GGUFBlocksLinear(blocks, accuracy_level=1, float_zero_points=True), head=float_linear
+        ),
     }
     variants: dict[str, dict[str, Any]] = {}
     for name in VARIANTS:
@@ -127,34 +161,54 @@ def _build(source: Path, sha: str, model_dir: Path, manifest_path: Path) -> Path
     _write_json(manifest_path, manifest)  # lets ModelRunner open the variants for measurement
 
     qualities = measure_variants(model_dir, tokenizer)
-    fp32_ppl = qualities["fp32"].perplexity
+    ref = qualities["fp32"]
     for name, q in qualities.items():
         variants[name]["quality"] = {
             "perplexity": q.perplexity,
-            "perplexity_ratio": q.perplexity / fp32_ppl,
+            "perplexity_ratio": q.perplexity / ref.perplexity,
+            "kl_vs_fp32": q.kl,
             "top1_agreement": q.top1_agreement,
+            "answer_score": q.answers,
+            "answer_questions": len(quality.FACTUAL_QUESTIONS),
+            "mtbench_greedy32_match": q.mtbench_match,
             "greedy_prefix_agreement": q.greedy_prefix,
             "greedy_tokens": GREEDY_TOKENS,
+            "sample_answers": q.sample_answers,
         }
         variants[name]["speed"] = {
             "decode_tokens_per_s_ctx128": q.decode_tokens_per_s,
             "prefill_tokens_per_s_256": q.prefill_tokens_per_s,
             "threads": 2,
         }
-        variants[name]["passed_quality_bar"] = bool(q.perplexity <= fp32_ppl * (1 + QUALITY_BAR))
+        variants[name]["passed_quality_bar"] = passes_bar(q, ref)
     passing = [n for n in VARIANTS if variants[n]["passed_quality_bar"]]
     manifest["default_variant"] = choose_default(passing, qualities)
     manifest["quality_bar"] = {
-        "metric": "perplexity",
+        "metric": "perplexity, KL divergence and top-1 agreement vs fp32 on the text, factual answers",
         "max_ratio_to_fp32": 1 + QUALITY_BAR,
+        "max_kl": quality.KL_BAR,
+        "min_top1": quality.TOP1_BAR,
+        "answers": "at least float32's score",
         "text": PERPLEXITY_TEXT.name,
         "text_sha256": file_sha256(PERPLEXITY_TEXT),
         "prompts": list(GREEDY_PROMPTS),
+        "questions": [q for q, _ in quality.FACTUAL_QUESTIONS],
     }
     manifest["build_seconds"] = round(time.perf_counter() - started, 1)
     manifest["complete"] = True
     _write_json(manifest_path, manifest)
     return manifest_path
+
+
+def passes_bar(q: VariantQuality, ref: VariantQuality) -> bool:
+    """Perplexity within ``QUALITY_BAR`` of float32's, KL and top-1 within ``quality``'s bars, and at
+    least as many factual answers right as float32."""
+    return bool(
+        q.perplexity <= ref.perplexity * (1 + QUALITY_BAR)
+        and q.kl <= quality.KL_BAR
+        and q.top1_agreement >= quality.TOP1_BAR
+        and q.answers >= ref.answers
+    )
 
 
 def choose_default(passing: list[str], qualities: Mapping[str, VariantQuality]) -> str:
@@ -233,7 +287,7 @@ def save_model(model: onnx.ModelProto, variant_dir: Path) -> Path:
 
 
 def measure_variants(model_dir: Path, tokenizer: Tokenizer) -> dict[str, VariantQuality]:
-    """Perplexity, agreement with float32 and speed of every variant in the manifest (fp32 first).
+    """Quality against float32 and speed of every variant in the manifest (fp32 first).
 
     Speeds are measured round-robin over the variants (best of several rounds), so that load from
     other processes on a shared machine slows them alike rather than skewing one.
@@ -243,14 +297,25 @@ def measure_variants(model_dir: Path, tokenizer: Tokenizer) -> dict[str, Variant
         tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": p}]))
         for p in GREEDY_PROMPTS
     ]
-    runners = {
-        name: ModelRunner(model_dir, name, num_slots=1, max_seq_len=1024, threads=2) for name in VARIANTS
-    }
-    quality: dict[str, tuple[float, np.ndarray, list[list[int]]]] = {}
-    for name, runner in runners.items():
-        logits = runner.forward([0], [text_ids], [0], all_logits=True)  # [tokens, vocab]
-        greedy = [greedy_tokens(runner, p, GREEDY_TOKENS, tokenizer.stop_ids) for p in prompts]
-        quality[name] = (perplexity(logits, text_ids), logits.argmax(axis=1), greedy)
+    mt_path = quality.mtbench_path()
+    mt_prompts = (
+        [quality.chat_ids(tokenizer, q) for q in quality.mtbench_first_turns(mt_path)] if mt_path else []
+    )
+    stop = tokenizer.stop_ids
+    measured: dict[str, tuple[float, np.ndarray, list[list[int]], int, list[str], list[list[int]]]] = {}
+    ref_logits: np.ndarray | None = None
+    runners: dict[str, ModelRunner] = {}
+    for name in VARIANTS:
+        runner = ModelRunner(model_dir, name, num_slots=8, max_seq_len=1024, threads=2)
+        logits = quality.text_logits(runner, text_ids)
+        if ref_logits is None:
+            ref_logits = logits
+        greedy = [greedy_tokens(runner, p, GREEDY_TOKENS, stop) for p in prompts]
+        score, answers = quality.answer_score(runner, tokenizer)
+        mt = quality.greedy_batch(runner, mt_prompts, quality.GREEDY_MATCH_TOKENS, stop)
+        measured[name] = (perplexity(logits, text_ids), logits, greedy, score, answers, mt)
+        del runner
+        runners[name] = ModelRunner(model_dir, name, num_slots=1, max_seq_len=1024, threads=2)
     decode = dict.fromkeys(VARIANTS, 0.0)
     prefill = dict.fromkeys(VARIANTS, 0.0)
     context = text_ids[:128]
@@ -260,17 +325,24 @@ def measure_variants(model_dir: Path, tokenizer: Tokenizer) -> dict[str, Variant
             runner.forward([0], [text_ids[:256]], [0])
             prefill[name] = max(prefill[name], 256 / (time.perf_counter() - started))
             decode[name] = max(decode[name], decode_speed(runner, context, steps=8))
-    _, ref_argmax, ref_greedy = quality["fp32"]
-    return {
-        name: VariantQuality(
+    assert ref_logits is not None
+    _, _, ref_greedy, _, _, ref_mt = measured["fp32"]
+    shown = [q for q, _ in quality.FACTUAL_QUESTIONS[:5]]
+    out = {}
+    for name, (ppl, logits, greedy, score, answers, mt) in measured.items():
+        dist = quality.distribution_vs(ref_logits, logits)
+        out[name] = VariantQuality(
             perplexity=ppl,
-            top1_agreement=float(np.mean(argmax == ref_argmax)),
+            top1_agreement=dist.top1,
             greedy_prefix=[common_prefix(a, b) for a, b in zip(greedy, ref_greedy, strict=True)],
             decode_tokens_per_s=decode[name],
             prefill_tokens_per_s=prefill[name],
+            kl=dist.kl,
+            answers=score,
+            mtbench_match=quality.greedy_match(ref_mt, mt) if mt_prompts else None,
+            sample_answers=dict(zip(shown, answers[: len(shown)], strict=True)),
         )
-        for name, (ppl, argmax, greedy) in quality.items()
-    }
+    return out
 
 
 def perplexity(logits: np.ndarray, ids: list[int]) -> float:
@@ -317,8 +389,15 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 def _describe(linear: LinearBuilder | Callable[..., str]) -> str:
     if isinstance(linear, NBitsLinear):
         return f"MatMulNBits bits={linear.bits} block={linear.block_size} accuracy_level={linear.accuracy_level}, re-quantized from float32"
+    if isinstance(linear, HeadSplitLinear):
+        return f"{_describe(linear.body)}; output head: {_describe(linear.head)}"
     if isinstance(linear, GGUFBlocksLinear):
-        return f"MatMulNBits with the GGUF's own Q4_1/Q8_0 codes (exact weights), accuracy_level={linear.accuracy_level}"
+        how = "float zero points, float activations in the 4-bit layers" if linear.float_zero_points else ""
+        blocks = f", blocks of {linear.block_size}" if linear.block_size else ""
+        return (
+            f"MatMulNBits with the GGUF's own Q4_1/Q8_0 codes (exact weights){blocks}, "
+            f"accuracy_level={linear.accuracy_level}" + (f", {how}" if how else "")
+        )
     return "float32 MatMul"
 
 

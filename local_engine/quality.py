@@ -160,10 +160,10 @@ def is_correct(answer: str, accepted: Sequence[str]) -> bool:
 
 def answer_score(runner: Runner, tokenizer: TokenizerLike) -> tuple[int, list[str]]:
     """How many ``FACTUAL_QUESTIONS`` the runner answers correctly, greedily; and the answers."""
-    answers = []
-    for question, _ in FACTUAL_QUESTIONS:
-        ids = greedy(runner, chat_ids(tokenizer, question), ANSWER_TOKENS, tokenizer.stop_ids)
-        answers.append(tokenizer.decode(ids))
+    prompts = [chat_ids(tokenizer, question) for question, _ in FACTUAL_QUESTIONS]
+    answers = [
+        tokenizer.decode(ids) for ids in greedy_batch(runner, prompts, ANSWER_TOKENS, tokenizer.stop_ids)
+    ]
     score = sum(is_correct(a, acc) for a, (_, acc) in zip(answers, FACTUAL_QUESTIONS, strict=True))
     return score, answers
 
@@ -181,10 +181,30 @@ def mtbench_first_turns(path: Path) -> list[str]:
     return [json.loads(line)["turns"][0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def greedy_runs(
-    runner: Runner, prompts: Sequence[Sequence[int]], stop_ids: frozenset[int]
+def greedy_batch(
+    runner: Runner, prompts: Sequence[Sequence[int]], n: int, stop_ids: frozenset[int]
 ) -> list[list[int]]:
-    return [greedy(runner, p, GREEDY_MATCH_TOKENS, stop_ids) for p in prompts]
+    """Greedy continuations (at most ``n`` tokens each) of many prompts, ``runner.num_slots`` at a time
+    with batched decode steps; the same tokens as ``greedy`` one prompt at a time, faster."""
+    results: list[list[int]] = []
+    for start in range(0, len(prompts), runner.num_slots):
+        group = [list(p) for p in prompts[start : start + runner.num_slots]]
+        outs = [[int(runner.forward([i], [p], [0])[0].argmax())] for i, p in enumerate(group)]
+        pos = [len(p) for p in group]
+        while True:
+            active = [
+                i
+                for i, out in enumerate(outs)
+                if out[-1] not in stop_ids and len(out) < n and pos[i] + 1 < runner.max_seq_len
+            ]
+            if not active:
+                break
+            logits = runner.forward(active, [[outs[i][-1]] for i in active], [pos[i] for i in active])
+            for row, i in zip(logits, active, strict=True):
+                outs[i].append(int(row.argmax()))
+                pos[i] += 1
+        results.extend(outs)
+    return results
 
 
 def greedy_match(reference: Sequence[Sequence[int]], runs: Sequence[Sequence[int]]) -> float:

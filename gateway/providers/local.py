@@ -20,9 +20,13 @@ is generated: images, invalid schemas, and fields of either API with no meaning 
 
 Provider options (``providers.local.options`` in thriftgate.yaml, all optional): ``model_dir`` (default: the
 settings' ``local_model_dir`` + ``/smollm2-135m-instruct``), ``variant`` ("default" = the manifest's choice),
-``num_slots`` (8), ``max_seq_len`` (4096), ``speculative`` ("auto" | "ngram" | "draft" | "off"), ``threads`` (2),
-``default_temperature`` (0.2), ``default_top_p`` (0.9) and ``default_max_tokens`` (256), used when a request
-sets none. The engine loads on the first request (in a worker thread, the event loop keeps serving).
+``num_slots`` (8), ``max_seq_len`` (2048), ``speculative`` ("auto" | "ngram" | "draft" | "off"), ``threads`` (2),
+``prefix_cache_mb`` (256), ``memory_budget_mb`` (none), ``default_temperature`` (0.2), ``default_top_p`` (0.9)
+and ``default_max_tokens`` (256), used when a request sets none. Memory: the KV cache is preallocated for
+``num_slots x max_seq_len`` positions (``ModelRunner.kv_bytes_per_token`` each, 46,080 bytes for SmolLM2) and
+the prefix cache holds at most ``prefix_cache_mb``; with ``memory_budget_mb`` both count in that one total
+(the prefix cache gets what the KV cache leaves, and a KV cache larger than the budget is refused at load).
+The engine loads on the first request (in a worker thread, the event loop keeps serving).
 """
 
 from __future__ import annotations
@@ -216,7 +220,7 @@ class LocalProvider:
         self.kind = "local"
         self._options = dict(options)
         self._model_dir = Path(self._options.get("model_dir") or Path(default_model_root) / MODEL_SUBDIR)
-        self._max_seq_len = int(self._options.get("max_seq_len", 4096))
+        self._max_seq_len = int(self._options.get("max_seq_len", 2048))
         base = SamplingDefaults()
         self._defaults = SamplingDefaults(
             temperature=float(self._options.get("default_temperature", base.temperature)),
@@ -226,6 +230,26 @@ class LocalProvider:
         self._engine: AsyncLLMEngine | None = None
         self._tokenizer: Tokenizer | None = None
         self._lock = asyncio.Lock()
+
+    def prefix_cache_bytes(self) -> int:
+        """The prefix cache's byte budget: ``prefix_cache_mb``, within what ``memory_budget_mb`` leaves
+        after the KV cache. Raises ``UpstreamError`` when the KV cache alone exceeds the budget."""
+        from local_engine.runner import ModelConfig, ModelRunner, load_manifest
+
+        o = self._options
+        prefix = int(float(o.get("prefix_cache_mb", 256)) * (1 << 20))
+        budget = o.get("memory_budget_mb")
+        if budget is None:
+            return prefix
+        config = ModelConfig.from_dict(load_manifest(self._model_dir)["config"])
+        kv = ModelRunner.kv_bytes_per_token(config) * self._max_seq_len * int(o.get("num_slots", 8))
+        left = int(float(budget) * (1 << 20)) - kv
+        if left < 0:
+            raise UpstreamError(
+                f"the local engine's KV cache ({kv >> 20} MB for num_slots x max_seq_len) exceeds "
+                f"memory_budget_mb ({budget}); lower num_slots or max_seq_len"
+            )
+        return min(prefix, left)
 
     def _check_built(self) -> None:
         if not (self._model_dir / "manifest.json").exists():
@@ -251,6 +275,7 @@ class LocalProvider:
                     max_seq_len=self._max_seq_len,
                     speculative=o.get("speculative", "auto"),
                     threads=int(o.get("threads", 2)),
+                    prefix_cache_bytes=self.prefix_cache_bytes(),
                 )
                 await engine.start()
                 log.info("local engine started", extra={"model_dir": str(self._model_dir)})

@@ -388,3 +388,35 @@ def test_tool_use_and_output_format_on_the_anthropic_surface(local_gateway: Call
         jsonschema.validate(json.loads(text), CITY_SCHEMA)
         with an.messages.stream(model="thriftgate-local", max_tokens=120, messages=ask, extra_body=fmt) as s:
             assert json.loads("".join(s.text_stream)) == json.loads(text)
+
+
+def test_the_default_variant_answers_the_factual_questions_as_well_as_fp32(
+    local_gateway: Callable[..., Any], model_root: Path
+) -> None:
+    """The quality bar's answer score, asked through the gateway: every question of
+    ``local_engine.quality.FACTUAL_QUESTIONS`` at temperature 0, default variant against float32."""
+    from local_engine.quality import ANSWER_TOKENS, FACTUAL_QUESTIONS, is_correct
+
+    async def score(gw: Any) -> tuple[int, str]:
+        client = openai.AsyncOpenAI(base_url=gw.openai_url, api_key="sk-x", max_retries=0)
+
+        async def ask(question: str) -> str:
+            r = await client.chat.completions.create(
+                model="thriftgate-local",
+                messages=[{"role": "user", "content": question}],
+                max_tokens=ANSWER_TOKENS,
+                temperature=0,
+            )
+            return r.choices[0].message.content or ""
+
+        answers = await asyncio.gather(*(ask(q) for q, _ in FACTUAL_QUESTIONS))
+        right = sum(is_correct(a, acc) for a, (_, acc) in zip(answers, FACTUAL_QUESTIONS, strict=True))
+        return right, answers[0]
+
+    with local_gateway() as gw:
+        default_score, france = asyncio.run(score(gw))
+    with local_gateway(variant="fp32") as gw:
+        fp32_score, fp32_france = asyncio.run(score(gw))
+    assert "Paris" in fp32_france and "Paris" in france
+    assert len(FACTUAL_QUESTIONS) >= 50
+    assert default_score >= fp32_score, (default_score, fp32_score)

@@ -52,7 +52,10 @@ def test_system_and_turns_become_template_messages() -> None:
         ({"messages": (Message("user", (ImagePart(url="https://x/y.png"),)),)}, "messages"),
         ({"tools": (Tool("f"),), "tool_choice": ToolChoice("tool", "g")}, "tool_choice"),
         ({"response_format": ResponseFormat("json_schema")}, "response_format"),
-        ({"response_format": ResponseFormat("json_schema", {"type": "object", "properties": 3})}, "response_format"),
+        (
+            {"response_format": ResponseFormat("json_schema", {"type": "object", "properties": 3})},
+            "response_format",
+        ),
         ({"native": NativeFields(WireAPI.OPENAI_CHAT, {"logit_bias": {"1": 2}})}, "logit_bias"),
     ],
 )
@@ -70,7 +73,9 @@ def test_tools_switched_off_are_fine() -> None:
 
 
 def test_structured_output_is_planned_as_a_grammar_and_described_to_the_model() -> None:
-    weather = Tool("get_weather", "Weather of a city", {"type": "object", "properties": {"city": {"type": "string"}}})
+    weather = Tool(
+        "get_weather", "Weather of a city", {"type": "object", "properties": {"city": {"type": "string"}}}
+    )
     forced = output_plan(request(tools=(weather, Tool("f")), tool_choice=ToolChoice("tool", "get_weather")))
     assert forced.tool_call and forced.grammar is not None
     assert "get_weather: Weather of a city" in forced.instructions and "- f" not in forced.instructions
