@@ -43,7 +43,8 @@ def rotate_residual(
     ones = np.ones(config.hidden_size, np.float32)
 
     def reads(w: np.ndarray, norm: np.ndarray) -> np.ndarray:
-        return (w.astype(np.float64) * norm.astype(np.float64)[None, :] @ q.T).astype(np.float32)
+        folded: np.ndarray = w.astype(np.float64) * norm.astype(np.float64)[None, :]
+        return (folded @ q.T).astype(np.float32)
 
     def writes(w: np.ndarray) -> np.ndarray:
         return (q @ w.astype(np.float64)).astype(np.float32)
