@@ -44,7 +44,8 @@ def rotate_residual(
 
     def reads(w: np.ndarray, norm: np.ndarray) -> np.ndarray:
         folded: np.ndarray = w.astype(np.float64) * norm.astype(np.float64)[None, :]
-        return (folded @ q.T).astype(np.float32)
+        rotated: np.ndarray = (folded @ q.T).astype(np.float32)
+        return rotated
 
     def writes(w: np.ndarray) -> np.ndarray:
         return (q @ w.astype(np.float64)).astype(np.float32)
