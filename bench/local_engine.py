@@ -254,13 +254,8 @@ def main() -> None:
 
     model_dir, ours_error = our_model_dir() if "ours" in args.only else (None, "not requested")
     manifest = json.loads((model_dir / "manifest.json").read_text()) if model_dir else None
-    setup = setup_anchors(args)
-    env.export_hf_folder(env.gguf_path())  # the tokenizer cross-check needs it
-    work, tokenizer_info = tokenize(model_dir)
-    workload_path = env.WORK / "workload.json"
-    workload_path.write_text(json.dumps(work))
-
-    if args.extras_only:
+    if args.extras_only:  # in this process; no anchors, no subprocesses
+        args.out.mkdir(parents=True, exist_ok=True)
         assert model_dir is not None and manifest is not None, ours_error
         extras = run_extras(model_dir, manifest, args.quick)
         (args.out / "local_engine_extras.json").write_text(json.dumps(extras, indent=1))
@@ -268,6 +263,12 @@ def main() -> None:
         (args.out / "local_engine_extras.md").write_text(md)
         print(md)
         return
+
+    setup = setup_anchors(args)
+    env.export_hf_folder(env.gguf_path())  # the tokenizer cross-check needs it
+    work, tokenizer_info = tokenize(model_dir)
+    workload_path = env.WORK / "workload.json"
+    workload_path.write_text(json.dumps(work))
 
     report: dict[str, Any] = {
         "benchmark": "local_engine",
@@ -338,7 +339,11 @@ def run_extras(model_dir: Path, manifest: dict[str, Any], quick: bool) -> dict[s
 
     default = str(manifest["default_variant"])
     tok = Tokenizer.load(model_dir)
-    work = build_workload(tok.encode, lambda m: tok.encode(tok.apply_chat_template(list(m))))
+    from local_engine.quality import mtbench_path
+
+    mt = mtbench_path()
+    assert mt is not None, "the MT-Bench questions (../shared/data or $THRIFTGATE_MTBENCH) are missing"
+    work = build_workload(tok.encode, lambda m: tok.encode(tok.apply_chat_template(list(m))), mt)
     out: dict[str, Any] = {"default_variant": default, "quick": quick, "loadavg_at_start": os.getloadavg()}
     out["quality"] = {
         name: {**v.get("quality", {}), **v.get("speed", {}), "passed": v.get("passed_quality_bar")}
