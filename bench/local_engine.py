@@ -683,7 +683,7 @@ def bench_rss(model_dir: Path, variant: str, quick: bool) -> dict[str, Any]:
     spec = LOGS / "rss-spec.json"
     spec.write_text(json.dumps({"model_dir": str(model_dir), "variant": variant, "quick": quick}))
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--rss-child", str(spec)],
+        [sys.executable, "-m", "bench.local_engine", "--rss-child", str(spec)],
         capture_output=True,
         text=True,
         cwd=REPO,
