@@ -73,9 +73,10 @@ def tool_call_grammar(tools: Sequence[tuple[str, Mapping[str, Any]]], *, allow_t
     rules = []
     alternatives = []
     for i, (name, parameters) in enumerate(tools):
-        schema = dict(parameters) if parameters else {"type": "object"}
+        schema: dict[str, Any] = dict(parameters) if parameters else {"type": "object"}
         schema.setdefault("type", "object")
-        schema["x-guidance"] = {**schema.get("x-guidance", {}), **COMPACT}
+        guidance = schema.get("x-guidance")
+        schema["x-guidance"] = {**(guidance if isinstance(guidance, dict) else {}), **COMPACT}
         prefix = json.dumps(TOOL_PREFIX + name + TOOL_MIDDLE)
         rules.append(f"call_{i}: {prefix} args_{i} {json.dumps(TOOL_SUFFIX)}")
         rules.append(f"args_{i}: %json {json.dumps(schema)}")
