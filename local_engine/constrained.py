@@ -44,7 +44,7 @@ def json_schema_grammar(schema: Mapping[str, Any] | None) -> str:
     try:
         grammar = str(
             llguidance.LLMatcher.grammar_from_json_schema(
-                dict(schema or {"type": "object"}), overrides=COMPACT
+                dict(schema or {"type": "object"}), overrides={"whitespace_flexible": False}
             )
         )
     except (ValueError, TypeError) as exc:
