@@ -92,11 +92,12 @@ CLOSE_WITHIN = 32  # tokens before max_tokens at which a constrained output star
 
 
 def _outside_score(text: str) -> float:
-    weights = {"}": 10.0, "]": 10.0, '"': 2.0, ":": 1.0, ",": -10.0, "{": -10.0, "[": -10.0}
+    # a comma (-2) must beat another digit (-3): an object with required keys left can only go on
+    weights = {"}": 10.0, "]": 10.0, '"': 2.0, ":": 1.0, ",": -2.0, "{": -10.0, "[": -10.0}
     body = text.strip()
     if not body:
         return -3.0
-    return sum(weights.get(c, 1.0 if c.isdigit() else -1.0) for c in body)
+    return sum(weights.get(c, -3.0 if c.isdigit() else -1.0) for c in body)
 
 
 def closing_scores(token_texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
