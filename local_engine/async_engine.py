@@ -109,6 +109,11 @@ class AsyncLLMEngine:
             draft = ModelRunner(
                 Path(model_dir), draft_variant, num_slots=num_slots, max_seq_len=max_seq_len, threads=threads
             )
+        from local_engine.constrained import GrammarCompiler
+
+        def compiler() -> GrammarCompiler:
+            return GrammarCompiler(tokenizer.hf.to_str(), runner.vocab_size, tokenizer.stop_ids)
+
         engine = LLMEngine(
             runner,
             tokenizer,
@@ -116,6 +121,7 @@ class AsyncLLMEngine:
             prefix_cache_bytes=prefix_cache_bytes,
             speculative=speculative,
             draft_runner=draft,
+            grammar_compiler=compiler,
         )
         return cls(engine, tokenizer)
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from local_engine.constrained import Constraint, GrammarCompiler
 from local_engine.prefix_cache import PrefixCache
 from local_engine.protocols import Runner, TokenizerLike
 from local_engine.sampling import (
@@ -25,7 +26,7 @@ from local_engine.sampling import (
     TokenLogprob,
     logits_to_probs,
     make_rng,
-    sample,
+    sample_logits,
     token_logprob,
 )
 from local_engine.scheduler import DecodeItem, PrefillChunk, Scheduler, SequenceUpdate
@@ -80,6 +81,7 @@ class _RequestState:
     text: TextStream
     draft_len: AdaptiveDraftLength
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    constraint: Constraint | None = None
 
 
 class LLMEngine:
@@ -100,6 +102,7 @@ class LLMEngine:
         draft_runner: Runner | None = None,
         max_prefill_chunk: int = 512,
         clock: Callable[[], float] = time.perf_counter,
+        grammar_compiler: Callable[[], GrammarCompiler] | None = None,
     ) -> None:
         num_slots = runner.num_slots if num_slots is None else num_slots
         if not 1 <= num_slots <= runner.num_slots:
@@ -123,6 +126,16 @@ class LLMEngine:
         self.controller = SpeculationController() if speculative == "auto" else None
         self._states: dict[str, _RequestState] = {}
         self._aborted: list[RequestOutput] = []
+        self._compiler_factory = grammar_compiler
+        self._compiler: GrammarCompiler | None = None
+
+    def _constraint(self, grammar: str) -> Constraint:
+        """A fresh constraint for ``grammar`` (the compiler is built on first use, about a second)."""
+        if self._compiler is None:
+            if self._compiler_factory is None:
+                raise ValueError("this engine has no grammar compiler: constrained decoding is unavailable")
+            self._compiler = self._compiler_factory()
+        return self._compiler.constraint(grammar)
 
     # ---- requests ----
     def add_request(self, request_id: str, prompt_token_ids: Sequence[int], params: SamplingParams) -> None:
@@ -138,6 +151,10 @@ class LLMEngine:
             raise ValueError("the prompt has a token id outside the vocabulary")
         if request_id in self._states:
             raise ValueError(f"request {request_id!r} already exists")
+        constraint = None
+        if params.grammar is not None:
+            constraint = self._constraint(params.grammar)
+            constraint.close_within = max(8, min(constraint.close_within, params.max_tokens // 4))
         seq = Seq(request_id, prompt, params)
         self.scheduler.add(seq)
         self._states[request_id] = _RequestState(
@@ -145,6 +162,7 @@ class LLMEngine:
             rng=make_rng(params.seed),
             text=TextStream(self.tokenizer.decode, params.stop),
             draft_len=AdaptiveDraftLength(),
+            constraint=constraint,
         )
 
     def abort(self, request_id: str) -> bool:
@@ -215,7 +233,11 @@ class LLMEngine:
         return SequenceUpdate(chunk.request_id, computed, kept, reason)
 
     def _decode(self, items: tuple[DecodeItem, ...]) -> list[SequenceUpdate]:
-        speculate = len(items) == 1 and self.drafter is not None
+        speculate = (
+            len(items) == 1
+            and self.drafter is not None
+            and self._states[items[0].request_id].constraint is None  # masks are per token
+        )
         if speculate and self.controller is not None:
             speculate = self.controller.use_speculation()
         start = self.clock()
@@ -265,8 +287,15 @@ class LLMEngine:
 
     # ---- sampling and stopping ----
     def _sample(self, state: _RequestState, logits: np.ndarray) -> int:
-        p = state.seq.params
-        return sample(logits_to_probs(logits, p.temperature, p.top_k, p.top_p), state.rng)
+        if state.constraint is None:
+            return sample_logits(logits, state.seq.params, state.rng)
+        seq = state.seq
+        remaining = min(
+            seq.params.max_tokens - len(seq.output_token_ids), self.runner.max_seq_len - seq.num_tokens
+        )
+        token = sample_logits(state.constraint.apply(logits, remaining), seq.params, state.rng)
+        state.constraint.advance(token)
+        return token
 
     def _append(
         self, state: _RequestState, tokens: list[int], logits: np.ndarray
@@ -286,6 +315,8 @@ class LLMEngine:
                 state.logprobs.append(token_logprob(row, token, params.logprobs))
             if token in stop_ids or state.text.push(token):
                 reason = "stop"
+            elif state.constraint is not None and state.constraint.done:
+                reason = "stop"  # the grammar is complete: only a stop token could follow
             elif (
                 len(seq.output_token_ids) + len(kept) >= params.max_tokens
                 or seq.num_tokens + len(kept) >= self.runner.max_seq_len

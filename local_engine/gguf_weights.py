@@ -132,6 +132,21 @@ class BlockQuant:
         bias = None if self.bias is None else fn(self.bias)
         return BlockQuant(self.bits, codes, fn(self.scales), self.zero_point, bias)
 
+    def split(self, block_size: int) -> BlockQuant:
+        """The same weights in smaller blocks (each block's scale and bias repeated), exactly."""
+        n, nb, bs = self.codes.shape
+        if bs % block_size:
+            raise ValueError(f"cannot split blocks of {bs} into blocks of {block_size}")
+        r = bs // block_size
+        bias = None if self.bias is None else np.repeat(self.bias, r, axis=1)
+        return BlockQuant(
+            self.bits,
+            self.codes.reshape(n, nb * r, block_size),
+            np.repeat(self.scales, r, axis=1),
+            self.zero_point,
+            bias,
+        )
+
     @staticmethod
     def concat(parts: list[BlockQuant]) -> BlockQuant:
         first = parts[0]

@@ -106,12 +106,20 @@ class GGUFBlocksLinear:
 
     blocks: dict[str, BlockQuant]
     accuracy_level: int = 4
+    # split the GGUF's 32-blocks (exact); smaller blocks quantize activations finer
+    block_size: int | None = None
+    # Q4_1's offset as a float zero point: exact weights without the correction nodes
+    float_zero_points: bool = False
 
     def __call__(self, g: GraphBuilder, name: str, x: str, w: np.ndarray, *, tied: str | None = None) -> str:
         bq = self.blocks[name]
+        if self.block_size is not None and self.block_size != bq.codes.shape[2]:
+            bq = bq.split(self.block_size)
         n, nb, bs = bq.codes.shape
         k = nb * bs
         assert w.shape == (n, k), (name, w.shape, bq.codes.shape)
+        if self.float_zero_points and bq.bias is not None:
+            return _float_zero_point_nbits(g, name, x, bq, self.accuracy_level)
         packed = pack_nibbles(bq.codes) if bq.bits == 4 else bq.codes
         # zero_points omitted: MatMulNBits defaults to 2^(bits-1), i.e. 8 or 128, as ggml's blocks use
         assert bq.zero_point == 1 << (bq.bits - 1)
@@ -135,6 +143,39 @@ class GGUFBlocksLinear:
         bias = g.constant(name + ".block_bias", np.ascontiguousarray(bq.bias.T))  # [blocks, N]
         corr = g.node("MatMul", [sums, bias], [name + ".correction"])
         return g.node("Add", [main, corr], [name])
+
+
+def _float_zero_point_nbits(g: GraphBuilder, name: str, x: str, bq: BlockQuant, accuracy_level: int) -> str:
+    """``d * q + m`` as ``d * (q - zp)`` with the float zero point ``zp = -m / d`` (``8 - bias / d``), so the
+    Q4_1 weights need no correction nodes. A block with ``d == 0`` (all equal) becomes codes 0, scale
+    ``m`` and zero point -1."""
+    n, nb, bs = bq.codes.shape
+    codes = bq.codes.copy()
+    scales = bq.scales.astype(np.float32).copy()
+    bias = bq.bias if bq.bias is not None else np.zeros_like(scales)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zp = np.where(scales != 0, bq.zero_point - bias / scales, -1.0).astype(np.float32)
+    flat = scales == 0
+    if flat.any():
+        codes[flat] = 0
+        scales[flat] = bias[flat]
+    packed = pack_nibbles(codes) if bq.bits == 4 else codes
+    return g.node(
+        "MatMulNBits",
+        [
+            x,
+            g.constant(name + ".qweight", packed),
+            g.constant(name + ".scales", scales.reshape(-1)),
+            g.constant(name + ".zero_points", zp.reshape(-1)),
+        ],
+        [name],
+        domain=MS_DOMAIN,
+        K=nb * bs,
+        N=n,
+        bits=bq.bits,
+        block_size=bs,
+        accuracy_level=accuracy_level,
+    )
 
 
 def fused_blocks(blocks: dict[str, BlockQuant], num_layers: int) -> dict[str, BlockQuant]:

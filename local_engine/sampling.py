@@ -19,6 +19,7 @@ class SamplingParams:
     """How one request is decoded. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters.
 
     `logprobs` is the number of top alternatives to return per generated token (None: no logprobs).
+    `grammar` constrains the output (JSON schema, tool call; ``local_engine.constrained``).
     """
 
     max_tokens: int = 256
@@ -30,6 +31,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None
     ignore_eos: bool = False
+    grammar: str | None = None  # an llguidance grammar (see local_engine.constrained): masks every token
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -59,6 +61,46 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...] = ()
 
 
+def candidates(
+    logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens that temperature, top-k and top-p keep for one row of logits ``[vocab]``, and their
+    probabilities: ``(ids ascending, probs summing to 1)``.
+
+    Vectorised and without a full sort: temperature 0 keeps the argmax (first index on ties). top-k
+    keeps the k largest logits (ties at the k-th value are kept). For top-p, a token whose probability
+    is below ``(1 - top_p) / vocab`` can never be in the smallest set reaching top_p (all such tokens
+    together hold less than ``1 - top_p``), so only the tokens above that bound are sorted. Same
+    distribution as filtering the whole vocabulary; a few hundred microseconds at most for 49,152
+    tokens, against milliseconds for a full float64 argsort.
+    """
+    x = np.asarray(logits)
+    vocab = x.shape[-1]
+    if temperature == 0:
+        return np.array([int(x.argmax())]), np.ones(1)
+    ids: np.ndarray | None = None
+    if 0 < top_k < vocab:
+        kth = np.partition(x, vocab - top_k)[vocab - top_k]
+        ids = np.flatnonzero(x >= kth)
+    z = (x if ids is None else x[ids]).astype(np.float64) / temperature
+    weights = np.exp(z - z.max())
+    total = weights.sum()
+    if top_p < 1.0:
+        floor = total * (1.0 - top_p) / len(weights)
+        above = np.flatnonzero(weights > floor)  # holds more than top_p of the mass
+        w_above = weights[above]
+        order = np.argsort(-w_above, kind="stable")
+        sorted_w = w_above[order]
+        before = np.cumsum(sorted_w) - sorted_w  # mass strictly before each token, descending
+        keep = np.sort(above[order[before < top_p * total]])
+        weights = weights[keep]
+        ids = keep if ids is None else ids[keep]
+        total = weights.sum()
+    if ids is None:
+        ids = np.arange(vocab)
+    return ids, weights / total
+
+
 def logits_to_probs(
     logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
 ) -> np.ndarray:
@@ -66,30 +108,13 @@ def logits_to_probs(
 
     temperature 0 gives a one-hot distribution on the argmax (first index on ties). top-k keeps
     the k largest logits (ties at the k-th value are kept); top-p keeps the smallest set of most
-    likely tokens whose probability reaches top_p (always at least one).
+    likely tokens whose probability reaches top_p (always at least one). See ``candidates``.
     """
-    x = np.atleast_2d(np.asarray(logits, dtype=np.float64))  # [n, vocab]
-    n, vocab = x.shape
-    if temperature == 0:
-        probs = np.zeros_like(x)
-        probs[np.arange(n), x.argmax(axis=-1)] = 1.0
-        return probs.reshape(np.shape(logits))
-    x = x / temperature
-    if 0 < top_k < vocab:
-        kth = np.partition(x, vocab - top_k, axis=-1)[:, vocab - top_k : vocab - top_k + 1]  # [n, 1]
-        x = np.where(x < kth, -np.inf, x)
-    probs = np.exp(x - x.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
-    if top_p < 1.0:
-        order = np.argsort(-probs, axis=-1, kind="stable")  # [n, vocab]
-        sorted_probs = np.take_along_axis(probs, order, axis=-1)
-        # keep a token if the mass strictly before it is still below top_p
-        before = np.cumsum(sorted_probs, axis=-1) - sorted_probs
-        keep_sorted = before < top_p
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, axis=-1)
-        probs = np.where(keep, probs, 0.0)
-        probs /= probs.sum(axis=-1, keepdims=True)
+    x = np.atleast_2d(np.asarray(logits))  # [n, vocab]
+    probs = np.zeros(x.shape, np.float64)
+    for row, out in zip(x, probs, strict=True):
+        ids, p = candidates(row, temperature, top_k, top_p)
+        out[ids] = p
     return probs.reshape(np.shape(logits))
 
 
@@ -101,6 +126,20 @@ def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
     cdf = np.cumsum(probs)
     idx = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
     return min(idx, len(probs) - 1)
+
+
+def sample_logits(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """One token from a row of logits under ``params``: the same draw as
+    ``sample(logits_to_probs(...), rng)`` (the kept tokens in id order, one uniform number), without
+    building the whole distribution. Greedy and single-candidate draws consume no randomness."""
+    if params.temperature == 0:
+        return int(np.asarray(logits).argmax())
+    ids, p = candidates(logits, params.temperature, params.top_k, params.top_p)
+    if len(ids) == 1:
+        return int(ids[0])
+    cdf = np.cumsum(p)
+    idx = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return int(ids[min(idx, len(ids) - 1)])
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -7,20 +7,33 @@ model serves the OpenAI and the Anthropic SDK alike, streamed or not, and counts
 count_tokens with its own tokenizer. Every request shares one ``AsyncLLMEngine``, so concurrent clients
 are batched continuously.
 
+Structured output goes through constrained decoding (``local_engine.constrained``, llguidance): a
+``response_format`` of ``json_object`` or ``json_schema`` masks every token so the output is JSON matching
+the schema, and ``tools`` (unless ``tool_choice`` is "none") make the output one call
+``{"name": ..., "arguments": ...}`` of a listed tool (forced by "required" or a named tool; with "auto" the
+model may answer in text instead), returned as a tool call and streamed as tool-call deltas. The tools and
+the schema are also described to the model in the system prompt.
+
 What the engine cannot serve is refused with a 400 naming the field (``InvalidRequest``) before anything
-is generated: images, tools, structured output, and fields of either API with no meaning here
+is generated: images, invalid schemas, and fields of either API with no meaning here
 (``ChatRequest.native``: ``logit_bias``, ``thinking`` ...).
 
-Provider options (``providers.local.options`` in thriftgate.yaml, all optional): ``model_dir`` (default: the
-settings' ``local_model_dir`` + ``/smollm2-135m-instruct``), ``variant`` ("default" = the manifest's choice),
-``num_slots`` (8), ``max_seq_len`` (4096), ``speculative`` ("auto" | "ngram" | "draft" | "off"), ``threads`` (2),
-``default_temperature`` (0.2), ``default_top_p`` (0.9) and ``default_max_tokens`` (256), used when a request
-sets none. The engine loads on the first request (in a worker thread, the event loop keeps serving).
+Provider options (``providers.local.options`` in thriftgate.yaml, all optional): ``model_name`` (a model built
+by ``thriftgate local build [--gguf PATH --name NAME]``, default ``smollm2-135m-instruct``; it is served with its
+own tokenizer and chat template), ``model_dir`` (default: the settings' ``local_model_dir`` + ``/`` + model_name), ``variant`` ("default" = the manifest's choice),
+``num_slots`` (8), ``max_seq_len`` (2048), ``speculative`` ("auto" | "ngram" | "draft" | "off"), ``threads`` (2),
+``prefix_cache_mb`` (256), ``memory_budget_mb`` (none), ``default_temperature`` (0.2), ``default_top_p`` (0.9)
+and ``default_max_tokens`` (256), used when a request sets none. Memory: the KV cache is preallocated for
+``num_slots x max_seq_len`` positions (``ModelRunner.kv_bytes_per_token`` each, 46,080 bytes for SmolLM2) and
+the prefix cache holds at most ``prefix_cache_mb``; with ``memory_budget_mb`` both count in that one total
+(the prefix cache gets what the KV cache leaves, and a KV cache larger than the budget is refused at load).
+The engine loads on the first request (in a worker thread, the event loop keeps serving).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -42,6 +55,10 @@ from gateway.types import (
     StreamStop,
     TextDelta,
     TextPart,
+    ToolCallDelta,
+    ToolCallPart,
+    ToolCallStart,
+    ToolResultPart,
     Usage,
     UsageReport,
 )
@@ -101,29 +118,98 @@ def _usage(prompt: int, cached: int, completion: int) -> Usage:
     return Usage(input_tokens=prompt - cached, cache_read_tokens=cached, output_tokens=completion)
 
 
-def chat_messages(req: ChatRequest) -> list[dict[str, str]]:
-    """The request as the chat template's messages (role, text). Raises ``InvalidRequest`` naming what
-    the local model cannot take."""
+DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+@dataclass(slots=True, frozen=True)
+class OutputPlan:
+    """How a request's output is constrained: an llguidance grammar (None: free text), whether the output
+    is a tool call (or, with "auto", possibly text), and what the model is told about it."""
+
+    grammar: str | None = None
+    tool_call: bool = False
+    instructions: str = ""
+
+
+def output_plan(req: ChatRequest) -> OutputPlan:
+    """The constraint for ``req``'s tools / response_format. Raises ``InvalidRequest`` naming the field."""
+    from local_engine.constrained import GrammarError, json_schema_grammar, tool_call_grammar
+
+    choice = req.tool_choice.mode if req.tool_choice is not None else "auto"
+    if req.tools and choice != "none":
+        tools = req.tools
+        if choice == "tool":
+            tools = tuple(
+                t for t in req.tools if req.tool_choice is not None and t.name == req.tool_choice.name
+            )
+            if not tools:
+                raise InvalidRequest("tool_choice names a tool that is not in tools", param="tool_choice")
+        try:
+            grammar = tool_call_grammar([(t.name, t.parameters) for t in tools], allow_text=choice == "auto")
+        except GrammarError as exc:
+            raise InvalidRequest(f"The local model cannot use these tools: {exc}", param="tools") from None
+        lines = [
+            "You can call these tools. To call one, answer with only a JSON object "
+            '{"name": <tool name>, "arguments": <the arguments as a JSON object>}.'
+        ]
+        for t in tools:
+            desc = f": {t.description}" if t.description else ""
+            lines.append(f"- {t.name}{desc}. Arguments schema: {json.dumps(dict(t.parameters or {}))}")
+        if choice == "auto":
+            lines.append("If no tool is needed, answer in plain text.")
+        return OutputPlan(grammar, True, "\n".join(lines))
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return OutputPlan()
+    if fmt.type == "json_schema" and fmt.schema is None:
+        raise InvalidRequest("response_format json_schema needs a schema", param="response_format")
+    schema = fmt.schema if fmt.type == "json_schema" else None
+    try:
+        grammar = json_schema_grammar(schema)
+    except GrammarError as exc:
+        raise InvalidRequest(
+            f"The local model cannot use this schema: {exc}", param="response_format"
+        ) from None
+    if schema is None:
+        return OutputPlan(grammar, False, "Answer with a JSON object.")
+    return OutputPlan(grammar, False, f"Answer with JSON matching this schema: {json.dumps(dict(schema))}")
+
+
+def _part_text(part: object, i: int) -> str:
+    if isinstance(part, TextPart):
+        return part.text
+    if isinstance(part, ToolCallPart):
+        return json.dumps({"name": part.name, "arguments": json.loads(part.arguments or "{}")})
+    if isinstance(part, ToolResultPart):
+        body = "".join(p.text for p in part.content if isinstance(p, TextPart))
+        return f"Result of tool call {part.tool_call_id}{' (error)' if part.is_error else ''}: {body}"
+    kind = type(part).__name__.removesuffix("Part").lower()
+    raise InvalidRequest(
+        f"The local model accepts text only; message {i} has a {kind} part", param="messages"
+    )
+
+
+def chat_messages(req: ChatRequest, plan: OutputPlan | None = None) -> list[dict[str, str]]:
+    """The request as the chat template's messages (role, text), with the output plan's instructions in
+    the system prompt. Raises ``InvalidRequest`` naming what the local model cannot take."""
     if req.native is not None and req.native.fields:
         name = next(iter(req.native.fields))
         raise InvalidRequest(f"The local model does not support '{name}'", param=name)
-    if req.tools and (req.tool_choice is None or req.tool_choice.mode != "none"):
-        raise InvalidRequest("The local model does not support tools", param="tools")
-    if req.response_format is not None and req.response_format.type != "text":
-        raise InvalidRequest("The local model does not support structured output", param="response_format")
+    plan = plan if plan is not None else output_plan(req)
     out: list[dict[str, str]] = []
-    if req.system:
-        out.append({"role": "system", "content": "".join(p.text for p in req.system)})
+    system = "".join(p.text for p in req.system)
+    if plan.instructions:
+        system = (system or DEFAULT_SYSTEM) + "\n\n" + plan.instructions
+    if system:
+        out.append({"role": "system", "content": system})
     for i, message in enumerate(req.messages):
-        texts: list[str] = []
-        for part in message.content:
-            if not isinstance(part, TextPart):
-                kind = type(part).__name__.removesuffix("Part").lower()
-                raise InvalidRequest(
-                    f"The local model accepts text only; message {i} has a {kind} part", param="messages"
-                )
-            texts.append(part.text)
-        out.append({"role": message.role, "content": "".join(texts)})
+        try:
+            text = "".join(_part_text(part, i) for part in message.content)
+        except ValueError:  # a tool call whose arguments are not JSON
+            raise InvalidRequest(
+                f"message {i} has a tool call whose arguments are not JSON", param="messages"
+            ) from None
+        out.append({"role": message.role, "content": text})
     return out
 
 
@@ -134,8 +220,9 @@ class LocalProvider:
         self.name = name
         self.kind = "local"
         self._options = dict(options)
-        self._model_dir = Path(self._options.get("model_dir") or Path(default_model_root) / MODEL_SUBDIR)
-        self._max_seq_len = int(self._options.get("max_seq_len", 4096))
+        subdir = str(self._options.get("model_name") or MODEL_SUBDIR)
+        self._model_dir = Path(self._options.get("model_dir") or Path(default_model_root) / subdir)
+        self._max_seq_len = int(self._options.get("max_seq_len", 2048))
         base = SamplingDefaults()
         self._defaults = SamplingDefaults(
             temperature=float(self._options.get("default_temperature", base.temperature)),
@@ -145,6 +232,26 @@ class LocalProvider:
         self._engine: AsyncLLMEngine | None = None
         self._tokenizer: Tokenizer | None = None
         self._lock = asyncio.Lock()
+
+    def prefix_cache_bytes(self) -> int:
+        """The prefix cache's byte budget: ``prefix_cache_mb``, within what ``memory_budget_mb`` leaves
+        after the KV cache. Raises ``UpstreamError`` when the KV cache alone exceeds the budget."""
+        from local_engine.runner import ModelConfig, ModelRunner, load_manifest
+
+        o = self._options
+        prefix = int(float(o.get("prefix_cache_mb", 256)) * (1 << 20))
+        budget = o.get("memory_budget_mb")
+        if budget is None:
+            return prefix
+        config = ModelConfig.from_dict(load_manifest(self._model_dir)["config"])
+        kv = ModelRunner.kv_bytes_per_token(config) * self._max_seq_len * int(o.get("num_slots", 8))
+        left = int(float(budget) * (1 << 20)) - kv
+        if left < 0:
+            raise UpstreamError(
+                f"the local engine's KV cache ({kv >> 20} MB for num_slots x max_seq_len) exceeds "
+                f"memory_budget_mb ({budget}); lower num_slots or max_seq_len"
+            )
+        return min(prefix, left)
 
     def _check_built(self) -> None:
         if not (self._model_dir / "manifest.json").exists():
@@ -170,6 +277,7 @@ class LocalProvider:
                     max_seq_len=self._max_seq_len,
                     speculative=o.get("speculative", "auto"),
                     threads=int(o.get("threads", 2)),
+                    prefix_cache_bytes=self.prefix_cache_bytes(),
                 )
                 await engine.start()
                 log.info("local engine started", extra={"model_dir": str(self._model_dir)})
@@ -186,12 +294,12 @@ class LocalProvider:
             self._tokenizer = await asyncio.to_thread(Tokenizer.load, self._model_dir)
         return self._tokenizer
 
-    async def _prompt(self, req: ChatRequest) -> list[int]:
+    async def _prompt(self, req: ChatRequest, plan: OutputPlan | None = None) -> list[int]:
         tokenizer = await self.tokenizer()
-        prompt = tokenizer.apply_chat_template(chat_messages(req), add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(chat_messages(req, plan), add_generation_prompt=True)
         return tokenizer.encode(prompt)
 
-    def _params(self, req: ChatRequest, prompt_tokens: int) -> SamplingParams:
+    def _params(self, req: ChatRequest, prompt_tokens: int, grammar: str | None = None) -> SamplingParams:
         from local_engine.sampling import SamplingParams
 
         if not 1 <= req.n <= MAX_CHOICES:
@@ -214,34 +322,32 @@ class LocalProvider:
                 top_k=s.top_k or 0,
                 seed=s.seed,
                 stop=tuple(x for x in req.stop if x),
+                grammar=grammar,
             )
         except ValueError as exc:  # out-of-range values: SamplingParams names the field first
             raise InvalidRequest(str(exc), param=str(exc).split(" ", 1)[0]) from None
 
     async def complete(self, request: ChatRequest, model: str) -> ChatResponse:
-        prompt_ids = await self._prompt(request)
-        params = self._params(request, len(prompt_ids))
+        plan = output_plan(request)
+        prompt_ids = await self._prompt(request, plan)
+        params = self._params(request, len(prompt_ids), plan.grammar)
         engine = await self.engine()
         gens = await asyncio.gather(*(_collect(engine, prompt_ids, params) for _ in range(request.n)))
         first = gens[0]
         return ChatResponse(
             id=_new_id("chatcmpl-"),
             model=model,
-            choices=tuple(
-                Choice(
-                    content=(TextPart(g.text),), stop_reason=_stop_reason(g), stop_sequence=g.stop_sequence
-                )
-                for g in gens
-            ),
+            choices=tuple(_choice(g, plan.tool_call) for g in gens),
             usage=_usage(first.prompt_tokens, first.cached_tokens, sum(g.completion_tokens for g in gens)),
             created=int(time.time()),
         )
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
-        prompt_ids = await self._prompt(request)
-        params = self._params(request, len(prompt_ids))
+        plan = output_plan(request)
+        prompt_ids = await self._prompt(request, plan)
+        params = self._params(request, len(prompt_ids), plan.grammar)
         engine = await self.engine()
-        return _events(engine, prompt_ids, params, request.n, model)
+        return _events(engine, prompt_ids, params, request.n, model, plan.tool_call)
 
     async def count_tokens(self, request: ChatRequest, model: str) -> int:
         return len(await self._prompt(request))
@@ -260,6 +366,22 @@ class LocalProvider:
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+def _choice(gen: _Generation, tool_call: bool) -> Choice:
+    """A finished generation as a choice: a tool call when the output is one, else text."""
+    if tool_call:
+        from local_engine.constrained import ToolCallParser
+
+        parser = ToolCallParser()
+        events = parser.feed(gen.text) + parser.finish()
+        if parser.name is not None and gen.finish_reason == "stop":
+            arguments = "".join(text for kind, text in events if kind == "args")
+            call = ToolCallPart(id=_new_id("call_"), name=parser.name, arguments=arguments)
+            return Choice(content=(call,), stop_reason=StopReason.TOOL_USE)
+    return Choice(
+        content=(TextPart(gen.text),), stop_reason=_stop_reason(gen), stop_sequence=gen.stop_sequence
+    )
 
 
 async def _collect(engine: AsyncLLMEngine, prompt_ids: list[int], params: SamplingParams) -> _Generation:
@@ -307,19 +429,42 @@ async def _merged(
 
 
 async def _events(
-    engine: AsyncLLMEngine, prompt_ids: list[int], params: SamplingParams, n: int, model: str
+    engine: AsyncLLMEngine,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    n: int,
+    model: str,
+    tool_call: bool = False,
 ) -> AsyncGenerator[StreamEvent, None]:
+    from local_engine.constrained import ToolCallParser
+
     gens = [_Generation() for _ in range(n)]
+    parsers = [ToolCallParser() for _ in range(n)] if tool_call else None
     yield StreamStart(id=_new_id("chatcmpl-"), model=model, created=int(time.time()))
     outputs = _merged(engine, prompt_ids, params, n)
     try:
         async for index, out in outputs:
             gen = gens[index]
             gen.add(out)
-            if out.text:
-                yield TextDelta(out.text, index=index)
+            if parsers is None:
+                if out.text:
+                    yield TextDelta(out.text, index=index)
+                if out.finished:
+                    yield StreamStop(_stop_reason(gen), gen.stop_sequence, index=index)
+                continue
+            parser = parsers[index]
+            events = parser.feed(out.text) + (parser.finish() if out.finished else [])
+            for kind, text in events:
+                if kind == "text":
+                    yield TextDelta(text, index=index)
+                elif kind == "start":
+                    yield ToolCallStart(id=_new_id("call_"), name=text, index=index)
+                else:
+                    yield ToolCallDelta(text, index=index)
             if out.finished:
-                yield StreamStop(_stop_reason(gen), gen.stop_sequence, index=index)
+                called = parser.name is not None and gen.finish_reason == "stop"
+                reason = StopReason.TOOL_USE if called else _stop_reason(gen)
+                yield StreamStop(reason, gen.stop_sequence, index=index)
     finally:
         await outputs.aclose()
     first = gens[0]

@@ -6,10 +6,12 @@ import pytest
 from local_engine.sampling import (
     SamplingParams,
     TextStream,
+    candidates,
     log_softmax,
     logits_to_probs,
     make_rng,
     sample,
+    sample_logits,
     token_logprob,
 )
 from tests.local_engine.fakes import ByteTokenizer
@@ -139,3 +141,53 @@ def test_earliest_stop_string_wins_and_final_flushes() -> None:
     tail.push(ord("z"))
     assert tail.pop_delta() == ""
     assert tail.pop_delta(final=True) == "z"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=0.2, top_p=0.9),
+        SamplingParams(temperature=1.0, top_p=0.95),
+        SamplingParams(temperature=1.3, top_k=40),
+        SamplingParams(temperature=0.8, top_k=50, top_p=0.5),
+        SamplingParams(temperature=0.5, top_p=0.999),
+    ],
+)
+def test_fast_candidates_equal_filtering_the_whole_vocabulary(params: SamplingParams) -> None:
+    """``candidates`` (partial sort) keeps exactly the tokens a full sort keeps, with the same
+    probabilities, and ``sample_logits`` draws what ``sample`` draws from the full distribution."""
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        logits = (rng.standard_normal(5000) * (1 + trial % 4)).astype(np.float32)
+        logits[rng.integers(0, 5000, 3)] += 6  # a peaked head, like a language model's
+        ids, p = candidates(logits, params.temperature, params.top_k, params.top_p)
+        ref = _reference_probs(logits.astype(np.float64), params)
+        assert ids.tolist() == np.flatnonzero(ref).tolist()
+        np.testing.assert_allclose(p, ref[ids], rtol=1e-9)
+        a, b = make_rng(trial), make_rng(trial)
+        assert [sample_logits(logits, params, a) for _ in range(5)] == [sample(ref, b) for _ in range(5)]
+
+
+def _reference_probs(x: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The filters applied to the whole vocabulary with a full stable sort (the definition)."""
+    x = x / params.temperature
+    if params.top_k:
+        kth = np.sort(x)[-params.top_k]
+        x = np.where(x < kth, -np.inf, x)
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        before = np.cumsum(p[order]) - p[order]
+        keep = np.zeros(len(p), bool)
+        keep[order[before < params.top_p]] = True
+        p = np.where(keep, p, 0.0)
+    return p / p.sum()
+
+
+def test_sampling_costs_little_for_a_real_vocabulary() -> None:
+    """Not timed: the work is bounded by the candidates, checked through their count."""
+    logits = np.random.default_rng(1).standard_normal(49152).astype(np.float32) * 3
+    ids, _ = candidates(logits, 0.2, 0, 0.9)
+    assert 1 <= len(ids) < 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -152,8 +153,9 @@ def test_requests_the_local_model_cannot_serve_get_errors_in_each_api_format(
                 model="thriftgate-local",
                 messages=[{"role": "user", "content": "x"}],
                 tools=[tool],  # type: ignore[list-item]
+                tool_choice={"type": "function", "function": {"name": "not_a_tool"}},
             )
-        assert "tools" in str(info.value)
+        assert "tool_choice" in str(info.value)
         with pytest.raises(openai.BadRequestError, match="context"):
             oa.chat.completions.create(
                 model="thriftgate-local", messages=[{"role": "user", "content": "x"}], max_tokens=100_000
@@ -193,3 +195,229 @@ def test_count_tokens_uses_the_local_tokenizer(local_gateway: Callable[..., Any]
     count_row = gw.rows()[0]
     assert count_row["surface"] == "anthropic.count_tokens" and count_row["status_code"] == 200
     assert count_row["cost_usd"] == 0
+
+
+# ---- structured output: constrained decoding on thriftgate-local ----
+
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "country": {"type": "string", "maxLength": 40},
+        "population_millions": {"type": "number"},
+    },
+    "required": ["city", "country", "population_millions"],
+    "additionalProperties": False,
+}
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather of a city",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "unit": {"enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+}
+TIME_TOOL = {
+    "name": "get_time",
+    "description": "Current time in a timezone",
+    "parameters": {
+        "type": "object",
+        "properties": {"timezone": {"type": "string", "maxLength": 40}},
+        "required": ["timezone"],
+        "additionalProperties": False,
+    },
+}
+TOOL_SCHEMAS = {t["name"]: t["parameters"] for t in (WEATHER_TOOL, TIME_TOOL)}
+
+
+def test_json_schema_and_json_object_on_the_openai_surface(local_gateway: Callable[..., Any]) -> None:
+    import jsonschema
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        city: str
+        country: str
+        population_millions: float
+
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True}}
+    messages: Any = [{"role": "user", "content": "Tell me about Paris as JSON."}]
+    with local_gateway() as gw:
+        oa = openai.OpenAI(base_url=gw.openai_url, api_key="sk-x", max_retries=0)
+        for temperature in (0.0, 0.8):
+            done = oa.chat.completions.create(
+                model="thriftgate-local",
+                messages=messages,
+                response_format=fmt,
+                max_tokens=120,
+                temperature=temperature,
+                seed=1,
+            )
+            text = done.choices[0].message.content or ""
+            jsonschema.validate(json.loads(text), CITY_SCHEMA)
+            assert done.choices[0].finish_reason == "stop"
+        parsed = oa.chat.completions.parse(
+            model="thriftgate-local", messages=messages, response_format=City, max_tokens=120, temperature=0
+        )
+        assert isinstance(parsed.choices[0].message.parsed, City)
+        with oa.chat.completions.stream(
+            model="thriftgate-local", messages=messages, response_format=City, max_tokens=120, temperature=0
+        ) as stream:
+            chunks = [e for e in stream if e.type == "content.delta"]
+            final = stream.get_final_completion()
+        assert len(chunks) > 1  # streamed piece by piece
+        assert isinstance(final.choices[0].message.parsed, City)
+
+        for stream_it in (False, True):
+            kwargs: Any = {"response_format": {"type": "json_object"}, "max_tokens": 80, "temperature": 0}
+            if stream_it:
+                pieces = oa.chat.completions.create(
+                    model="thriftgate-local", messages=messages, stream=True, **kwargs
+                )
+                text = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
+            else:
+                out = oa.chat.completions.create(model="thriftgate-local", messages=messages, **kwargs)
+                text = out.choices[0].message.content or ""
+            assert isinstance(json.loads(text), dict)
+
+
+def test_tool_calls_on_the_openai_surface(local_gateway: Callable[..., Any]) -> None:
+    import jsonschema
+
+    tools: Any = [{"type": "function", "function": t} for t in (WEATHER_TOOL, TIME_TOOL)]
+    messages: Any = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+    choices: list[Any] = ["required", {"type": "function", "function": {"name": "get_time"}}]
+    with local_gateway() as gw:
+        oa = openai.OpenAI(base_url=gw.openai_url, api_key="sk-x", max_retries=0)
+        for tool_choice in choices:
+            done = oa.chat.completions.create(
+                model="thriftgate-local",
+                messages=messages,
+                tools=tools,
+                tool_choice=tool_choice,
+                max_tokens=120,
+                temperature=0,
+            )
+            choice = done.choices[0]
+            assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+            call: Any = choice.message.tool_calls[0]
+            if isinstance(tool_choice, dict):
+                assert call.function.name == "get_time"
+            jsonschema.validate(json.loads(call.function.arguments), TOOL_SCHEMAS[call.function.name])
+
+            with oa.chat.completions.stream(
+                model="thriftgate-local",
+                messages=messages,
+                tools=tools,
+                tool_choice=tool_choice,
+                max_tokens=120,
+                temperature=0,
+            ) as stream:
+                deltas = [e for e in stream if e.type == "tool_calls.function.arguments.delta"]
+                final = stream.get_final_completion()
+            assert len(deltas) > 1  # the arguments arrive as deltas
+            streamed: Any = final.choices[0].message.tool_calls
+            assert streamed and streamed[0].function.name == call.function.name
+            assert json.loads(streamed[0].function.arguments) == json.loads(call.function.arguments)
+            assert final.choices[0].finish_reason == "tool_calls"
+
+        # a tool result goes back to the model as the next turn's context
+        follow = [
+            *messages,
+            {"role": "assistant", "tool_calls": [call.model_dump(include={"id", "type", "function"})]},
+            {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"},
+        ]
+        after = oa.chat.completions.create(
+            model="thriftgate-local",
+            messages=follow,
+            tools=tools,
+            tool_choice="none",
+            max_tokens=30,
+            temperature=0,
+        )
+        assert after.choices[0].message.content
+
+
+def test_tool_use_and_output_format_on_the_anthropic_surface(local_gateway: Callable[..., Any]) -> None:
+    import jsonschema
+
+    tools: Any = [
+        {"name": t["name"], "description": t["description"], "input_schema": t["parameters"]}
+        for t in (WEATHER_TOOL, TIME_TOOL)
+    ]
+    messages: Any = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+    greedy: Any = {"temperature": 0}
+    with local_gateway() as gw:
+        an = anthropic.Anthropic(base_url=gw.url, api_key="sk-ant-x", max_retries=0)
+        for tool_choice in ({"type": "any"}, {"type": "tool", "name": "get_weather"}):
+            message = an.messages.create(
+                model="thriftgate-local",
+                max_tokens=120,
+                messages=messages,
+                tools=tools,
+                tool_choice=tool_choice,  # type: ignore[arg-type]
+                extra_body=greedy,
+            )
+            assert message.stop_reason == "tool_use"
+            block: Any = next(b for b in message.content if b.type == "tool_use")
+            jsonschema.validate(block.input, TOOL_SCHEMAS[block.name])
+            if tool_choice["type"] == "tool":
+                assert block.name == "get_weather"
+            with an.messages.stream(
+                model="thriftgate-local",
+                max_tokens=120,
+                messages=messages,
+                tools=tools,
+                tool_choice=tool_choice,  # type: ignore[arg-type]
+                extra_body=greedy,
+            ) as stream:
+                kinds = [e.type for e in stream]
+                final = stream.get_final_message()
+            assert kinds.count("input_json") > 1  # input_json_delta events, accumulated by the SDK
+            streamed: Any = next(b for b in final.content if b.type == "tool_use")
+            assert (streamed.name, streamed.input) == (block.name, block.input)
+            assert final.stop_reason == "tool_use"
+
+        fmt: Any = {"output_config": {"format": {"type": "json_schema", "schema": CITY_SCHEMA}}, **greedy}
+        ask: Any = [{"role": "user", "content": "Tell me about Paris as JSON."}]
+        message = an.messages.create(model="thriftgate-local", max_tokens=120, messages=ask, extra_body=fmt)
+        text = message.content[0].text  # type: ignore[union-attr]
+        jsonschema.validate(json.loads(text), CITY_SCHEMA)
+        with an.messages.stream(model="thriftgate-local", max_tokens=120, messages=ask, extra_body=fmt) as s:
+            assert json.loads("".join(s.text_stream)) == json.loads(text)
+
+
+def test_the_default_variant_answers_the_factual_questions_as_well_as_fp32(
+    local_gateway: Callable[..., Any], model_root: Path
+) -> None:
+    """The quality bar's answer score, asked through the gateway: every question of
+    ``local_engine.quality.FACTUAL_QUESTIONS`` at temperature 0, default variant against float32."""
+    from local_engine.quality import ANSWER_TOKENS, FACTUAL_QUESTIONS, is_correct
+
+    async def score(gw: Any) -> tuple[int, str]:
+        client = openai.AsyncOpenAI(base_url=gw.openai_url, api_key="sk-x", max_retries=0)
+
+        async def ask(question: str) -> str:
+            r = await client.chat.completions.create(
+                model="thriftgate-local",
+                messages=[{"role": "user", "content": question}],
+                max_tokens=ANSWER_TOKENS,
+                temperature=0,
+            )
+            return r.choices[0].message.content or ""
+
+        answers = await asyncio.gather(*(ask(q) for q, _ in FACTUAL_QUESTIONS))
+        right = sum(is_correct(a, acc) for a, (_, acc) in zip(answers, FACTUAL_QUESTIONS, strict=True))
+        return right, answers[0]
+
+    with local_gateway() as gw:
+        default_score, france = asyncio.run(score(gw))
+    with local_gateway(variant="fp32") as gw:
+        fp32_score, fp32_france = asyncio.run(score(gw))
+    assert "Paris" in fp32_france and "Paris" in france
+    assert len(FACTUAL_QUESTIONS) >= 50
+    assert default_score >= fp32_score, (default_score, fp32_score)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import InvalidRequest, UpstreamError
-from gateway.providers.local import LocalProvider, chat_messages
+from gateway.providers.local import LocalProvider, chat_messages, output_plan
 from gateway.types import (
     ChatRequest,
     ImagePart,
@@ -50,8 +50,12 @@ def test_system_and_turns_become_template_messages() -> None:
     ("fields", "param"),
     [
         ({"messages": (Message("user", (ImagePart(url="https://x/y.png"),)),)}, "messages"),
-        ({"tools": (Tool("f"),)}, "tools"),
-        ({"response_format": ResponseFormat("json_object")}, "response_format"),
+        ({"tools": (Tool("f"),), "tool_choice": ToolChoice("tool", "g")}, "tool_choice"),
+        ({"response_format": ResponseFormat("json_schema")}, "response_format"),
+        (
+            {"response_format": ResponseFormat("json_schema", {"type": "object", "properties": 3})},
+            "response_format",
+        ),
         ({"native": NativeFields(WireAPI.OPENAI_CHAT, {"logit_bias": {"1": 2}})}, "logit_bias"),
     ],
 )
@@ -65,6 +69,23 @@ def test_what_the_local_model_cannot_serve_is_refused_naming_the_field(
 
 def test_tools_switched_off_are_fine() -> None:
     assert chat_messages(request(tools=(Tool("f"),), tool_choice=ToolChoice("none")))
+    assert output_plan(request(tools=(Tool("f"),), tool_choice=ToolChoice("none"))).grammar is None
+
+
+def test_structured_output_is_planned_as_a_grammar_and_described_to_the_model() -> None:
+    weather = Tool(
+        "get_weather", "Weather of a city", {"type": "object", "properties": {"city": {"type": "string"}}}
+    )
+    forced = output_plan(request(tools=(weather, Tool("f")), tool_choice=ToolChoice("tool", "get_weather")))
+    assert forced.tool_call and forced.grammar is not None
+    assert "get_weather: Weather of a city" in forced.instructions and "- f" not in forced.instructions
+    auto = output_plan(request(tools=(weather,)))
+    assert auto.tool_call and "plain text" in auto.instructions
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    plan = output_plan(request(response_format=ResponseFormat("json_schema", schema)))
+    assert not plan.tool_call and plan.grammar is not None and '"a"' in plan.instructions
+    messages = chat_messages(request(response_format=ResponseFormat("json_object")))
+    assert messages[0]["role"] == "system" and "JSON" in messages[0]["content"]
 
 
 def test_sampling_is_checked_against_the_context(tmp_path: Path) -> None:
