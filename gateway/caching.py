@@ -26,7 +26,7 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 log = get_logger("gateway.caching")
 
 _SEEN_IDS = 8192  # ids remembered so that re-reading the last sequence numbers adds nothing twice
+_RECENT_PURGES = 256  # purges kept to catch entries written after them (see GatewayCache._purges)
 _SEQ_OVERLAP = 256  # sequence numbers re-read each sync: a slower writer's rows may commit out of order
 _UNCACHEABLE_STOPS = frozenset({StopReason.CONTENT_FILTER, StopReason.REFUSAL})
 BYPASS = CacheOutcome(CacheStatus.BYPASS)
@@ -146,6 +147,9 @@ class GatewayCache:
         self._entry_seq = 0
         self._cleaned = 0.0
         self._purge_seq = 0
+        self._purges: deque[Purge] = deque(maxlen=_RECENT_PURGES)
+        """The latest purges, each bounded by its own time: an entry loaded later that one of them
+        matches was written before the purge reached it (another replica's pending write) and is dropped."""
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -155,7 +159,8 @@ class GatewayCache:
         """Rebuilds the in-memory index from the database and starts the sync loop."""
         self._sessionmaker = sessionmaker
         async with sessionmaker() as session:
-            _, self._purge_seq = await cache_repo.max_seqs(session)
+            _, last_purge = await cache_repo.max_seqs(session)
+        self._purge_seq = max(last_purge - _RECENT_PURGES, 0)  # the recent purges guard the rebuild
         await self.sync()
         self._task = asyncio.create_task(self._loop(), name="thriftgate-cache-sync")
 
@@ -204,6 +209,7 @@ class GatewayCache:
         async with self._sessionmaker() as session:
             for seq, p in await cache_repo.load_purges(session, self._purge_seq):
                 self._purge_seq = seq
+                self._purges.append(p)
                 self._apply_purge(p)
             found, top = await cache_repo.load_entries(
                 session,
@@ -213,9 +219,14 @@ class GatewayCache:
                 skip=self._seen,
             )
             self._entry_seq = max(self._entry_seq, top)
+            purged: list[str] = []
             for _, entry in found:
                 self._remember(entry.id)
+                if any(p.matches(entry) for p in self._purges):
+                    purged.append(entry.id)
+                    continue
                 self.table.add(entry)
+            await cache_repo.delete_entries(session, purged)
             self.table.expire(now)
             if now - self._cleaned >= _CLEAN_INTERVAL_S:  # the table's own bound: the newest max_entries
                 self._cleaned = now

@@ -171,10 +171,19 @@ async def load_purges(session: AsyncSession, after_seq: int) -> list[tuple[int, 
             select(CachePurgeRow).where(CachePurgeRow.seq > after_seq).order_by(CachePurgeRow.seq)
         )
     ).all()
+    # A purge removes what existed when it was made: its bound is never later than its own time, so an
+    # entry created after it (on any replica) survives, and one created before it but written to the
+    # database after it (a replica's pending write) is still caught when loaded.
     return [
         (
             r.seq,
-            Purge(r.namespace, r.model, None if r.older_than is None else r.older_than.timestamp()),
+            Purge(
+                r.namespace,
+                r.model,
+                r.created_at.timestamp()
+                if r.older_than is None
+                else min(r.older_than.timestamp(), r.created_at.timestamp()),
+            ),
         )
         for r in rows
     ]

@@ -71,3 +71,33 @@ async def test_purges_delete_and_are_recorded(sessionmaker: async_sessionmaker[A
         [(_, p)] = await cache_repo.load_purges(s, 0)
         assert p == Purge(None, "m", 1002.5)
         assert p.matches(entry(1)) and not p.matches(entry(3)) and not p.matches(entry(1, model="x"))
+
+
+async def test_a_purge_is_bounded_by_its_own_time(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """A purge removes what existed when it was made: a later entry survives it on every replica, and an
+    earlier one that reaches the database after it (a replica's pending write) is still caught."""
+    async with sessionmaker() as s:
+        await cache_repo.purge(s, Purge(model="m"), now=1500.0)
+        [(_, p)] = await cache_repo.load_purges(s, 0)
+    assert p == Purge(None, "m", 1500.0)
+    assert p.matches(entry(1)) and not p.matches(entry(1, created=1600.0))
+
+
+async def test_an_entry_written_after_a_purge_that_caught_it_is_never_served(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    from gateway.caching import GatewayCache
+    from gateway.settings import CacheSettings
+
+    cache = GatewayCache(CacheSettings(enabled=True), clock=lambda: 2000.0)
+    await cache.start(sessionmaker)
+    try:
+        async with sessionmaker() as s:  # another replica's purge, then its pending write of an older entry
+            await cache_repo.purge(s, Purge(model="m"), now=1900.0)
+            await cache_repo.insert_entries(s, [entry(1), entry(2, created=1950.0)])
+        await cache.sync()
+        assert [e.id for e in cache.table] == ["e2"]
+        async with sessionmaker() as s:
+            assert await cache_repo.count_entries(s) == 1  # the caught row is deleted for every replica
+    finally:
+        await cache.stop()
