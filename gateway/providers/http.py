@@ -18,9 +18,10 @@ how the key is sent, and headers to add when the client did not send them.
 
 from __future__ import annotations
 
+import http.cookiejar
 import logging
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
@@ -54,6 +55,18 @@ _DROP_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {"content-length", "content-encodi
 # transport maps refused connections and DNS failures onto ConnectError, and a connect timeout or a wait
 # for a pooled connection that timed out onto ConnectTimeout.)
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """The providers' cookie jar keeps nothing: one client serves every tenant, so an upstream cookie
+    (``set-cookie`` from a provider or its CDN) stored by it would go out with other tenants' requests, and
+    a jar that grows makes every response slower to read (httpx walks it per response)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def add_cookie_header(self, request: Any) -> None:
+        return None
 
 
 class HeaderFilter:
@@ -116,6 +129,7 @@ class HttpProvider:
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
         self._client = httpx.AsyncClient(
             transport=AiohttpTransport(limits=limits),
+            cookies=_NoCookies(),  # a CookieJar is used as the client's jar as given
             follow_redirects=False,
             timeout=self._timeout(settings.timeout_s),
         )

@@ -738,3 +738,17 @@ def test_through_the_gateway_tenants_see_no_operator_headers_and_choose_no_organ
             "Bearer "
         )
         assert provider_key in (OPENAI_KEY, ANTHROPIC_KEY)  # the operator's keys, never the client's
+
+
+async def test_upstream_cookies_are_never_kept_nor_sent_back(
+    upstream: FakeUpstream, base_url: str, make: Make
+) -> None:
+    """One client serves every tenant: a cookie an upstream (or its CDN) sets must not go out with the next
+    request, whoever sends it."""
+    cookie = ("set-cookie", "__cf_bm=tenant-a; path=/")  # no Secure flag: an http upstream would send it back
+    upstream.reset(Reply(headers=[("content-type", "application/json"), cookie]), Reply())
+    provider = make(base_url)
+    await provider.send(UpstreamRequest("GET", "/v1/models", {}, None))
+    await provider.send(UpstreamRequest("GET", "/v1/models", {}, None))
+    assert upstream.seen[-1].header("cookie") is None
+    assert len(provider._client.cookies.jar) == 0
