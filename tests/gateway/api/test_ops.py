@@ -262,6 +262,14 @@ def metrics_when(
     return s if s.get((name, frozenset())) == value else None
 
 
+def failing_when(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+    """The metrics once the writer has spilled a row and failed at least twice (in either order)."""
+    s = samples(httpx.get(f"{url}/metrics").text)
+    spilled = s.get(("thriftgate_log_rows_spilled_total", frozenset()), 0)
+    failures = s.get(("thriftgate_log_write_failures_total", frozenset()), 0)
+    return s if spilled == 1 and failures >= 2 else None
+
+
 def test_hostile_unauthenticated_requests_never_stop_the_request_log(
     backend: Backend, migrated_url: str, sim_url: str, sim: Simulator, tmp_path: Path
 ) -> None:
@@ -349,9 +357,7 @@ def test_readyz_reports_a_request_log_that_keeps_failing_and_spilled_rows_come_b
         for _ in range(2):
             oc.chat.completions.create(model="gpt-4o-mini", messages=oc_messages)  # type: ignore[arg-type]
         down = wait_until(lambda: readyz_when(url, 503), what="readyz 503")
-        failing = wait_until(
-            lambda: metrics_when(url, "thriftgate_log_rows_spilled_total", 1), what="a spill"
-        )
+        failing = wait_until(lambda: failing_when(url), what="a spill and at least two failed writes")
         spilled = sorted((tmp_path / "data" / "spill").glob("request_log-*.jsonl"))
         exec_sql(db_url, "ALTER TABLE request_log_away RENAME TO request_log")
         wait_until(lambda: readyz_when(url, 200), timeout_s=15, what="readyz 200")
