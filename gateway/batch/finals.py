@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.batch import store
 from gateway.batch.files import new_id
+from gateway.batch.part import WorkerPart
 from gateway.batch.results import anthropic_line, openai_line
 from gateway.batch.store import (
     DUPLICATE,
@@ -30,30 +31,11 @@ from gateway.types import (
     Usage,
 )
 
-if TYPE_CHECKING:
-    pass
-
-if TYPE_CHECKING:
-    from gateway.batch.worker import BatchWorker
-
 log = get_logger("gateway.batch")
 
 
-class Finals:
+class Finals(WorkerPart):
     """Finalizes the jobs of one worker's database (shares its sessions, pipeline and settings)."""
-
-    def __init__(self, worker: BatchWorker) -> None:
-        self.worker = worker
-        self.sm = worker.sm
-        self.pipeline = worker.pipeline
-        self.settings = worker.settings
-        self.files = worker.files
-        self.id = worker.id
-        self._key = worker._key
-        self._call = worker._call
-        self._spec = worker._spec
-        self._release = worker._release
-        self.wake = worker.wake
 
     async def finalize(self) -> None:
         t = now()

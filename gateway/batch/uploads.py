@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import select, update
@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from gateway import wire
 from gateway.accounting import account
 from gateway.batch import store
+from gateway.batch.part import WorkerPart
 from gateway.batch.results import no_answer
 from gateway.batch.store import (
     CANCELLED,
@@ -41,30 +42,11 @@ from gateway.types import (
     Usage,
 )
 
-if TYPE_CHECKING:
-    pass
-
-if TYPE_CHECKING:
-    from gateway.batch.worker import BatchWorker
-
 log = get_logger("gateway.batch")
 
 
-class Uploads:
+class Uploads(WorkerPart):
     """Upstream batches of one worker (shares its sessions, pipeline and settings)."""
-
-    def __init__(self, worker: BatchWorker) -> None:
-        self.worker = worker
-        self.sm = worker.sm
-        self.pipeline = worker.pipeline
-        self.settings = worker.settings
-        self.files = worker.files
-        self.id = worker.id
-        self._key = worker._key
-        self._call = worker._call
-        self._spec = worker._spec
-        self._release = worker._release
-        self.wake = worker.wake
 
     async def upload(
         self,
