@@ -335,3 +335,30 @@ async def renew(session: AsyncSession, worker: str, lease_s: float) -> None:
         .values(lease_until=until)
     )
     await session.commit()
+
+
+async def take_uploads(
+    session: AsyncSession,
+    ups: Sequence[BatchUploadRow],
+    state: str,
+    before: datetime,
+    worker: str,
+    until: datetime,
+) -> list[BatchUploadRow]:
+    """Leases to ``worker`` those of ``ups`` (selected as in ``state`` with a lease older than ``before``)
+    that still are: on SQLite (no FOR UPDATE) another worker may have taken some since the select. Returns
+    the uploads taken. Does not commit."""
+    if not ups:
+        return []
+    won = await session.execute(
+        update(BatchUploadRow)
+        .where(
+            BatchUploadRow.id.in_([u.id for u in ups]),
+            BatchUploadRow.state == state,
+            BatchUploadRow.lease_until < before,
+        )
+        .values(claimed_by=worker, lease_until=until)
+        .returning(BatchUploadRow.id)
+    )
+    ours = {r[0] for r in won}
+    return [u for u in ups if u.id in ours]

@@ -171,19 +171,9 @@ class Uploads(WorkerPart):
                     .with_for_update(skip_locked=True)
                 )
             )
-            if ups:  # re-checked: on SQLite (no FOR UPDATE) another worker may have taken some meanwhile
-                won = await s.execute(
-                    update(BatchUploadRow)
-                    .where(
-                        BatchUploadRow.id.in_([u.id for u in ups]),
-                        BatchUploadRow.state == POLLING,
-                        BatchUploadRow.lease_until < t,
-                    )
-                    .values(claimed_by=self.id, lease_until=t + timedelta(seconds=self.settings.lease_s))
-                    .returning(BatchUploadRow.id)
-                )
-                ours = {r[0] for r in won}
-                ups = [u for u in ups if u.id in ours]
+            ups = await store.take_uploads(
+                s, ups, POLLING, t, self.id, t + timedelta(seconds=self.settings.lease_s)
+            )
             jobs = {
                 j.id: j
                 for j in await s.scalars(

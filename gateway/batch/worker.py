@@ -431,22 +431,10 @@ class BatchWorker:
                     .with_for_update(skip_locked=True)
                 )
             )
-            if stuck:  # re-checked: on SQLite (no FOR UPDATE) another worker may have taken some meanwhile
-                won = await s.execute(
-                    update(BatchUploadRow)
-                    .where(
-                        BatchUploadRow.id.in_([u.id for u in stuck]),
-                        BatchUploadRow.state == CREATING,
-                        BatchUploadRow.lease_until < t,
-                    )
-                    .values(claimed_by=self.id, lease_until=t + timedelta(seconds=self.settings.lease_s))
-                    .returning(BatchUploadRow.id)
-                )
-                ours = {r[0] for r in won}
-                stuck = [u for u in stuck if u.id in ours]
-                for up in stuck:
-                    up.claimed_by = self.id
-                    up.lease_until = t + timedelta(seconds=self.settings.lease_s)
+            until = t + timedelta(seconds=self.settings.lease_s)
+            stuck = await store.take_uploads(s, stuck, CREATING, t, self.id, until)
+            for up in stuck:
+                up.claimed_by, up.lease_until = self.id, until
             await s.commit()
         for up in stuck:
             await self.uploads.resume(up)
