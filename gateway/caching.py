@@ -35,6 +35,7 @@ from cache.budget import OnlineBudget
 from cache.entries import CacheEntry, EntryTable
 from cache.exact import ExactCache, last_user_text, request_key, scope_key
 from cache.semantic import ScoringGuard
+from cache.threshold import Curve, EntryThresholds
 from gateway.accounting import compute_cost
 from gateway.errors import GatewayError
 from gateway.logs import get_logger
@@ -69,6 +70,18 @@ _MAX_PROBES = 1024  # probes awaiting their fresh answer (a request that fails n
 ANSWERS_AGREE = 0.90
 """A probe's fresh answer agrees with the stored one when their texts (normalised) are equal or their
 embeddings' cosine reaches this."""
+
+
+@dataclass(slots=True, frozen=True)
+class _Probe:
+    """A semantic candidate sent upstream, awaiting its fresh answer."""
+
+    entry_id: str
+    stored: ChatResponse
+    score: float
+    """The guard's score."""
+    adjusted: float
+    """The score the budget decided on (the entry's adjusted score with per-entry thresholds)."""
 
 
 def answer_text(resp: ChatResponse) -> str:
@@ -127,18 +140,24 @@ class GatewayCache:
         *,
         semantic: SemanticCache | None = None,
         budget: OnlineBudget | None = None,
+        entries: EntryThresholds | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``entries``: per-entry thresholds (``cache.threshold``); the budget then works on the adjusted
+        scores, so it must be built on ``entries.calibration(...)`` of the guard's table."""
         self.settings = settings
         self.clock = clock
         self.table = EntryTable(settings.max_entries)
         self.exact = ExactCache(self.table)
         self.semantic = semantic
         self.budget = budget
-        self._probes: OrderedDict[str, tuple[ChatResponse, float]] = OrderedDict()
+        self.entries = entries
+        self._probes: OrderedDict[str, _Probe] = OrderedDict()
         self.probe_tasks: set[asyncio.Task[None]] = set()
         if semantic is not None:
             semantic.attach(self.table)
+        if entries is not None:
+            self.table.on_remove.append(lambda e: entries.forget(e.id))
         self._groups = {k: g for g, ids in settings.key_groups.items() for k in ids}
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._pending: list[CacheEntry] = []
@@ -335,10 +354,15 @@ class GatewayCache:
         cand = await self.semantic.best(scope, text, now, guard)
         if cand is None or cand.score <= 0.0:
             return None
-        accepted = cand.score >= budget.threshold
-        if budget.should_probe(cand.score):
+        score = cand.score
+        if self.entries is not None:  # the entry's own probes reshape its score (cache.threshold)
+            score = self.entries.adjusted(cand.entry.id, cand.score)
+        accepted = score >= budget.threshold
+        if budget.should_probe(score):
             # Sent upstream: its fresh answer, compared with the stored one, is evidence for the budget.
-            self._probes[call.record.request_id] = (cand.entry.response, cand.score)
+            self._probes[call.record.request_id] = _Probe(
+                cand.entry.id, cand.entry.response, cand.score, score
+            )
             while len(self._probes) > _MAX_PROBES:
                 self._probes.popitem(last=False)
             return None
@@ -348,17 +372,18 @@ class GatewayCache:
         probe = self._probes.pop(call.record.request_id, None)
         if probe is None or self.semantic is None or self.budget is None:
             return
-        stored, score = probe
-        semantic, budget = self.semantic, self.budget
+        semantic, budget, entries = self.semantic, self.budget, self.entries
 
         async def run() -> None:
-            a, b = answer_text(fresh), answer_text(stored)
+            a, b = answer_text(fresh), answer_text(probe.stored)
             if _norm(a) == _norm(b):
                 agree = True
             else:
                 va, vb = await asyncio.gather(semantic.embed(a[:2000]), semantic.embed(b[:2000]))
                 agree = float(va @ vb) >= ANSWERS_AGREE
-            budget.observe(score, wrong=not agree)
+            budget.observe(probe.adjusted, wrong=not agree)
+            if entries is not None:
+                entries.observe(probe.entry_id, probe.score, wrong=not agree)
 
         task = asyncio.get_running_loop().create_task(run())
         self.probe_tasks.add(task)
@@ -424,6 +449,7 @@ def build_cache(settings: CacheSettings) -> GatewayCache:
     trained guard at the operating point for ``semantic.max_wrong_hit_rate``."""
     semantic = None
     budget = None
+    entries = None
     if settings.semantic.enabled:
         from cache.embedder import MiniLMEmbedder
         from cache.guard import load_guard
@@ -439,7 +465,9 @@ def build_cache(settings: CacheSettings) -> GatewayCache:
             window_s=sem.batch_window_ms / 1000.0,
         )
         if sem.online_budget:
-            budget = OnlineBudget(
-                sem.max_wrong_hit_rate, guard.model.calibration, explore_rate=sem.explore_rate
-            )
-    return GatewayCache(settings, semantic=semantic, budget=budget)
+            table = guard.model.calibration
+            if sem.per_entry:
+                entries = EntryThresholds(Curve.fit(table), spread=sem.per_entry_spread)
+                table = entries.calibration(table)
+            budget = OnlineBudget(sem.max_wrong_hit_rate, table, explore_rate=sem.explore_rate)
+    return GatewayCache(settings, semantic=semantic, budget=budget, entries=entries)

@@ -552,6 +552,14 @@ class SemanticCacheSettings(_Strict):
     ones, and the threshold moved on that evidence (``cache.budget``). Off: the offline threshold stays."""
     explore_rate: float = Field(default=0.02, ge=0, le=1)
     """The share of would-be semantic hits sent upstream as probes (each costs one paid call)."""
+    per_entry: bool = True
+    """Per-entry thresholds (``cache.threshold``, vCache's idea): each stored entry's own probes move its
+    threshold from the global one, lower where they were right, higher where one was wrong; the budget
+    still holds over all probes. In memory: a restart starts every entry at the global threshold again.
+    Needs ``online_budget``."""
+    per_entry_spread: float = Field(default=0.15, gt=0, le=1)
+    """How far an entry's threshold may move from the global one on its own evidence (the prior's
+    standard deviation, in guard-score units)."""
     min_cosine: float = Field(default=0.80, ge=0, le=1)
     """Candidates below this cosine are never considered (the guard decides above it)."""
     batch_window_ms: float = Field(default=0.0, ge=0)

@@ -15,11 +15,12 @@ import pytest
 from cache.budget import OnlineBudget
 from cache.guard import decisive_mismatch
 from cache.semantic import SemanticCache
+from cache.threshold import Curve, EntryThresholds
 from gateway.caching import GatewayCache
 from gateway.config import Catalogue
 from gateway.settings import CacheSettings, Settings
 from gateway.steps import RequestedModel, Steps
-from tests.cache.fakes import BagOfWords
+from tests.cache.fakes import BagOfWords, logistic_table
 from tests.gateway.api.conftest import (  # the surface fixtures, shared with tests/gateway/api/
     _sim_server,
     create_key,
@@ -179,6 +180,63 @@ def test_the_online_budget_learns_from_probes_before_it_serves(
     assert budget.threshold == 0.5
     assert not any(wrong for _, wrong in budget.probes)
     assert len(budget.probes) == len(statuses) - 1 == len(sim.requests) - 1
+
+
+class ScoresEvery:
+    """Scores every pair of different texts ``value`` (identical texts 1.0)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def score(self, query: str, cached: str, cosine: float) -> float:
+        return 1.0 if query == cached else self.value
+
+    def accept(self, query: str, cached: str, cosine: float) -> bool:
+        return query == cached
+
+
+def test_per_entry_thresholds_learn_from_each_entrys_own_probes(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    # Offline, P(right | s) = σ(20 (s − 0.7)): at a 5% budget the global threshold is above 0.75,
+    # where this guard scores every rephrasing. Probes of one entry whose fresh answers agree lower that
+    # entry's threshold until its rephrasings are served; another entry still starts at the global one.
+    table = logistic_table(0.7, 20.0)
+    entries = EntryThresholds(Curve.fit(table), spread=0.1)
+    budget = OnlineBudget(0.05, entries.calibration(table), explore_rate=0.0, prior_weight=20_000)
+    start = budget.threshold
+    assert entries.threshold("any", start) > 0.76
+
+    def steps(s: Settings) -> Steps:
+        sem = SemanticCache(BagOfWords(), ScoresEvery(0.75), min_cosine=0.9)
+        cache = GatewayCache(CacheSettings(enabled=True), semantic=sem, budget=budget, entries=entries)
+        return Steps(router=RequestedModel(Catalogue(s)), cache=cache)
+
+    other = "How do I bake sourdough bread at home?"
+    rng = random.Random(7)
+    statuses = []
+    with gateway_factory(steps_factory=steps) as gw:
+        ask(gw, Q)
+        ask(gw, other)
+        wait_indexed(gw, 2)
+        cache: GatewayCache = gw.app.state.steps.cache
+        for _ in range(40):
+            variant = "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in Q)
+            statuses.append(ask(gw, variant).headers["x-thriftgate-cache"])
+            if statuses[-1] == "hit-semantic":
+                break
+            wait_until(lambda n=len(statuses): len(budget.probes) >= n, timeout_s=5, what="the probe")
+        first = next(e for e in cache.table if e.text == Q)
+        second = next(e for e in cache.table if e.text == other)
+        assert ask(gw, other.upper()).headers["x-thriftgate-cache"] == "miss"
+        assert (
+            entries.threshold(first.id, budget.threshold)
+            <= 0.75
+            < entries.threshold(second.id, budget.threshold)
+        )
+    assert statuses[0] == "miss" and statuses[-1] == "hit-semantic"
+    assert not any(wrong for _, wrong in budget.probes)
+    assert list(entries.evidence) == [first.id]
 
 
 def test_a_model_rule_keeps_only_the_exact_cache(gateway_factory: Callable[..., Any], sim: Simulator) -> None:
