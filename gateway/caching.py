@@ -27,7 +27,7 @@ import hashlib
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -465,7 +465,7 @@ def build_cache(settings: CacheSettings) -> GatewayCache:
             window_s=sem.batch_window_ms / 1000.0,
         )
         if sem.online_budget:
-            table = guard.model.calibration
+            table: Sequence[tuple[float, int, int]] = guard.model.calibration
             if sem.per_entry:
                 entries = EntryThresholds(Curve.fit(table), spread=sem.per_entry_spread)
                 table = entries.calibration(table)
