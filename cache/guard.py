@@ -9,9 +9,10 @@ looks at what differs between the two texts:
   digit such as ``ps4``) and the count of negations; a mismatch rejects outright;
 * otherwise a small neural network (one hidden layer of 16; a logistic regression was tried and its
   scores were not monotone in the error rate) scores the pair on alignment features: the cosine, the tokens only one side
-  has and how rare they are (IDF from QQP questions), the share of the text's weight they carry, whether
-  the shared tokens appear in another order (swapped entities), capitalised names on one side only, the
-  length ratio;
+  has and how rare they are (IDF from QQP questions), the weight they carry on each side and their share
+  of the text's weight, whether the shared tokens appear in another order (swapped entities),
+  capitalised names whose word the other side lacks altogether (a lower-cased repeat keeps its names),
+  the length ratio;
 * the score is accepted at a threshold chosen from a calibration table (held-out predictions on labelled
   pairs) as the loosest whose wrong-hit rate, with a 95% Wilson upper bound, is within the operator's
   error budget (``max_wrong_hit_rate``).
@@ -35,7 +36,16 @@ MODEL_FILE = Path(__file__).resolve().parent / "guard_model.json"
 
 _TOKEN = re.compile(r"[a-z0-9]+|[$%]")
 _CAPS = re.compile(r"(?<![.?!]\s)(?<!^)\b([A-Z][A-Za-z0-9]+)")
-_CONTRACTIONS = (("can't", "can not"), ("won't", "will not"), ("cannot", "can not"), ("n't", " not"))
+_CONTRACTIONS = (
+    ("can't", "can not"),
+    ("won't", "will not"),
+    ("cannot", "can not"),
+    ("n't", " not"),
+    ("'re", " are"),
+    ("'ve", " have"),
+    ("'ll", " will"),
+    ("'m", " am"),
+)
 NEGATIONS = frozenset({"not", "no", "never", "without", "none", "nobody", "nothing", "neither", "nor"})
 NUMBER_WORDS = frozenset(
     [
@@ -229,10 +239,12 @@ FEATURES = (
     "idf_unshared_frac",
     "jaccard",
     "order_inversions",
-    "names_differ",
+    "names_unshared",
     "length_ratio",
     "substitution",
     "cosine_x_unshared",
+    "idf_only_a",
+    "idf_only_b",
 )
 
 
@@ -285,6 +297,7 @@ def features(a: str, b: str, cosine: float, idf: Mapping[str, float], idf_unknow
     ca = [t for t in ta if t not in STOPWORDS]
     cb = [t for t in tb if t not in STOPWORDS]
     sa, sb = set(ca), set(cb)
+    sta, stb = set(ta), set(tb)
     only_a, only_b = sa - sb, sb - sa
 
     def w(t: str) -> float:
@@ -303,10 +316,12 @@ def features(a: str, b: str, cosine: float, idf: Mapping[str, float], idf_unknow
         frac,
         len(sa & sb) / len(union) if union else 1.0,
         _inversions(ca, cb),
-        float(len(names(a) ^ names(b))),
+        float(len({n for n in names(a) if n not in stb} | {n for n in names(b) if n not in sta})),
         min(len(ta), len(tb)) / max(len(ta), len(tb), 1),
         float(bool(only_a) and bool(only_b)),
         cosine * frac,
+        sum(w(t) for t in only_a),
+        sum(w(t) for t in only_b),
     ]
 
 
