@@ -4,6 +4,7 @@ and it ranks a near repeat above a swap and a narrowed scope."""
 from __future__ import annotations
 
 from cache.guard import (
+    FEATURES,
     MODEL_FILE,
     GuardModel,
     decisive_mismatch,
@@ -30,6 +31,15 @@ def test_the_features_see_a_swap() -> None:
     same = features("Move from India to Canada", "Move from India to Canada", 1.0, idf, 5.0)
     swapped = features("Move from India to Canada", "Move from Canada to India", 0.98, idf, 5.0)
     assert same[7] == 0.0 and swapped[7] > 0.0  # order_inversions
+
+
+def test_a_lower_cased_repeat_keeps_its_names_and_contractions_are_expanded() -> None:
+    idf: dict[str, float] = {}
+    names_unshared = FEATURES.index("names_unshared")
+    lowered = features("Is Apple bigger than Samsung?", "is apple bigger than samsung", 0.99, idf, 5.0)
+    other_city = features("Living in Krakow, Poland?", "Living in Warsaw, Poland?", 0.95, idf, 5.0)
+    assert lowered[names_unshared] == 0.0 and other_city[names_unshared] == 2.0
+    assert tokens("What're you and I'm who?") == tokens("What are you and I am who?")
 
 
 def test_the_threshold_follows_the_budget() -> None:
