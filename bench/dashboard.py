@@ -15,6 +15,7 @@ rollups cost <= 10% of the baseline's throughput.
 
     .venv/bin/python -m bench.dashboard             # 1,000,000 rows on both backends (~10-15 min here)
     .venv/bin/python -m bench.dashboard --quick     # 100,000 rows, fewer repetitions
+    .venv/bin/python -m bench.dashboard --write-only --write-batches 40   # the write overhead alone (~1 min)
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]
     print(f"{name}: migrating and loading {args.rows:,} rows", file=sys.stderr, flush=True)
     upgrade(url)
     load_s = asyncio.run(load(url, args.rows))
-    pages = page_latencies(url, args.reps)
+    pages = [] if args.write_only else page_latencies(url, args.reps)
     writes = asyncio.run(write_overhead(url, args.write_batches))
     print(f"  write: baseline {writes['baseline_rows_per_s']:.0f} rows/s, with rollups "
           f"{writes['with_rollups_rows_per_s']:.0f} rows/s ({writes['overhead_pct']:.1f}% overhead)", file=sys.stderr)  # fmt: skip
@@ -235,7 +236,7 @@ def markdown(result: dict[str, Any]) -> str:
         + " | met |",
         "|---|" + "---|" * len(result["backends"]) + "---|",
     ]
-    for i, path in enumerate(ENDPOINTS):
+    for i, path in enumerate(ENDPOINTS if all(b["pages"] for b in result["backends"]) else ()):
         cells = [
             f"{b['pages'][i]['p50_ms']:.1f} / {b['pages'][i]['p95_ms']:.1f} ({b['pages'][i].get('cpu_ms_median', 0):.1f})"
             for b in result["backends"]
@@ -272,8 +273,13 @@ def main() -> None:
     p.add_argument("--reps", type=int)
     p.add_argument("--write-batches", type=int)
     p.add_argument("--backends", default="sqlite,postgres")
+    p.add_argument(
+        "--write-only",
+        action="store_true",
+        help="only the log-writer measurement, into a database of --rows rows (default 20,000)",
+    )
     args = p.parse_args()
-    args.rows = args.rows or (100_000 if args.quick else 1_000_000)
+    args.rows = args.rows or (20_000 if args.write_only else 100_000 if args.quick else 1_000_000)
     args.reps = args.reps or (10 if args.quick else 30)
     args.write_batches = args.write_batches or (10 if args.quick else 60)
     result: dict[str, Any] = {
@@ -306,7 +312,7 @@ def main() -> None:
                 admin.close()
     result["machine"]["loadavg_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     RESULTS.mkdir(exist_ok=True)
-    suffix = "" if not args.quick else ".quick"
+    suffix = "_write" if args.write_only else ".quick" if args.quick else ""
     (RESULTS / f"dashboard{suffix}.json").write_text(json.dumps(result, indent=2, default=str))
     (RESULTS / f"dashboard{suffix}.md").write_text(markdown(result))
     print(markdown(result))
