@@ -106,18 +106,17 @@ NARROW: tuple[str, ...] = (*(m for m in SPEND_MEASURES if m not in _FLOATS), *_M
 _N_WIDE_COUNTS = len(WIDE) - len(_FLOATS)
 _N_NARROW_COUNTS = len(NARROW) - len(_MONEY)
 _BOUNDS = np.asarray(LATENCY_BUCKETS_MS, dtype=np.float64)
-_NUMBERS = operator.itemgetter(
-    "created_at", "status_code", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_5m_tokens",
+_FIELDS = operator.itemgetter(
+    "key_id", "served_model", "requested_model", "provider", "saving_mechanism", "cache", "status_code",
+    "route_reason", "created_at", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_5m_tokens",
     "cache_write_1h_tokens", "cost_usd", "counterfactual_usd", "saving_usd", "latency_ms", "ttft_ms",
 )  # fmt: skip
-_LABELS = operator.itemgetter(
-    "key_id", "served_model", "requested_model", "provider", "saving_mechanism", "cache", "status_code",
-    "route_reason",
-)  # fmt: skip
 _BASE = (*(m for m in BASE_MEASURES if m not in _FLOATS), *_FLOATS)  # WIDE without the histograms
+_N_BASE_COUNTS = len(_BASE) - len(_FLOATS)
 _BASE_AT = {name: i for i, name in enumerate(_BASE)}
-_NARROW_SET = frozenset(_BASE_AT[name] for name in NARROW)
+_NARROW_COUNTS_AT = [_BASE_AT[name] for name in NARROW[:_N_NARROW_COUNTS]]
 _N_BUCKETS = len(LATENCY_BUCKET_COLUMNS)
+_WIDE_DIMENSIONS = [i for i, d in enumerate(ROLLUP_DIMENSIONS) if d in HISTOGRAM_DIMENSIONS]
 
 
 def _blank(value: Any) -> str:
@@ -137,16 +136,17 @@ def _sums(batch: Sequence[Mapping[str, Any]]) -> list[tuple[Group, bool, list[An
     ``WIDE`` or ``NARROW`` order.
 
     Column-wise, because it runs in the log writer's transaction, with a fixed number of C-level passes
-    over the rows (measured in ``bench/dashboard.py``): the numbers are read into one (rows x fields)
-    array, each dimension's values are factorized with ``dict.fromkeys`` and ``map`` (its labels made
-    once per distinct value), and each measure is summed per group with one ``np.bincount`` over every
-    dimension's groups at once."""
+    over the rows (measured in ``bench/dashboard.py``): the fields are read into columns (``itemgetter``,
+    ``zip``), each dimension's values are factorized with ``dict.fromkeys`` and ``map`` (labels made once
+    per distinct value), and the measures of every group of every dimension are summed by one
+    ``np.add.reduceat`` over the rows sorted by group, the histograms by one ``np.bincount`` each."""
     n = len(batch)
     if not n:
         return []
-    x = np.array(list(map(_NUMBERS, batch)), dtype=np.float64)  # [rows, fields]; None -> NaN
-    key, served, requested, provider, mechanism, cache, status, route = zip(*map(_LABELS, batch), strict=True)
-    slots = (x[:, 0] // HOUR_S).astype(np.int64).tolist()
+    (key, served, requested, provider, mechanism, cache, status, route, created, tin, tout, tread, tw5, tw1,
+     cost, counterfactual, saving, latency, ttft) = zip(*map(_FIELDS, batch), strict=True)  # fmt: skip
+
+    slots = np.floor_divide(np.array(created, dtype=np.float64), HOUR_S).astype(np.int64).tolist()
     hours = {slot: datetime.fromtimestamp(slot * HOUR_S, UTC) for slot in set(slots)}
     one_hour = len(hours) == 1
     # Each dimension's raw values per row and how a raw value becomes the rollup's value (as groups_of).
@@ -171,43 +171,42 @@ def _sums(batch: Sequence[Mapping[str, Any]]) -> list[tuple[Group, bool, list[An
             distinct[tag] = index.setdefault((slot, label(value)), len(groups) + len(index))
         groups += [(dimension, slot, value) for slot, value in index]
         inverses.append(np.fromiter(map(distinct.__getitem__, tags), dtype=np.intp, count=n))
-    cache_group = inverses[ROLLUP_DIMENSIONS.index("cache")]
-    hit = np.array([d == "cache" and v.startswith("hit") for d, _, v in groups])[cache_group]
+    hits = np.array([d == "cache" and v.startswith("hit") for d, _, v in groups])
+    codes = np.array(status, dtype=np.float64)
+    price = np.array(cost, dtype=np.float64)
+    lat = np.array(latency, dtype=np.float64)
+    first = np.array(ttft, dtype=np.float64)
 
-    m = np.empty((n, len(_BASE)))  # [rows, base measures in _BASE order]
-    nan = np.isnan(x)
-    codes = np.nan_to_num(x[:, 1])
+    m = np.empty((n, len(_BASE)))  # [rows, base measures in _BASE order]; NaN (unknown) -> 0 below
     for name, values in (
-        ("requests", 1.0), ("errors", (codes >= 400) | (codes == 0)), ("cache_hits", hit),
-        ("unpriced", nan[:, 7]), ("input_tokens", x[:, 2]), ("output_tokens", x[:, 3]),
-        ("cache_read_tokens", x[:, 4]), ("cache_write_tokens", x[:, 5] + x[:, 6]), ("cost_usd", x[:, 7]),
-        ("counterfactual_usd", x[:, 8]), ("saving_usd", x[:, 9]), ("latency_count", ~nan[:, 10]),
-        ("latency_ms_sum", x[:, 10]), ("ttft_count", ~nan[:, 11]), ("ttft_ms_sum", x[:, 11]),
+        ("requests", 1.0), ("errors", (codes >= 400) | (codes == 0) | np.isnan(codes)),
+        ("cache_hits", hits[inverses[ROLLUP_DIMENSIONS.index("cache")]]), ("unpriced", np.isnan(price)),
+        ("input_tokens", tin), ("output_tokens", tout), ("cache_read_tokens", tread),
+        ("cache_write_tokens", np.array(tw5, dtype=np.float64) + np.array(tw1, dtype=np.float64)),
+        ("cost_usd", price), ("counterfactual_usd", counterfactual), ("saving_usd", saving),
+        ("latency_count", ~np.isnan(lat)), ("latency_ms_sum", lat), ("ttft_count", ~np.isnan(first)),
+        ("ttft_ms_sum", first),
     ):  # fmt: skip
         m[:, _BASE_AT[name]] = values
     np.nan_to_num(m, copy=False)
 
+    # Every dimension's group of every row, sorted by group; the sums per run of equal groups.
+    ids = np.concatenate(inverses)  # [dimensions * rows]
+    order = np.argsort(ids, kind="stable")
+    starts = np.flatnonzero(np.diff(ids[order], prepend=-1))  # one start per group, in group order
+    totals = np.add.reduceat(m[order % n], starts, axis=0)  # [groups, base measures]
+    counts = np.rint(totals[:, :_N_BASE_COUNTS]).astype(np.int64)
     g = len(groups)
-    wide_dims = [i for i, d in enumerate(ROLLUP_DIMENSIONS) if d in HISTOGRAM_DIMENSIONS]
-    wide_ids = np.concatenate([inverses[i] for i in wide_dims])
-    all_ids = np.concatenate(inverses)
-    totals = np.zeros((g, len(_BASE)))
-    for j in range(len(_BASE)):  # the wide groups get every base measure, the others the narrow ones
-        if j in _NARROW_SET:
-            totals[:, j] = np.bincount(all_ids, weights=np.tile(m[:, j], len(inverses)), minlength=g)
-        else:
-            totals[:, j] = np.bincount(wide_ids, weights=np.tile(m[:, j], len(wide_dims)), minlength=g)
+    wide_ids = np.concatenate([inverses[i] for i in _WIDE_DIMENSIONS])
     histograms = []
-    for column in (10, 11):  # latency, TTFT: per group and bucket (bisect_left, as bucket_of)
-        seen = np.tile(~nan[:, column], len(wide_dims))
-        bucket = np.tile(np.searchsorted(_BOUNDS, np.nan_to_num(x[:, column]), side="left"), len(wide_dims))
+    for ms in (lat, first):  # per group and bucket (bisect_left, as bucket_of), unknown latencies left out
+        seen = np.tile(~np.isnan(ms), len(_WIDE_DIMENSIONS))
+        bucket = np.tile(np.searchsorted(_BOUNDS, ms, side="left"), len(_WIDE_DIMENSIONS))
         flat = np.bincount(wide_ids[seen] * _N_BUCKETS + bucket[seen], minlength=g * _N_BUCKETS)
         histograms.append(flat.reshape(g, _N_BUCKETS))
-    n_counts = len(_BASE) - len(_FLOATS)
-    counts = np.rint(totals[:, :n_counts]).astype(np.int64)
     wide_counts = np.concatenate([counts, *histograms], axis=1).tolist()
-    narrow_counts = counts[:, [_BASE_AT[c] for c in NARROW[:_N_NARROW_COUNTS]]].tolist()
-    sums = totals[:, n_counts:].tolist()
+    narrow_counts = counts[:, _NARROW_COUNTS_AT].tolist()
+    sums = totals[:, _N_BASE_COUNTS:].tolist()
     out: list[tuple[Group, bool, list[Any]]] = []
     for j, (dimension, slot, value) in enumerate(groups):
         wide = dimension in HISTOGRAM_DIMENSIONS

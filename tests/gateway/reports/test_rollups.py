@@ -189,7 +189,9 @@ def test_aggregate_equals_the_row_by_row_sums() -> None:
     assert rollups.aggregate([]) == {}
 
 
-async def test_add_rows_alone_stores_what_aggregate_sums(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+async def test_add_rows_alone_stores_what_aggregate_sums(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
     """``add_rows`` as the first statement of its transaction (asyncpg: it begins it) writes every group of
     ``aggregate``, wide and narrow, each measure as summed; a second call adds to the same rows."""
     rng = random.Random(3)
