@@ -239,6 +239,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['rows']:,} synthetic request-log rows over 30 days; `{result['command']}`; "
         f"{result['machine']['cpus']} CPUs (shared), Python {result['machine']['python']}; load average at the "
         f"start {result['machine']['loadavg_start']}, at the end {result['machine']['loadavg_end']}.",
+    ]
+    pages = all(b["pages"] for b in result["backends"])
+    lines += [
         "",
         "## Page API latency (target: p95 < 300 ms)",
         "",
@@ -250,8 +253,8 @@ def markdown(result: dict[str, Any]) -> str:
         + " | ".join(f"{b['backend']} p50 / p95 ms (CPU ms)" for b in result["backends"])
         + " | met |",
         "|---|" + "---|" * len(result["backends"]) + "---|",
-    ]
-    for i, path in enumerate(ENDPOINTS if all(b["pages"] for b in result["backends"]) else ()):
+    ] if pages else []  # fmt: skip
+    for i, path in enumerate(ENDPOINTS if pages else ()):
         cells = [
             f"{b['pages'][i]['p50_ms']:.1f} / {b['pages'][i]['p95_ms']:.1f} ({b['pages'][i].get('cpu_ms_median', 0):.1f})"
             for b in result["backends"]
