@@ -13,6 +13,8 @@ the insert (``log_position``) that this transaction inserted (``xmin``); other r
 between have another ``xmin``. The statement returns how many rows it aggregated: none means they were
 inserted under a savepoint (another ``xmin``), and ``add_logged`` then aggregates them in Python instead.
 
+Needs PostgreSQL 13 or later (``pg_current_xact_id``, ``date_trunc`` with a time zone).
+
 Each value is derived as ``rollups.groups_of`` derives it from a row dict, and each measure summed as
 ``rollups.aggregate`` sums it (tests compare the two paths).
 """

@@ -168,9 +168,11 @@ async def insert_request_rows(session: AsyncSession, rows: Sequence[Mapping[str,
     conn = await session.connection()
     driver = conn.dialect.driver
     if driver == "asyncpg":
-        # The COPY must run inside the session's transaction, which the adapter begins lazily.
-        await conn.execute(_SELECT_ONE)
+        # The COPY must run inside the session's transaction, which the adapter begins lazily (unless a
+        # statement before it, e.g. the rollups' position, already did).
         raw = await conn.get_raw_connection()
+        if not raw.driver_connection.is_in_transaction():  # type: ignore[union-attr]
+            await conn.execute(_SELECT_ONE)
         await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
             RequestLogRow.__tablename__, records=[_pg_record(row) for row in rows], columns=COLUMNS
         )
