@@ -293,7 +293,7 @@ def _upsert_sql(driver: str, measured: tuple[str, ...]) -> str:
     )
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # a batch holds an hour or two
 def _hour_text(hour: datetime) -> str:
     return hour.replace(tzinfo=None).isoformat(" ", "microseconds")
 
