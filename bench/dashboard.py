@@ -8,13 +8,15 @@ writer's own path (``repo.write_request_batch``: raw rows + rollups + key spend)
 the gateway (``create_app``, real uvicorn on loopback) answers each ``/admin/api/...`` call ``--reps`` times
 (after one warm-up) and the p50/p95 wall times are reported. Target: p95 < 300 ms.
 
-Write overhead: batches of 500 live rows (the log writer's default batch, all in the current hour) into the
-loaded database, alternating today's write (raw insert + key spend, the baseline) with the same write plus
-the rollup upsert; throughput in rows/s of each, median over ``--write-batches`` batches. Target: the
-rollups cost <= 10% of the baseline's throughput.
+Write overhead: batches of 500 live rows (all in the current hour) into the loaded database, interleaving
+today's write without rollups (raw insert + key spend, the baseline), the log writer's write with them and,
+on PostgreSQL, the in-process aggregation (``write_overhead``); throughput in rows/s and CPU per batch of
+each, median over ``--write-batches`` batches. Target: the rollups cost <= 10% of the baseline's
+throughput.
 
     .venv/bin/python -m bench.dashboard             # 1,000,000 rows on both backends (~10-15 min here)
     .venv/bin/python -m bench.dashboard --quick     # 100,000 rows, fewer repetitions
+    .venv/bin/python -m bench.dashboard --write-only --write-batches 40   # the write overhead alone (~1 min)
 """
 
 from __future__ import annotations
@@ -129,51 +131,65 @@ async def load(url: str, rows: int, batch: int = 5000) -> float:
 
 
 async def write_overhead(url: str, batches: int, size: int = 500) -> dict[str, Any]:
-    """Rows/s of today's write (insert + spend) vs the same plus the rollup upsert, alternating."""
+    """Rows/s and CPU per batch of today's write without rollups (insert + spend: the baseline), with the
+    rollups as the log writer writes them (``repo.write_request_batch``: PostgreSQL aggregates the stored
+    rows in the server, SQLite in process) and, on PostgreSQL, with the in-process aggregation instead
+    (``rollups.add_rows``), interleaved batch by batch."""
     engine = make_engine(url)
     maker = make_sessionmaker(engine)
     rng = random.Random(7)
-    base: list[float] = []
-    with_rollups: list[float] = []
-    cpu_base: list[float] = []
-    cpu_rollups: list[float] = []
+    variants = ["baseline", "rollups"] + (["in_process"] if url.startswith("postgresql") else [])
+    rate: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     groups: list[int] = []
     try:
-        for b in range(2 * batches + 2):
+        for b in range(len(variants) * (batches + 1)):
+            variant = variants[b % len(variants)]
             now = time.time()
             chunk = [synthetic_row(10**9 + b * size + i, rng, now) for i in range(size)]
-            rolled = b % 2 == 1
             t0, c0 = time.perf_counter(), time.process_time()
             async with maker.begin() as session:
-                if rolled:
+                if variant == "rollups":
                     await repo.write_request_batch(session, chunk)
-                else:  # today's write_request_batch, without the rollups
+                else:
                     await repo.insert_request_rows(session, chunk)
+                    if variant == "in_process":
+                        await rollups.add_rows(session, chunk)
                     await repo.add_spend(session, repo.spend_by_key(chunk))
-            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-            if b >= 2:  # the first pair warms up
-                (with_rollups if rolled else base).append(size / elapsed)
-                (cpu_rollups if rolled else cpu_base).append(1000 * cpu)
-                if rolled:
+            elapsed, used = time.perf_counter() - t0, time.process_time() - c0
+            if b >= len(variants):  # the first round warms up
+                rate[variant].append(size / elapsed)
+                cpu[variant].append(1000 * used)
+                if variant == "rollups":
                     groups.append(len(rollups.aggregate(chunk)))
     finally:
         await engine.dispose()
-    b_med, r_med = statistics.median(base), statistics.median(with_rollups)
-    return {
+    b_med = statistics.median(rate["baseline"])
+    c_med = statistics.median(cpu["baseline"])
+    out: dict[str, Any] = {
         "batch_rows": size,
         "batches_each": batches,
         "baseline_rows_per_s": b_med,
-        "with_rollups_rows_per_s": r_med,
-        "throughput_ratio": r_med / b_med,
-        "overhead_pct": 100 * (1 - r_med / b_med),
+        "baseline_cpu_ms_per_batch": c_med,
         "rollup_groups_per_batch": statistics.median(groups),
-        "target_met": r_med / b_med >= 0.90,
-        # CPU of this process per batch (SQLite: everything, the database runs in-process; PostgreSQL: the
-        # client side only): unlike wall time, not inflated by waiting for a core on a shared machine.
-        "baseline_cpu_ms_per_batch": statistics.median(cpu_base),
-        "with_rollups_cpu_ms_per_batch": statistics.median(cpu_rollups),
-        "cpu_overhead_pct": 100 * (statistics.median(cpu_rollups) / statistics.median(cpu_base) - 1),
     }
+    for v in variants[1:]:
+        prefix = "with_rollups" if v == "rollups" else v
+        r_med, rc_med = statistics.median(rate[v]), statistics.median(cpu[v])
+        out |= {
+            f"{prefix}_rows_per_s": r_med,
+            f"{prefix}_throughput_ratio": r_med / b_med,
+            f"{prefix}_overhead_pct": 100 * (1 - r_med / b_med),
+            # CPU of this process per batch (SQLite: everything, the database runs in-process; PostgreSQL:
+            # the client side only): unlike wall time, not inflated by waiting for a core on a shared box.
+            f"{prefix}_cpu_ms_per_batch": rc_med,
+            f"{prefix}_cpu_overhead_pct": 100 * (rc_med / c_med - 1),
+        }
+    out["throughput_ratio"] = out["with_rollups_throughput_ratio"]
+    out["overhead_pct"] = out["with_rollups_overhead_pct"]
+    out["cpu_overhead_pct"] = out["with_rollups_cpu_overhead_pct"]
+    out["target_met"] = out["throughput_ratio"] >= 0.90
+    return out
 
 
 def page_latencies(url: str, reps: int) -> list[dict[str, Any]]:
@@ -208,7 +224,7 @@ def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]
     print(f"{name}: migrating and loading {args.rows:,} rows", file=sys.stderr, flush=True)
     upgrade(url)
     load_s = asyncio.run(load(url, args.rows))
-    pages = page_latencies(url, args.reps)
+    pages = [] if args.write_only else page_latencies(url, args.reps)
     writes = asyncio.run(write_overhead(url, args.write_batches))
     print(f"  write: baseline {writes['baseline_rows_per_s']:.0f} rows/s, with rollups "
           f"{writes['with_rollups_rows_per_s']:.0f} rows/s ({writes['overhead_pct']:.1f}% overhead)", file=sys.stderr)  # fmt: skip
@@ -223,6 +239,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['rows']:,} synthetic request-log rows over 30 days; `{result['command']}`; "
         f"{result['machine']['cpus']} CPUs (shared), Python {result['machine']['python']}; load average at the "
         f"start {result['machine']['loadavg_start']}, at the end {result['machine']['loadavg_end']}.",
+    ]
+    pages = all(b["pages"] for b in result["backends"])
+    lines += [
         "",
         "## Page API latency (target: p95 < 300 ms)",
         "",
@@ -234,8 +253,8 @@ def markdown(result: dict[str, Any]) -> str:
         + " | ".join(f"{b['backend']} p50 / p95 ms (CPU ms)" for b in result["backends"])
         + " | met |",
         "|---|" + "---|" * len(result["backends"]) + "---|",
-    ]
-    for i, path in enumerate(ENDPOINTS):
+    ] if pages else []  # fmt: skip
+    for i, path in enumerate(ENDPOINTS if pages else ()):
         cells = [
             f"{b['pages'][i]['p50_ms']:.1f} / {b['pages'][i]['p95_ms']:.1f} ({b['pages'][i].get('cpu_ms_median', 0):.1f})"
             for b in result["backends"]
@@ -246,20 +265,37 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Log-writer throughput with the rollups (target: within 10%)",
         "",
-        "Batches of 500 live rows into the loaded database, alternating; median rows/s (wall) and median CPU",
-        "of this process per batch (SQLite: all of it; PostgreSQL: the client side only).",
+        "Batches of 500 live rows into the loaded database, interleaved: today's write without rollups",
+        "(insert + key spend), the log writer's write with them (PostgreSQL: aggregated by the server from",
+        "the stored rows; SQLite: in process) and, on PostgreSQL, the in-process aggregation instead. Median",
+        "rows/s (wall) and median CPU of this process per batch (SQLite: all of it, the database runs in the",
+        "process; PostgreSQL: the client side only, the server's CPU is not counted).",
         "",
-        "| backend | today's write (rows/s) | with rollups (rows/s) | ratio | met | CPU ms per batch: today / with rollups (overhead) | rollup groups per batch |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | variant | rows/s | throughput ratio | CPU ms per batch (vs without rollups) | met |",
+        "|---|---|---|---|---|---|",
     ]
     for b in result["backends"]:
         w = b["write"]
         lines.append(
-            f"| {b['backend']} | {w['baseline_rows_per_s']:.0f} | {w['with_rollups_rows_per_s']:.0f} | "
-            f"{w['throughput_ratio']:.3f} | {'met' if w['target_met'] else 'NOT met'} | "
-            f"{w.get('baseline_cpu_ms_per_batch', 0):.1f} / {w.get('with_rollups_cpu_ms_per_batch', 0):.1f} "
-            f"({w.get('cpu_overhead_pct', 0):+.1f}%) | {w['rollup_groups_per_batch']:.0f} |"
+            f"| {b['backend']} | without rollups | {w['baseline_rows_per_s']:.0f} | 1 | "
+            f"{w['baseline_cpu_ms_per_batch']:.1f} | |"
         )
+        for prefix, label in (
+            ("with_rollups", "with rollups (the log writer's)"),
+            ("in_process", "in-process aggregation"),
+        ):
+            if f"{prefix}_rows_per_s" not in w:
+                continue
+            ratio = w[f"{prefix}_throughput_ratio"]
+            lines.append(
+                f"| {b['backend']} | {label} | {w[f'{prefix}_rows_per_s']:.0f} | {ratio:.3f} | "
+                f"{w[f'{prefix}_cpu_ms_per_batch']:.1f} ({w[f'{prefix}_cpu_overhead_pct']:+.1f}%) | "
+                f"{'met' if ratio >= 0.90 else 'NOT met'} |"
+            )
+    lines += [
+        "",
+        f"Rollup groups per batch: {result['backends'][0]['write']['rollup_groups_per_batch']:.0f}.",
+    ]
     lines += ["", "Loading (the same write path, batches of 5,000): " + ", ".join(
         f"{b['backend']} {b['load_rows_per_s']:.0f} rows/s" for b in result["backends"]) + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -272,8 +308,13 @@ def main() -> None:
     p.add_argument("--reps", type=int)
     p.add_argument("--write-batches", type=int)
     p.add_argument("--backends", default="sqlite,postgres")
+    p.add_argument(
+        "--write-only",
+        action="store_true",
+        help="only the log-writer measurement, into a database of --rows rows (default 20,000)",
+    )
     args = p.parse_args()
-    args.rows = args.rows or (100_000 if args.quick else 1_000_000)
+    args.rows = args.rows or (20_000 if args.write_only else 100_000 if args.quick else 1_000_000)
     args.reps = args.reps or (10 if args.quick else 30)
     args.write_batches = args.write_batches or (10 if args.quick else 60)
     result: dict[str, Any] = {
@@ -306,7 +347,7 @@ def main() -> None:
                 admin.close()
     result["machine"]["loadavg_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     RESULTS.mkdir(exist_ok=True)
-    suffix = "" if not args.quick else ".quick"
+    suffix = "_write" if args.write_only else ".quick" if args.quick else ""
     (RESULTS / f"dashboard{suffix}.json").write_text(json.dumps(result, indent=2, default=str))
     (RESULTS / f"dashboard{suffix}.md").write_text(markdown(result))
     print(markdown(result))

@@ -42,7 +42,9 @@ from gateway.logwriter import LogWriter
 from gateway.metrics import Metrics, model_labels
 from gateway.passthrough import Passthrough
 from gateway.pipeline import Pipeline
+from gateway.providers.local import EngineLoad, LocalProvider
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
+from gateway.reports.live import LiveSeries, Sources
 from gateway.reports.retention import Pruner
 from gateway.router import Router
 from gateway.settings import Settings
@@ -138,6 +140,8 @@ def create_app(
                 state.steps = pipeline_steps
                 worker = _start_batches(app, settings, sessionmaker, pipeline)
                 pruner = _pruner(settings, sessionmaker)
+                state.live = live = _live_series(settings, pipeline_steps, providers)
+                live.start()
                 started: list[Managed] = []
                 try:
                     for step in managed:
@@ -147,6 +151,7 @@ def create_app(
                         await worker.start()
                     yield
                 finally:
+                    await live.stop()
                     if pruner is not None:
                         await pruner.stop()
                     if worker is not None:
@@ -229,6 +234,24 @@ def _pruner(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) 
     )
     pruner.start()
     return pruner
+
+
+def _live_series(settings: Settings, steps: Steps, providers: Providers) -> LiveSeries:
+    """The dashboard's live series (not started) over the router's breakers and the local engines."""
+    router = steps.router
+    locals_ = [p for p in (providers[name] for name in providers) if isinstance(p, LocalProvider)]
+
+    def engines() -> list[EngineLoad]:
+        return [load for p in locals_ if (load := p.load()) is not None]
+
+    sources = Sources(
+        breakers=router.breakers if isinstance(router, RouteHealth) else None,
+        transitions=router.breaker_transitions if isinstance(router, Router) else None,
+        engines=engines if locals_ else None,
+    )
+    return LiveSeries(
+        sources, interval_s=settings.dashboard.live_interval_s, keep=settings.dashboard.live_samples
+    )
 
 
 def _start_batches(

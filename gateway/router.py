@@ -221,6 +221,10 @@ class Router:
     def breakers(self) -> Mapping[str, int]:
         return {name: int(state) for name, state in self.health.states().items()}
 
+    def breaker_transitions(self) -> tuple[int, int]:
+        """(opened, closed): breaker transitions since start, over every deployment. Reads only."""
+        return self.health.opened, self.health.closed
+
     # ---- helpers -------------------------------------------------------------------------------------
 
     @property

@@ -453,6 +453,10 @@ class DashboardSettings(_Strict):
     """Raw request-log rows older than this are deleted (the hourly rollups are kept); None keeps them all."""
     prune_interval_s: float = Field(default=3600.0, gt=0)
     """How often the pruner runs when ``retention_days`` is set."""
+    live_interval_s: float = Field(default=5.0, gt=0)
+    """How often the routing and local-engine panels' live series (breakers, engine queue and tokens per
+    second) is sampled; the last ``live_samples`` samples are kept in memory."""
+    live_samples: int = Field(default=720, ge=1, le=100_000)
 
 
 class BatchSettings(_Strict):

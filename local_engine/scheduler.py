@@ -121,6 +121,10 @@ class Scheduler:
         return len(self._free_slots)
 
     @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
     def waiting(self) -> tuple[Sequence, ...]:
         return tuple(self._waiting)
 

@@ -77,6 +77,10 @@ class Health:
         self._alpha = alpha
         self._clock = clock
         self._deps: dict[str, _Deployment] = {}
+        self.opened = 0
+        """Breakers opened (from closed, or again from half-open) since this ``Health`` was made."""
+        self.closed = 0
+        """Open or half-open breakers closed again by a success."""
 
     def _get(self, deployment: str) -> _Deployment:
         dep = self._deps.get(deployment)
@@ -136,6 +140,8 @@ class Health:
         now = self._clock()
         dep = self._get(deployment)
         if ok:
+            if dep.state is not BreakerState.CLOSED:
+                self.closed += 1
             dep.state, dep.failures, dep.probes = BreakerState.CLOSED, 0, 0
             if latency_s is not None:
                 dep.ewma = (
@@ -148,6 +154,7 @@ class Health:
             state is BreakerState.CLOSED and dep.failures >= self._threshold
         ):
             dep.state, dep.opened_at, dep.probes = BreakerState.OPEN, now, 0
+            self.opened += 1
 
     def _expire(self, dep: _Deployment, now: float) -> None:
         sent = dep.sent

@@ -9,8 +9,9 @@
     GET /admin/api/requests           recent requests, filterable by key, model, status and cache outcome
     GET /admin/api/batches            batch jobs with progress, cost and saving
     GET /admin/api/panels/cache       cache hit rates per hour
-    GET /admin/api/panels/routing     share of requests per model, route reasons
-    GET /admin/api/panels/local       the local engine's requests and output tokens per second
+    GET /admin/api/panels/routing     share of requests per model, route reasons, fallbacks per hour, breakers
+    GET /admin/api/panels/local       the local engine's requests and output tokens per second (per hour),
+                                      its queue and tokens per second lately (the live series)
     GET /admin/api/openapi.json       this API's OpenAPI schema
 """
 
@@ -31,6 +32,7 @@ from gateway.api.admin import AdminRoute, require_admin
 from gateway.deps import KeyStoreDep
 from gateway.errors import InvalidRequest
 from gateway.reports import queries
+from gateway.reports.live import LiveSeries
 
 router = APIRouter(
     prefix="/admin/api", tags=["reports"], dependencies=[Depends(require_admin)], route_class=AdminRoute
@@ -44,6 +46,14 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def get_live(request: Request) -> LiveSeries:
+    live: LiveSeries = request.app.state.live
+    return live
+
+
+LiveDep = Annotated[LiveSeries, Depends(get_live)]
 Window = Annotated[str, Query(pattern=r"^(today|[1-9][0-9]{0,3}[hd])$", description="today, <n>h or <n>d")]
 
 
@@ -211,21 +221,86 @@ class RouteReason(BaseModel):
     requests: int
 
 
+class HourCount(BaseModel):
+    hour: datetime
+    requests: int
+
+
+class Fallbacks(BaseModel):
+    """Requests sent to a fallback model (their route reason ends "; fallback <i> after <provider>/<model>"),
+    from the hourly rollups."""
+
+    requests: int
+    hours: list[HourCount]
+    reasons: list[RouteReason]
+
+
+class Breaker(BaseModel):
+    deployment: str
+    """``<provider>/<upstream model>``."""
+    state: Literal["closed", "open", "half-open"]
+
+
+class BreakerSample(BaseModel):
+    at: datetime
+    open: int
+    """Breakers not closed (open or half-open) at that moment."""
+    opened: int
+    """Breakers opened since this process started (cumulative)."""
+    closed: int
+    """Breakers closed again since this process started (cumulative)."""
+
+
+class Breakers(BaseModel):
+    """The router's circuit breakers now, and the live series (sampled every ``interval_s`` by this process;
+    empty after a restart)."""
+
+    interval_s: float
+    now: list[Breaker]
+    opened: int
+    closed: int
+    series: list[BreakerSample]
+
+
 class RoutingPanel(BaseModel):
     since: datetime
     models: list[SpendRow]
     reasons: list[RouteReason]
-    fallbacks: int | None = None
-    """Not recorded in the request log yet: None ("no data")."""
-    breakers: list[dict[str, Any]] | None = None
+    fallbacks: Fallbacks
+    breakers: Breakers | None
+    """None when the router keeps no breakers."""
+
+
+class LocalHour(BaseModel):
+    hour: datetime
+    requests: int
+    output_tokens: int
+    output_tokens_per_s: float | None
+    """Output tokens per second of request time in that hour."""
+
+
+class LocalSamplePublic(BaseModel):
+    at: datetime
+    waiting: int
+    """Requests waiting for a slot."""
+    running: int
+    """Requests holding a slot."""
+    tokens_per_s: float | None
+    """Tokens generated per second since the previous sample."""
 
 
 class LocalPanel(BaseModel):
     since: datetime
     summary: Summary
     output_tokens_per_s: float | None
-    queue: dict[str, Any] | None = None
-    """The engine's live queue is not recorded in the request log: None ("no data")."""
+    """Output tokens per second of request time over the window (from the rollups; survives restarts)."""
+    hours: list[LocalHour]
+    interval_s: float
+    live: list[LocalSamplePublic]
+    """The engine's queue and generation rate, sampled every ``interval_s`` since this process loaded it."""
+
+
+_STATES = {0: "closed", 1: "open", 2: "half-open"}
 
 
 def _start(window: str) -> datetime:
@@ -336,18 +411,57 @@ async def cache_panel(session: SessionDep, since: Window = "7d") -> Any:
 
 
 @router.get("/panels/routing", response_model=RoutingPanel)
-async def routing_panel(session: SessionDep, since: Window = "7d") -> Any:
+async def routing_panel(session: SessionDep, live: LiveDep, since: Window = "7d") -> Any:
     start = _start(since)
     models = await queries.group_table(session, start, "model")
-    return {"since": start, "models": models, "reasons": await queries.route_reasons(session, start)}
+    samples = live.samples()
+    breakers = None
+    if samples and samples[-1].opened is not None:
+        last = samples[-1]
+        breakers = {
+            "interval_s": live.interval_s,
+            "now": [{"deployment": d, "state": _STATES.get(s, "open")} for d, s in last.breakers.items()],
+            "opened": last.opened,
+            "closed": last.closed,
+            "series": [
+                {
+                    "at": datetime.fromtimestamp(x.at, UTC),
+                    "open": sum(1 for state in x.breakers.values() if state),
+                    "opened": x.opened,
+                    "closed": x.closed,
+                }
+                for x in samples
+            ],
+        }
+    return {
+        "since": start,
+        "models": models,
+        "reasons": await queries.route_reasons(session, start),
+        "fallbacks": await queries.fallbacks(session, start),
+        "breakers": breakers,
+    }
 
 
 @router.get("/panels/local", response_model=LocalPanel)
-async def local_panel(session: SessionDep, since: Window = "7d") -> Any:
+async def local_panel(session: SessionDep, live: LiveDep, since: Window = "7d") -> Any:
     start = _start(since)
     summary = await queries.summary(session, start, dimension="provider", value="local")
     rate = await queries.output_rate(session, start, dimension="provider", value="local")
-    return {"since": start, "summary": summary, "output_tokens_per_s": rate}
+    hours = await queries.output_rate_hours(session, start, dimension="provider", value="local")
+    samples = [
+        {"at": datetime.fromtimestamp(x.at, UTC), "waiting": x.local.waiting, "running": x.local.running,
+         "tokens_per_s": x.local.tokens_per_s}
+        for x in live.samples()
+        if x.local is not None
+    ]  # fmt: skip
+    return {
+        "since": start,
+        "summary": summary,
+        "output_tokens_per_s": rate,
+        "hours": hours,
+        "interval_s": live.interval_s,
+        "live": samples,
+    }
 
 
 @router.get("/openapi.json", include_in_schema=False)

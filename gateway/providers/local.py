@@ -213,6 +213,18 @@ def chat_messages(req: ChatRequest, plan: OutputPlan | None = None) -> list[dict
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """The local engine's queue and output counter at one moment (the dashboard samples it)."""
+
+    waiting: int
+    """Requests admitted by the engine and waiting for a slot."""
+    running: int
+    """Requests holding a slot (prefilling or decoding)."""
+    generated_tokens: int
+    """Tokens generated since the engine started (only grows)."""
+
+
 class LocalProvider:
     """In-process ``ChatProvider`` over one ``AsyncLLMEngine``; never touches the network."""
 
@@ -284,6 +296,20 @@ class LocalProvider:
                 self._engine = engine
                 self._tokenizer = engine.tokenizer  # type: ignore[assignment]
         return self._engine
+
+    def load(self) -> EngineLoad | None:
+        """The engine's queue and output counter now; None before it has loaded. Reads only: lengths and
+        a counter the engine's thread updates, each read atomically (so the three may be a step apart)."""
+        engine = self._engine
+        if engine is None:
+            return None
+        core = engine.engine
+        scheduler = core.scheduler
+        return EngineLoad(
+            waiting=scheduler.num_waiting,
+            running=scheduler.num_slots - scheduler.num_free_slots,
+            generated_tokens=core.stats.generated_tokens,
+        )
 
     async def tokenizer(self) -> Tokenizer:
         """The model's tokenizer (loaded alone, without the engine, when only counting)."""

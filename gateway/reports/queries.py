@@ -378,6 +378,50 @@ async def output_rate(session: AsyncSession, since: datetime, *, dimension: str,
     return None if not ms else float(tokens or 0) / (float(ms) / 1000)
 
 
+FALLBACK_MARK = "; fallback "
+"""What the pipeline appends to a request's route reason when a fallback served it (or was its last
+try): ``"<reason>; fallback <i> after <provider>/<model>"``."""
+
+
+async def fallbacks(session: AsyncSession, since: datetime, limit: int = 20) -> dict[str, Any]:
+    """Requests sent to a fallback since ``since``, from the route reasons' rollups: the total, the
+    count per hour, and the most frequent reasons (each names the model that failed before)."""
+    where = (R.dimension == "route", R.hour >= since, R.value.contains(FALLBACK_MARK, autoescape=True))
+    per_hour = select(R.hour, func.sum(R.requests)).where(*where).group_by(R.hour).order_by(R.hour)
+    hours = [{"hour": hour, "requests": int(n)} for hour, n in (await session.execute(per_hour)).all()]
+    per_reason = (
+        select(R.value, func.sum(R.requests))
+        .where(*where)
+        .group_by(R.value)
+        .order_by(func.sum(R.requests).desc(), R.value)
+        .limit(limit)
+    )
+    reasons = [{"reason": r, "requests": int(n)} for r, n in (await session.execute(per_reason)).all()]
+    return {"requests": sum(h["requests"] for h in hours), "hours": hours, "reasons": reasons}
+
+
+async def output_rate_hours(
+    session: AsyncSession, since: datetime, *, dimension: str, value: str
+) -> list[dict[str, Any]]:
+    """Per hour: requests, output tokens and output tokens per second of request time (``output_rate``
+    for that hour; None without timed requests)."""
+    stmt = (
+        select(R.hour, func.sum(R.requests), func.sum(R.output_tokens), func.sum(R.latency_ms_sum))
+        .where(R.hour >= since, R.dimension == dimension, R.value == value)
+        .group_by(R.hour)
+        .order_by(R.hour)
+    )
+    return [
+        {
+            "hour": hour,
+            "requests": int(n),
+            "output_tokens": int(tokens or 0),
+            "output_tokens_per_s": None if not ms else float(tokens or 0) / (float(ms) / 1000),
+        }
+        for hour, n, tokens, ms in (await session.execute(stmt)).all()
+    ]
+
+
 async def batch_jobs(session: AsyncSession, limit: int = 100) -> list[dict[str, Any]]:
     """The newest batch jobs with their progress (items by state: done = succeeded, failed, cancelled,
     expired; duplicates count as their original), cost and saving so far (sums over finished items)."""

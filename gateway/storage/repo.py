@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.reports import rollups
+from gateway.reports import rollup_sql
 from gateway.storage.logrow import (
     COLUMNS,
     INT32_MAX,
@@ -168,9 +168,11 @@ async def insert_request_rows(session: AsyncSession, rows: Sequence[Mapping[str,
     conn = await session.connection()
     driver = conn.dialect.driver
     if driver == "asyncpg":
-        # The COPY must run inside the session's transaction, which the adapter begins lazily.
-        await conn.execute(_SELECT_ONE)
+        # The COPY must run inside the session's transaction, which the adapter begins lazily (unless a
+        # statement before it, e.g. the rollups' position, already did).
         raw = await conn.get_raw_connection()
+        if not raw.driver_connection.is_in_transaction():  # type: ignore[union-attr]
+            await conn.execute(_SELECT_ONE)
         await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
             RequestLogRow.__tablename__, records=[_pg_record(row) for row in rows], columns=COLUMNS
         )
@@ -218,9 +220,11 @@ async def write_request_batch(
 ) -> dict[str, tuple[float, float]]:
     """Inserts ``rows`` and adds their known costs to each key's spend, in the caller's transaction.
     Returns ``{key_id: (added_usd, new_total_usd)}`` for each key that exists. The hourly rollups
-    (``gateway.reports.rollups``) are updated in the same transaction."""
+    (``gateway.reports.rollups``) are updated in the same transaction: aggregated by PostgreSQL from the
+    stored rows (``gateway.reports.rollup_sql``), in process elsewhere."""
+    position = await rollup_sql.log_position(session)
     await insert_request_rows(session, rows)
-    await rollups.add_rows(session, rows)
+    await rollup_sql.add_logged(session, rows, position)
     added = spend_by_key(rows)
     totals = await add_spend(session, added)
     return {key_id: (added[key_id], total) for key_id, total in totals.items()}

@@ -27,6 +27,9 @@ def test_breaker_cycle_closed_open_half_open_closed() -> None:
     h.on_send("d", 1)
     h.on_result("d", ok=True)
     assert h.states()["d"] is BreakerState.CLOSED and h.available("d")
+    assert (h.opened, h.closed) == (2, 1)  # opened, reopened by the failed probe, closed by the good one
+    h.on_result("d", ok=True)
+    assert (h.opened, h.closed) == (2, 1)  # a success on a closed breaker is no transition
 
 
 def test_latency_average_and_load_window() -> None:

@@ -67,12 +67,15 @@ function chart(target, times, series, opts) {
   target.replaceChildren();
   if (TG.charts[target.id]) { TG.charts[target.id].destroy(); delete TG.charts[target.id]; }
   const xs = times.map((t) => Date.parse(t) / 1000);
-  const points = series.reduce((n, s) => n + s.values.filter((v) => v).length, 0);
+  const counts = opts && opts.zeros ? (v) => v !== null && v !== undefined : (v) => v;  // zeros: 0 is data
+  const points = series.reduce((n, s) => n + s.values.filter(counts).length, 0);
   target.dataset.points = String(points);
   if (!xs.length || !points) { target.append(el("p", { class: "nodata" }, "no data")); return null; }
   const fmt = (opts && opts.format) || usd;
+  // One point: an hour either side of it (uPlot would otherwise spread the axis over years).
+  const scales = xs.length === 1 ? { x: { time: true, range: [xs[0] - 3600, xs[0] + 3600] } } : undefined;
   const u = new uPlot({
-    width: Math.max(320, target.clientWidth || 900), height: 260,
+    width: Math.max(320, target.clientWidth || 900), height: 260, scales,
     series: [{}, ...series.map((s, i) => ({ label: s.name, stroke: PALETTE[i % PALETTE.length], width: 1.5, value: (_, v) => (v === null ? "—" : fmt(v)) }))],
     axes: [{}, { values: (_, ticks) => ticks.map((t) => fmt(t)), size: 70 }],
   }, [xs, ...series.map((s) => s.values)], target);
@@ -243,12 +246,43 @@ async function panelsPage() {
     { key: "cost_usd", label: "Spend", format: "usd" }, { key: "saved_usd", label: "Saved", format: "usd" },
   ], routing.models.map((m) => ({ ...m, share: total ? m.requests / total : null })));
   table(document.getElementById("routing-reasons"), [{ key: "reason", label: "Reason" }, { key: "requests", label: "Requests", format: "num" }], routing.reasons);
+  const fb = routing.fallbacks;
+  document.getElementById("routing-fallbacks").replaceChildren(
+    el("p", { "data-testid": "fallbacks-total", "data-value": fb.requests }, `${num(fb.requests)} requests sent to a fallback model`));
+  chart(document.getElementById("routing-fallbacks-chart"), fb.hours.map((h) => h.hour),
+    [{ name: "fallbacks", values: fb.hours.map((h) => h.requests) }], { format: num });
+  table(document.getElementById("routing-fallback-reasons"), [{ key: "reason", label: "Route (fallback)" }, { key: "requests", label: "Requests", format: "num" }],
+    fb.reasons, { empty: "no fallbacks in this window" });
+  const br = routing.breakers;
+  const breakers = document.getElementById("routing-breakers");
+  if (!br) {
+    breakers.replaceChildren(el("p", { class: "nodata" }, "no data (this router keeps no circuit breakers)"));
+  } else {
+    breakers.replaceChildren(el("p", { "data-testid": "breakers-transitions" },
+      `Since the gateway started: ${num(br.opened)} opened, ${num(br.closed)} closed again (sampled every ${br.interval_s} s).`));
+    const now = el("table", { class: "grid" });
+    breakers.append(now);
+    table(now, [{ key: "deployment", label: "Deployment" }, { key: "state", label: "Breaker" }], br.now, { empty: "no upstream called yet" });
+    chart(document.getElementById("routing-breakers-chart"), br.series.map((x) => x.at), [
+      { name: "open now", values: br.series.map((x) => x.open) },
+      { name: "opened (total)", values: br.series.map((x) => x.opened) },
+      { name: "closed (total)", values: br.series.map((x) => x.closed) },
+    ], { format: num, zeros: true });
+  }
   const local = await api("/admin/api/panels/local?since=7d");
   summaryList(document.getElementById("local-summary"), local.summary, [
     ["Requests", num(local.summary.requests)], ["Output tokens", num(local.summary.output_tokens)],
     ["Output tokens per second", local.output_tokens_per_s === null ? "no data" : local.output_tokens_per_s.toFixed(1)],
     ["Latency p50 / p95", `${ms(local.summary.latency_ms.p50)} / ${ms(local.summary.latency_ms.p95)}`],
   ]);
+  const rate = (x) => (x === null || x === undefined ? "—" : Number(x).toFixed(1));
+  chart(document.getElementById("local-rate-chart"), local.hours.map((h) => h.hour),
+    [{ name: "output tokens/s", values: local.hours.map((h) => h.output_tokens_per_s) }], { format: rate });
+  chart(document.getElementById("local-queue-chart"), local.live.map((x) => x.at), [
+    { name: "waiting", values: local.live.map((x) => x.waiting) },
+    { name: "running", values: local.live.map((x) => x.running) },
+    { name: "tokens/s", values: local.live.map((x) => x.tokens_per_s) },
+  ], { format: rate, zeros: true });
   document.body.dataset.ready = "1";
 }
 

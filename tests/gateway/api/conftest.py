@@ -71,12 +71,14 @@ def make_settings(
     *,
     provider_opts: dict[str, Any] | None = None,
     providers_extra: dict[str, ProviderSettings] | None = None,
+    models_extra: dict[str, ModelSettings] | None = None,
     **overrides: Any,
 ) -> Settings:
     """Settings with both providers on the simulator, keys configured, fast retries and a small catalogue:
     two aliases that rewrite the model id (``cheap``, ``anthropic-fast``) and one unpriced model.
     ``provider_opts`` are ProviderSettings fields applied to both providers (``api_key``: None for
-    bring-your-own-key, ``timeout_s``, ``max_retries`` ...); ``providers_extra`` adds more providers."""
+    bring-your-own-key, ``timeout_s``, ``max_retries`` ...); ``providers_extra`` adds more providers and
+    ``models_extra`` more models."""
     opts: dict[str, Any] = {"timeout_s": 5.0, **(provider_opts or {})}
     openai_opts = {"base_url": f"{sim_url}/v1", "api_key": SecretStr(OPENAI_KEY), **opts}
     anthropic_opts = {"base_url": sim_url, "api_key": SecretStr(ANTHROPIC_KEY), **opts}
@@ -97,6 +99,7 @@ def make_settings(
         "anthropic-fast": ModelSettings(
             provider="anthropic", model="claude-haiku-4-5", prices=ModelPriceOverride(input=1.0, output=5.0)
         ),
+        **(models_extra or {}),
     }
     values: dict[str, Any] = {
         "database_url": db_url,

@@ -141,9 +141,12 @@ def test_keys_requests_batches_and_panels(mixed: tuple[Gateway, httpx.Client, st
     assert sum(h["requests"] for h in cache["hours"]) == len(rows)
     routing = client.get("/admin/api/panels/routing", headers=BEARER).json()
     assert sum(m["requests"] for m in routing["models"]) == len(rows)
-    assert routing["fallbacks"] is None  # not recorded: the page says "no data"
+    assert routing["fallbacks"] == {"requests": 0, "hours": [], "reasons": []}  # no fallback in this mix
+    breakers = routing["breakers"]  # sampled when the app started: no deployment has failed
+    assert breakers["now"] == [] and (breakers["opened"], breakers["closed"]) == (0, 0)
     local = client.get("/admin/api/panels/local", headers=BEARER).json()
     assert local["summary"]["requests"] == 0 and local["output_tokens_per_s"] is None
+    assert local["hours"] == [] and local["live"] == []  # no local engine configured
 
     schema = client.get("/admin/api/openapi.json", headers=BEARER).json()
     assert {"/admin/api/overview", "/admin/api/spend", "/admin/api/requests", "/admin/keys"} <= set(

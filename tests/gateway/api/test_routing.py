@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from pydantic import SecretStr
 
 from gateway.config import Catalogue
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
@@ -25,6 +26,7 @@ from gateway.providers.registry import ProviderKinds
 from gateway.router import Router
 from gateway.settings import (
     BreakerSettings,
+    DashboardSettings,
     ModelPriceOverride,
     ModelSettings,
     PolicySettings,
@@ -47,7 +49,9 @@ from gateway.types import (
     UsageReport,
 )
 from routing.classifier import SIGNALS, ComplexityClassifier
+from tests.gateway.api.conftest import create_key
 from tests.upstream import Fault, Simulator
+from tests.waiting import wait_until
 
 SHORT = [{"role": "user", "content": "Hi, what is 2+2?"}]
 LONG_TEXT = "Prove that the sequence defined below converges, and give its limit with a full argument. " * 6
@@ -443,3 +447,48 @@ def test_local_model_is_the_last_resort_when_every_hosted_upstream_is_down(
     assert rows[0]["saving_mechanism"] == "local" and rows[0]["cost_usd"] == 0.0
     assert rows[0]["route_reason"].startswith("requested; fallback 2 after anthropic/claude-sonnet-4-5")
     assert rows[2]["provider"] != "local"
+
+
+def test_routing_panel_counts_fallbacks_and_breaker_transitions(
+    gateway_factory: Callable[..., Any], sim: Simulator, db_url: str
+) -> None:
+    """An upstream 500 sends the request to its fallback and opens the breaker (failures=1): the routing
+    panel counts the fallback per hour from the rollups, and the live series shows the breaker open and
+    the transition counted."""
+    master = "mk-routing-panel-0123456789"
+    _, raw = create_key(db_url, name="panel")
+    routing = RoutingSettings(fallbacks=FALLBACK.fallbacks, breaker=BreakerSettings(failures=1))
+    with gateway_factory(
+        models=models(),
+        routing=routing,
+        steps_factory=router_steps(),
+        provider_opts={"max_retries": 0},
+        master_key=SecretStr(master),
+        dashboard=DashboardSettings(live_interval_s=0.02),
+    ) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key=raw, max_retries=0)
+        sim.inject(Fault(status=500, times=1, path="/v1/chat/completions"))
+        served = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        assert served.headers["x-thriftgate-model"] == "claude-sonnet-4-5"
+        client.chat.completions.create(model="gpt-4o-mini", messages=SHORT)  # type: ignore[arg-type]
+        wait_until(lambda: len(gw.rows()) >= 2, what="both requests logged")
+        admin = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {master}"}, timeout=10)
+
+        def panel() -> dict[str, Any]:
+            body: dict[str, Any] = admin.get("/admin/api/panels/routing").raise_for_status().json()
+            return body
+
+        wait_until(
+            lambda: panel()["breakers"] is not None and panel()["breakers"]["opened"] == 1, what="a sample"
+        )
+        body = panel()
+        admin.close()
+    fallbacks = body["fallbacks"]
+    assert fallbacks["requests"] == 1 and sum(h["requests"] for h in fallbacks["hours"]) == 1
+    (reason,) = fallbacks["reasons"]
+    assert (
+        reason["reason"].startswith("requested; fallback 1 after openai/gpt-4o") and reason["requests"] == 1
+    )
+    breakers = body["breakers"]
+    assert {"deployment": "openai/gpt-4o", "state": "open"} in breakers["now"]
+    assert breakers["closed"] == 0 and breakers["series"][-1]["open"] >= 1

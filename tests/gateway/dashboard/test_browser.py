@@ -23,6 +23,15 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
+from gateway.settings import (
+    BreakerSettings,
+    DashboardSettings,
+    ModelPriceOverride,
+    ModelSettings,
+    ProviderSettings,
+    RoutingSettings,
+)
+from local_engine.convert import build_all
 from tests.gateway.api.conftest import (
     Gateway,
     _sim_server,
@@ -34,7 +43,7 @@ from tests.gateway.api.conftest import (
 )
 from tests.gateway.api.test_reports import scripted_mix
 from tests.servers import serve
-from tests.upstream import Simulator
+from tests.upstream import Fault, Simulator
 from tests.waiting import wait_until
 
 __all__ = ["_sim_server", "db_url", "gateway_factory", "sim", "sim_url"]
@@ -84,6 +93,48 @@ def gw(gateway_factory: Any, sim: Simulator, db_url: str) -> Iterator[tuple[Gate
         yield gateway, key_id, raw
 
 
+LOCAL = ModelSettings(
+    provider="local",
+    model="smollm2-135m-instruct",
+    prices=ModelPriceOverride(input=0, output=0, cache_read=0, cache_write_5m=0, cache_write_1h=0),
+)
+
+
+@pytest.fixture
+def gw_all(gateway_factory: Any, sim: Simulator, db_url: str) -> Iterator[tuple[Gateway, str, str]]:
+    """The scripted mix, then a request served by a fallback (an injected upstream 500 on gpt-4o, whose
+    breaker opens at the first failure) and one by the local engine: every panel has data."""
+    key_id, raw = create_key(db_url, name="team-a", budget_usd=0.05)
+    model_root = Path(os.environ.get("THRIFTGATE_LOCAL_MODEL_DIR", "data/models"))
+    build_all(model_root)
+    local = ProviderSettings(kind="local", options={"num_slots": 2, "max_seq_len": 512, "speculative": "off"})
+    with gateway_factory(
+        master_key=SecretStr(MASTER),
+        provider_opts={"max_retries": 0},
+        providers_extra={"local": local},
+        models_extra={"thriftgate-local": LOCAL},
+        local_model_dir=str(model_root),
+        routing=RoutingSettings(
+            fallbacks={"gpt-4o": ["claude-sonnet-4-5"]}, breaker=BreakerSettings(failures=1)
+        ),
+        dashboard=DashboardSettings(live_interval_s=0.1),
+    ) as gateway:
+        n = scripted_mix(gateway, sim, raw)
+        client = openai.OpenAI(base_url=gateway.openai_url, api_key=raw, max_retries=0)
+        sim.inject(Fault(status=500, times=1, path="/v1/chat/completions"))
+        served = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "fall back"}]
+        )
+        assert served.headers["x-thriftgate-model"] == "claude-sonnet-4-5"
+        client.chat.completions.create(
+            model="thriftgate-local", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+        )
+        wait_until(lambda: len(gateway.rows()) >= n + 2, what="every request logged")
+        live = lambda: gateway.app.state.live.samples()  # noqa: E731
+        wait_until(lambda: any(s.local is not None for s in live()), what="a sample of the loaded engine")
+        yield gateway, key_id, raw
+
+
 def login(page: Any, url: str) -> None:
     page.goto(f"{url}/admin/ui/overview")
     assert page.url.endswith("/admin/ui/login")  # an unauthenticated visit is sent to the login page
@@ -102,8 +153,8 @@ def value(page: Any, testid: str) -> float:
     return float(raw) if raw not in (None, "") else float("nan")
 
 
-def test_login_totals_chart_and_screenshots(gw: tuple[Gateway, str, str], browser: Any) -> None:
-    gateway, _, _ = gw
+def test_login_totals_chart_and_screenshots(gw_all: tuple[Gateway, str, str], browser: Any) -> None:
+    gateway, _, _ = gw_all
     rows = gateway.rows()
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
@@ -137,8 +188,20 @@ def test_login_totals_chart_and_screenshots(gw: tuple[Gateway, str, str], browse
         page.goto(f"{gateway.url}/admin/ui/{name}")
         ready(page)
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    assert "no data" in page.inner_text("#routing-breakers")
-    assert "no data" in page.inner_text("#local-summary")  # no local-engine traffic in this mix
+    # The last page is the panels: the fallback, the breaker it opened and the local engine have data.
+    assert value(page, "fallbacks-total") == 1
+    for chart_id in (
+        "routing-fallbacks-chart",
+        "routing-breakers-chart",
+        "local-rate-chart",
+        "local-queue-chart",
+    ):
+        assert int(page.get_attribute(f"#{chart_id}", "data-points") or 0) > 0, chart_id
+        assert page.locator(f"#{chart_id} canvas").count() == 1, chart_id
+    assert "1 opened" in page.inner_text("#routing-breakers")
+    assert "openai/gpt-4o" in page.inner_text("#routing-breakers")
+    assert "fallback 1 after openai/gpt-4o" in page.inner_text("#routing-fallback-reasons")
+    assert "no data" not in page.inner_text("#local-summary")
 
     page.goto(f"{gateway.url}/admin/ui/requests?status=error")
     ready(page)

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.reports import rollups
+from gateway.reports import rollup_sql, rollups
 from gateway.reports.rollups import ROLLUP, bucket_of, hour_of, percentile
 from gateway.storage import repo
 from gateway.storage.models import LATENCY_BUCKETS_MS, RequestLogRow
@@ -183,7 +183,90 @@ def test_aggregate_equals_the_row_by_row_sums() -> None:
         for key, totals in want.items():
             assert got[key].keys() == totals.keys()
             for name, value in totals.items():
-                assert got[key][name] == pytest.approx(value, abs=1e-12), (key, name)
+                assert got[key][name] == pytest.approx(value, rel=1e-12, abs=1e-12), (key, name)
                 if not name.endswith(("_usd", "_ms_sum")):
                     assert isinstance(got[key][name], int), (key, name)  # counts stay exact integers
     assert rollups.aggregate([]) == {}
+
+
+async def test_add_rows_alone_stores_what_aggregate_sums(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """``add_rows`` as the first statement of its transaction (asyncpg: it begins it) writes every group of
+    ``aggregate``, wide and narrow, each measure as summed; a second call adds to the same rows."""
+    rng = random.Random(3)
+    rows = [record(i, rng) for i in range(200)]
+    for _ in range(2):
+        async with sessionmaker.begin() as session:
+            await rollups.add_rows(session, rows)
+    want = rollups.aggregate(rows)
+    async with sessionmaker() as session:
+        stored = (await session.execute(select(ROLLUP))).mappings().all()
+    assert len(stored) == len(want)
+    for row in stored:
+        totals = want[(row["dimension"], row["hour"], row["value"])]
+        for name in rollups.MEASURES:
+            expected = 2 * totals.get(name, 0)
+            assert float(row[name]) == pytest.approx(expected, rel=1e-9, abs=1e-9), (row["dimension"], name)
+
+
+async def stored_rollups(sessionmaker: async_sessionmaker[AsyncSession]) -> dict[Any, dict[str, float]]:
+    async with sessionmaker() as session:
+        rows = (await session.execute(select(ROLLUP))).mappings().all()
+    return {(r["dimension"], r["hour"], r["value"]): {m: float(r[m]) for m in rollups.MEASURES} for r in rows}
+
+
+def assert_rollups_equal(got: dict[Any, dict[str, float]], *batches: list[dict[str, Any]]) -> None:
+    want: dict[Any, dict[str, float]] = {}
+    for batch in batches:
+        for key, totals in rollups.aggregate(batch).items():
+            into = want.setdefault(key, dict.fromkeys(rollups.MEASURES, 0.0))
+            for name, amount in totals.items():
+                into[name] += amount
+    assert got.keys() == want.keys()
+    for key, totals in want.items():
+        for name, amount in totals.items():
+            assert got[key][name] == pytest.approx(amount, rel=1e-9, abs=1e-9), (key, name)
+
+
+async def test_the_log_writers_rollups_equal_aggregate_group_by_group(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """``write_request_batch`` (PostgreSQL: aggregated by the server from the stored rows; SQLite: in
+    process) stores exactly ``aggregate``'s groups and totals, over hours and batches."""
+    rng = random.Random(11)
+    rows = [record(i, rng) for i in range(400)]
+    for start in (0, 250):
+        async with sessionmaker.begin() as session:
+            await repo.write_request_batch(session, rows[start : start + 250])
+    # two batches in one transaction: the second must not count the first again
+    more = [record(1000 + i, rng) for i in range(60)]
+    async with sessionmaker.begin() as session:
+        await repo.write_request_batch(session, more[:30])
+        await repo.write_request_batch(session, more[30:])
+    assert_rollups_equal(await stored_rollups(sessionmaker), rows, more)
+
+
+async def test_postgres_rollups_ignore_other_transactions_rows_and_savepoints(
+    sessionmaker: async_sessionmaker[AsyncSession], backend: Any
+) -> None:
+    """PostgreSQL's server-side rollup takes only this transaction's rows: not those another replica
+    committed in between (their ids are above the position read before our insert), and rows inserted
+    under a savepoint (another xmin) are aggregated in process instead."""
+    if backend.pg_database is None:
+        pytest.skip("PostgreSQL only (SQLite aggregates in process)")
+    rng = random.Random(12)
+    ours, theirs, nested = ([record(k * 1000 + i, rng) for i in range(40)] for k in range(3))
+    async with sessionmaker.begin() as session:
+        position = await rollup_sql.log_position(session)
+        assert position is not None
+        await repo.insert_request_rows(session, ours)
+        async with sessionmaker.begin() as other:  # another replica commits after our insert
+            await repo.write_request_batch(other, theirs)
+        raw = (await (await session.connection()).get_raw_connection()).driver_connection
+        assert await raw.fetchval(rollup_sql.statement(), position) == len(
+            ours
+        )  # the server's path, ours only
+    async with sessionmaker.begin() as session, session.begin_nested():
+        await repo.write_request_batch(session, nested)
+    assert_rollups_equal(await stored_rollups(sessionmaker), ours, theirs, nested)
