@@ -1,4 +1,4 @@
-"""The aiohttp transport under httpx (gateway/providers/transport.py): aiohttp's failures arrive as the
+"""The HTTP/1.1 transport under httpx (gateway/providers/transport.py): its failures arrive as the
 httpx exceptions the providers' retry rule reads (a wait for a pooled connection is a connect timeout:
 nothing was sent), and bodies arrive as they are."""
 
@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import pytest
 
-from gateway.providers.transport import AiohttpTransport
+from gateway.providers.transport import Http1Transport
 from tests.gateway.providers.conftest import SIM_KEY
 from tests.servers import free_port
 from tests.upstream import Fault, Simulator
@@ -20,7 +20,7 @@ AUTH = {"authorization": f"Bearer {SIM_KEY}"}
 
 def client(max_connections: int = 10) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=max_connections, keepalive_expiry=5)
-    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits))
+    return httpx.AsyncClient(transport=Http1Transport(limits=limits))
 
 
 async def test_waiting_for_a_pooled_connection_times_out_as_a_connect_timeout(
