@@ -76,3 +76,120 @@ async def test_stream_chunks_are_handed_on_as_they_arrive(sim: Simulator, sim_ur
     assert len(arrivals) >= 5
     assert arrivals[-1][0] - arrivals[0][0] >= 0.1
     assert b"".join(c for _, c in arrivals).rstrip().endswith(b"data: [DONE]")
+
+
+# ---- HTTP/1.1 details, against a raw server that answers scripted bytes ----------------------------------
+
+
+class Close(bytes):
+    """Scripted bytes after which the server closes the connection."""
+
+
+class RawServer:
+    """A TCP server that reads each request (head and Content-Length body) and answers the next scripted
+    bytes (then closes the connection if they are ``Close`` or say ``connection: close``); ``None`` closes
+    it without answering. Counts connections and requests."""
+
+    def __init__(self, *answers: bytes | None) -> None:
+        self.answers = list(answers)
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self.answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                self.requests.append(head + await reader.readexactly(length))
+                answer = self.answers.pop(0)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if isinstance(answer, Close) or b"connection: close" in answer.lower():
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
+
+
+async def test_sequential_requests_share_one_keep_alive_connection() -> None:
+    server = RawServer(OK, OK, OK)
+    async with server as url, client() as http:
+        for _ in range(3):
+            assert (await http.post(f"{url}/v1/x", content=b"{}")).content == b'{"ok":true}'
+    assert (server.connections, len(server.requests)) == (1, 3)
+    assert server.requests[0].startswith(b"POST /v1/x HTTP/1.1\r\n")
+    assert server.requests[0].endswith(b"\r\nContent-Length: 2\r\n\r\n{}")
+
+
+async def test_chunked_answers_are_decoded_and_the_connection_reused() -> None:
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    server = RawServer(chunked, OK)
+    async with server as url, client() as http:
+        assert (await http.get(f"{url}/a")).content == b"hello world"
+        assert (await http.get(f"{url}/b")).content == b'{"ok":true}'
+    assert server.connections == 1
+
+
+async def test_a_body_without_length_ends_with_the_connection_which_is_not_reused() -> None:
+    server = RawServer(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end", OK)
+    async with server as url, client() as http:
+        assert (await http.get(f"{url}/a")).content == b"until the end"
+        assert (await http.get(f"{url}/b")).status_code == 200
+    assert server.connections == 2
+
+
+async def test_interim_answers_are_skipped_and_head_answers_have_no_body() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + OK
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n"
+    server = RawServer(interim, head)
+    async with server as url, client() as http:
+        assert (await http.post(f"{url}/a", content=b"x")).content == b'{"ok":true}'
+        answer = await http.head(f"{url}/b")
+        assert (answer.status_code, answer.content, answer.headers["content-length"]) == (200, b"", "11")
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (None, httpx.RemoteProtocolError),  # closed without answering
+        (Close(b"HTTP/1.1 200 OK\r\ncontent-le"), httpx.RemoteProtocolError),  # closed inside the head
+        (Close(b"NOT HTTP AT ALL\r\n\r\n"), httpx.RemoteProtocolError),  # malformed
+        (Close(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial"), httpx.ReadError),  # cut mid-body
+    ],
+)
+async def test_broken_answers_raise_httpx_errors_and_the_pool_recovers(
+    answer: bytes | None, error: type[Exception]
+) -> None:
+    server = RawServer(answer, OK)
+    async with server as url, client(max_connections=1) as http:
+        with pytest.raises(error):
+            await http.post(f"{url}/a", content=b"{}")
+        assert (await http.post(f"{url}/b", content=b"{}")).status_code == 200  # the one slot came back
+    assert server.connections == 2
+
+
+async def test_a_header_that_would_split_the_request_is_refused_before_sending() -> None:
+    server = RawServer(OK)
+    async with server as url, client() as http:
+        with pytest.raises(httpx.LocalProtocolError):
+            await http.get(f"{url}/a", headers={"x-evil": "a\r\nx-injected: 1"})
+    assert server.requests == []
