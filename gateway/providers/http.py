@@ -267,7 +267,13 @@ class HttpProvider:
 
     async def _hand_over(self, response: httpx.Response, stream: bool, attempts: int) -> UpstreamResponse:
         allows = self._pass.allows
-        headers = [(k, v) for k, v in response.headers.multi_items() if allows(k)]
+        # Latin-1 both ways: the header bytes reach the client exactly as the upstream sent them (httpx's own
+        # decoding guesses UTF-8, which the response's latin-1 encoding then could not write back).
+        headers = [
+            (name, v.decode("latin-1"))
+            for k, v in response.headers.raw
+            if allows(name := k.decode("latin-1").lower())
+        ]
         if stream and response.is_success:
             relay = _relay(self.name, response)
             return UpstreamResponse(
