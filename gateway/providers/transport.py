@@ -3,10 +3,11 @@
 this moves the bytes.
 
 Why not httpx's own transport (httpcore) or aiohttp's client under it: on the gateway's hot path the upstream
-leg was the largest cost. Measured against the provider simulator at 64 concurrent requests (same run,
-``bench/upstream_client.py``): httpcore ~1 ms of CPU per request, aiohttp ~0.1 ms alone and about 0.3 ms
-inside the gateway (its request object, URL and header handling, tracing and timeout machinery); this
-transport writes one pre-rendered request head and parses the answer in C.
+leg was the largest cost. httpcore spent 1-5 ms of CPU per request at 64 concurrent requests
+(``bench/results/upstream_client.md``); aiohttp under httpx, about a third of the gateway's CPU per request (py-spy:
+its request object, URL and header handling, tracing and timeout machinery). This one writes the head httpx
+prepared in one piece and parses the answer in C; with it the gateway's CPU per request fell by about 45% in
+the same A/B run (``bench/overhead.py``'s load, simulator upstream).
 
 Behaviour kept from httpx: timeouts from the request's extensions (``connect``: opening a connection;
 ``pool``: waiting for a free one; ``read``: each wait for the next bytes of the answer), no redirects, no

@@ -5,6 +5,10 @@ nothing was sent), and bodies arrive as they are."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -90,16 +94,17 @@ class RawServer:
     bytes (then closes the connection if they are ``Close`` or say ``connection: close``); ``None`` closes
     it without answering. Counts connections and requests."""
 
-    def __init__(self, *answers: bytes | None) -> None:
+    def __init__(self, *answers: bytes | None, tls: ssl.SSLContext | None = None) -> None:
         self.answers = list(answers)
+        self.tls = tls
         self.connections = 0
         self.requests: list[bytes] = []
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if self.tls else 'http'}://localhost:{port}"
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
@@ -193,3 +198,53 @@ async def test_a_header_that_would_split_the_request_is_refused_before_sending()
         with pytest.raises(httpx.LocalProtocolError):
             await http.get(f"{url}/a", headers={"x-evil": "a\r\nx-injected: 1"})
     assert server.requests == []
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost (openssl's command line), and its key."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_is_verified_against_the_trusted_certificates(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    server = RawServer(OK, OK, tls=served)
+    limits = httpx.Limits(max_connections=10, keepalive_expiry=5)
+    trusting = Http1Transport(limits=limits, ssl_context=ssl.create_default_context(cafile=str(cert)))
+    async with server as url, httpx.AsyncClient(transport=trusting) as http:
+        assert (await http.post(f"{url}/a", content=b"{}")).content == b'{"ok":true}'
+        assert (await http.post(f"{url}/b", content=b"{}")).content == b'{"ok":true}'
+    assert server.connections == 1  # kept alive over TLS too
+    # httpx's default context (certifi's roots) does not trust a self-signed certificate
+    async with RawServer(OK, tls=served) as url, client() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.post(f"{url}/a", content=b"{}")
