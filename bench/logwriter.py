@@ -3,6 +3,7 @@
     .venv/bin/python bench/logwriter.py                 # ~8 min: writer alone, gateway peak, 2 min at peak
     .venv/bin/python bench/logwriter.py --quick         # ~2.5 min
     .venv/bin/python bench/logwriter.py --minutes 10    # the 10-minute RSS run
+    .venv/bin/python bench/logwriter.py --quick --minutes 10 --name logwriter_soak   # the same, kept apart
 
 1. **The writer alone**, on SQLite (a file, WAL) and PostgreSQL (127.0.0.1:5432, a fresh database): ``rows``
    records are submitted to a ``LogWriter`` (the gateway's defaults: batches of ``log_batch_size``), and the
@@ -557,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite",
         help="the gateway's database (default sqlite)",
     )
+    p.add_argument(
+        "--name",
+        help="results file name (default logwriter, or logwriter_postgres with --gateway-db postgres)",
+    )
     args = p.parse_args(argv)
     plan = Plan(
         rows=args.rows or (10_000 if args.quick else 30_000),
@@ -580,7 +585,9 @@ def main(argv: list[str] | None = None) -> int:
             result["gateway"] = gateway_runs(plan, work, args.gateway_db)
     result["loadavg_at_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "logwriter" if args.gateway_db == "sqlite" or args.no_gateway else "logwriter_postgres"
+    name = args.name or (
+        "logwriter" if args.gateway_db == "sqlite" or args.no_gateway else "logwriter_postgres"
+    )
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     text = report(result)
     (RESULTS / f"{name}.md").write_text(text)

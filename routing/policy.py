@@ -127,11 +127,15 @@ def fits(card: ModelCard, f: RequestFeatures) -> str | None:
 
 
 def order_deployments(
-    card: ModelCard, health: HealthView, tokens: int, rng: random.Random
+    card: ModelCard,
+    health: HealthView,
+    tokens: int,
+    rng: random.Random | Callable[[], random.Random],
 ) -> list[ModelRoute]:
     """The deployments of ``card`` that may take a request of ``tokens`` now, best first: power of two
     choices on the latency average, then the rest by latency (unmeasured ones count as fastest, so
-    they get measured). Reads ``health`` only."""
+    they get measured). ``rng`` may be a factory, called only when there is a choice to draw (seeding a
+    ``Random`` costs more than the rest of a one-deployment route). Reads ``health`` only."""
     ready: list[Deployment] = []
     for dep in card.deployments:
         if not health.available(dep.id):
@@ -150,7 +154,7 @@ def order_deployments(
         value = health.latency(dep.id)
         return 0.0 if value is None else value
 
-    a, b = rng.sample(range(len(ready)), 2)
+    a, b = (rng if isinstance(rng, random.Random) else rng()).sample(range(len(ready)), 2)
     first = ready[a] if lat(ready[a]) <= lat(ready[b]) else ready[b]
     rest = sorted((d for d in ready if d is not first), key=lat)
     return [first.route, *(d.route for d in rest)]
@@ -274,7 +278,13 @@ def choose(
             if local is not None and local not in chain and fits(local, f) is None:
                 chain.append(local)
 
-    rng = random.Random(seed)
+    seeded: list[random.Random] = []
+
+    def rng() -> random.Random:  # one generator for the whole chain, seeded on first use
+        if not seeded:
+            seeded.append(random.Random(seed))
+        return seeded[0]
+
     tokens = f.input_tokens + (f.max_tokens or 0)
     routes: list[ModelRoute] = []
     for card in chain:

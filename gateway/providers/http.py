@@ -1,5 +1,5 @@
 """The shared HTTP transport behind every HTTP upstream: one pooled ``httpx.AsyncClient`` per provider
-(over aiohttp's connection pool, see ``transport.py``),
+(over the gateway's own HTTP/1.1 connection pool, see ``transport.py``),
 auth, header hygiene, retries before the response headers arrive, and streaming after.
 
 Retries never bill twice: a try is repeated only when the upstream certainly did not process it, that is
@@ -18,7 +18,6 @@ how the key is sent, and headers to add when the client did not send them.
 
 from __future__ import annotations
 
-import http.cookiejar
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,7 +27,7 @@ import httpx
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.providers.backoff import RETRYABLE_STATUSES, Backoff
 from gateway.providers.base import HOP_BY_HOP_HEADERS, UpstreamRequest, UpstreamResponse
-from gateway.providers.transport import AiohttpTransport
+from gateway.providers.transport import Http1Transport
 
 if TYPE_CHECKING:
     from gateway.providers.registry import ProviderContext
@@ -51,21 +50,39 @@ _DROP_REQUEST_HEADERS = HOP_BY_HOP_HEADERS | {
 # Upstream headers never passed back, whatever the settings list: hop-by-hop, and the framing of a body the
 # gateway re-frames (non-stream bodies are read decoded; streams are re-chunked by the gateway's server).
 _DROP_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {"content-length", "content-encoding"}
-# Transport failures before any byte of the request left: the upstream cannot have seen it. (The aiohttp
-# transport maps refused connections and DNS failures onto ConnectError, and a connect timeout or a wait
-# for a pooled connection that timed out onto ConnectTimeout.)
+# Transport failures before any byte of the request left: the upstream cannot have seen it. (The transport
+# raises ConnectError for refused connections and DNS failures, and ConnectTimeout for a connect timeout or
+# a wait for a pooled connection that timed out.)
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-class _NoCookies(http.cookiejar.CookieJar):
-    """The providers' cookie jar keeps nothing: one client serves every tenant, so an upstream cookie
-    (``set-cookie`` from a provider or its CDN) stored by it would go out with other tenants' requests, and
-    a jar that grows makes every response slower to read (httpx walks it per response)."""
+class _NoCookies(httpx.Cookies):
+    """The providers' cookie store keeps nothing: one client serves every tenant, so an upstream cookie
+    (``set-cookie`` from a provider or its CDN) stored by it would go out with other tenants' requests.
+    It is not even looked at: httpx's own ``extract_cookies`` wraps every response and its request in
+    urllib adapters first, about 4% of the gateway's CPU per request."""
 
-    def extract_cookies(self, response: Any, request: Any) -> None:
+    def extract_cookies(self, response: httpx.Response) -> None:
         return None
 
-    def add_cookie_header(self, request: Any) -> None:
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
+class _Client(httpx.AsyncClient):
+    """httpx's client whose cookie store is always a ``_NoCookies`` (httpx copies any store it is given
+    into a plain ``Cookies``); setting ``cookies`` changes nothing."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
         return None
 
 
@@ -127,12 +144,16 @@ class HttpProvider:
         self._pass = HeaderFilter(policy.pass_response, never=_DROP_RESPONSE_HEADERS)
 
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
-        self._client = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits),
-            cookies=_NoCookies(),  # a CookieJar is used as the client's jar as given
+        self._client = _Client(
+            transport=Http1Transport(limits=limits),
             follow_redirects=False,
             timeout=self._timeout(settings.timeout_s),
         )
+        # What ``build_request`` would merge in on every request, done once: the client's default headers
+        # (kept where the request has none of that name), its timeout, and parsed URLs per path.
+        self._client_headers = list(self._client.headers.multi_items())
+        self._default_timeout = self._client.timeout.as_dict()
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
 
     def auth_header(self, key: str) -> tuple[str, str]:
         """The header that carries the provider's key. Default: ``Authorization: Bearer``."""
@@ -152,6 +173,8 @@ class HttpProvider:
         return f"{url}?{query}" if query else url
 
     def _headers(self, request: UpstreamRequest) -> list[tuple[str, str]]:
+        """The headers sent upstream: the client's defaults (as httpx's ``build_request`` merges them: only
+        where no header of that name follows), then the allowed client headers, ours, auth."""
         allows = self._forward.allows
         out = [(k, v) for k, v in request.headers.items() if allows(k)]
         forwarded = {k for k, _ in out}
@@ -164,20 +187,34 @@ class HttpProvider:
         if request.stream:
             # Raw SSE bytes go to the client as they arrive: ask for them unencoded.
             out.append(("accept-encoding", "identity"))
-        return out
+        names = {k for k, _ in out}
+        return [(k, v) for k, v in self._client_headers if k.lower() not in names] + out
+
+    def _url(self, path: str, query: str) -> httpx.URL:
+        """``url(path, query)`` parsed, from a small cache (the JSON surfaces use a handful of paths)."""
+        key = (path, query)
+        found = self._urls.get(key)
+        if found is None:
+            found = httpx.URL(self.url(path, query))
+            if len(self._urls) < 64:
+                self._urls[key] = found
+        return found
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         """See ``Provider.send``. Opens (and on return hands over, or closes) one upstream response."""
-        http_request = self._client.build_request(
+        # What the client's build_request does, with its per-client merges done once in __init__.
+        http_request = httpx.Request(
             request.method,
-            self.url(request.path, request.query),
+            self._url(request.path, request.query),
             headers=self._headers(request),
             content=request.body,
-            timeout=(
-                self._timeout(request.timeout_s)
-                if request.timeout_s is not None
-                else httpx.USE_CLIENT_DEFAULT  # (None would mean no timeout at all)
-            ),
+            extensions={
+                "timeout": (
+                    self._timeout(request.timeout_s).as_dict()
+                    if request.timeout_s is not None
+                    else self._default_timeout
+                )
+            },
         )
         attempt = 0
         while True:
@@ -230,7 +267,13 @@ class HttpProvider:
 
     async def _hand_over(self, response: httpx.Response, stream: bool, attempts: int) -> UpstreamResponse:
         allows = self._pass.allows
-        headers = [(k, v) for k, v in response.headers.multi_items() if allows(k)]
+        # Latin-1 both ways: the header bytes reach the client exactly as the upstream sent them (httpx's own
+        # decoding guesses UTF-8, which the response's latin-1 encoding then could not write back).
+        headers = [
+            (name, v.decode("latin-1"))
+            for k, v in response.headers.raw
+            if allows(name := k.decode("latin-1").lower())
+        ]
         if stream and response.is_success:
             relay = _relay(self.name, response)
             return UpstreamResponse(

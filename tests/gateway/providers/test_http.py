@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.http import raw_headers
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.backoff import Backoff
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
@@ -187,6 +188,20 @@ async def test_response_headers_lose_hop_by_hop_and_framing(
     assert ("openai-processing-ms", "12") in response.headers
     assert "connection" not in names
     assert "gzip" in (upstream.seen[0].header("accept-encoding") or "")
+
+
+async def test_response_header_bytes_pass_unchanged(
+    upstream: FakeUpstream, base_url: str, make: Make
+) -> None:
+    disposition = 'attachment; filename="报告-café.jsonl"'  # sent as UTF-8 bytes
+    upstream.reset(
+        Reply(headers=[("content-type", "application/json"), ("content-disposition", disposition)])
+    )
+    response = await make(base_url).send(chat())
+    value = dict(response.headers)["content-disposition"]
+    # latin-1 text of the upstream's bytes: the gateway's response writes exactly those bytes back
+    assert value.encode("latin-1") == disposition.encode()
+    assert (b"content-disposition", disposition.encode()) in raw_headers(response.headers, {})
 
 
 @pytest.mark.parametrize("status", [429, 503, 529])
