@@ -28,6 +28,7 @@ keep-alive; an answer abandoned mid-body closes its connection (the upstream see
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -83,6 +84,20 @@ class _Connection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError(f"malformed upstream answer: {exc}"))
             self.close()
         self._wake()
+
+    def readable(self) -> bool:
+        """Whether an idle connection's socket has something to read: the upstream closed it (or sent bytes
+        nobody asked for) and the loop has not processed that yet. Reusing it would send a request into a
+        closed connection, and a POST that fails there cannot be retried safely, so the pool checks first
+        (httpcore's ``is_readable``). Does not modify the connection."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: connection_lost follows
@@ -261,7 +276,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             while idle:
                 conn = idle.pop()
                 self._idle_count -= 1
-                if not conn.lost and loop.time() - conn.idle_since < self._expiry:
+                if not conn.lost and loop.time() - conn.idle_since < self._expiry and not conn.readable():
                     return conn
                 self._discard(conn)
             if not self._max or self._open < self._max:

@@ -248,3 +248,40 @@ async def test_https_is_verified_against_the_trusted_certificates(certificate: t
     async with RawServer(OK, tls=served) as url, client() as http:
         with pytest.raises(httpx.ConnectError):
             await http.post(f"{url}/a", content=b"{}")
+
+
+async def test_an_idle_connection_the_upstream_closed_is_not_reused() -> None:
+    # The upstream closes a kept-alive connection while it is idle, and the loop has not read the FIN yet
+    # (reading paused here; under load, a callback still queued). A POST written into it could not be
+    # retried safely, so the pool must see the socket is readable and open a fresh connection instead.
+    connections: list[asyncio.StreamWriter] = []
+    answered = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok")
+            await writer.drain()
+            answered.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = Http1Transport(limits=httpx.Limits(max_connections=4, keepalive_expiry=30))
+    try:
+        async with httpx.AsyncClient(transport=transport) as http:
+            assert (await http.get(f"http://127.0.0.1:{port}/a")).text == "ok"
+            (conn,) = transport._all
+            assert conn.transport is not None
+            conn.transport.pause_reading()
+            connections[0].close()
+            await connections[0].wait_closed()
+            for _ in range(100):  # the FIN reaches the client's socket (no read: reading is paused)
+                if conn.readable():
+                    break
+                await asyncio.sleep(0.01)
+            assert conn.readable() and not conn.lost
+            assert (await http.get(f"http://127.0.0.1:{port}/b")).text == "ok"
+            assert len(connections) == 2
+    finally:
+        server.close()
+        await server.wait_closed()
