@@ -493,7 +493,13 @@ def summarise(w: Workload, scorer: Scorer, run: dict[str, Any], cost: dict[str, 
         "latency": latency(run["interactive"]),
         "wall_s": run["wall_s"],
         "served": served_counts(run["interactive"]),
+        "error_samples": error_samples(run["answers"]),
     }
+
+
+def error_samples(answers: dict[str, Answer], n: int = 5) -> list[str]:
+    """A few failed requests' status and body (what went wrong, for the report)."""
+    return [f"{a.id}: {a.status} {a.text[:160]}" for a in answers.values() if a.status != 200][:n]
 
 
 def served_counts(answers: dict[str, Answer]) -> dict[str, int]:
