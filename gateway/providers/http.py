@@ -3,7 +3,8 @@
 auth, header hygiene, retries before the response headers arrive, and streaming after.
 
 Retries never bill twice: a try is repeated only when the upstream certainly did not process it, that is
-when no connection was made (refused, DNS, connect or pool timeout: ``_NOT_SENT``) or when the upstream
+when no connection was made (refused, DNS, connect or pool timeout) or the request could not be written
+(``_NOT_SENT``), or when the upstream
 answered a status that says it refused the request (``backoff.RETRYABLE_STATUSES``). A read timeout, or a
 connection that broke after the request was written, may follow a generation the upstream completed and
 billed: it is raised at once.
@@ -54,7 +55,9 @@ _DROP_RESPONSE_HEADERS = HOP_BY_HOP_HEADERS | {"content-length", "content-encodi
 # Transport failures before any byte of the request left: the upstream cannot have seen it. (The aiohttp
 # transport maps refused connections and DNS failures onto ConnectError, and a connect timeout or a wait
 # for a pooled connection that timed out onto ConnectTimeout.)
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# A write that failed (the transport maps it onto WriteError: a keep-alive connection the upstream had just
+# closed) left no whole request upstream either.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError)
 
 
 class _NoCookies(http.cookiejar.CookieJar):

@@ -14,6 +14,7 @@ mapped onto httpx's exception tree so callers catch only httpx exceptions:
     SocketTimeoutError, other timeouts         → httpx.ReadTimeout
     ServerDisconnectedError, ClientResponseError → httpx.RemoteProtocolError
     ClientPayloadError, ClientOSError           → httpx.ReadError
+    ClientOSError writing the request           → httpx.WriteError (the request never arrived whole)
     InvalidURL                                 → httpx.UnsupportedProtocol
     any other ClientError                      → httpx.TransportError
 """
@@ -26,6 +27,10 @@ from contextlib import contextmanager
 
 import aiohttp
 import httpx
+
+# aiohttp's message when writing the request failed with an OSError: typically a pooled keep-alive connection
+# the upstream closed while idle (its keep-alive timeout is shorter than the pool's), reused at that moment.
+_UNWRITTEN = "Can not write request body"
 
 
 @contextmanager
@@ -40,7 +45,11 @@ def _mapped_errors(request: httpx.Request) -> Iterator[None]:
         raise httpx.ConnectError(str(exc), request=request) from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError) as exc:
         raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-    except (aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+    except aiohttp.ClientOSError as exc:
+        if _UNWRITTEN in str(exc):  # the connection broke before the request was whole
+            raise httpx.WriteError(str(exc), request=request) from exc
+        raise httpx.ReadError(str(exc), request=request) from exc
+    except aiohttp.ClientPayloadError as exc:
         raise httpx.ReadError(str(exc), request=request) from exc
     except aiohttp.InvalidURL as exc:
         raise httpx.UnsupportedProtocol(str(exc), request=request) from exc

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import httpx
 import pytest
 
-from gateway.providers.transport import AiohttpTransport
+from gateway.providers.http import _NOT_SENT
+from gateway.providers.transport import AiohttpTransport, _mapped_errors
 from tests.gateway.providers.conftest import SIM_KEY
 from tests.servers import free_port
 from tests.upstream import Fault, Simulator
@@ -76,3 +78,14 @@ async def test_stream_chunks_are_handed_on_as_they_arrive(sim: Simulator, sim_ur
     assert len(arrivals) >= 5
     assert arrivals[-1][0] - arrivals[0][0] >= 0.1
     assert b"".join(c for _, c in arrivals).rstrip().endswith(b"data: [DONE]")
+
+
+def test_a_request_that_could_not_be_written_counts_as_not_sent() -> None:
+    # aiohttp's error when a pooled connection the upstream closed while idle is reused: retried safely
+    request = httpx.Request("POST", "http://upstream/v1/chat/completions")
+    with pytest.raises(httpx.WriteError) as caught, _mapped_errors(request):
+        raise aiohttp.ClientOSError(32, "Can not write request body for http://upstream/v1/chat/completions")
+    assert isinstance(caught.value, _NOT_SENT)
+    with pytest.raises(httpx.ReadError) as read, _mapped_errors(request):
+        raise aiohttp.ClientOSError(104, "Connection reset by peer")
+    assert not isinstance(read.value, _NOT_SENT)  # after the request was written: never retried
