@@ -511,7 +511,9 @@ def served_counts(answers: dict[str, Answer]) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.savings", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="300 requests (about 2-3 minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="240 requests (about 3 minutes on a quiet machine)"
+    )
     parser.add_argument("--n", type=int, default=2000, help="requests in the workload (batch items included)")
     parser.add_argument("--split", choices=("report", "dev"), default="report")
     parser.add_argument("--seed", type=int, default=12)
@@ -522,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-token-ms", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    n = 300 if args.quick else args.n
+    n = 240 if args.quick else args.n
     w = build(n, args.split, args.seed)
     scorer = Scorer(w)
     configs = [c for c in args.configs.split(",") if c]

@@ -308,6 +308,7 @@ async def replay(
                 update={
                     "database_url": db,
                     "data_dir": str(folder),
+                    "require_virtual_key": False,  # a keyless recorded request replays as it ran
                     "batch": target.batch.model_copy(update={"enabled": False}),
                     "dashboard": target.dashboard.model_copy(update={"retention_days": None}),
                 }
