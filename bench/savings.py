@@ -70,6 +70,9 @@ PROVIDER_KEY = "sk-sim-provider-key"
 MASTER_KEY = "sk-bench-master"
 OUTPUT_TOKENS = 300  # the simulator's answer length, capped by each request's max_tokens
 CHAT_PATHS = ("/v1/chat/completions", "/v1/messages")
+# Hosted APIs (behind their CDNs) keep idle connections open far longer than uvicorn's 5 s default; with 5 s,
+# the gateway's pooled connections (kept 15 s) were sometimes reused just as the simulator closed them.
+KEEP_ALIVE_S = 120
 
 
 @dataclass(slots=True)
@@ -369,7 +372,7 @@ def gateway_cost(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def simulator(port: int, log_dir: Path, ttft_ms: float, per_token_ms: float) -> Server:
     argv = [
         sys.executable, "-m", "tests.upstream", "--port", str(port), "--output-tokens", str(OUTPUT_TOKENS),
-        "--ttft-ms", str(ttft_ms), "--per-token-ms", str(per_token_ms), "--batches", "--no-record",
+        "--ttft-ms", str(ttft_ms), "--per-token-ms", str(per_token_ms), "--batches", "--no-record", "--keep-alive-s", str(KEEP_ALIVE_S),
     ]  # fmt: skip
     return Server(
         "simulator",
