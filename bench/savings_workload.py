@@ -197,8 +197,8 @@ def build(n: int, split_name: str = "report", seed: int = 12) -> Workload:
         raise ValueError(f"split must be 'dev' or 'report', not {split_name!r}")
     rng = random.Random(seed)
     n_support_total = round(n * MIX["support"])
-    n_trivial = round(n_support_total * TRIVIAL_SHARE)
-    n_support = n_support_total - n_trivial
+    n_support = (n_support_total - round(n_support_total * TRIVIAL_SHARE)) // 2 * 2  # whole pairs
+    n_trivial = n_support_total - n_support
     n_chat = round(n * MIX["chat"])
     n_routing = round(n * MIX["routing"])
     n_batch = n - n_support_total - n_chat - n_routing
