@@ -526,7 +526,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ttft-ms", type=float, default=300.0)
     parser.add_argument("--per-token-ms", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", type=Path, default=None, help="only rewrite the .md of this results JSON")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        return
     n = 240 if args.quick else args.n
     w = build(n, args.split, args.seed)
     scorer = Scorer(w)
@@ -679,7 +683,25 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "Served (interactive requests, model:cache outcome):", ""]
     for name, s in r["configs"].items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(s["served"].items())))
+        for sample in s.get("error_samples", []):
+            lines.append(f"  - failed: `{sample}`")
+    lines += ["", *NOTES]
     return "\n".join(lines) + "\n"
+
+
+NOTES = [
+    "Notes:",
+    "",
+    "- Quality is the share of answers right by the labels (module docstring of `bench/savings.py`); the routing "
+    "pairs' labels are Mixtral-8x7B's (weak) and GPT-4's (strong) outcomes, standing for gpt-4o-mini and gpt-4o. "
+    "Direct is below 1.0 only on the routing share (GPT-4 is wrong on some). A failed request counts as wrong.",
+    "- Cost is the gateway's own request log; direct is the simulator's usage priced with the same catalogue. "
+    "The logged counterfactual (what the requests would have cost as sent) is beside it as a check.",
+    "- Latency is client-side over the interactive requests, gateway and simulator on the same 2 shared cores: "
+    "under a high load average every CPU step of the gateway (MiniLM embeddings for the semantic cache and the "
+    "router, the local model) waits for a core, and the direct run has none of them. The simulator answers every "
+    "hosted model at the same speed, so routing to a smaller model is not faster here.",
+]
 
 
 if __name__ == "__main__":
