@@ -137,15 +137,17 @@ def frontier_points(result: ReplayResult) -> list[dict[str, Any]]:
     """(cost vs recorded, agreement) per target, with SVG coordinates on a 480x300 plot (x: 0-max(1.2,
     largest cost ratio), y: 0.5-1.0 agreement, clipped)."""
     xmax = max([1.2, *[t.cost_vs_recorded or 0.0 for t in result.targets]])
-    points = [{"name": "recorded", "x": 1.0, "y": 1.0}]
-    points += [
-        {"name": t.name, "x": t.cost_vs_recorded, "y": t.agreement}
+    pairs: list[tuple[str, float, float]] = [("recorded", 1.0, 1.0)]
+    pairs += [
+        (t.name, t.cost_vs_recorded, t.agreement)
         for t in result.targets
         if t.cost_vs_recorded is not None and t.agreement is not None
     ]
-    for p in points:
-        p["cx"] = 40 + 420 * p["x"] / xmax
-        p["cy"] = 270 - 250 * (min(1.0, max(0.5, p["y"])) - 0.5) / 0.5
+    points: list[dict[str, Any]] = []
+    for name, x, y in pairs:
+        cx = 40 + 420 * x / xmax
+        cy = 270 - 250 * (min(1.0, max(0.5, y)) - 0.5) / 0.5
+        points.append({"name": name, "x": x, "y": y, "cx": cx, "cy": cy})
     return points
 
 
