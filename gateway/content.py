@@ -13,8 +13,9 @@ sent the request and is only ever read back together with that request's own log
 Bounds: the request body and the answer are each cut at ``content_log.max_chars`` characters (a cut row
 says so: ``truncated``; replay skips it). What is captured: complete answers of chat requests (OpenAI chat
 completions, Anthropic messages; streamed or not; from a provider, the local model or the cache). Not
-captured: errors, cut streams, batch-job items (their input and output files hold them already), other
-endpoints.
+captured: errors, cut streams, batch-job items sent through a provider's batch API or answered from the
+cache inside a job (their input and output files hold them already; items the gateway sends one by one, to
+the local model or a provider without a batch API, are captured like any request), other endpoints.
 
 The capture runs where the pipeline already builds the canonical answer (for the cache); the row is
 queued with the log record and written by the log writer in the same transaction, never on the request
