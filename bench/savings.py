@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -385,8 +385,10 @@ def simulator(port: int, log_dir: Path, ttft_ms: float, per_token_ms: float) -> 
     )
 
 
-def gateway(config: Path, port: int, sim_port: int, workdir: Path) -> Server:
+def gateway(config: Path, port: int, sim_port: int, workdir: Path, content_log: bool = False) -> Server:
     env = _clean_env()
+    if content_log:
+        env["THRIFTGATE_CONTENT_LOG__ENABLED"] = "true"
     sim = f"http://127.0.0.1:{sim_port}"
     env.update(
         {
@@ -501,6 +503,44 @@ def summarise(w: Workload, scorer: Scorer, run: dict[str, Any], cost: dict[str, 
     }
 
 
+INTERACTIVE = ("support", "trivial", "chat", "routing")
+
+
+async def replay_check(
+    work: Path, configs: list[str], config_dir: Path, live: dict[str, Any]
+) -> dict[str, Any]:
+    """``gateway.replay`` on the first config's log (interactive requests: batch items are not content-logged)
+    through each other config, against that config's live run on the same requests."""
+    from gateway.replay import Slice, compare, load_slice, replay
+    from gateway.settings import load_settings, sqlite_url
+    from gateway.storage import make_engine, make_sessionmaker
+
+    engine = make_engine(sqlite_url(work / configs[0] / "thriftgate.db"))
+    try:
+        sm = make_sessionmaker(engine)
+        recorded, skipped = await load_slice(sm, Slice(limit=1_000_000))
+        with sqlite3.connect(work / configs[0] / "thriftgate.db") as conn:
+            warm = {r[0] for r in conn.execute("SELECT id FROM virtual_keys WHERE name = 'warmup'")}
+        recorded = [r for r in recorded if r.key_id not in warm]
+        recorded_live = sum(live[configs[0]]["cost_by_share"].get(sh, 0.0) for sh in INTERACTIVE)
+        out: dict[str, Any] = {"recorded": configs[0], "requests": len(recorded), "skipped": asdict(skipped)}
+        for name in configs[1:]:
+            outcome = await replay(recorded, load_settings(config_dir / f"{name}.yaml", env={}), sm)
+            figures = compare(recorded, outcome)
+            live_cost = sum(live[name]["cost_by_share"].get(sh, 0.0) for sh in INTERACTIVE)
+            out[name] = {
+                "replay_cost_vs_recorded": figures["cost_vs_recorded"],
+                "live_cost_vs_recorded": live_cost / recorded_live if recorded_live else None,
+                "replay_saving_by_mechanism": figures["saving_by_mechanism"],
+                "replay_cache_hits": figures["cache_hits"],
+                "replay_model_changed": figures["model_changed"],
+                "replay_failed": figures["failed"],
+            }
+        return out
+    finally:
+        await engine.dispose()
+
+
 def error_samples(answers: dict[str, Answer], n: int = 5) -> list[str]:
     """A few failed requests' status and body (what went wrong, for the report)."""
     return [f"{a.id}: {a.status} {a.text[:160]}" for a in answers.values() if a.status != 200][:n]
@@ -527,6 +567,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ttft-ms", type=float, default=300.0)
     parser.add_argument("--per-token-ms", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="log content in the first config's run, replay that log dry (thriftgate replay) through the "
+        "others, and compare with their live runs",
+    )
     parser.add_argument("--render", type=Path, default=None, help="only rewrite the .md of this results JSON")
     args = parser.parse_args(argv)
     if args.render is not None:
@@ -562,10 +608,14 @@ def main(argv: list[str] | None = None) -> None:
             result["direct"] = summarise(w, scorer, direct, dcost)
             result["direct"]["batch_wall_s"] = direct["batch_wall_s"]
             for name in configs:
+                # each run starts with the provider's prompt caches empty (the simulator keeps them across
+                # runs, keyed by the provider key: a run would otherwise read what the one before wrote)
+                httpx.post(f"http://127.0.0.1:{sim_port}/_sim/reset", timeout=30).raise_for_status()
                 gw_dir = work / name
                 gw_dir.mkdir()
                 port = free_port()
-                gw = gateway(args.config_dir / f"{name}.yaml", port, sim_port, gw_dir)
+                recording = args.replay and name == configs[0]
+                gw = gateway(args.config_dir / f"{name}.yaml", port, sim_port, gw_dir, content_log=recording)
                 print(f"{name}: starting the gateway ...", flush=True)
                 gw.start(180)
                 try:
@@ -582,6 +632,11 @@ def main(argv: list[str] | None = None) -> None:
                 summary["batch"] = run["batch"]
                 result["configs"][name] = summary
                 print(markdown_config(name, summary, result["direct"]), flush=True)
+            if args.replay and len(configs) > 1:
+                print(f"replaying {configs[0]}'s log dry through {', '.join(configs[1:])} ...", flush=True)
+                result["replay"] = asyncio.run(
+                    replay_check(work, configs, args.config_dir, result["configs"])
+                )
         finally:
             sim.stop()
     result["loadavg"] = {"start": load0, "end": os.getloadavg()}

@@ -94,6 +94,23 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(s["served"].items())))
         for sample in s.get("error_samples", []):
             lines.append(f"  - failed: `{sample}`")
+    rp = r.get("replay")
+    if rp:
+        lines += [
+            "",
+            f"`thriftgate replay` check: {rp['requests']} interactive requests logged (content logging on) in the "
+            f"{rp['recorded']} run, replayed dry through each other configuration, against that configuration's "
+            "live run (interactive shares; cost relative to the recorded run's):",
+            "",
+            "| config | replay: cost vs recorded | live: cost vs recorded | replay cache hits | replay: model changed |",
+            "|---|---|---|---|---|",
+        ]
+        for name, v in rp.items():
+            if isinstance(v, dict) and "replay_cost_vs_recorded" in v:
+                lines.append(
+                    f"| {name} | {v['replay_cost_vs_recorded']:.1%} | {v['live_cost_vs_recorded']:.1%} | "
+                    f"{v['replay_cache_hits']} | {v['replay_model_changed']} |"
+                )
     lines += ["", *NOTES]
     return "\n".join(lines) + "\n"
 
