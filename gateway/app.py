@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cache.prefix import PrefixPlanner
 from cache.reuse import ReuseTracker
-from gateway.api import anthropic, batches, dashboard, openai, ops, passthrough, reports
+from gateway.api import anthropic, batches, dashboard, openai, ops, passthrough, replays, reports
 from gateway.api.errors import install_error_handlers
 from gateway.api.schemas import complete_schema
 from gateway.batch.files import FileStore
@@ -190,6 +190,8 @@ def create_app(
     if admin is not None:
         app.include_router(admin)
         app.include_router(reports.router)
+        app.include_router(replays.router)
+        app.include_router(replays.pages)  # before the dashboard's /admin/ui/{page}
         app.include_router(dashboard.router)
         dashboard.mount_static(app)
 

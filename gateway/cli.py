@@ -8,6 +8,7 @@
     thriftgate db upgrade [REV] | db downgrade REV | db current | db replay-spill [--dir DIR]
     thriftgate report [--since 7d] [--by model|key|provider|mechanism|day] [--format table|csv|json]
     thriftgate local build [--out DIR] [--force]
+    thriftgate replay --target CONFIG.yaml [--since 7d] [--key K] [--model M] [--limit N]  (gateway.replay_cli)
     thriftgate batch submit FILE.jsonl [--model M] [--wait] | batch status|results -o OUT|cancel ID | batch list
 
 ``keys``, ``report`` and ``db`` work directly on the configured database (``database_url`` from the settings:
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.batch.cli import BatchCLIError
 from gateway.errors import GatewayError
+from gateway.replay_cli import ReplayCLIError
 
 if TYPE_CHECKING:
     from gateway.keys import KeyStore, VirtualKey
@@ -62,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BatchCLIError as exc:
         print(f"thriftgate: {exc}", file=sys.stderr)
         return 1
+    except ReplayCLIError as exc:
+        print(f"thriftgate: {exc}", file=sys.stderr)
+        return exc.status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -153,8 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     build.set_defaults(run=_local_build)
 
     from gateway.batch.cli import add_parser as add_batch_parser
+    from gateway.replay_cli import add_parser as add_replay_parser
 
     add_batch_parser(sub)
+    add_replay_parser(sub, common)
     return p
 
 

@@ -43,6 +43,8 @@ from starlette.requests import ClientDisconnect
 from gateway import wire
 from gateway.accounting import account, without_prompt_cache
 from gateway.budgets import Reservation
+from gateway.content import answer_text as content_answer
+from gateway.content import content_row
 from gateway.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -331,6 +333,7 @@ class Pipeline:
         self._chat: dict[str, tuple[Provider, bool]] = {}
         self._key_required = settings.virtual_key_required
         self._default_max_tokens = settings.translation_default_max_tokens
+        self._content_chars = settings.content_log.max_chars if settings.content_log.enabled else 0
 
     # ---- the JSON surfaces ----------------------------------------------------------------------------
 
@@ -545,7 +548,7 @@ class Pipeline:
 
         out = resp.body or b""
         usage, estimated = self.native_usage(call, spec.usage_of, out, spec.output_estimated)
-        if call.outcome.status is CacheStatus.MISS and spec.wire is not None and self.steps.cache.wants(call):
+        if spec.wire is not None and self.wants_answer(call):
             self._store(call, lambda: wire.parse_response(spec.wire, orjson.loads(out)))  # type: ignore[arg-type]
         cost = self.finish(call, resp.status_code, usage, estimated=estimated)
         ours["x-thriftgate-cost-usd"] = "unknown" if cost is None else f"{cost:.10f}"
@@ -570,11 +573,7 @@ class Pipeline:
         return Usage(input_tokens=call.input_estimate, output_tokens=output), True
 
     def _collector(self, call: Call, spec: SurfaceSpec) -> wire.StreamParser | None:
-        if (
-            spec.wire is None
-            or call.outcome.status is not CacheStatus.MISS
-            or not self.steps.cache.wants(call)
-        ):
+        if spec.wire is None or not self.wants_answer(call):
             return None
         return wire.stream_parser(spec.wire)
 
@@ -617,7 +616,7 @@ class Pipeline:
                 ),
                 target,
             )
-            collect = call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call)
+            collect = self.wants_answer(call)
             adapter = Translation(
                 wire.stream_parser(api),
                 wire.stream_renderer(spec.wire, req, request_id=call.record.request_id),
@@ -656,7 +655,7 @@ class Pipeline:
                 lambda first: Canonical(wire.stream_renderer(client_wire, req, request_id="probe")),
                 target,
             )
-            collect = call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call)
+            collect = self.wants_answer(call)
             adapter = Canonical(
                 wire.stream_renderer(spec.wire, req, request_id=call.record.request_id), collect=collect
             )
@@ -670,7 +669,7 @@ class Pipeline:
     ) -> Response:
         assert spec.wire is not None
         out = wire.render_response(spec.wire, answer, req)
-        if call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call):
+        if self.wants_answer(call):
             self._store(call, lambda: answer)
         cost = self.finish(call, 200, answer.usage)
         ours["x-thriftgate-cost-usd"] = "unknown" if cost is None else f"{cost:.10f}"
@@ -687,6 +686,7 @@ class Pipeline:
         call.mechanism = SavingMechanism.CACHE
         call.prices = None
         call.record.served_model = answer.model
+        self.keep_content(call, answer)
         ours = self.ours(call)
         if req.stream:
             adapter = Canonical(wire.stream_renderer(spec.wire, req, request_id=call.record.request_id))
@@ -696,6 +696,25 @@ class Pipeline:
         self.finish(call, 200, Usage(), cached=True)
         ours["x-thriftgate-cost-usd"] = f"{0.0:.10f}"
         return raw_response(200, out, raw_headers((), ours), "application/json")
+
+    def wants_answer(self, call: Call) -> bool:
+        """Whether the canonical answer of this (not cached) request is needed: by the cache, or by
+        content logging."""
+        if call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call):
+            return True
+        return self._content_chars > 0 and call.mechanism is not SavingMechanism.CACHE
+
+    def keep(self, call: Call, answer: ChatResponse) -> None:
+        """A complete answer from upstream: to the cache (when it wants it) and the content log."""
+        if call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call):
+            self.steps.cache.store(call, answer)
+        self.keep_content(call, answer)
+
+    def keep_content(self, call: Call, answer: ChatResponse) -> None:
+        """Attaches the request's body and ``answer``'s text to its log record (content logging on)."""
+        if self._content_chars and call.record.content is None:
+            body = call.inbound.body or orjson.dumps(call.payload)
+            call.record.content = content_row(body, content_answer(answer), self._content_chars)
 
     def _store(self, call: Call, answer: Callable[[], ChatResponse | None]) -> None:
         try:
@@ -708,7 +727,7 @@ class Pipeline:
             )
             return
         if found is not None:
-            self.steps.cache.store(call, found)
+            self.keep(call, found)
 
     # ---- the one relay ----------------------------------------------------------------------------------
 
@@ -756,10 +775,10 @@ class Pipeline:
                 error = f"upstream error event: {adapter.error}"
                 self.metrics.on_upstream_error(rec.provider or "", "error_event")
             usage, estimated = self._stream_usage(call, adapter, complete and error is None)
-            if complete and error is None and call.outcome.status is CacheStatus.MISS:
+            if complete and error is None and call.mechanism is not SavingMechanism.CACHE:
                 answer = adapter.response()
                 if answer is not None:
-                    self.steps.cache.store(call, answer)
+                    self.keep(call, answer)
             cached = call.mechanism is SavingMechanism.CACHE
             self.finish(call, status, usage, error, estimated=estimated, cached=cached)
             if close is not None:

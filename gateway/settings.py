@@ -596,6 +596,17 @@ class CacheSettings(_Strict):
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
 
 
+class ContentLogSettings(_Strict):
+    """Opt-in content logging (``gateway.content``): each chat request's body and the answer's text, kept
+    beside its log row for ``thriftgate replay`` and the dashboard. Off by default: it stores your users'
+    prompts and answers in the database (see the module docstring of ``gateway.content``)."""
+
+    enabled: bool = False
+    max_chars: int = Field(default=32_000, ge=1, le=1_000_000)
+    """The request body and the answer are each cut at this many characters (the row is then marked
+    truncated, and replay skips it)."""
+
+
 class Settings(BaseSettings):
     """Everything the gateway is configured with. Build it with ``load_settings`` (see the module docstring)."""
 
@@ -642,6 +653,7 @@ class Settings(BaseSettings):
     prefix: PrefixSettings = Field(default_factory=PrefixSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    content_log: ContentLogSettings = Field(default_factory=ContentLogSettings)
     config_path: str | None = None
 
     @classmethod

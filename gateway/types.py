@@ -462,3 +462,5 @@ class RequestRecord:
     ``prompt_cache_key`` set (``key=tg-...``). None: the planner did not look at the request."""
     error: str | None = None
     created_at: float = 0.0  # unix seconds
+    content: dict[str, Any] | None = None
+    """``request_content`` columns (``gateway.content.content_row``) when content logging is on."""

@@ -38,6 +38,7 @@ PAGES = {
     "requests": "Requests",
     "batches": "Batches",
     "panels": "Cache · Routing · Local",
+    "replay": "Replay",
 }
 
 router = APIRouter(include_in_schema=False)
@@ -80,6 +81,17 @@ def _page(request: Request, page: str, status: int = 200, **context: Any) -> Res
         return _to_login()
     csrf = session.csrf_token(session.master_of(settings), token)
     return _render(f"{page}.html", status, page=page, title=PAGES[page], csrf=csrf, **context)
+
+
+def other_page(request: Request, template: str, title: str | None = None, **context: Any) -> Response:
+    """A page of another module (``gateway.api.replays``) in the dashboard's frame: login required."""
+    settings = _settings(request)
+    token = session.session_token(request, settings)
+    if token is None:
+        return _to_login()
+    csrf = session.csrf_token(session.master_of(settings), token)
+    name = title or PAGES.get(template, template)
+    return _render(f"{template}.html", page=template, title=name, csrf=csrf, **context)
 
 
 async def _form(request: Request) -> dict[str, str]:

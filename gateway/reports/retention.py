@@ -12,10 +12,11 @@ from sqlalchemy import Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.logs import get_logger
-from gateway.storage.models import RequestLogRow
+from gateway.storage.models import RequestContentRow, RequestLogRow
 
 log = get_logger(__name__)
 LOG = cast(Table, RequestLogRow.__table__)
+CONTENT = cast(Table, RequestContentRow.__table__)
 CHUNK = 10_000
 
 
@@ -23,16 +24,20 @@ async def prune(
     sessionmaker: async_sessionmaker[AsyncSession], before: datetime, *, chunk: int = CHUNK
 ) -> int:
     """Deletes request-log rows created before ``before``, ``chunk`` rows per transaction (short locks, so
-    the log writer is never held up for long). Returns how many were deleted. Rollups are untouched."""
+        the log writer is never held up for long), and the content-log rows as old. Returns how many log rows
+    were deleted. Rollups are untouched."""
     deleted = 0
-    while True:
-        async with sessionmaker.begin() as session:
-            ids = select(LOG.c.id).where(LOG.c.created_at < before).order_by(LOG.c.id).limit(chunk)
-            result = await session.execute(delete(LOG).where(LOG.c.id.in_(ids.scalar_subquery())))
-            n = int(getattr(result, "rowcount", 0) or 0)
-        deleted += n
-        if n < chunk:
-            return deleted
+    for table in (LOG, CONTENT):  # content logging's rows (opt-in) are kept exactly as long as the log's
+        while True:
+            async with sessionmaker.begin() as session:
+                ids = select(table.c.id).where(table.c.created_at < before).order_by(table.c.id).limit(chunk)
+                result = await session.execute(delete(table).where(table.c.id.in_(ids.scalar_subquery())))
+                n = int(getattr(result, "rowcount", 0) or 0)
+            if table is LOG:
+                deleted += n
+            if n < chunk:
+                break
+    return deleted
 
 
 class Pruner:

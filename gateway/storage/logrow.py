@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import String
 
+from gateway.content import clean_content
 from gateway.storage.models import RequestLogRow
 
 INT32_MAX = 2**31 - 1
@@ -111,7 +112,8 @@ def float_value(value: Any, bound: float) -> float | None:
 
 
 def clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``row`` with exactly the log's columns (``COLUMNS``, in order), each bounded and cleaned
+    """A copy of ``row`` with exactly the log's columns (``COLUMNS``, in order; plus its ``content`` when it
+    carries a valid one: content logging), each bounded and cleaned
     (see the module docstring). Pure; never raises."""
     out: dict[str, Any] = {}
     for name in COLUMNS:
@@ -135,4 +137,7 @@ def clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = bool(value)
     if not out["cache"]:
         out["cache"] = "miss"
+    content = clean_content(row.get("content"))
+    if content is not None:
+        out["content"] = content
     return out

@@ -130,6 +130,21 @@ class RequestLogRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class RequestContentRow(Base):
+    """What one request asked and was answered (opt-in content logging, ``gateway.content``). Joined to
+    its log row by ``request_id`` and ``key_id`` together: read back only with the row of the same key."""
+
+    __tablename__ = "request_content"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    request_json: Mapped[str] = mapped_column(Text)
+    answer_text: Mapped[str] = mapped_column(Text)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
     5,
     10,

@@ -26,7 +26,7 @@ from gateway.storage.logrow import (
     int_value,
     text_value,
 )
-from gateway.storage.models import Base, RequestLogRow, VirtualKeyRow
+from gateway.storage.models import Base, RequestContentRow, RequestLogRow, VirtualKeyRow
 from gateway.types import RequestRecord
 
 # ---- virtual keys -------------------------------------------------------------------------------
@@ -142,6 +142,7 @@ def request_row(record: RequestRecord) -> dict[str, Any]:
         "route_reason": text_value(record.route_reason, _LIMIT["route_reason"]),
         "plan": text_value(record.plan, _LIMIT["plan"]),
         "error": text_value(record.error, _LIMIT["error"], keep_lines=True),
+        **({} if record.content is None else {"content": record.content}),
     }
 
 
@@ -182,8 +183,28 @@ async def insert_request_rows(session: AsyncSession, rows: Sequence[Mapping[str,
         params = [_sqlite_record(row) for row in rows]
         await raw.driver_connection.executemany(_SQLITE_INSERT, params)  # type: ignore[union-attr]
         return
-    values = [{**row, "created_at": datetime.fromtimestamp(float(row["created_at"]), UTC)} for row in rows]
+    values = [
+        {**{c: row[c] for c in COLUMNS}, "created_at": datetime.fromtimestamp(float(row["created_at"]), UTC)}
+        for row in rows
+    ]
     await session.execute(insert(Base.metadata.tables[RequestLogRow.__tablename__]), values)
+
+
+async def insert_content_rows(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Inserts the ``content`` of the rows that carry one (content logging) into request_content, in the
+    session's transaction: each under its own row's request id and key."""
+    values = [
+        {
+            "request_id": row["request_id"],
+            "key_id": row["key_id"],
+            "created_at": datetime.fromtimestamp(float(row["created_at"]), UTC),
+            **content,
+        }
+        for row in rows
+        if (content := row.get("content")) is not None
+    ]
+    if values:
+        await session.execute(insert(RequestContentRow), values)
 
 
 _SELECT_ONE = text("SELECT 1")
@@ -224,6 +245,7 @@ async def write_request_batch(
     stored rows (``gateway.reports.rollup_sql``), in process elsewhere."""
     position = await rollup_sql.log_position(session)
     await insert_request_rows(session, rows)
+    await insert_content_rows(session, rows)
     await rollup_sql.add_logged(session, rows, position)
     added = spend_by_key(rows)
     totals = await add_spend(session, added)

@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-record", action="store_true", help="do not keep requests (long benchmark runs)")
     parser.add_argument("--batches", action="store_true", help="serve files and batches endpoints")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--keep-alive-s", type=float, default=5.0, help="close idle client connections after this long"
+    )
     args = parser.parse_args(argv)
     config = SimConfig(
         ttft_s=args.ttft_ms / 1000,
@@ -35,7 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     sim = Simulator(config)
     # loop="auto" / http="auto" pick uvloop and httptools when they are installed
-    uvicorn.run(sim.app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    uvicorn.run(
+        sim.app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_keep_alive=int(args.keep_alive_s),
+    )
 
 
 if __name__ == "__main__":

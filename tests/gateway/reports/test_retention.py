@@ -78,3 +78,35 @@ def test_the_gateway_prunes_with_a_retention(tmp_path: Path) -> None:
             lambda: count("SELECT count(*) FROM request_log") == 2, what="rows older than 1.5 days pruned"
         )
     assert count("SELECT sum(requests) FROM request_rollup WHERE dimension = 'all'") == 5  # rollups kept
+
+
+async def test_content_rows_are_written_with_their_rows_and_pruned_with_them(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    from gateway.content import content_row
+    from gateway.storage.models import RequestContentRow
+
+    rng = random.Random(6)
+    now_s = datetime.now(UTC).timestamp()
+    rows = [
+        {
+            **record(i, rng),
+            "created_at": now_s - i * 3600.0,
+            "content": content_row(b'{"q": 1}', f"a{i}", 100),
+        }
+        for i in range(10)
+    ]
+    async with sessionmaker.begin() as session:
+        await repo.write_request_batch(session, rows)  # content logging: the same transaction as the rows
+
+    async def stored() -> list[tuple[str, str | None, str]]:
+        async with sessionmaker() as session:
+            found = await session.execute(
+                select(RequestContentRow.request_id, RequestContentRow.key_id, RequestContentRow.answer_text)
+            )
+            return sorted((r[0], r[1], r[2]) for r in found.all())
+
+    stored_ = await stored()
+    assert stored_ == sorted((r["request_id"], r["key_id"], f"a{i}") for i, r in enumerate(rows))
+    assert await prune(sessionmaker, datetime.fromtimestamp(now_s - 4.5 * 3600, UTC)) == 5
+    assert len(await stored()) == 5  # kept exactly as long as the log's rows
