@@ -19,6 +19,7 @@ import numpy as np
 import openai
 import pytest
 
+from cache.batcher import MicroBatcher
 from gateway.config import Catalogue
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
 from gateway.providers.registry import ProviderKinds
@@ -103,14 +104,8 @@ class Clock:
 
 def router_steps(clock: Clock | None = None) -> Callable[[Settings], Steps]:
     def build(settings: Settings) -> Steps:
-        router = Router(
-            settings,
-            Catalogue(settings),
-            embedder=FakeEmbedder(),
-            classifier=length_classifier(),
-            clock=clock or Clock(),
-        )
-        return Steps(router=router)
+        router = Router(settings, Catalogue(settings), classifier=length_classifier(), clock=clock or Clock())
+        return Steps(router=router, embeddings=MicroBatcher(FakeEmbedder()))
 
     return build
 
