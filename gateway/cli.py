@@ -139,8 +139,12 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="export the MiniLM embedder to ONNX (otherwise done on first use)",
     )
-    embedder.add_argument("--out", help="output folder (default: embedder.model_dir, i.e. <data_dir>/embedder)")
-    embedder.add_argument("--variant", choices=("fp32", "int8"), default=None, help="default: embedder.variant")
+    embedder.add_argument(
+        "--out", help="output folder (default: embedder.model_dir, i.e. <data_dir>/embedder)"
+    )
+    embedder.add_argument(
+        "--variant", choices=("fp32", "int8"), default=None, help="default: embedder.variant"
+    )
     embedder.set_defaults(run=_cache_build_embedder)
 
     local = sub.add_parser("local", help="the local inference engine").add_subparsers(
