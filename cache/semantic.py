@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import faiss
-import numpy as np
 
 from cache.batcher import MicroBatcher, Vector
 from cache.embedder import Embedder
 from cache.entries import CacheEntry, EntryTable
+from cache.scope_index import ScopeIndex
 
 __all__ = ["Candidate", "Guard", "MicroBatcher", "ScopeIndex", "ScoringGuard", "SemanticCache", "Vector"]
 
@@ -52,45 +52,6 @@ class Candidate:
     entry: CacheEntry
     cosine: float
     score: float
-
-
-@dataclass(slots=True)
-class ScopeIndex:
-    """The vectors of one scope: a FAISS inner-product index (cosine: vectors are normalised) with int64
-    ids mapped to entry ids."""
-
-    dim: int
-    index: faiss.IndexIDMap2 = field(init=False)
-    ids: dict[int, str] = field(default_factory=dict)
-    rows: dict[str, int] = field(default_factory=dict)
-    next_id: int = 0
-
-    def __post_init__(self) -> None:
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-
-    def add(self, entry_id: str, vector: Vector) -> None:
-        if entry_id in self.rows:
-            return
-        i = self.next_id
-        self.next_id += 1
-        self.index.add_with_ids(vector.reshape(1, -1), np.array([i], dtype=np.int64))
-        self.ids[i] = entry_id
-        self.rows[entry_id] = i
-
-    def remove(self, entry_id: str) -> None:
-        i = self.rows.pop(entry_id, None)
-        if i is not None:
-            del self.ids[i]
-            self.index.remove_ids(np.array([i], dtype=np.int64))  # type: ignore[arg-type]
-
-    def search(self, vector: Vector, k: int) -> list[tuple[str, float]]:
-        if not self.ids:
-            return []
-        sims, found = self.index.search(vector.reshape(1, -1), min(k, len(self.ids)))
-        return [(self.ids[int(i)], float(s)) for s, i in zip(sims[0], found[0], strict=True) if i >= 0]
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 class SemanticCache:
