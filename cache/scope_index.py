@@ -133,11 +133,17 @@ class ScopeIndex:
             self.approximate = True  # training failed: stay flat, do not retry on every add
             return
         ivf: Any = build.index
-        for row, vec in build.journal:
-            if vec is None:
+        adds: list[tuple[int, Vector]] = []
+        for row, vec in [*build.journal, (-1, None)]:  # runs of adds go in together
+            if vec is not None:
+                adds.append((row, vec))
+                continue
+            if adds:
+                rows = np.array([r for r, _ in adds], dtype=np.int64)
+                ivf.add_with_ids(np.concatenate([v for _, v in adds]), rows)
+                adds = []
+            if row >= 0:
                 ivf.remove_ids(np.array([row], dtype=np.int64))
-            else:
-                ivf.add_with_ids(vec, np.array([row], dtype=np.int64))
         self.index = ivf
         self.approximate = True
 
