@@ -375,7 +375,8 @@ def main() -> None:
         "cores": os.cpu_count(),
         "command": "python -m bench.semantic_cache"
         + (" --quick" if args.quick else "")
-        + f" --budget {args.budget}",
+        + f" --budget {args.budget}"
+        + (" --int8" if args.int8 else ""),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "semantic_cache.json").write_text(json.dumps(result, indent=2))
