@@ -208,7 +208,14 @@ def through_gateway(ctx: dict[str, Any], n: int, share: float) -> dict[str, Any]
 
 
 def latency(ctx: dict[str, Any], n: int) -> dict[str, Any]:
-    """Router.route on fresh prompts (no embedding memo hit), embedding included, one at a time."""
+    """``Router.route`` on fresh prompts, embedding included (awaited through the app's micro-batcher, as
+    the gateway does), one at a time, with each embedding runtime; then the same calls again, their
+    vector already computed (as when the semantic cache embedded the turn first)."""
+    import asyncio
+
+    from cache.batcher import MicroBatcher
+    from cache.embedder import MiniLMEmbedder
+    from cache.onnx_embedder import OnnxMiniLMEmbedder, ensure_built
     from gateway.api.openai import CHAT
     from gateway.config import Catalogue
     from gateway.pipeline import Call
@@ -219,46 +226,77 @@ def latency(ctx: dict[str, Any], n: int) -> dict[str, Any]:
     settings = Settings()
     router = Router(settings, Catalogue(settings))
     texts = [ctx["texts"][i] for i in ctx["test"][: n + 20]]
+    runtimes = {
+        "onnx": OnnxMiniLMEmbedder(ensure_built(settings.embedder_dir)),
+        "torch": MiniLMEmbedder(threads=1),
+    }
 
-    def call_for(text: str) -> Call:
-        call = Call(RequestRecord("r", "openai.chat", "POST", "/v1/chat/completions"), CHAT, CHAT.errors)
-        call.payload = {"model": "auto", "messages": [{"role": "user", "content": text}]}
-        call.model = "auto"
-        return call
+    def p(xs: list[float], q: float) -> float:
+        return float(np.percentile(xs, q))
 
-    for text in texts[:20]:  # load the model, warm up
-        router.route(call_for(text))
-    times = []
-    for text in texts[20:]:
-        call = call_for(text)
-        t0 = time.perf_counter()
-        router.route(call)
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    memo = []  # the same prompts again: the embedding remembered (as when the semantic cache embedded it)
-    for text in texts[20:]:
-        call = call_for(text)
-        t0 = time.perf_counter()
-        router.route(call)
-        memo.append((time.perf_counter() - t0) * 1000)
-    memo.sort()
+    async def run(embeddings: MicroBatcher) -> dict[str, Any]:
+        def call_for(text: str) -> Call:
+            call = Call(
+                RequestRecord("r", "openai.chat", "POST", "/v1/chat/completions"),
+                CHAT,
+                CHAT.errors,
+                embeddings,
+            )
+            call.payload = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+            call.model = "auto"
+            return call
+
+        for text in texts[:20]:  # load the model, warm up
+            await router.route(call_for(text))
+        times, again, cpu = [], [], []
+        for text in texts[20:]:
+            call = call_for(text)
+            t0, c0 = time.perf_counter(), time.process_time()
+            await router.route(call)
+            times.append((time.perf_counter() - t0) * 1000)
+            cpu.append((time.process_time() - c0) * 1000)
+            t0 = time.perf_counter()
+            await router.route(call)
+            again.append((time.perf_counter() - t0) * 1000)
+        await embeddings.aclose()
+        return {
+            "p50_ms": p(times, 50),
+            "p99_ms": p(times, 99),
+            "cpu_ms_p50": p(cpu, 50),
+            "without_embedding_p50_ms": p(again, 50),
+            "without_embedding_p99_ms": p(again, 99),
+        }
+
+    out: dict[str, Any] = {
+        name: asyncio.run(run(MicroBatcher(embedder))) for name, embedder in runtimes.items()
+    }
     chars = [len(t) for t in texts[20:]]
     return {
-        "decisions": len(times),
-        "p50_ms": statistics.median(times),
-        "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))],
-        "without_embedding_p50_ms": statistics.median(memo),
-        "without_embedding_p99_ms": memo[min(len(memo) - 1, int(0.99 * len(memo)))],
+        "decisions": len(chars),
+        **out["onnx"],
+        "runtimes": out,
         "median_prompt_chars": statistics.median(chars),
-        "torch_threads": _torch_threads(),
+        "threads": 1,
         "load_average_1m": os.getloadavg()[0],
     }
 
 
-def _torch_threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())
+def latency_table(lat: dict[str, Any]) -> str:
+    lines = [
+        f"Decision latency (Router.route awaiting the MiniLM embedding through the micro-batcher, "
+        f"{lat['decisions']} fresh prompts one at a time, median {lat['median_prompt_chars']} chars, one "
+        f"thread, load average {lat['load_average_1m']:.1f} on 2 cores):",
+        "",
+        "| embedder | p50 ms | p99 ms | CPU ms p50 (all threads) | vector already computed: p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in lat.get("runtimes", {"torch": lat}).items():
+        lines.append(
+            f"| {name} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m.get('cpu_ms_p50', float('nan')):.2f} | "
+            f"{m['without_embedding_p50_ms']:.3f} | "
+            f"{m['without_embedding_p99_ms']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -303,14 +341,7 @@ def markdown(result: dict[str, Any]) -> str:
         ]
     lat = result.get("latency")
     if lat:
-        lines += [
-            "",
-            f"Decision latency (Router.route with the MiniLM embedding, {lat['decisions']} fresh prompts, median "
-            f"{lat['median_prompt_chars']} chars, torch threads {lat['torch_threads']}, load average "
-            f"{lat['load_average_1m']:.1f} on 2 cores): p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms; "
-            f"without the embedding (already computed: features, classifier, choose) p50 "
-            f"{lat['without_embedding_p50_ms']:.3f} ms, p99 {lat['without_embedding_p99_ms']:.3f} ms.",
-        ]
+        lines += ["", latency_table(lat)]
     return "\n".join(lines) + "\n"
 
 
@@ -320,12 +351,25 @@ def main() -> None:
     parser.add_argument("--gateway", type=int, default=None, help="prompts sent through the gateway")
     parser.add_argument("--latency", type=int, default=None, help="decisions timed")
     parser.add_argument("--share", type=float, default=0.5, help="strong_share for the gateway run")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the decision latency (no offline table: nothing to embed ahead), written to "
+        "bench/results/router_latency.json and .md",
+    )
     args = parser.parse_args()
-    if args.torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
+    if args.latency_only:
+        rows = load_pairs(DEFAULT_DATA)
+        _, test = split(len(rows))
+        ctx = {"texts": [r["prompt"] for r in rows], "test": test}
+        lat = latency(ctx, args.latency if args.latency is not None else 300)
+        lat["started_load_average"] = [round(x, 2) for x in os.getloadavg()]
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "router_latency.json").write_text(json.dumps(lat, indent=2) + "\n")
+        text = "# Router decision latency\n\n" + latency_table(lat)
+        (RESULTS / "router_latency.md").write_text(text)
+        print(text)
+        return
     table, ctx = offline(args.quick)
     result: dict[str, Any] = {"meta": ctx["meta"], "routers": table}
     n_gw = args.gateway if args.gateway is not None else (50 if args.quick else 500)

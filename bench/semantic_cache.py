@@ -25,11 +25,11 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from bench import cache_stream, traps
@@ -236,71 +236,150 @@ def stream_metrics(
 _ANSWER = ChatResponse(id="r", model="m", choices=(), usage=Usage())
 
 
+def _pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(xs, q)), 3)
+
+
+def build_scope(n: int, base: np.ndarray, base_texts: list[str], budget: float, embedder: Any) -> Any:
+    """A semantic cache whose one scope holds ``n`` entries: the QQP vectors tiled, plus noise."""
+    rng = np.random.default_rng(0)
+    sem = SemanticCache(embedder, load_guard(max_wrong_hit_rate=budget), min_cosine=MIN_COSINE)
+    table = EntryTable(n + 10)
+    sem.attach(table)
+    t0 = time.perf_counter()
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        idx = np.arange(start, start + m) % len(base)
+        vecs = base[idx] + rng.normal(0, 0.02, (m, base.shape[1])).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        for j in range(m):
+            i = start + j
+            e = CacheEntry(
+                str(i), "ns", "m", f"k{i}", "scope", _ANSWER, 0.0, 1e12, text=base_texts[i % len(base_texts)]
+            )
+            e.embedding = vecs[j]
+            table.add(e)
+    index = sem.scopes["scope"]
+    index.wait_built()
+    return sem, time.perf_counter() - t0
+
+
 async def lookup_latency(
-    embedder: Any,
+    embedders: dict[str, Any],
     base: np.ndarray,
     base_texts: list[str],
     queries: list[str],
     sizes: list[int],
     budget: float,
 ) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    out = {}
+    """Per size: the lookup as the gateway makes it (embed a text never seen, through the micro-batcher,
+    then search + guard), one at a time, for each embedder; and the search alone, the index as built
+    (flat below 32k entries, IVF above) against an exact flat search of the same vectors (recall@1)."""
+    out: dict[str, Any] = {}
     for n in sizes:
-        sem = SemanticCache(embedder, load_guard(max_wrong_hit_rate=budget), min_cosine=MIN_COSINE)
-        table = EntryTable(n + 10)
-        sem.attach(table)
-        reps = -(-n // len(base))
-        vecs = np.tile(base, (reps, 1))[:n] + rng.normal(0, 0.02, (n, base.shape[1])).astype(np.float32)
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        t0 = time.perf_counter()
-        for i in range(n):
-            e = CacheEntry(
-                str(i), "ns", "m", f"k{i}", "scope", _ANSWER, 0.0, 1e12, text=base_texts[i % len(base_texts)]
-            )
-            e.embedding = vecs[i].astype(np.float32)
-            table.add(e)
-        build_s = time.perf_counter() - t0
-        total, search = [], []
-        for q in queries:
-            t = time.perf_counter()
-            vec = await sem.embed(q + f" #{n}")  # a text never seen: the embedding is part of every lookup
-            t_emb = time.perf_counter()
-            sem._memo[q + f" #{n}"] = vec
-            await sem.lookup("scope", q + f" #{n}", 1.0)
-            done = time.perf_counter()
-            total.append((t_emb - t) * 1000 + (done - t_emb) * 1000)
-            search.append((done - t_emb) * 1000)
+        sem, build_s = build_scope(n, base, base_texts, budget, next(iter(embedders.values())))
+        index = sem.scopes["scope"]
+        row: dict[str, Any] = {"index": "ivf" if index.approximate else "flat", "build_s": round(build_s, 1)}
+        for name, embedder in embedders.items():
+            batcher = MicroBatcher(embedder)
+            await batcher.embed("warm up")
+            total, search = [], []
+            for q in queries:
+                text = f"{q} #{name}{n}"  # never seen: the embedding is part of every lookup
+                t = time.perf_counter()
+                vec = await batcher.embed(text)
+                t_emb = time.perf_counter()
+                sem.lookup("scope", text, vec, 1.0)
+                done = time.perf_counter()
+                total.append((done - t) * 1000)
+                search.append((done - t_emb) * 1000)
+            await batcher.aclose()
+            row[name] = {
+                "p50_ms": _pct(total, 50),
+                "p99_ms": _pct(total, 99),
+                "search_guard_p50_ms": _pct(search, 50),
+                "search_guard_p99_ms": _pct(search, 99),
+            }
+        if index.approximate:
+            # exact top-1 by brute force, in chunks (no second index in memory), and the flat search's time
+            qv = next(iter(embedders.values())).embed(queries)
+            best = np.full(len(qv), -np.inf)
+            exact = np.zeros(len(qv), dtype=np.int64)
+            for start in range(0, n, 100_000):
+                chunk = np.stack(
+                    [sem.table.get(str(i)).embedding for i in range(start, min(n, start + 100_000))]
+                )  # type: ignore[union-attr]
+                sims = chunk @ qv.T  # [chunk, queries]
+                top = sims.argmax(0)
+                better = sims[top, np.arange(len(qv))] > best
+                best[better] = sims[top, np.arange(len(qv))][better]
+                exact[better] = top[better] + start
+                if start == 0 and n <= 100_000:
+                    flat = faiss.IndexFlatIP(base.shape[1])
+                    flat.add(chunk)
+                    t = time.perf_counter()
+                    for v in qv:
+                        flat.search(v[None], 4)
+                    row["flat_search_ms_mean"] = round((time.perf_counter() - t) * 1000 / len(qv), 2)
+                    del flat
+            # the tiled vectors have near-twins: an IVF answer counts when its cosine equals the exact best's
+            found = [index.search(v, 1) for v in qv]
+            approx_cos = np.array([f[0][1] if f else -1.0 for f in found])
+            row["ivf_recall_at_1"] = round(float(np.mean(approx_cos >= best - 1e-4)), 3)
+        row["queries"] = len(queries)
+        out[str(n)] = row
+        print(f"  {n} entries: {row}", flush=True)
         await sem.aclose()
-        out[str(n)] = {
-            "p50_ms": round(statistics.median(total), 2),
-            "p99_ms": round(float(np.percentile(total, 99)), 2),
-            "search_guard_p50_ms": round(statistics.median(search), 3),
-            "search_guard_p99_ms": round(float(np.percentile(search, 99)), 3),
-            "index_build_s": round(build_s, 1),
-            "queries": len(queries),
-        }
-        print(f"  {n} entries: {out[str(n)]}", flush=True)
+        del sem
     return out
 
 
 async def throughput(embedder: Any, texts: list[str]) -> dict[str, Any]:
     t = time.perf_counter()
+    c = time.process_time()
     for x in texts:
         embedder.embed([x])
     one = len(texts) / (time.perf_counter() - t)
+    one_cpu = (time.process_time() - c) * 1000 / len(texts)
     batcher = MicroBatcher(embedder, max_batch=32)
     t = time.perf_counter()
-    await asyncio.gather(*(batcher.embed(x + " ") for x in texts))
+    c = time.process_time()
+    await asyncio.gather(*(batcher.embed(x + " ?") for x in texts))
     batched = len(texts) / (time.perf_counter() - t)
+    batched_cpu = (time.process_time() - c) * 1000 / len(texts)
     n_batches = batcher.batches
     await batcher.aclose()
     return {
         "texts": len(texts),
         "one_at_a_time_per_s": round(one, 1),
+        "one_at_a_time_cpu_ms_per_text": round(one_cpu, 2),
         "micro_batched_per_s": round(batched, 1),
+        "micro_batched_cpu_ms_per_text": round(batched_cpu, 2),
         "batches": n_batches,
         "ratio": round(batched / one, 2),
+    }
+
+
+def runtime_quality(
+    rows: list[dict[str, Any]], qa: np.ndarray, qb: np.ndarray, budget: float, embedder: Any
+) -> dict[str, Any]:
+    """The ONNX vectors against sentence-transformers' (the memoised ``qa``/``qb``) over the QQP texts,
+    and QQP precision/recall at the operating point with each."""
+    oa = embedder.embed([r["a"] for r in rows])
+    ob = embedder.embed([r["b"] for r in rows])
+    agree = np.concatenate([np.einsum("ij,ij->i", oa, qa), np.einsum("ij,ij->i", ob, qb)])
+    ref = qqp_metrics(rows, np.einsum("ij,ij->i", qa, qb), budget)["ours_at_operating_point"]
+    onnx = qqp_metrics(rows, np.einsum("ij,ij->i", oa, ob), budget)["ours_at_operating_point"]
+    same = np.array([bool(r["duplicate"]) for r in rows])
+    ct, co = np.einsum("ij,ij->i", qa, qb), np.einsum("ij,ij->i", oa, ob)
+    return {
+        "texts": int(agree.size),
+        "cosine_min": round(float(agree.min()), 6),
+        "cosine_mean": round(float(agree.mean()), 6),
+        "qqp_torch": ref,
+        "qqp_onnx": onnx,
+        "plain_cosine_0.90": {"torch": _prf(ct >= 0.9, same), "onnx": _prf(co >= 0.9, same)},
+        "pairs_decided_differently_at_0.90": int(((ct >= 0.9) != (co >= 0.9)).sum()),
     }
 
 
@@ -313,6 +392,7 @@ def main() -> None:
     ap.add_argument(
         "--spread", type=float, default=None, help="per-entry prior spread (default: chosen on train)"
     )
+    ap.add_argument("--int8", action="store_true", help="also measure the int8 ONNX variant")
     args = ap.parse_args()
     memo = EmbeddingMemo(None)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -344,13 +424,31 @@ def main() -> None:
 
     if not args.skip_latency:
         from cache.embedder import MiniLMEmbedder
+        from cache.onnx_embedder import OnnxMiniLMEmbedder, ensure_built
+        from gateway.settings import Settings
 
-        embedder = MiniLMEmbedder(threads=1)  # as gateway.caching builds it
-        sizes = [10_000] if args.quick else [10_000, 100_000]
+        directory = Settings().embedder_dir
+        embedders: dict[str, Any] = {
+            "onnx": OnnxMiniLMEmbedder(ensure_built(directory, "fp32")),  # as the gateway builds it
+            "torch": MiniLMEmbedder(threads=1),
+        }
+        if args.int8:
+            embedders["onnx_int8"] = OnnxMiniLMEmbedder(ensure_built(directory, "int8"))
+        result["runtimes"] = {
+            name: runtime_quality(rows, qa, qb, args.budget, e)
+            for name, e in embedders.items()
+            if name != "torch"
+        }
+        print(result["runtimes"], flush=True)
+        sizes = [10_000] if args.quick else [10_000, 100_000, 1_000_000]
         queries = [r["b"] for r in rows[: (20 if args.quick else 60)]]
         base_texts = [r["a"] for r in rows]
-        result["latency"] = asyncio.run(lookup_latency(embedder, qa, base_texts, queries, sizes, args.budget))
-        result["throughput"] = asyncio.run(throughput(embedder, [r["a"] for r in rows[:64]]))
+        result["latency"] = asyncio.run(
+            lookup_latency(embedders, qa, base_texts, queries, sizes, args.budget)
+        )
+        result["throughput"] = {
+            name: asyncio.run(throughput(e, [r["a"] for r in rows[:64]])) for name, e in embedders.items()
+        }
     result["meta"] = {
         "started": started,
         "load_average_at_start": [round(x, 2) for x in load],
@@ -359,7 +457,8 @@ def main() -> None:
         "cores": os.cpu_count(),
         "command": "python -m bench.semantic_cache"
         + (" --quick" if args.quick else "")
-        + f" --budget {args.budget}",
+        + f" --budget {args.budget}"
+        + (" --int8" if args.int8 else ""),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "semantic_cache.json").write_text(json.dumps(result, indent=2))
@@ -503,23 +602,56 @@ def report(r: dict[str, Any]) -> str:
     ]
     for fh in q["false_hits"]:
         lines.append(f"- {fh['a']} ‖ {fh['b']} (cos {fh['cosine']}, score {fh['score']})")
-    if "latency" in r:
+    if "runtimes" in r:
         lines += [
             "",
-            "## Lookup latency, embedding included (one scope holding N entries)",
+            "## Embedding runtimes: the same vectors? (QQP test texts, against sentence-transformers)",
             "",
-            "| entries | p50 ms | p99 ms | search+guard p50 ms | p99 ms |",
-            "|---|---|---|---|---|",
+            "| runtime | texts | cosine min | cosine mean | QQP P / R at the operating point | torch's | "
+            "plain cosine ≥ 0.90: P / R | torch's | pairs decided differently at 0.90 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, m in r["runtimes"].items():
+            o, t, pc = m["qqp_onnx"], m["qqp_torch"], m["plain_cosine_0.90"]
+            lines.append(
+                f"| {name} | {m['texts']} | {m['cosine_min']} | {m['cosine_mean']} | "
+                f"{o['precision']:.4f} / {o['recall']:.4f} | {t['precision']:.4f} / {t['recall']:.4f} | "
+                f"{pc['onnx']['precision']:.4f} / {pc['onnx']['recall']:.4f} | "
+                f"{pc['torch']['precision']:.4f} / {pc['torch']['recall']:.4f} | "
+                f"{m['pairs_decided_differently_at_0.90']} |"
+            )
+    if "latency" in r:
+        names = [
+            k
+            for k in next(iter(r["latency"].values()))
+            if isinstance(next(iter(r["latency"].values()))[k], dict)
+        ]
+        lines += [
+            "",
+            "## Lookup latency, embedding included (one scope holding N entries, one lookup at a time)",
+            "",
+            "| entries | index | runtime | p50 ms | p99 ms | search+guard p50 ms | p99 ms | flat search ms | IVF recall@1 |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for n, m in r["latency"].items():
-            lines.append(
-                f"| {n} | {m['p50_ms']} | {m['p99_ms']} | {m['search_guard_p50_ms']} | {m['search_guard_p99_ms']} |"
-            )
-        t = r["throughput"]
+            for name in names:
+                x = m[name]
+                lines.append(
+                    f"| {n} | {m['index']} | {name} | {x['p50_ms']} | {x['p99_ms']} | {x['search_guard_p50_ms']} | "
+                    f"{x['search_guard_p99_ms']} | {m.get('flat_search_ms_mean', '')} | {m.get('ivf_recall_at_1', '')} |"
+                )
         lines += [
             "",
-            f"Embedding throughput ({t['texts']} texts): one at a time {t['one_at_a_time_per_s']}/s, micro-batched {t['micro_batched_per_s']}/s ({t['batches']} batches), ×{t['ratio']}",
+            "## Embedding throughput (64 QQP texts)",
+            "",
+            "| runtime | one at a time /s | CPU ms/text | micro-batched /s | CPU ms/text | batches | ratio |",
+            "|---|---|---|---|---|---|---|",
         ]
+        for name, t in r["throughput"].items():
+            lines.append(
+                f"| {name} | {t['one_at_a_time_per_s']} | {t['one_at_a_time_cpu_ms_per_text']} | "
+                f"{t['micro_batched_per_s']} | {t['micro_batched_cpu_ms_per_text']} | {t['batches']} | ×{t['ratio']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

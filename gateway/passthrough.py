@@ -125,7 +125,7 @@ class Passthrough:
             cap = payload.get("max_tokens")
             cap = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
             pipeline.authorize(call, model, call.input_estimate + (cap or 0))
-            decision = pipeline.steps.router.route(call)
+            decision = await pipeline.steps.router.route(call)
             target = decision.target
             pipeline.target(call, target, decision)
             provider_name = target.provider

@@ -92,6 +92,7 @@ from gateway.types import (
 from gateway.wire.events import events_of
 
 if TYPE_CHECKING:
+    from cache.batcher import MicroBatcher, Vector
     from gateway.budgets import Budgets
     from gateway.config import Catalogue
     from gateway.keys import KeyStore, VirtualKey
@@ -171,9 +172,11 @@ class Call:
 
     __slots__ = (
         "_canonical",
+        "_vectors",
         "counterfactual_prices",
         "counterfactual_usd",
         "decision",
+        "embeddings",
         "errors",
         "fallback_left",
         "inbound",
@@ -193,7 +196,13 @@ class Call:
         "ttft",
     )
 
-    def __init__(self, record: RequestRecord, spec: SurfaceSpec | None, errors: ErrorFormat) -> None:
+    def __init__(
+        self,
+        record: RequestRecord,
+        spec: SurfaceSpec | None,
+        errors: ErrorFormat,
+        embeddings: MicroBatcher | None = None,
+    ) -> None:
         self.record = record
         self.spec = spec
         self.errors = errors
@@ -217,6 +226,9 @@ class Call:
         self.fallback_left = False
         """Another candidate follows the one being tried: a stream that fails before its first byte
         falls back to it (otherwise the failure is relayed as it comes)."""
+        self.embeddings = embeddings
+        """The app's shared embedder (``Steps.embeddings``), behind ``vector``."""
+        self._vectors: dict[str, asyncio.Future[Vector]] = {}
 
     @property
     def canonical(self) -> ChatRequest:
@@ -235,6 +247,29 @@ class Call:
     @canonical.setter
     def canonical(self, value: ChatRequest) -> None:
         self._canonical = value
+
+    async def vector(self, text: str) -> Vector:
+        """The embedding of ``text`` (a request's last user turn), computed at most once per request: the
+        semantic cache's lookup, the entry stored after a miss and the router's complexity score share it.
+        Awaited, never computed on the event loop (``MicroBatcher``). Leading and trailing whitespace is
+        not part of the key: the tokenizer drops it, so the vectors are the same.
+
+        Raises ``RuntimeError`` when the app has no embedder (``Steps.embeddings``)."""
+        key = text.strip()
+        fut = self._vectors.get(key)
+        if fut is None:
+            if self.embeddings is None:
+                raise RuntimeError("this app has no embedder (Steps.embeddings)")
+            fut = asyncio.ensure_future(self.embeddings.embed(key))
+            self._vectors[key] = fut
+        return await asyncio.shield(fut)
+
+    def known_vector(self, text: str) -> Vector | None:
+        """The vector ``vector`` already computed for ``text`` in this request, if any. Reads only."""
+        fut = self._vectors.get(text.strip())
+        if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return None
+        return fut.result()
 
     def rewrite(self, name: str, value: Any) -> None:
         """Sets a top-level field of the native body (sent re-serialised instead of the client's bytes)."""
@@ -374,7 +409,7 @@ class Pipeline:
             rec.cache = outcome.status.value
             if outcome.response is not None:
                 return self.answer_from_cache(call, spec, outcome.response)
-        call.decision = decision = self.steps.router.route(call)
+        call.decision = decision = await self.steps.router.route(call)
         rec.route_reason = decision.reason
         background = spec.surface is Surface.OPENAI_RESPONSES and call.payload.get("background") is True
         if background and not self.settings.allow_background_responses:
@@ -819,7 +854,7 @@ class Pipeline:
             path=route_path(request.scope),
             created_at=time.time(),
         )
-        return Call(record, spec, errors)
+        return Call(record, spec, errors, self.steps.embeddings)
 
     async def receive(self, request: Request, call: Call, *, passthrough: bool) -> None:
         """Reads the headers (credentials once) and the body under the size limit."""

@@ -2,8 +2,14 @@
 
 ``Router`` implements ``RouteStep``. It owns the app's ``Health`` (one breaker, latency average and load
 window per deployment; the pipeline reports each upstream attempt through ``on_send`` / ``on_result``) and
-the sticky-conversation memory. The complexity classifier and its embedder are loaded on first use, only
-when a policy needs a score (``auto``, ``downgrade``); pass ``embedder`` to share the semantic cache's.
+the sticky-conversation memory. The complexity classifier is loaded on first use, only when a policy
+needs a score (``auto``, ``downgrade``).
+
+The score needs the embedding of the last user turn, which ``route`` awaits from the call
+(``Call.vector``: the app's shared embedder, run in a worker thread, once per request: the semantic cache
+already computed it when it looked the request up). The decision itself stays pure: ``routing.choose``
+runs first without a score; only when it asks for one is the vector awaited, the score computed, and
+``choose`` run again with it (same inputs, same decision).
 
 With the default settings it routes every request to the model the client named (policy ``requested``),
 load-balanced over that model's deployments: the gateway never changes the model unless the
@@ -14,10 +20,13 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
 
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.settings import ModelSettings, PolicySettings, Settings
@@ -38,7 +47,6 @@ from routing.policy import (
 from routing.sticky import StickyTiers
 
 if TYPE_CHECKING:
-    from cache.embedder import Embedder
     from gateway.config import Catalogue
     from gateway.pipeline import Call
 
@@ -52,6 +60,14 @@ _NO_FEATURES = RequestFeatures(
     text="",
     conversation="",
 )
+
+
+class _ScoreNeeded(Exception):
+    """``choose`` asked for the complexity score, which is awaited outside it."""
+
+
+def _no_score_yet() -> float:
+    raise _ScoreNeeded
 
 
 class CircuitOpen(UpstreamError):
@@ -101,7 +117,6 @@ class Router:
         settings: Settings,
         catalogue: Catalogue,
         *,
-        embedder: Embedder | None = None,
         classifier: ComplexityClassifier | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -140,10 +155,8 @@ class Router:
             raise ValueError(f"routing.local_model: {local!r} is not a catalogue model")
         self._cards = cards
         self._known = frozenset(d.id for c in cards.values() for d in c.deployments)
-        self._embedder = embedder
         self._classifier = classifier
         self._classifier_path = Path(r.auto.classifier) if r.auto.classifier else None
-        self._vectors: OrderedDict[str, object] = OrderedDict()
         self.config = RouterConfig(
             models=cards,
             auto_models=auto_models,
@@ -156,7 +169,7 @@ class Router:
 
     # ---- RouteStep -----------------------------------------------------------------------------------
 
-    def route(self, call: Call) -> RouteDecision:
+    async def route(self, call: Call) -> RouteDecision:
         rule = self.policy_for(call)
         auto = call.model == self._settings.auto.alias
         if auto:
@@ -188,18 +201,23 @@ class Router:
         config = self.config
         if auto or policy.kind in ("auto", "downgrade"):
             config = self._scored_config()
+        decide = partial(
+            choose,
+            features,
+            requested,
+            config,
+            self.health,
+            policy=policy,
+            sticky_tier=sticky_tier,
+            budget=budget,
+            seed=zlib.crc32(call.record.request_id.encode()),
+        )
         try:
-            routed = choose(
-                features,
-                requested,
-                config,
-                self.health,
-                policy=policy,
-                score=lambda: self.score(features.text),
-                sticky_tier=sticky_tier,
-                budget=budget,
-                seed=zlib.crc32(call.record.request_id.encode()),
-            )
+            try:
+                routed = decide(score=_no_score_yet)
+            except _ScoreNeeded:
+                score = self.score(await call.vector(features.text), features.text)
+                routed = decide(score=lambda: score)
         except NoCapableModel as exc:
             raise InvalidRequest(f"No model can serve this request: {exc}", param="model") from None
         except NoHealthyModel as exc:
@@ -276,21 +294,6 @@ class Router:
             )
         return self.config
 
-    def score(self, text: str) -> float:
-        """The classifier's score for ``text`` (its embedding remembered for the last 1024 texts)."""
-        import numpy as np
-
-        vector = self._vectors.get(text)
-        if vector is None:
-            if self._embedder is None:
-                from cache.embedder import MiniLMEmbedder
-
-                self._embedder = MiniLMEmbedder(threads=1)
-            vector = self._embedder.embed([text])[0]
-            self._vectors[text] = vector
-            if len(self._vectors) > 1024:
-                self._vectors.popitem(last=False)
-        else:
-            self._vectors.move_to_end(text)
-        assert isinstance(vector, np.ndarray)
+    def score(self, vector: npt.NDArray[np.float32], text: str) -> float:
+        """The classifier's score for ``text`` embedded as ``vector``. Pure."""
         return self.classifier().score(vector, text)

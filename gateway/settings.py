@@ -574,6 +574,31 @@ class SemanticCacheSettings(_Strict):
     max_batch: int = Field(default=32, ge=1)
 
 
+class EmbedderSettings(_Strict):
+    """The sentence embedder (all-MiniLM-L6-v2) shared by the semantic cache and the router's complexity
+    score. Loaded on the first request that needs a vector; each request's last user turn is embedded
+    at most once, in a worker thread, micro-batched with concurrent requests (``cache.semantic``'s
+    ``max_batch`` and ``batch_window_ms``)."""
+
+    runtime: Literal["onnx", "torch"] = "onnx"
+    """``onnx``: onnxruntime, the model exported by our code from the packaged files into ``model_dir``
+    on first use (seconds, once; ``thriftgate cache build-embedder`` does it ahead). Same vectors as
+    ``torch`` (sentence-transformers; cosine >= 0.99999 over the QQP dev texts) at about a third of the
+    CPU time (``bench/results/semantic_cache.md``)."""
+    variant: Literal["fp32", "int8"] = "fp32"
+    """``int8`` (onnx only): dynamic int8 weights, faster but not the same vectors (see the benchmark:
+    it moves the cosines the guard was calibrated on)."""
+    threads: int = Field(default=1, ge=1)
+    """Intra-op threads per forward pass (one is fastest for single texts on a busy small machine)."""
+    model_dir: str = ""
+    """Empty (or null): ``<data_dir>/embedder``."""
+
+    @field_validator("model_dir", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+
 class CacheSettings(_Strict):
     """The exact and semantic answer caches (``gateway.caching``)."""
 
@@ -652,6 +677,7 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     prefix: PrefixSettings = Field(default_factory=PrefixSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     content_log: ContentLogSettings = Field(default_factory=ContentLogSettings)
     config_path: str | None = None
@@ -680,6 +706,11 @@ class Settings(BaseSettings):
         if not self.local_model_dir:
             self.local_model_dir = os.path.join(self.data_dir, "models")
         return self
+
+    @property
+    def embedder_dir(self) -> Path:
+        """Where the exported embedding model lives: ``embedder.model_dir`` or ``<data_dir>/embedder``."""
+        return Path(self.embedder.model_dir or os.path.join(self.data_dir, "embedder"))
 
     @property
     def spill_dir(self) -> Path:

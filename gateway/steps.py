@@ -20,6 +20,7 @@ from gateway.types import MISS, CacheOutcome, ChatResponse, ModelRoute, RouteDec
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+    from cache.batcher import MicroBatcher
     from gateway.config import Catalogue
     from gateway.pipeline import Call
 
@@ -51,8 +52,10 @@ class Managed(Protocol):
 
 
 class RouteStep(Protocol):
-    def route(self, call: Call) -> RouteDecision:
-        """Where ``call`` goes: a target, its fallbacks and the reason. Pure: no I/O, no mutation.
+    async def route(self, call: Call) -> RouteDecision:
+        """Where ``call`` goes: a target, its fallbacks and the reason. No I/O but what it awaits of the
+        call itself (``Call.vector``: the last user turn's embedding, computed off the event loop);
+        the decision is a pure function of the call and the router's state.
         Raises ``ModelNotFound`` (or another ``GatewayError``) when nothing can serve it."""
         ...
 
@@ -106,7 +109,7 @@ class RequestedModel:
 
     catalogue: Catalogue
 
-    def route(self, call: Call) -> RouteDecision:
+    async def route(self, call: Call) -> RouteDecision:
         route = self.catalogue.resolve(call.model)
         return RouteDecision(target=route, reason="requested", requested=route)
 
@@ -125,3 +128,7 @@ class Steps:
     router: RouteStep
     cache: CacheStep = field(default_factory=NoCache)
     planner: PlanStep = field(default_factory=NoPlan)
+    embeddings: MicroBatcher | None = None
+    """The app's one embedder, shared by every step that needs a vector of the request's last user turn
+    (the semantic cache, the router's complexity score) through ``Call.vector``: embedded once per
+    request. None: no step needs one."""

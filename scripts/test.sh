@@ -34,4 +34,5 @@ fi
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/thriftgate local build
+.venv/bin/thriftgate cache build-embedder
 .venv/bin/python -m pytest -q -p no:cacheprovider "${require[@]}" "$@"

@@ -229,7 +229,7 @@ class BatchWorker:
             requested_model=item.model,
             created_at=time.time(),
         )
-        call = Call(record, spec, spec.errors)
+        call = Call(record, spec, spec.errors, self.pipeline.steps.embeddings)
         call.key = key
         call.payload = orjson.loads(item.body)
         call.inbound.body = item.body.encode()
@@ -268,7 +268,7 @@ class BatchWorker:
                     if outcome.response is not None:
                         await self._cached(job, item, call, spec, outcome.response)
                         continue
-                decision = self.pipeline.steps.router.route(call)
+                decision = await self.pipeline.steps.router.route(call)
                 call.decision = decision
                 call.record.route_reason = decision.reason
                 target = decision.target

@@ -29,6 +29,13 @@ def setup(guard: object = None) -> tuple[SemanticCache, EntryTable, BagOfWords]:
     return sem, table, emb
 
 
+async def lookup(sem: SemanticCache, scope: str, text: str, now: float) -> tuple[CacheEntry, float] | None:
+    """A lookup as the gateway makes one: embed (through the batcher) only when the scope has entries."""
+    if not sem.searchable(scope):
+        return None
+    return sem.lookup(scope, text, await sem.embed(text), now)
+
+
 def put(table: EntryTable, emb: BagOfWords, i: int, scope: str, text: str) -> CacheEntry:
     e = CacheEntry(str(i), "ns", "m", f"k{i}", scope, ANSWER, 0.0, 100.0, text=text)
     e.embedding = emb.embed([text])[0]
@@ -39,20 +46,20 @@ def put(table: EntryTable, emb: BagOfWords, i: int, scope: str, text: str) -> Ca
 async def test_hits_only_within_the_scope_and_above_the_floor() -> None:
     sem, table, emb = setup()
     put(table, emb, 1, "s1", "What is the capital of France?")
-    found = await sem.lookup("s1", "what is the capital of france", 1.0)
+    found = await lookup(sem, "s1", "what is the capital of france", 1.0)
     assert found is not None and found[0].id == "1" and found[1] > 0.99
-    assert await sem.lookup("s2", "what is the capital of france", 1.0) is None
-    assert await sem.lookup("s1", "how tall is mount everest", 1.0) is None
-    assert await sem.lookup("s1", "what is the capital of France", 200.0) is None  # expired
+    assert await lookup(sem, "s2", "what is the capital of france", 1.0) is None
+    assert await lookup(sem, "s1", "how tall is mount everest", 1.0) is None
+    assert await lookup(sem, "s1", "what is the capital of France", 200.0) is None  # expired
 
 
 async def test_the_guard_vetoes_and_removed_entries_are_gone() -> None:
     sem, table, emb = setup(Veto({"not"}))
     put(table, emb, 1, "s", "is the capital of france paris")
-    assert await sem.lookup("s", "is not the capital of france paris", 1.0) is None
-    assert await sem.lookup("s", "Is the capital of France Paris?", 1.0) is not None
+    assert await lookup(sem, "s", "is not the capital of france paris", 1.0) is None
+    assert await lookup(sem, "s", "Is the capital of France Paris?", 1.0) is not None
     table.remove("1")
-    assert await sem.lookup("s", "Is the capital of France Paris?", 1.0) is None
+    assert await lookup(sem, "s", "Is the capital of France Paris?", 1.0) is None
     assert sem.scopes == {}
 
 
@@ -60,7 +67,7 @@ async def test_concurrent_lookups_share_embedding_batches() -> None:
     sem, table, emb = setup()
     put(table, emb, 1, "s", "seed question")
     emb.calls.clear()
-    await asyncio.gather(*(sem.lookup("s", f"question number {i}", 1.0) for i in range(40)))
+    await asyncio.gather(*(lookup(sem, "s", f"question number {i}", 1.0) for i in range(40)))
     assert sum(emb.calls) == 40 and len(emb.calls) < 40
     assert max(emb.calls) <= 32
     await sem.aclose()
@@ -75,5 +82,5 @@ async def test_a_stored_entry_is_embedded_in_the_background() -> None:
         if "s" in sem.scopes:
             break
         await asyncio.sleep(0.01)
-    assert await sem.lookup("s", "Hello, world!", 1.0) is not None
+    assert await lookup(sem, "s", "Hello, world!", 1.0) is not None
     await sem.aclose()

@@ -50,7 +50,7 @@ def semantic_gateway(gateway_factory: Callable[..., Any]) -> Any:
     def steps(s: Settings) -> Steps:
         sem = SemanticCache(BagOfWords(), DecisiveTokens(), min_cosine=0.9)
         cache = GatewayCache(CacheSettings(enabled=True), semantic=sem)
-        return Steps(router=RequestedModel(Catalogue(s)), cache=cache)
+        return Steps(router=RequestedModel(Catalogue(s)), cache=cache, embeddings=sem.batcher)
 
     return gateway_factory(steps_factory=steps)
 
@@ -163,7 +163,7 @@ def test_the_online_budget_learns_from_probes_before_it_serves(
     def steps(s: Settings) -> Steps:
         sem = SemanticCache(BagOfWords(), ScoresAlike(), min_cosine=0.9)
         cache = GatewayCache(CacheSettings(enabled=True), semantic=sem, budget=budget)
-        return Steps(router=RequestedModel(Catalogue(s)), cache=cache)
+        return Steps(router=RequestedModel(Catalogue(s)), cache=cache, embeddings=sem.batcher)
 
     rng = random.Random(5)
     statuses = []
@@ -243,7 +243,11 @@ def test_a_model_rule_keeps_only_the_exact_cache(gateway_factory: Callable[..., 
     def steps(s: Settings) -> Steps:
         sem = SemanticCache(BagOfWords(), DecisiveTokens(), min_cosine=0.9)
         rules = CacheSettings(enabled=True, models={"gpt-4o": CacheRule(semantic=False)})
-        return Steps(router=RequestedModel(Catalogue(s)), cache=GatewayCache(rules, semantic=sem))
+        return Steps(
+            router=RequestedModel(Catalogue(s)),
+            cache=GatewayCache(rules, semantic=sem),
+            embeddings=sem.batcher,
+        )
 
     with gateway_factory(steps_factory=steps) as gw:
         ask(gw, Q, model="gpt-4o")
@@ -259,10 +263,12 @@ def test_the_configured_stack_serves_a_rephrased_question(
 ) -> None:
     """``cache.semantic.enabled`` in the settings: the real MiniLM embedder, the shipped guard at the
     default budget, the online budget."""
+    from cache.onnx_embedder import ensure_built
     from gateway.settings import SemanticCacheSettings
 
     settings = CacheSettings(enabled=True, semantic=SemanticCacheSettings(enabled=True))
     with gateway_factory(cache=settings) as gw:
+        ensure_built(gw.settings.embedder_dir)  # what `thriftgate cache build-embedder` does ahead
         first = ask(gw, "How do I reset my router's admin password?")
         wait_indexed(gw, 1)
         again = ask(gw, "how do i reset my router's admin password")

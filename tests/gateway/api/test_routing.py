@@ -10,7 +10,9 @@ the MiniLM model itself is exercised by the benchmark and ``tests/routing/test_c
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anthropic
@@ -20,12 +22,16 @@ import openai
 import pytest
 from pydantic import SecretStr
 
+from cache.batcher import MicroBatcher
+from cache.semantic import SemanticCache
+from gateway.caching import GatewayCache
 from gateway.config import Catalogue
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
 from gateway.providers.registry import ProviderKinds
 from gateway.router import Router
 from gateway.settings import (
     BreakerSettings,
+    CacheSettings,
     DashboardSettings,
     ModelPriceOverride,
     ModelSettings,
@@ -107,14 +113,8 @@ class Clock:
 
 def router_steps(clock: Clock | None = None) -> Callable[[Settings], Steps]:
     def build(settings: Settings) -> Steps:
-        router = Router(
-            settings,
-            Catalogue(settings),
-            embedder=FakeEmbedder(),
-            classifier=length_classifier(),
-            clock=clock or Clock(),
-        )
-        return Steps(router=router)
+        router = Router(settings, Catalogue(settings), classifier=length_classifier(), clock=clock or Clock())
+        return Steps(router=router, embeddings=MicroBatcher(FakeEmbedder()))
 
     return build
 
@@ -171,6 +171,91 @@ def test_auto_on_the_anthropic_surface(gateway_factory: Callable[..., Any], sim:
         assert easy.parse().content[0].type == "text"
         assert served == "claude-sonnet-4-5" and text
     assert [r["model"] for r in requests_to(sim, "/v1/messages")] == ["claude-haiku-4-5", "claude-sonnet-4-5"]
+
+
+# ---- the embedding: once per request, off the event loop ------------------------------------------------
+
+
+class CountingEmbedder(FakeEmbedder):
+    """The fake embedder, recording every text it embeds (registered through the ``Embedder`` protocol)."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def embed(self, texts: Any) -> np.ndarray:
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+class RefuseAll:
+    """A semantic-cache guard that serves nothing: every request misses, looks up, routes and is stored."""
+
+    def accept(self, query: str, cached: str, cosine: float) -> bool:
+        return False
+
+
+def test_an_auto_request_with_the_semantic_cache_embeds_its_last_turn_once(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    embedder = CountingEmbedder()
+    batcher = MicroBatcher(embedder)
+    semantic = SemanticCache(batcher, RefuseAll(), min_cosine=0.0)
+
+    def steps(settings: Settings) -> Steps:
+        router = Router(settings, Catalogue(settings), classifier=length_classifier(), clock=Clock())
+        cache = GatewayCache(CacheSettings(enabled=True), semantic=semantic)
+        return Steps(router=router, cache=cache, embeddings=batcher)
+
+    first, second = "What is the capital of France?", "And what is the capital of Spain?"
+    with gateway_factory(models=models(), steps_factory=steps) as gw:
+        for text in (first, second):
+            raw = oa(gw).chat.completions.with_raw_response.create(
+                model="auto", temperature=0, messages=[{"role": "user", "content": text}]
+            )
+            assert raw.headers["x-thriftgate-cache"] == "miss"
+            assert raw.headers["x-thriftgate-route"].startswith("auto:gpt-4o-mini score")
+        # both answers stored with the request's own vector (no embedding in the background)
+        wait_until(lambda: sum(len(i) for i in semantic.scopes.values()) == 2, what="both entries indexed")
+    # The first request: an empty scope needs no lookup vector; the router embeds, the store reuses it.
+    # The second: the lookup embeds, the router and the store reuse it.
+    assert embedder.texts == [first, second]
+
+
+class Gate(FakeEmbedder):
+    """An embedder that holds every call until ``release`` is set (the test's stand-in for a slow model)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def embed(self, texts: Any) -> np.ndarray:
+        self.entered.set()
+        assert self.release.wait(30), "never released"
+        return super().embed(texts)
+
+
+def test_routing_an_auto_request_does_not_block_the_event_loop(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    gate = Gate()
+
+    def steps(settings: Settings) -> Steps:
+        router = Router(settings, Catalogue(settings), classifier=length_classifier(), clock=Clock())
+        return Steps(router=router, embeddings=MicroBatcher(gate))
+
+    with gateway_factory(models=models(), steps_factory=steps) as gw, ThreadPoolExecutor(1) as pool:
+        auto = pool.submit(
+            oa(gw).chat.completions.with_raw_response.create,
+            model="auto",
+            messages=SHORT,  # type: ignore[arg-type]
+        )
+        assert gate.entered.wait(30), "the auto request never reached the embedder"
+        # The auto request is waiting for its vector; the gateway still serves another request meanwhile.
+        named = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        assert named.headers["x-thriftgate-route"] == "requested"
+        assert not auto.done()
+        gate.release.set()
+        assert auto.result(timeout=30).headers["x-thriftgate-model"] == "gpt-4o-mini"
 
 
 def test_no_downgrade_unless_configured_and_opt_in_downgrade(

