@@ -227,6 +227,7 @@ def fit(
     strong: np.ndarray,
     *,
     topics: Sequence[str] | None = None,
+    signal_names: Sequence[str] = SIGNALS,
     hidden: int = 64,
     decay: float = 1e-3,
     seeds: Sequence[int] = (0, 1, 2),
@@ -234,8 +235,10 @@ def fit(
     """Trains the classifier on the given rows (an average of ``seeds`` networks, folded into one wider
     network: the mean of networks with linear outputs is a network with their hidden units side by
     side). ``topics``: each row's topic label (the data set's subject), for the topic head; None: no
-    topic head. Deterministic for the same inputs."""
-    sig = np.stack([signals(t) for t in texts])
+    topic head. ``signal_names``: the text signals it reads (a subset of ``SIGNALS``). Deterministic for
+    the same inputs."""
+    columns = [SIGNALS.index(name) for name in signal_names]
+    sig = np.stack([signals(t) for t in texts])[:, columns]
     topic_meta: dict[str, Any] = {}
     head: tuple[F32, F32, F32] | None = None
     if topics is not None:
@@ -244,7 +247,7 @@ def fit(
         tw, tb, table, oof = topic_priors(vectors, ids, weak, strong)
         head = (tw.astype(np.float16).astype(np.float32), tb, table)
         sig = np.concatenate([sig, oof], axis=1)
-        topic_meta = {"topics": names, "extras": [*SIGNALS, *PRIORS]}
+        topic_meta = {"topics": names, "extras": [*signal_names, *PRIORS]}
     mean, std = sig.mean(axis=0), sig.std(axis=0) + 1e-6
     x = np.concatenate([vectors, (sig - mean) / std], axis=1).astype(np.float32)
     y = (strong.astype(np.float32) - weak.astype(np.float32)).astype(np.float32)
@@ -276,7 +279,7 @@ def fit(
         "decay": decay,
         "seeds": list(seeds),
         "epochs": [p[4] for p in parts],
-        "signals": list(SIGNALS),
+        "signals": list(signal_names),
         "rows": len(texts),
         **topic_meta,
     }
@@ -358,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
+    "previous classifier (6 signals, no topic head)": {"use_topics": False, "signal_names": SIGNALS[:6]},
     "network, signals only": {"use_topics": False},
     "network + topic head": {"use_topics": True},
     "network + topic head, decay 3e-3": {"use_topics": True, "decay": 3e-3},

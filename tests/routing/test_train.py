@@ -85,3 +85,13 @@ def test_a_file_trained_on_fewer_signals_reads_only_those() -> None:
     )
     assert clf.dim == d
     assert abs(clf.score(np.zeros(d, np.float32), MC) - float(np.log1p(len(MC)))) < 1e-5
+
+
+def test_a_classifier_trained_on_a_subset_of_signals_scores_new_text() -> None:
+    v, ids = clusters(200, seed=3)
+    weak = ids != 0
+    strong = np.ones(200, dtype=bool)
+    texts = [f"q{i}?" * (1 + i % 7) for i in range(200)]
+    clf = fit(v, texts, weak, strong, signal_names=SIGNALS[:6], hidden=4, seeds=(0,))
+    assert clf.meta["signals"] == list(SIGNALS[:6]) and clf.topic_w is None and clf.dim == 16
+    assert np.isfinite(clf.score(v[0], MC))
