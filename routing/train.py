@@ -298,15 +298,16 @@ def cross_validate(
     *,
     folds: int = 5,
     seed: int = 1,
+    only: int | None = None,
     **options: Any,
 ) -> list[float]:
-    """APGR of ``fit(..., **options)`` on each of ``folds`` folds of the given (training) rows: how the
-    model is chosen without touching the held-out split."""
+    """APGR of ``fit(..., **options)`` on each of ``folds`` folds of the given (training) rows (the first
+    ``only`` of them when set): how the model is chosen without touching the held-out split."""
     options = dict(options)
     use_topics = bool(options.pop("use_topics", True))
     order = np.random.default_rng(seed).permutation(len(texts))
     out = []
-    for f in range(folds):
+    for f in range(folds if only is None else min(only, folds)):
         held = np.sort(order[f::folds])
         kept = np.setdiff1d(np.arange(len(texts)), held)
         clf = fit(
@@ -331,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--cv", action="store_true", help="only cross-validate variants on the training split; write nothing"
     )
+    parser.add_argument("--folds", type=int, default=None, help="with --cv: only the first N of the 5 folds")
+    parser.add_argument("--variant", action="append", help="with --cv: only these variants (by name)")
     args = parser.parse_args(argv)
     rows = load_pairs(args.data)
     texts = [r["prompt"] for r in rows]
@@ -343,7 +346,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     tp = [topics[i] for i in train]
     if args.cv:
         for name, options in VARIANTS.items():
-            scores = cross_validate(tv, tt, tw, ts, tp, **options)
+            if args.variant and name not in args.variant:
+                continue
+            scores = cross_validate(tv, tt, tw, ts, tp, only=args.folds, **options)
             print(
                 f"{name}: APGR {np.mean(scores):.3f} ± {np.std(scores) / np.sqrt(len(scores)):.3f} {options}"
             )

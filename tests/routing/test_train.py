@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from routing.classifier import PRIORS, SIGNALS, ComplexityClassifier, signals, softmax
-from routing.train import apgr, curve, fit, fit_topics, ranking, topic_priors, topic_table
+from routing.train import apgr, cross_validate, curve, fit, fit_topics, ranking, topic_priors, topic_table
 
 MC = "Which is NOT right?\nA. 12\nB. 3.5\nC. 7\nD. none of the above\nAnswer:"
 
@@ -95,3 +95,13 @@ def test_a_classifier_trained_on_a_subset_of_signals_scores_new_text() -> None:
     clf = fit(v, texts, weak, strong, signal_names=SIGNALS[:6], hidden=4, seeds=(0,))
     assert clf.meta["signals"] == list(SIGNALS[:6]) and clf.topic_w is None and clf.dim == 16
     assert np.isfinite(clf.score(v[0], MC))
+
+
+def test_cross_validation_stays_inside_the_rows_it_is_given() -> None:
+    v, ids = clusters(150, seed=4)
+    weak = ids != 1
+    strong = np.ones(150, dtype=bool)
+    texts = [f"t{i}" for i in range(150)]
+    topics = [f"s{i}" for i in ids]
+    scores = cross_validate(v, texts, weak, strong, topics, only=2, hidden=4, seeds=(0,))
+    assert len(scores) == 2 and all(s > 0.3 for s in scores)  # topic 1 is learnable from the vectors
