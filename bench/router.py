@@ -9,7 +9,8 @@ the shipped classifier was trained on the 70% only, and every router below is ev
 Routers in the same table: random (the line from all-weak to all-strong), the oracle (strong only where
 it helps), length only (longer prompts to the strong model), plain MiniLM kNN (k=40: mean gain of the
 nearest training prompts), the MMLU-subject prior (mean gain of the prompt's subject in training: it
-reads the dataset's label, which a gateway never sees; for scale only), and ours (``routing.classifier``).
+reads the dataset's label, which a gateway never sees; for scale only), the classifier's topic head alone
+when it has one (the same prior, the topic predicted from the embedding), and ours (``routing.classifier``).
 
 Reported: the curve (accuracy at each share of strong calls), APGR (area between the curve and the
 random line over the oracle's), the share of strong calls at 95% of the strong model's accuracy, and the
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from routing.classifier import ComplexityClassifier
+from routing.classifier import ComplexityClassifier, softmax
 from routing.train import DEFAULT_DATA, apgr, curve, embeddings, load_pairs, ranking, share_at, split
 
 RESULTS = Path(__file__).parent / "results"
@@ -96,6 +97,14 @@ def offline(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         "subject prior (dataset label)": np.array([subject_mean.get(subjects[i], 0.0) for i in test]),
         "ThriftGate classifier": clf.score_features(x_test).astype(float),
     }
+    if clf.topic_w is not None and clf.topic_b is not None and clf.topic_prior is not None:
+        # the classifier's topic head alone: the learned topic prior, read from the embedding only
+        topic = softmax(vectors[test] @ clf.topic_w + clf.topic_b) @ clf.topic_prior[:, 0]
+        scores = {
+            **{k: v for k, v in scores.items() if k != "ThriftGate classifier"},
+            "topic prior (classifier's topic head, from the embedding)": topic.astype(float),
+            "ThriftGate classifier": scores["ThriftGate classifier"],
+        }
     catalogue = Catalogue(Settings())
     strong_p = catalogue.resolve("gpt-4o").prices
     weak_p = catalogue.resolve("gpt-4o-mini").prices

@@ -1,13 +1,16 @@
 """Builds the complexity classifier from the routing pairs (reproducible: fixed split and seeds).
 
     python -m routing.train [--data ../shared/data/routing_pairs.dev.jsonl.gz] [--out routing/weights/complexity.npz]
+    python -m routing.train --cv      # compare the recipes in VARIANTS inside the training split only
 
 Each pair says whether the weak and the strong model answered a prompt correctly. What a router wants to
 know is the expected gain of the strong model, ``E[strong_correct - weak_correct | prompt]``: the accuracy of
 sending a share ``c`` of the prompts to the strong model is the weak model's accuracy plus the summed gain
 of the prompts sent, so ranking by expected gain is the best any router can do with what it knows. The
 classifier regresses that gain (in {-1, 0, 1}) with a small two-layer network over the MiniLM embedding
-and text signals (``routing.classifier``), trained with Adam on squared error, weight decay and early
+and text signals (``routing.classifier``), optionally with a topic head (a softmax regression from the
+embedding to the data set's subject, whose learned per-topic priors feed the network; its training rows'
+priors are predicted out of fold), trained with Adam on squared error, weight decay and early
 stopping on a held-out part of the training split. Only the training split (70%, seed 0: ``split``) is
 used, so ``bench/router.py`` evaluates on prompts the shipped classifier has never seen.
 
@@ -19,6 +22,7 @@ Curve helpers (``curve``, ``apgr``, ``share_at``) are shared with the benchmark.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from routing.classifier import SIGNALS, ComplexityClassifier, bundled_path, signals
+from routing.classifier import PRIORS, SIGNALS, ComplexityClassifier, bundled_path, signals, softmax
 
 F32 = npt.NDArray[np.float32]
 
@@ -162,20 +166,91 @@ def _fit_mlp(
     return w1, b1, w2, float(b2[0]), best[2]
 
 
+def fit_topics(
+    vectors: F32, topics: np.ndarray, *, decay: float = 1e-4, steps: int = 150, lr: float = 0.1
+) -> tuple[F32, F32]:
+    """A softmax regression from embeddings to topic ids (``0 .. k-1``): full-batch Adam on the
+    cross-entropy with L2 decay. Deterministic (zero start)."""
+    k = int(topics.max()) + 1
+    n, d = vectors.shape
+    onehot = np.zeros((n, k), np.float32)
+    onehot[np.arange(n), topics] = 1.0
+    w, b = np.zeros((d, k), np.float32), np.zeros(k, np.float32)
+    m = [np.zeros_like(w), np.zeros_like(b)]
+    v = [np.zeros_like(w), np.zeros_like(b)]
+    for step in range(1, steps + 1):
+        g_z = (softmax(vectors @ w + b) - onehot) / n
+        grads = (vectors.T @ g_z + decay * w, g_z.sum(axis=0))
+        for i, g in enumerate(grads):
+            m[i] = 0.9 * m[i] + 0.1 * g
+            v[i] = 0.999 * v[i] + 0.001 * g * g
+            update = lr * (m[i] / (1 - 0.9**step)) / (np.sqrt(v[i] / (1 - 0.999**step)) + 1e-8)
+            if i == 0:
+                w = (w - update).astype(np.float32)
+            else:
+                b = (b - update).astype(np.float32)
+    return w, b
+
+
+def topic_table(topics: np.ndarray, weak: np.ndarray, strong: np.ndarray, k: int) -> F32:
+    """Per topic: mean gain, weak accuracy, strong accuracy (shrunk towards the overall mean by 10
+    pseudo-prompts, so a rare topic does not carry a noisy prior)."""
+    cols = np.stack([strong.astype(np.float64) - weak, weak, strong], axis=1).astype(np.float64)
+    overall = cols.mean(axis=0)
+    out = np.zeros((k, len(PRIORS)), np.float32)
+    for t in range(k):
+        rows = cols[topics == t]
+        out[t] = (rows.sum(axis=0) + 10.0 * overall) / (len(rows) + 10.0)
+    return out
+
+
+def topic_priors(
+    vectors: F32, topics: np.ndarray, weak: np.ndarray, strong: np.ndarray, *, folds: int = 5, seed: int = 0
+) -> tuple[F32, F32, F32, F32]:
+    """(topic_w, topic_b, topic_prior) fitted on every row, and each row's priors predicted out of fold
+    (a row's own topic label never informs its own feature: the network trains on priors as noisy as
+    the ones it will see at request time)."""
+    k = int(topics.max()) + 1
+    out = np.zeros((len(vectors), len(PRIORS)), np.float32)
+    order = np.random.default_rng(seed).permutation(len(vectors))
+    for f in range(folds):
+        held = np.sort(order[f::folds])
+        kept = np.setdiff1d(np.arange(len(vectors)), held)
+        w, b = fit_topics(vectors[kept], topics[kept])
+        table = topic_table(topics[kept], weak[kept], strong[kept], k)
+        out[held] = softmax(vectors[held] @ w + b) @ table
+    w, b = fit_topics(vectors, topics)
+    return w, b, topic_table(topics, weak, strong, k), out
+
+
 def fit(
     vectors: F32,
     texts: Sequence[str],
     weak: np.ndarray,
     strong: np.ndarray,
     *,
+    topics: Sequence[str] | None = None,
+    signal_names: Sequence[str] = SIGNALS,
     hidden: int = 64,
     decay: float = 1e-3,
     seeds: Sequence[int] = (0, 1, 2),
 ) -> ComplexityClassifier:
     """Trains the classifier on the given rows (an average of ``seeds`` networks, folded into one wider
     network: the mean of networks with linear outputs is a network with their hidden units side by
-    side). Deterministic for the same inputs."""
-    sig = np.stack([signals(t) for t in texts])
+    side). ``topics``: each row's topic label (the data set's subject), for the topic head; None: no
+    topic head. ``signal_names``: the text signals it reads (a subset of ``SIGNALS``). Deterministic for
+    the same inputs."""
+    columns = [SIGNALS.index(name) for name in signal_names]
+    sig = np.stack([signals(t) for t in texts])[:, columns]
+    topic_meta: dict[str, Any] = {}
+    head: tuple[F32, F32, F32] | None = None
+    if topics is not None:
+        names = sorted(set(topics))
+        ids = np.array([names.index(t) for t in topics])
+        tw, tb, table, oof = topic_priors(vectors, ids, weak, strong)
+        head = (tw.astype(np.float16).astype(np.float32), tb, table)
+        sig = np.concatenate([sig, oof], axis=1)
+        topic_meta = {"topics": names, "extras": [*signal_names, *PRIORS]}
     mean, std = sig.mean(axis=0), sig.std(axis=0) + 1e-6
     x = np.concatenate([vectors, (sig - mean) / std], axis=1).astype(np.float32)
     y = (strong.astype(np.float32) - weak.astype(np.float32)).astype(np.float32)
@@ -194,8 +269,12 @@ def fit(
         signal_std=std.astype(np.float32),
         quantiles=np.zeros(101, np.float32),
         meta={},
+        topic_w=head[0] if head else None,
+        topic_b=head[1] if head else None,
+        topic_prior=head[2] if head else None,
     )
-    scores = clf.score_features(x)
+    # the calibration quantiles: the scores the shipped classifier gives its own training prompts
+    scores = clf.score_features(x)  # the training rows' topic priors are out of fold, like a new prompt's
     quantiles = np.percentile(scores, np.arange(101)).astype(np.float32)
     meta = {
         "target": "E[strong_correct - weak_correct]",
@@ -203,30 +282,81 @@ def fit(
         "decay": decay,
         "seeds": list(seeds),
         "epochs": [p[4] for p in parts],
-        "signals": list(SIGNALS),
+        "signals": list(signal_names),
         "rows": len(texts),
+        **topic_meta,
     }
-    return ComplexityClassifier(
-        clf.w1, clf.b1, clf.w2, clf.b2, clf.signal_mean, clf.signal_std, quantiles, meta
-    )
+    return dataclasses.replace(clf, quantiles=quantiles, meta=meta)
+
+
+def cross_validate(
+    vectors: F32,
+    texts: Sequence[str],
+    weak: np.ndarray,
+    strong: np.ndarray,
+    topics: Sequence[str],
+    *,
+    folds: int = 5,
+    seed: int = 1,
+    only: int | None = None,
+    **options: Any,
+) -> list[float]:
+    """APGR of ``fit(..., **options)`` on each of ``folds`` folds of the given (training) rows (the first
+    ``only`` of them when set): how the model is chosen without touching the held-out split."""
+    options = dict(options)
+    use_topics = bool(options.pop("use_topics", True))
+    order = np.random.default_rng(seed).permutation(len(texts))
+    out = []
+    for f in range(folds if only is None else min(only, folds)):
+        held = np.sort(order[f::folds])
+        kept = np.setdiff1d(np.arange(len(texts)), held)
+        clf = fit(
+            vectors[kept],
+            [texts[i] for i in kept],
+            weak[kept],
+            strong[kept],
+            topics=[topics[i] for i in kept] if use_topics else None,
+            **options,
+        )
+        x = np.stack([clf.features(vectors[i], texts[i]) for i in held])
+        acc = curve(ranking(clf.score_features(x)), weak[held], strong[held])
+        gain = strong[held].astype(float) - weak[held].astype(float)
+        out.append(apgr(acc, curve(ranking(gain), weak[held], strong[held])))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=bundled_path())
+    parser.add_argument(
+        "--cv", action="store_true", help="only cross-validate variants on the training split; write nothing"
+    )
+    parser.add_argument("--folds", type=int, default=None, help="with --cv: only the first N of the 5 folds")
+    parser.add_argument("--variant", action="append", help="with --cv: only these variants (by name)")
     args = parser.parse_args(argv)
     rows = load_pairs(args.data)
     texts = [r["prompt"] for r in rows]
+    topics = [r["source"] for r in rows]
     vectors = embeddings(args.data, texts)
     weak = np.array([r["weak_correct"] for r in rows], dtype=bool)
     strong = np.array([r["strong_correct"] for r in rows], dtype=bool)
     train, test = split(len(rows))
-    clf = fit(vectors[train], [texts[i] for i in train], weak[train], strong[train])
+    tv, tt, tw, ts = vectors[train], [texts[i] for i in train], weak[train], strong[train]
+    tp = [topics[i] for i in train]
+    if args.cv:
+        for name, options in VARIANTS.items():
+            if args.variant and name not in args.variant:
+                continue
+            scores = cross_validate(tv, tt, tw, ts, tp, only=args.folds, **options)
+            print(
+                f"{name}: APGR {np.mean(scores):.3f} ± {np.std(scores) / np.sqrt(len(scores)):.3f} {options}"
+            )
+        return
+    options = dict(CHOSEN)
+    clf = fit(tv, tt, tw, ts, topics=tp if options.pop("use_topics", True) else None, **options)
     meta = {**clf.meta, "data": args.data.name, "split_seed": SPLIT_SEED, "test_share": TEST_SHARE}
-    clf = ComplexityClassifier(
-        clf.w1, clf.b1, clf.w2, clf.b2, clf.signal_mean, clf.signal_std, clf.quantiles, meta
-    )
+    clf = dataclasses.replace(clf, meta=meta)
     clf.save(args.out)
     x_test = np.stack([clf.features(vectors[i], texts[i]) for i in test])
     acc = curve(ranking(clf.score_features(x_test)), weak[test], strong[test])
@@ -237,6 +367,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"wrote {args.out} ({args.out.stat().st_size} bytes); held-out APGR {apgr(acc, oracle):.3f}, "
         f"strong share at 95% of strong accuracy {share_at(acc, 0.95 * acc[-1]):.3f}"
     )
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "previous classifier (6 signals, no topic head)": {"use_topics": False, "signal_names": SIGNALS[:6]},
+    "network, signals only": {"use_topics": False},
+    "network + topic head": {"use_topics": True},
+    "network + topic head, decay 3e-3": {"use_topics": True, "decay": 3e-3},
+}
+"""What ``--cv`` compares (5-fold on the training split)."""
+CHOSEN: dict[str, Any] = VARIANTS["previous classifier (6 signals, no topic head)"]
+"""The recipe of the shipped classifier. Still the previous one: the richer recipes have not been
+cross-validated yet (``--cv``); set this to the variant that wins there, then retrain and rerun
+``bench/router.py`` (the held-out split is read once per shipped classifier)."""
 
 
 if __name__ == "__main__":
