@@ -75,10 +75,10 @@ def embeddings(path: Path, texts: Sequence[str], embed: Any = None) -> F32:
         cached: F32 = np.load(cache)
         if cached.shape[0] == len(texts):
             return cached
-    if embed is None:
-        from cache.embedder import MiniLMEmbedder
+    if embed is None:  # the gateway's default embedder (onnxruntime; its vectors equal torch's to 1e-6)
+        from cache.embedder import load_embedder
 
-        embed = MiniLMEmbedder().embed
+        embed = load_embedder("onnx", directory=CACHE_DIR.parent / "embedder").embed  # data/embedder
     vectors: F32 = np.asarray(embed(list(texts)), dtype=np.float32)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, vectors)
