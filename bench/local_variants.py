@@ -115,11 +115,16 @@ def quality_of(
 
 
 def speeds(
-    runner: ModelRunner, base: ModelRunner, ctx_ids: list[int], rounds: int, steps: int
+    runner: ModelRunner,
+    base: ModelRunner,
+    ctx_ids: list[int],
+    rounds: int,
+    steps: int,
+    contexts: tuple[int, ...] = (128, 2048),
 ) -> dict[str, float]:
     """Decode tokens/s at 128 and 2,048 context for ``runner`` and ``base``, interleaved, best of rounds."""
     out: dict[str, float] = {}
-    for ctx in (128, 2048):
+    for ctx in contexts:
         best = {"v": 0.0, "b": 0.0}
         for _ in range(rounds):
             for key, r in (("v", runner), ("b", base)):
@@ -165,11 +170,15 @@ def main() -> None:
     ap.add_argument("--scan", action="store_true", help="per-group and per-block sensitivity scan first")
     ap.add_argument("--no-answers", action="store_true", help="skip factual answers and MT-Bench match")
     ap.add_argument("--no-speed", action="store_true", help="quality only (no decode timings)")
+    ap.add_argument("--contexts", default="128,2048", help="decode contexts to time")
     ap.add_argument("--scan-recipe", default="int8", help="the weight transform the scan starts from")
     ap.add_argument(
         "--scan-units", default="", help="comma-separated scan units (default: groups and blocks)"
     )
     ap.add_argument("--out", default="local_variants", help="results file stem in bench/results")
+    ap.add_argument(
+        "--append", action="store_true", help="keep the rows of other recipes already in the results file"
+    )
     args = ap.parse_args()
     started = time.time()
     load_start = Path("/proc/loadavg").read_text().split()[:3]
@@ -212,7 +221,11 @@ def main() -> None:
         report["scan"] = scan(ws, gg, weights, base_recipe.linear_for(blocks), units, text_ids, ref, tok)
         del weights
     names = [n for n in args.recipes.split(",") if n] or list(recipes.RECIPES)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    out_json = RESULTS / f"{args.out}.json"
+    if args.append and out_json.exists():
+        rows = [r for r in json.loads(out_json.read_text()).get("recipes", []) if r["recipe"] not in names]
+    report["recipes"] = rows
     rounds, steps = (2, 16) if args.quick else (3, 32)
     for name in names:
         recipe = recipes.RECIPES[name]
@@ -224,7 +237,11 @@ def main() -> None:
         build_s = time.time() - t0
         runner = ws.runner(name, slots=8 if answers else 1, max_len=2100)
         qual = quality_of(runner, text_ids, ref, tok, answers, mt_prompts)
-        spd = {} if args.no_speed else speeds(runner, base, ctx_ids, rounds, steps)
+        spd = (
+            {}
+            if args.no_speed
+            else speeds(runner, base, ctx_ids, rounds, steps, tuple(int(c) for c in args.contexts.split(",")))
+        )
         del runner
         row = {"recipe": name, "description": recipe.description, "build_seconds": round(build_s, 1)}
         row.update({k: v for k, v in qual.items() if k not in ("logits", "mt_tokens")})
@@ -237,20 +254,25 @@ def main() -> None:
             and (not answers or row["answers"] >= ref["answers"])
         )
         row["passes_speed"] = (
-            bool(row["vs_llamacpp_128"] >= 0.9 and row["vs_llamacpp_2048"] >= 1.0) if spd else None
+            bool(row["vs_llamacpp_128"] >= 0.9 and row["vs_llamacpp_2048"] >= 1.0)
+            if "ratio_128" in spd and "ratio_2048" in spd
+            else None
         )
         row["load"] = Path("/proc/loadavg").read_text().split()[:3]
         rows.append(row)
         log(json.dumps({k: v for k, v in row.items() if k not in ("description",)}))
         if name != BASELINE:
             ws.drop(name)
-    report["recipes"] = rows
+        write(report, args.out, load_start, started)  # after every recipe: a long run keeps what it measured
+    print(render(report))
+
+
+def write(report: dict[str, Any], stem: str, load_start: list[str], started: float) -> None:
     report["load_average"] = {"start": load_start, "end": Path("/proc/loadavg").read_text().split()[:3]}
     report["seconds"] = round(time.time() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / f"{args.out}.md").write_text(render(report))
-    print(render(report))
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"{stem}.md").write_text(render(report))
 
 
 def render(report: dict[str, Any]) -> str:

@@ -276,6 +276,7 @@ class GridInt8Linear:
 
     blocks: dict[str, BlockQuant]
     accuracy_level: int = 4
+    block_size: int = 32  # 16 splits each GGUF block in two (exactly) and quantizes activations per 16
 
     def row_scale(self, name: str, w: np.ndarray) -> np.ndarray | None:
         """The per-row factor between ``w`` and the GGUF values of ``name``, or None if it is not one."""
@@ -294,8 +295,11 @@ class GridInt8Linear:
     def __call__(self, g: GraphBuilder, name: str, x: str, w: np.ndarray, *, tied: str | None = None) -> str:
         rs = self.row_scale(name, w)
         if rs is None:
-            return NBitsLinear(8, 32, self.accuracy_level)(g, name, x, w, tied=tied)
-        codes, scales, zp = grid_codes_8bit(self.blocks[name], rs)
+            return NBitsLinear(8, self.block_size, self.accuracy_level)(g, name, x, w, tied=tied)
+        bq = self.blocks[name]
+        if self.block_size != bq.codes.shape[2]:
+            bq = bq.split(self.block_size)
+        codes, scales, zp = grid_codes_8bit(bq, rs)
         n, nb, bs = codes.shape
         inputs = [
             x,

@@ -81,10 +81,11 @@ class Recipe:
     smooth_alpha: float | None = None
     smooth_groups: tuple[str, ...] = GROUPS
     grid: bool = False
+    grid_block: int = 32
     keep: tuple[str, ...] = ()
 
     def linear_for(self, blocks: dict[str, BlockQuant]) -> LinearBuilder:
-        body = GridInt8Linear(blocks) if self.grid and blocks else self.linear
+        body = GridInt8Linear(blocks, block_size=self.grid_block) if self.grid and blocks else self.linear
         if not self.keep:
             return body
         return MixedLinear(body, tuple((p, float_linear) for p in self.keep))
@@ -170,6 +171,40 @@ RECIPES: dict[str, Recipe] = {
         smooth_groups=("qkv", "o", "gate_up", "down"),
         grid=True,
     ),
+    "int8-sq60-b16": Recipe(
+        "SmoothQuant alpha 0.6, then int8 block 16", NBitsLinear(8, 16, accuracy_level=4), smooth_alpha=0.6
+    ),
+    "int8-sq50-b16-gridhead": Recipe(
+        "SmoothQuant alpha 0.5 of every input but the head's, int8 block 16, head exact (Q8_0 codes)",
+        NBitsLinear(8, 16, accuracy_level=4),
+        smooth_alpha=0.5,
+        smooth_groups=("qkv", "o", "gate_up", "down"),
+        grid=True,
+        grid_block=16,
+    ),
+    "int8-grid-b16": Recipe(
+        "grid int8 block 16, no smoothing", NBitsLinear(8, 16, accuracy_level=4), grid=True, grid_block=16
+    ),
+    "int8-grid-sq50-down-b16": Recipe(
+        "smoothing alpha 0.5 of down's input only, grid int8 block 16",
+        NBitsLinear(8, 16, accuracy_level=4),
+        smooth_alpha=0.5,
+        smooth_groups=("down",),
+        grid=True,
+        grid_block=16,
+    ),
+    "int8-sq50-gridhead": Recipe(
+        "SmoothQuant alpha 0.5 of every input but the head's, int8 block 32, head exact (Q8_0 codes)",
+        INT8_L4,
+        smooth_alpha=0.5,
+        smooth_groups=("qkv", "o", "gate_up", "down"),
+        grid=True,
+    ),
+    "int8-sq50-down-b16": Recipe(
+        "SmoothQuant alpha 0.5, int8 block 32 except down (block 16)",
+        MixedLinear(INT8_L4, ((".down", NBitsLinear(8, 16, accuracy_level=4)),)),
+        smooth_alpha=0.5,
+    ),
     "int8-rot-sq50": Recipe(
         "rotation, then SmoothQuant alpha 0.5, then int8", INT8_L4, rotate=True, smooth_alpha=0.5
     ),
@@ -177,3 +212,6 @@ RECIPES: dict[str, Recipe] = {
         "4-bit weights re-quantized, block 32, accuracy level 4", NBitsLinear(4, 32, accuracy_level=4)
     ),
 }
+
+# Variants ``convert.build_all`` builds from recipes (manifest name -> recipe), beside fp32 / int8 / int4:
+BUILT: dict[str, str] = {"int8-smooth": "int8-sq50"}
