@@ -212,6 +212,7 @@ def main() -> None:
         "speed_target": "decode >= llama.cpp at 2048 context and >= 0.9x llama.cpp at 128 "
         f"(llama.cpp / int8 = {LLAMACPP_VS_INT8[128]:.3f} at 128, {LLAMACPP_VS_INT8[2048]:.3f} at 2048)",
         "fp32": {k: v for k, v in ref.items() if k not in ("logits", "mt_tokens")},
+        "fp32_near_ties": near_ties(ref["logits"]),
     }
     if args.scan:
         base_recipe = recipes.RECIPES[args.scan_recipe]
@@ -222,9 +223,6 @@ def main() -> None:
         del weights
     names = [n for n in args.recipes.split(",") if n] or list(recipes.RECIPES)
     rows: list[dict[str, Any]] = []
-    out_json = RESULTS / f"{args.out}.json"
-    if args.append and out_json.exists():
-        rows = [r for r in json.loads(out_json.read_text()).get("recipes", []) if r["recipe"] not in names]
     report["recipes"] = rows
     rounds, steps = (2, 16) if args.quick else (3, 32)
     for name in names:
@@ -263,16 +261,34 @@ def main() -> None:
         log(json.dumps({k: v for k, v in row.items() if k not in ("description",)}))
         if name != BASELINE:
             ws.drop(name)
-        write(report, args.out, load_start, started)  # after every recipe: a long run keeps what it measured
+        write(report, args.out, load_start, started, args.append)  # a long run keeps what it measured
     print(render(report))
 
 
-def write(report: dict[str, Any], stem: str, load_start: list[str], started: float) -> None:
+def write(report: dict[str, Any], stem: str, load_start: list[str], started: float, append: bool) -> None:
+    """Writes the results; with ``append``, rows of other recipes already in the file (from earlier runs,
+    each with its own load average) are kept, re-read now so that runs can share one file."""
     report["load_average"] = {"start": load_start, "end": Path("/proc/loadavg").read_text().split()[:3]}
     report["seconds"] = round(time.time() - started, 1)
+    for row in report["recipes"]:
+        row.setdefault("run_started", report["started"])
+    out = dict(report)
+    path = RESULTS / f"{stem}.json"
+    if append and path.exists():
+        mine = {r["recipe"] for r in report["recipes"]}
+        old = [r for r in json.loads(path.read_text()).get("recipes", []) if r["recipe"] not in mine]
+        out["recipes"] = old + report["recipes"]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / f"{stem}.md").write_text(render(report))
+    path.write_text(json.dumps(out, indent=2))
+    (RESULTS / f"{stem}.md").write_text(render(out))
+
+
+def near_ties(logits: np.ndarray) -> dict[str, int]:
+    """How many text positions have float32's top two logits closer than each margin: the positions any
+    small perturbation flips, which decide top-1 agreement."""
+    top2 = np.sort(logits, axis=-1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    return {f"{t}": int((margin < t).sum()) for t in (0.02, 0.05, 0.1, 0.2)}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -292,6 +308,12 @@ def render(report: dict[str, Any]) -> str:
         "within 5%; speed: >= 0.9x llama.cpp at 128 and >= 1.0x at 2,048.",
         "",
         f"Calibration for smoothing: {report['calibration']}",
+        "",
+        f"Near-ties in float32 (positions whose top two logits differ by less than the margin, of "
+        f"{report['eval_text_tokens']}): "
+        + ", ".join(f"< {k}: {v}" for k, v in report.get("fp32_near_ties", {}).items())
+        + f". Top-1 >= {quality.TOP1_BAR:.0%} allows {int(report['eval_text_tokens'] * (1 - quality.TOP1_BAR))} "
+        "mismatches.",
         "",
         "| recipe | KL | top-1 | ppl ratio | answers | MT-Bench | decode @128 (x int8, x llama.cpp) "
         "| decode @2048 (x int8, x llama.cpp) | MB | quality bar | speed bar | what |",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,7 +21,6 @@ import onnx
 from local_engine.config import ModelConfig
 from local_engine.gguf_weights import BlockQuant
 from local_engine.graph import LinearBuilder, build_decoder, float_linear
-from local_engine.protocols import TokenizerLike
 from local_engine.quantize import GridInt8Linear, MixedLinear, NBitsLinear
 from local_engine.rotate import rotate_residual
 from local_engine.smooth import GROUPS, activation_absmax, smooth_weights
@@ -57,7 +57,8 @@ CALIBRATION_DESCRIPTION = (
 )
 
 
-def calibration_prompts(tokenizer: TokenizerLike) -> list[list[int]]:
+def calibration_prompts(tokenizer: Any) -> list[list[int]]:
+    """``CALIBRATION_PROMPTS`` as token ids through ``tokenizer``'s chat template (a ``tokenizer.Tokenizer``)."""
     return [
         tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": p}]))
         for p in CALIBRATION_PROMPTS

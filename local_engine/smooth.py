@@ -104,13 +104,16 @@ def smooth_weights(
     out = dict(weights)
 
     def scale_cols(w: np.ndarray, s: np.ndarray) -> np.ndarray:
-        return (w.astype(np.float64) * s[None, :]).astype(np.float32)
+        out: np.ndarray = (w.astype(np.float64) * s[None, :]).astype(np.float32)
+        return out
 
     def scale_rows(w: np.ndarray, s: np.ndarray) -> np.ndarray:
-        return (w.astype(np.float64) / s[:, None]).astype(np.float32)
+        out: np.ndarray = (w.astype(np.float64) / s[:, None]).astype(np.float32)
+        return out
 
     def div(v: np.ndarray, s: np.ndarray) -> np.ndarray:
-        return (v.astype(np.float64) / s).astype(np.float32)
+        out: np.ndarray = (v.astype(np.float64) / s).astype(np.float32)
+        return out
 
     for i in range(c.num_layers):
         p = f"layers.{i}"

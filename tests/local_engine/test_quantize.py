@@ -74,16 +74,19 @@ def _run(builder: object, w: np.ndarray, name: str = "y") -> np.ndarray:
     out: np.ndarray = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": x}
     )[0]
-    return out - x @ w.T
+    diff: np.ndarray = out - x @ w.T
+    return diff
 
 
 def test_grid_linear_uses_the_grid_for_row_scaled_weights_and_falls_back_otherwise() -> None:
     bq, w = q4_1(6)
     linear = GridInt8Linear({"y": bq}, accuracy_level=0)
-    rows = np.random.default_rng(7).uniform(0.5, 2.0, w.shape[0])
+    rows: np.ndarray = np.random.default_rng(7).uniform(0.5, 2.0, w.shape[0])
     assert linear.row_scale("y", w) is not None
-    np.testing.assert_allclose(linear.row_scale("y", w * rows[:, None]), rows, rtol=1e-5)
-    cols = np.random.default_rng(8).uniform(0.5, 2.0, w.shape[1])
+    found = linear.row_scale("y", w * rows[:, None])
+    assert found is not None
+    np.testing.assert_allclose(found, rows, rtol=1e-5)
+    cols: np.ndarray = np.random.default_rng(8).uniform(0.5, 2.0, w.shape[1])
     assert linear.row_scale("y", w * cols[None, :]) is None  # columns scaled: no grid left
     assert linear.row_scale("other", w) is None
     grid_err = np.abs(_run(linear, (w * rows[:, None]).astype(np.float32))).max()

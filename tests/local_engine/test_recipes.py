@@ -42,7 +42,7 @@ def test_recipe_keeps_the_function_and_its_graph_runs(tmp_path: Path, name: str)
     }
     for variant, model in models.items():
         save_model(model, tmp_path / variant)
-        manifest["variants"][variant] = {"file": f"{variant}/model.onnx"}
+        entries[variant] = {"file": f"{variant}/model.onnx"}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     out = {
         v: ModelRunner(tmp_path, v, num_slots=1, max_seq_len=32).forward([0], [IDS], [0], all_logits=True)

@@ -27,7 +27,7 @@ def _logits(tmp_path: Path, variants: dict[str, dict[str, np.ndarray]]) -> dict[
     }
     for name, w in variants.items():
         save_model(build_decoder(c, w, float_linear), tmp_path / name)
-        manifest["variants"][name] = {"file": f"{name}/model.onnx"}
+        entries[name] = {"file": f"{name}/model.onnx"}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     return {
         n: ModelRunner(tmp_path, n, num_slots=1, max_seq_len=64).forward([0], [IDS], [0], all_logits=True)
