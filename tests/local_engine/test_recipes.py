@@ -33,10 +33,11 @@ def test_recipe_keeps_the_function_and_its_graph_runs(tmp_path: Path, name: str)
         "transformed": build_decoder(c, recipe.weights(c, w, CALIBRATION), float_linear),
         "quantized": recipe.build(c, w, CALIBRATION),
     }
+    entries: dict[str, dict[str, str]] = {}
     manifest = {
         "name": "t",
         "config": c.to_dict(),
-        "variants": {},
+        "variants": entries,
         "default_variant": "fp32",
         "complete": True,
     }

@@ -18,10 +18,11 @@ IDS = [1, 5, 7, 9, 11, 13, 20, 30, 40, 250]
 
 def _logits(tmp_path: Path, variants: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     c = tiny_config()
+    entries: dict[str, dict[str, str]] = {}
     manifest = {
         "name": "t",
         "config": c.to_dict(),
-        "variants": {},
+        "variants": entries,
         "default_variant": "fp32",
         "complete": True,
     }
