@@ -81,12 +81,12 @@ def _run(builder: object, w: np.ndarray, name: str = "y") -> np.ndarray:
 def test_grid_linear_uses_the_grid_for_row_scaled_weights_and_falls_back_otherwise() -> None:
     bq, w = q4_1(6)
     linear = GridInt8Linear({"y": bq}, accuracy_level=0)
-    rows: np.ndarray = np.random.default_rng(7).uniform(0.5, 2.0, w.shape[0])
+    rows = np.asarray(np.random.default_rng(7).uniform(0.5, 2.0, (w.shape[0],)), np.float64)
     assert linear.row_scale("y", w) is not None
     found = linear.row_scale("y", w * rows[:, None])
     assert found is not None
     np.testing.assert_allclose(found, rows, rtol=1e-5)
-    cols: np.ndarray = np.random.default_rng(8).uniform(0.5, 2.0, w.shape[1])
+    cols = np.asarray(np.random.default_rng(8).uniform(0.5, 2.0, (w.shape[1],)), np.float64)
     assert linear.row_scale("y", w * cols[None, :]) is None  # columns scaled: no grid left
     assert linear.row_scale("other", w) is None
     grid_err = np.abs(_run(linear, (w * rows[:, None]).astype(np.float32))).max()

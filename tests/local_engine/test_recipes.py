@@ -64,6 +64,6 @@ def test_calibration_prompts_use_the_chat_template() -> None:
         def encode(self, text: str) -> list[int]:
             return [ord(ch) for ch in text]
 
-    prompts = recipes.calibration_prompts(Tok())  # type: ignore[arg-type]
+    prompts = recipes.calibration_prompts(Tok())
     assert len(prompts) == len(recipes.CALIBRATION_PROMPTS)
     assert all(p[:6] == [ord(ch) for ch in "<user>"] for p in prompts)
