@@ -179,7 +179,12 @@ def main() -> None:
     ap.add_argument(
         "--append", action="store_true", help="keep the rows of other recipes already in the results file"
     )
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json and exit")
     args = ap.parse_args()
+    if args.render_only:
+        report = json.loads((RESULTS / f"{args.out}.json").read_text())
+        (RESULTS / f"{args.out}.md").write_text(render(report))
+        return
     started = time.time()
     load_start = Path("/proc/loadavg").read_text().split()[:3]
     gg = load_gguf(default_source())
@@ -315,9 +320,14 @@ def render(report: dict[str, Any]) -> str:
         + f". Top-1 >= {quality.TOP1_BAR:.0%} allows {int(report['eval_text_tokens'] * (1 - quality.TOP1_BAR))} "
         "mismatches.",
         "",
+        "Rows come from several runs sharing this file (`--append`); each row gives the load average when it "
+        "was measured. Under a load average near 20 on 2 cores the decode timings are not reliable: recipes "
+        "that run the very same kernels as int8 (the block-32 ones change only weight values) measured "
+        "0.84-1.23x int8.",
+        "",
         "| recipe | KL | top-1 | ppl ratio | answers | MT-Bench | decode @128 (x int8, x llama.cpp) "
-        "| decode @2048 (x int8, x llama.cpp) | MB | quality bar | speed bar | what |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| decode @2048 (x int8, x llama.cpp) | MB | quality bar | speed bar | load | what |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["recipes"]:
         mt = f"{r['mtbench_match']:.0%}" if "mtbench_match" in r else "-"
@@ -331,7 +341,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['recipe']} | {r['kl']:.5f} | {r['top1']:.2%} | {r['perplexity_ratio']:.3f} | "
             f"{r.get('answers', '-')} | {mt} | {speed[0]} | {speed[1]} | {r['bytes'] / 1e6:.0f} | "
-            f"{bar[r['passes_quality']]} | {bar[r['passes_speed']]} | {r['description']} |"
+            f"{bar[r['passes_quality']]} | {bar[r['passes_speed']]} | {' '.join(r.get('load', [])[:1])} | "
+            f"{r['description']} |"
         )
     if report.get("scan"):
         lines += [
