@@ -182,8 +182,8 @@ def main() -> None:
     ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json and exit")
     args = ap.parse_args()
     if args.render_only:
-        report = json.loads((RESULTS / f"{args.out}.json").read_text())
-        (RESULTS / f"{args.out}.md").write_text(render(report))
+        saved = json.loads((RESULTS / f"{args.out}.json").read_text())
+        (RESULTS / f"{args.out}.md").write_text(render(saved))
         return
     started = time.time()
     load_start = Path("/proc/loadavg").read_text().split()[:3]

@@ -61,7 +61,8 @@ def write_gguf(
     w.add_chat_template(TEMPLATE)
 
     def lin(out: int, inp: int) -> np.ndarray:
-        return (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
+        w: np.ndarray = (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
+        return w
 
     head_dim = HIDDEN // HEADS
     w.add_tensor("token_embd.weight", rng.standard_normal((vocab, HIDDEN)).astype(np.float32))
