@@ -249,6 +249,7 @@ def main() -> None:
         row = {"recipe": name, "description": recipe.description, "build_seconds": round(build_s, 1)}
         row.update({k: v for k, v in qual.items() if k not in ("logits", "mt_tokens")})
         row.update(spd)
+        row["fp32_answers"] = ref.get("answers")  # the reference in this row's own run
         row["bytes"] = sum(f.stat().st_size for f in (WORK / name).iterdir())
         row["passes_quality"] = bool(
             row["kl"] <= quality.KL_BAR
