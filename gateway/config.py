@@ -373,7 +373,7 @@ def render_default_config() -> str:
                 "    # The local engine's options (all optional): model_name (a model built by `thriftgate local",
                 "    # build [--gguf PATH --name NAME]`, served with its own chat template; default",
                 "    # smollm2-135m-instruct), model_dir (default: local_model_dir + / + model_name), variant (default: the manifest's choice, the fastest passing its",
-                "    # quality bar; fp32 | int8 | int4 | int4-fa | int4-exact), num_slots (8 concurrent sequences),",
+                "    # quality bar; fp32 | int8 | int4 | int8-smooth), num_slots (8 concurrent sequences),",
                 "    # max_seq_len (2048 positions per sequence; the KV cache is preallocated for num_slots x",
                 "    # max_seq_len, 46 KB a position), prefix_cache_mb (256), memory_budget_mb (unset: with it, the",
                 "    # KV cache and the prefix cache count in that one total), speculative (auto | ngram | draft | off),",

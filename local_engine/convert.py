@@ -9,6 +9,9 @@
     int8/                   8-bit block-32 MatMulNBits (re-quantized from float32), int8 activations
     int4/                   the GGUF's own Q4_1 codes (and Q8_0 head) mapped exactly onto MatMulNBits,
                             int8 activations (accuracy level 4)
+    int8-smooth/            (``recipes.BUILT``) int8 after SmoothQuant-style smoothing: per-channel scales
+                            from calibration activations folded into the norms / up / V and the weights
+                            (``local_engine.smooth``), so that int8 activations lose less
 
 and measures each variant against float32 (``local_engine.quality``): perplexity on a fixed text
 shipped in the package, mean KL divergence and top-1 agreement over that text, the factual-question
@@ -33,7 +36,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from local_engine import quality
+from local_engine import quality, recipes
 from local_engine.config import ModelConfig
 from local_engine.gguf_weights import default_source, file_sha256, load_gguf, load_gguf_blocks
 from local_engine.graph import (
@@ -48,7 +51,7 @@ from local_engine.quantize import GGUFBlocksLinear, NBitsLinear, fused_blocks
 from local_engine.runner import ModelRunner
 from local_engine.tokenizer import Tokenizer
 
-CONVERTER_VERSION = "4"
+CONVERTER_VERSION = "5"
 MODEL_NAME = "smollm2-135m-instruct"
 QUALITY_BAR = 0.05  # a variant passes when its perplexity is within 5% of float32's
 PERPLEXITY_TEXT = Path(__file__).parent / "perplexity_text.txt"  # package data: the fixed text
@@ -60,7 +63,7 @@ GREEDY_PROMPTS = (
 )
 GREEDY_TOKENS = 24
 SPEED_TIE = 0.10  # decode timings vary about ±10% from run to run on a shared machine
-VARIANTS = ("fp32", "int8", "int4")
+VARIANTS = ("fp32", "int8", "int4", *recipes.BUILT)
 
 
 @dataclass(slots=True)
@@ -189,14 +192,24 @@ def _build(
         # block_size=16)), KL 0.00033, top-1 99.05%, 39/60 answers) and with float activations ("int4-exact":
         # KL 0, 40/60) pass the distribution bar but decode at 2-3 tok/s on onnxruntime's float path, and
         # measuring them made the build four times longer.
-    names = [v for v in VARIANTS if v in linears]
+    built = {name: recipes.RECIPES[key] for name, key in recipes.BUILT.items()}
+    calibration = recipes.calibration_prompts(tokenizer)
+    names = [v for v in VARIANTS if v in linears or v in built]
     variants: dict[str, dict[str, Any]] = {}
     for name in names:
-        path = save_model(build_decoder(config, gguf_model.weights, linears[name]), model_dir / name)
+        if name in built:
+            recipe = built[name]
+            model = recipe.build(config, gguf_model.weights, calibration, blocks)
+            description = recipe.description
+        else:
+            model = build_decoder(config, gguf_model.weights, linears[name])
+            description = _describe(linears[name])
+        path = save_model(model, model_dir / name)
+        del model
         variants[name] = {
             "file": f"{name}/{path.name}",
             "bytes": sum(f.stat().st_size for f in path.parent.iterdir()),
-            "description": _describe(linears[name]),
+            "description": description,
         }
     del gguf_model, blocks
     manifest: dict[str, Any] = {

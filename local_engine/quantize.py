@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from local_engine.gguf_weights import BlockQuant
-from local_engine.graph import MS_DOMAIN, GraphBuilder
+from local_engine.graph import MS_DOMAIN, GraphBuilder, LinearBuilder
 
 
 def quantize_blockwise(
@@ -189,3 +189,125 @@ def fused_blocks(blocks: dict[str, BlockQuant], num_layers: int) -> dict[str, Bl
         out[f"{p}.down"] = blocks[f"{p}.down"]
     out["logits"] = blocks.get("lm_head", blocks["embed"])
     return out
+
+
+@dataclass(slots=True, frozen=True)
+class MixedLinear:
+    """``LinearBuilder`` choosing a builder per linear layer: the first rule whose name pattern matches.
+
+    ``rules`` are ``(pattern, builder)``; a pattern is a graph linear name (``layers.0.down``,
+    ``logits``), a group suffix (``.down`` matches every layer's down projection) or ``layers.N.`` (every
+    linear layer of block N). Layers no rule matches use ``default``.
+    """
+
+    default: LinearBuilder
+    rules: tuple[tuple[str, LinearBuilder], ...] = ()
+
+    def pick(self, name: str) -> LinearBuilder:
+        for pattern, builder in self.rules:
+            if (
+                name == pattern
+                or (pattern.startswith(".") and name.endswith(pattern))
+                or (pattern.endswith(".") and name.startswith(pattern))
+            ):
+                return builder
+        return self.default
+
+    def __call__(self, g: GraphBuilder, name: str, x: str, w: np.ndarray, *, tied: str | None = None) -> str:
+        return self.pick(name)(g, name, x, w, tied=tied)
+
+
+def grid_codes_8bit(
+    bq: BlockQuant, row_scale: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """8-bit MatMulNBits codes for a GGUF Q4_1 or Q8_0 weight (each row times ``row_scale``), keeping its grid.
+
+    Q8_0 (``d * q``) is exact with zero point 128. A Q4_1 block holds ``m + d * q`` for ``q`` in 0..15: with
+    scale ``d / k`` its values are the codes ``k * q + r`` shifted by ``k * m / d``, so every value is
+    exact except for the rounding of that shift; ``k`` (1..17, within the 8-bit range) is chosen per block
+    to make the shift closest to an integer. The error is one constant per block of at most ``d / (2 k)``,
+    typically far below min/max re-quantization's (``quantize_blockwise``).
+
+    Returns ``(codes uint8 [N, blocks, 32], scales float32 [N, blocks], zero_points uint8 [N, blocks])``.
+    """
+    rs = np.ones(bq.scales.shape[0], np.float64) if row_scale is None else row_scale.astype(np.float64)
+    d = bq.scales.astype(np.float64) * rs[:, None]
+    if bq.bias is None:  # symmetric (Q8_0): already 8-bit codes
+        assert bq.bits == 8
+        return bq.codes, d.astype(np.float32), np.full(d.shape, bq.zero_point, np.uint8)
+    m = (bq.bias.astype(np.float64) - bq.zero_point * bq.scales.astype(np.float64)) * rs[:, None]
+    qmax = (1 << bq.bits) - 1
+    best_err = np.full(d.shape, np.inf)
+    best_k = np.zeros(d.shape, np.int64)
+    best_t = np.zeros(d.shape, np.int64)
+    flat = d == 0
+    safe_d = np.where(flat, 1.0, d)
+    for k in range(255 // qmax, 0, -1):
+        t = k * m / safe_d
+        tr = np.round(t)
+        err = np.abs(t - tr) * np.abs(safe_d) / k
+        ok = (tr <= 255 - qmax * k) & (tr >= -255) & (err < best_err)
+        best_err = np.where(ok, err, best_err)
+        best_k = np.where(ok, k, best_k)
+        best_t = np.where(ok, tr, best_t).astype(np.int64)
+    assert (best_k > 0).all() | flat.any(), "every Q4_1 block fits some k"
+    r = np.maximum(best_t, 0)
+    zp = r - best_t
+    codes = best_k[..., None] * bq.codes.astype(np.int64) + r[..., None]
+    scales = d / np.maximum(best_k, 1)
+    # blocks with d == 0 hold one value m: code 128 +- 127 around zero point 128
+    const_scale = np.where(m != 0, np.abs(m) / 127.0, 1.0)
+    scales = np.where(flat, const_scale, scales)
+    zp = np.where(flat, 128, zp)
+    codes = np.where(flat[..., None], 128 + np.round(m / const_scale)[..., None].astype(np.int64), codes)
+    assert codes.min() >= 0 and codes.max() <= 255 and zp.min() >= 0 and zp.max() <= 255
+    return codes.astype(np.uint8), scales.astype(np.float32), zp.astype(np.uint8)
+
+
+@dataclass(slots=True, frozen=True)
+class GridInt8Linear:
+    """``LinearBuilder``: 8-bit ``MatMulNBits`` that keeps the GGUF's own grid where the weight still has it.
+
+    For a linear whose float weight equals the GGUF block codes' values (``blocks``, keyed like
+    ``fused_blocks``), each row possibly scaled by a positive constant (smoothing scales ``up``'s and
+    ``V``'s rows), the codes come from ``grid_codes_8bit``; any other weight (columns scaled by smoothing,
+    rotated, no GGUF blocks) falls back to min/max re-quantization (``NBitsLinear``).
+    """
+
+    blocks: dict[str, BlockQuant]
+    accuracy_level: int = 4
+    block_size: int = 32  # 16 splits each GGUF block in two (exactly) and quantizes activations per 16
+
+    def row_scale(self, name: str, w: np.ndarray) -> np.ndarray | None:
+        """The per-row factor between ``w`` and the GGUF values of ``name``, or None if it is not one."""
+        bq = self.blocks.get(name)
+        if bq is None or bq.codes.shape[2] != 32 or bq.codes.shape[0] * bq.codes.shape[1] * 32 != w.size:
+            return None
+        ref = bq.dequantize().astype(np.float64)
+        if ref.shape != w.shape:
+            return None
+        norm = (ref * ref).sum(axis=1)
+        rs = np.where(norm > 0, (ref * w).sum(axis=1) / np.where(norm > 0, norm, 1.0), 1.0)
+        if (rs <= 0).any() or not np.allclose(ref * rs[:, None], w, rtol=1e-5, atol=1e-7 * np.abs(w).max()):
+            return None
+        return rs
+
+    def __call__(self, g: GraphBuilder, name: str, x: str, w: np.ndarray, *, tied: str | None = None) -> str:
+        rs = self.row_scale(name, w)
+        if rs is None:
+            return NBitsLinear(8, self.block_size, self.accuracy_level)(g, name, x, w, tied=tied)
+        bq = self.blocks[name]
+        if self.block_size != bq.codes.shape[2]:
+            bq = bq.split(self.block_size)
+        codes, scales, zp = grid_codes_8bit(bq, rs)
+        n, nb, bs = codes.shape
+        inputs = [
+            x,
+            g.constant(name + ".qweight", codes),
+            g.constant(name + ".scales", scales.reshape(-1)),
+            g.constant(name + ".zero_points", zp.reshape(-1)),
+        ]
+        return g.node(
+            "MatMulNBits", inputs, [name], domain=MS_DOMAIN, K=nb * bs, N=n, bits=8, block_size=bs,
+            accuracy_level=self.accuracy_level,
+        )  # fmt: skip

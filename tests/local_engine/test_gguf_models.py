@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from local_engine import recipes
 from local_engine.convert import UnsupportedModel, build_all, check_gguf
 from local_engine.gguf_weights import default_source, read_metadata
 from local_engine.runner import ModelRunner, load_manifest
@@ -60,7 +61,8 @@ def write_gguf(
     w.add_chat_template(TEMPLATE)
 
     def lin(out: int, inp: int) -> np.ndarray:
-        return (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
+        w: np.ndarray = (rng.standard_normal((out, inp)) / np.sqrt(inp)).astype(np.float32)
+        return w
 
     head_dim = HIDDEN // HEADS
     w.add_tensor("token_embd.weight", rng.standard_normal((vocab, HIDDEN)).astype(np.float32))
@@ -104,7 +106,8 @@ def test_a_random_llama_gguf_converts_and_matches_transformers(
     assert manifest_path == out / "tiny-llama" / "manifest.json"
     manifest = load_manifest(manifest_path.parent)
     assert manifest["name"] == "tiny-llama" and manifest["complete"]
-    assert set(manifest["variants"]) == {"fp32", "int8"}  # F32/F16 weights: no GGUF block codes to keep
+    # F32/F16 weights: no GGUF block codes to keep (no int4); the recipes need none
+    assert set(manifest["variants"]) == {"fp32", "int8", *recipes.BUILT}
     tokenizer = Tokenizer.load(manifest_path.parent)
     assert tokenizer.chat_template == TEMPLATE  # its own template, from the GGUF metadata
     ids = tokenizer.encode(

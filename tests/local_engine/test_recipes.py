@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from local_engine import recipes
+from local_engine.convert import save_model
+from local_engine.graph import build_decoder, float_linear, random_weights, tiny_config
+from local_engine.runner import ModelRunner
+
+CALIBRATION = [[1, 5, 7, 9, 11, 13, 17], [2, 3, 4, 200, 299]]
+IDS = [1, 5, 7, 9, 11, 13, 20, 30, 40, 250]
+
+
+def test_every_built_variant_names_a_recipe() -> None:
+    assert set(recipes.BUILT.values()) <= set(recipes.RECIPES)
+    assert not set(recipes.BUILT) & {"fp32", "int8", "int4"}
+
+
+@pytest.mark.parametrize("name", sorted(recipes.RECIPES))
+def test_recipe_keeps_the_function_and_its_graph_runs(tmp_path: Path, name: str) -> None:
+    """The weight transform (rotation / smoothing) changes nothing in float32; the quantized graph builds and
+    runs on a small random model (without GGUF blocks the grid recipes fall back to min/max codes) and stays
+    close to float32."""
+    c = tiny_config()
+    w = random_weights(c)
+    recipe = recipes.RECIPES[name]
+    models = {
+        "fp32": build_decoder(c, w, float_linear),
+        "transformed": build_decoder(c, recipe.weights(c, w, CALIBRATION), float_linear),
+        "quantized": recipe.build(c, w, CALIBRATION),
+    }
+    entries: dict[str, dict[str, str]] = {}
+    manifest = {
+        "name": "t",
+        "config": c.to_dict(),
+        "variants": entries,
+        "default_variant": "fp32",
+        "complete": True,
+    }
+    for variant, model in models.items():
+        save_model(model, tmp_path / variant)
+        entries[variant] = {"file": f"{variant}/model.onnx"}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    out = {
+        v: ModelRunner(tmp_path, v, num_slots=1, max_seq_len=32).forward([0], [IDS], [0], all_logits=True)
+        for v in models
+    }
+    scale = np.abs(out["fp32"]).max()
+    assert np.abs(out["transformed"] - out["fp32"]).max() <= 1e-4 * scale
+    tolerance = 0.25 if "4-bit" in recipe.description else 0.1  # of the largest logit
+    assert np.abs(out["quantized"] - out["fp32"]).max() <= tolerance * scale
+    assert (out["quantized"].argmax(-1) == out["fp32"].argmax(-1)).mean() >= 0.5
+
+
+def test_calibration_prompts_use_the_chat_template() -> None:
+    class Tok:
+        def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+            return "<user>" + messages[0]["content"]
+
+        def encode(self, text: str) -> list[int]:
+            return [ord(ch) for ch in text]
+
+    prompts = recipes.calibration_prompts(Tok())
+    assert len(prompts) == len(recipes.CALIBRATION_PROMPTS)
+    assert all(p[:6] == [ord(ch) for ch in "<user>"] for p in prompts)
