@@ -210,3 +210,21 @@ def test_real_model_batched_and_chunked_match_single_steps(model_dir: Path) -> N
     alone2 = runner.forward([2], [[6]], [7])[0]
     np.testing.assert_allclose(batched[0], alone0, atol=2e-3)
     np.testing.assert_allclose(batched[1], alone2, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_real_model_padded_decode_equals_verification_on_every_variant(model_dir: Path) -> None:
+    """Speculative greedy output is identical to plain greedy only if a plain decode step and the
+    verification forward give the same logits bit for bit, whatever the variant's kernels."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["kv_dtype"] == "float16"
+    rng = np.random.default_rng(3)
+    prompt, extra = rng.integers(100, 40000, 90).tolist(), rng.integers(100, 40000, 6).tolist()
+    for variant in manifest["variants"]:
+        runner = ModelRunner(model_dir, variant, num_slots=2, max_seq_len=256)
+        assert runner.kv.dtype == np.float16
+        runner.forward([0], [prompt], [0])
+        verified = runner.forward([0], [extra], [90], all_logits=True)
+        runner.forward([1], [prompt], [0])
+        padded = [runner.forward([1], [[t]], [90 + i], min_positions=2)[0] for i, t in enumerate(extra)]
+        assert np.array_equal(np.stack(padded), verified), variant
