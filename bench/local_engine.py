@@ -240,6 +240,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per engine subprocess")
     parser.add_argument("--extras-only", action="store_true", help="only the engine extras (see above)")
+    parser.add_argument(
+        "--phases",
+        default="",
+        help=f"with --extras-only: only these extras phases ({','.join(EXTRAS_PHASES)}; default all); "
+        "results go to local_engine_extras_<phases>.json/.md",
+    )
     parser.add_argument("--rss-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child is not None:
@@ -257,10 +263,14 @@ def main() -> None:
     if args.extras_only:  # in this process; no anchors, no subprocesses
         args.out.mkdir(parents=True, exist_ok=True)
         assert model_dir is not None and manifest is not None, ours_error
-        extras = run_extras(model_dir, manifest, args.quick)
-        (args.out / "local_engine_extras.json").write_text(json.dumps(extras, indent=1))
+        phases = [p for p in args.phases.split(",") if p]
+        if set(phases) - set(EXTRAS_PHASES):
+            parser.error(f"unknown phases {sorted(set(phases) - set(EXTRAS_PHASES))}")
+        extras = run_extras(model_dir, manifest, args.quick, set(phases) or None)
+        name = "local_engine_extras" + ("_" + "_".join(phases) if phases else "")
+        (args.out / f"{name}.json").write_text(json.dumps(extras, indent=1))
         md = render_extras(extras)
-        (args.out / "local_engine_extras.md").write_text(md)
+        (args.out / f"{name}.md").write_text(md)
         print(md)
         return
 
@@ -333,7 +343,12 @@ def model_bytes(
 # ---- engine extras: in this process, our default variant ----
 
 
-def run_extras(model_dir: Path, manifest: dict[str, Any], quick: bool) -> dict[str, Any]:
+EXTRAS_PHASES = ("sampling", "streams", "structured", "speculative", "kv_cache", "rss")
+
+
+def run_extras(
+    model_dir: Path, manifest: dict[str, Any], quick: bool, phases: set[str] | None = None
+) -> dict[str, Any]:
     from local_engine.runner import ModelRunner
     from local_engine.tokenizer import Tokenizer
 
@@ -356,6 +371,8 @@ def run_extras(model_dir: Path, manifest: dict[str, Any], quick: bool) -> dict[s
         ("structured", lambda: bench_structured(runner, tok, quick)),
         ("speculative", lambda: bench_speculative(runner, tok, work, quick)),
     ):
+        if phases is not None and name not in phases:
+            continue
         log(f"extras: {name}")
         started = time.perf_counter()
         try:
@@ -363,14 +380,15 @@ def run_extras(model_dir: Path, manifest: dict[str, Any], quick: bool) -> dict[s
         except Exception as exc:  # one broken phase must not lose the others
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
         log(f"extras: {name} done in {time.perf_counter() - started:.0f}s")
-    if default == "fp32" or not quick:
+    if phases is None or "kv_cache" in phases:
         log("extras: float16 KV cache against a float32 one")
         try:
             out["kv_cache"] = bench_kv_cache(model_dir, tok, work, quick)
         except Exception as exc:
             out["kv_cache"] = {"error": f"{type(exc).__name__}: {exc}"}
-    log("extras: peak RSS of 8 x 2048 tokens (subprocess)")
-    out["rss"] = bench_rss(model_dir, default, quick)
+    if phases is None or "rss" in phases:
+        log("extras: peak RSS of 8 x 2048 tokens (subprocess)")
+        out["rss"] = bench_rss(model_dir, default, quick)
     out["loadavg_at_end"] = os.getloadavg()
     return out
 
