@@ -61,8 +61,8 @@ async def readyz(request: Request, engine: DbEngineDep) -> JSONResponse:
             body["log_writer"]["reason"] = health.reason
         ready = ready and health.healthy
     providers: Providers | None = getattr(request.app.state, "providers", None)
-    for name in providers or ():
-        provider = providers.get(name) if providers is not None else None
+    for name in providers if providers is not None else ():
+        provider = providers[name] if providers is not None else None
         if isinstance(provider, ReportsReadiness):
             state = provider.readiness()
             entry: dict[str, Any] = {"status": state.status, "required": state.gates}
