@@ -44,6 +44,7 @@ from gateway.logwriter import LogWriter
 from gateway.metrics import Metrics, model_labels
 from gateway.passthrough import Passthrough
 from gateway.pipeline import Pipeline
+from gateway.providers.base import ReportsReadiness
 from gateway.providers.local import EngineLoad, LocalProvider
 from gateway.providers.registry import ProviderContext, ProviderKinds, Providers
 from gateway.reports.live import LiveSeries, Sources
@@ -115,6 +116,10 @@ def create_app(
             )
             providers = Providers({name: wrap(providers[name]) for name in providers}, providers.context)
         await keys.start()
+        for name in providers:
+            provider = providers[name]
+            if isinstance(provider, ReportsReadiness):
+                provider.begin_loading()  # e.g. the local engine's preload, in the background
         try:
             await logwriter.start()
             try:

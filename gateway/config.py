@@ -375,9 +375,10 @@ def render_default_config() -> str:
                 "    # smollm2-135m-instruct), model_dir (default: local_model_dir + / + model_name), variant (default: the manifest's choice, the fastest passing its",
                 "    # quality bar; fp32 | int8 | int4 | int8-smooth), num_slots (8 concurrent sequences),",
                 "    # max_seq_len (2048 positions per sequence; the KV cache is preallocated for num_slots x",
-                "    # max_seq_len, 46 KB a position), prefix_cache_mb (256), memory_budget_mb (unset: with it, the",
-                "    # KV cache and the prefix cache count in that one total), speculative (auto | ngram | draft | off),",
-                "    # threads (2), default_temperature (0.2) and default_top_p (0.9) for requests that set none.",
+                "    # max_seq_len, float16, 23 KB a position), prefix_cache_mb (256), memory_budget_mb (unset: with it,",
+                "    # the KV cache and the prefix cache count in that one total), speculative (auto | ngram | draft |",
+                "    # off), threads (2), preload (false: load on the first request; true: load at startup, /readyz",
+                "    # 503 until loaded), default_temperature (0.2) and default_top_p (0.9) for requests that set none.",
                 "    # options: {variant: default, num_slots: 8, max_seq_len: 2048, speculative: auto}",
             ]
     lines += [

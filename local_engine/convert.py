@@ -40,6 +40,7 @@ from local_engine import quality, recipes
 from local_engine.config import ModelConfig
 from local_engine.gguf_weights import default_source, file_sha256, load_gguf, load_gguf_blocks
 from local_engine.graph import (
+    DEFAULT_KV_DTYPE,
     GraphBuilder,
     LinearBuilder,
     build_decoder,
@@ -51,7 +52,7 @@ from local_engine.quantize import GGUFBlocksLinear, NBitsLinear, fused_blocks
 from local_engine.runner import ModelRunner
 from local_engine.tokenizer import Tokenizer
 
-CONVERTER_VERSION = "5"
+CONVERTER_VERSION = "6"  # 6: float16 KV cache (graph.DEFAULT_KV_DTYPE) and the int8-smooth variant
 MODEL_NAME = "smollm2-135m-instruct"
 QUALITY_BAR = 0.05  # a variant passes when its perplexity is within 5% of float32's
 PERPLEXITY_TEXT = Path(__file__).parent / "perplexity_text.txt"  # package data: the fixed text
@@ -220,6 +221,7 @@ def _build(
         "tokenizer": {"file": "tokenizer.json", "config": "tokenizer_config.json"},
         "variants": variants,
         "default_variant": "fp32",
+        "kv_dtype": DEFAULT_KV_DTYPE,
         "complete": False,
     }
     _write_json(manifest_path, manifest)  # lets ModelRunner open the variants for measurement
@@ -312,6 +314,7 @@ def build_test_model(
         "config": config.to_dict(),
         "variants": entries,
         "default_variant": "fp32",
+        "kv_dtype": DEFAULT_KV_DTYPE,
         "complete": True,
     }
     _write_json(model_dir / "manifest.json", manifest)

@@ -1,5 +1,13 @@
 """The synchronous engine: `step()` = schedule → run the model → update from its output.
 
+Exact speculation: kernels sum in another order for one position than for several (MLAS's M=1
+GEMM path), so a plain one-token decode step and a verification forward give logits that differ in
+the last bits, and greedy text could differ at a near-tie. With speculation on (or ``exact_decode``),
+every one-sequence decode step is padded to two positions (``Runner.forward(min_positions=2)``),
+which makes its logits bit-identical to the verification forward's: speculative greedy output equals
+plain greedy output token for token. A batched decode of several sequences is not padded (its rows
+already go through the M>1 kernels of the linear layers; attention stays per sequence).
+
 Speculation policy: only a decode batch of exactly one sequence speculates. With two or more
 sequences decoding, one batched forward already spreads the cost of reading the weights over
 several tokens, and per-sequence verification forwards would serialise them, so the engine runs a
@@ -103,6 +111,7 @@ class LLMEngine:
         max_prefill_chunk: int = 512,
         clock: Callable[[], float] = time.perf_counter,
         grammar_compiler: Callable[[], GrammarCompiler] | None = None,
+        exact_decode: bool | None = None,
     ) -> None:
         num_slots = runner.num_slots if num_slots is None else num_slots
         if not 1 <= num_slots <= runner.num_slots:
@@ -124,6 +133,10 @@ class LLMEngine:
         elif speculative in ("ngram", "auto"):
             self.drafter = NgramDrafter()
         self.controller = SpeculationController() if speculative == "auto" else None
+        # A one-sequence decode step padded to two positions takes the kernels a verification forward
+        # takes (see ModelRunner.forward), so speculative greedy output equals plain greedy exactly.
+        exact = speculative != "off" if exact_decode is None else exact_decode
+        self.decode_positions = 2 if exact else 1
         self._states: dict[str, _RequestState] = {}
         self._aborted: list[RequestOutput] = []
         self._compiler_factory = grammar_compiler
@@ -248,7 +261,10 @@ class LLMEngine:
 
     def _batched_decode(self, items: tuple[DecodeItem, ...]) -> list[SequenceUpdate]:
         logits = self.runner.forward(
-            [i.slot for i in items], [[i.token_id] for i in items], [i.past_len for i in items]
+            [i.slot for i in items],
+            [[i.token_id] for i in items],
+            [i.past_len for i in items],
+            min_positions=self.decode_positions if len(items) == 1 else 1,
         )  # [batch, vocab]
         updates = []
         for item, row in zip(items, logits, strict=True):

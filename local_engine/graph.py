@@ -6,7 +6,7 @@ The graph (opset 21 + ``com.microsoft``) takes
 - ``seqlens_k``            int32 ``[batch]``: each row's total length after this step, minus one
 - ``total_sequence_length`` int32 scalar: the largest total length in the batch
 - ``logits_positions``     int64 ``[k]``: which of the ``seq`` positions get logits
-- ``past_key.{i}`` / ``past_value.{i}`` float32 ``[batch, kv_heads, max_len, head_dim]``
+- ``past_key.{i}`` / ``past_value.{i}`` float16 (or float32, ``kv_dtype``) ``[batch, kv_heads, max_len, head_dim]``
 
 and returns ``logits`` float32 ``[batch, k, vocab]`` and ``present_key.{i}`` / ``present_value.{i}``
 of the same shape as the past. Attention is ``GroupQueryAttention`` with rotary embedding done by
@@ -80,17 +80,38 @@ def rope_caches(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
+KV_DTYPES: dict[str, tuple[int, type[np.floating[Any]]]] = {
+    "float16": (TensorProto.FLOAT16, np.float16),
+    "float32": (TensorProto.FLOAT, np.float32),
+}
+DEFAULT_KV_DTYPE = "float16"
+
+
 def build_decoder(
-    config: ModelConfig, weights: dict[str, np.ndarray], linear: LinearBuilder = float_linear
+    config: ModelConfig,
+    weights: dict[str, np.ndarray],
+    linear: LinearBuilder = float_linear,
+    *,
+    kv_dtype: str = DEFAULT_KV_DTYPE,
 ) -> onnx.ModelProto:
-    """Builds the decoder graph from float32 weights in HF layout (see ``gguf_weights.GGUFModel``)."""
+    """Builds the decoder graph from float32 weights in HF layout (see ``gguf_weights.GGUFModel``).
+
+    ``kv_dtype`` is the KV cache's element type (``KV_DTYPES``). With float16 the fused QKV projection
+    is cast to float16 before ``GroupQueryAttention`` (which then runs on float16 inputs, RoPE tables
+    and cache, accumulating in float32 inside the op) and its output is cast back to float32: the cache
+    is stored and attended in half the bytes, the linear layers stay float32.
+    """
     c = config
+    if kv_dtype not in KV_DTYPES:
+        raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, got {kv_dtype!r}")
+    kv_type, kv_np = KV_DTYPES[kv_dtype]
+    half = kv_type != TensorProto.FLOAT
     g = GraphBuilder()
     eps = float(c.rms_eps)
     g.constant("embed", weights["embed"].astype(np.float32))
     cos, sin = rope_caches(c)
-    g.constant("cos_cache", cos)
-    g.constant("sin_cache", sin)
+    g.constant("cos_cache", cos.astype(kv_np))
+    g.constant("sin_cache", sin.astype(kv_np))
 
     x = g.node("Gather", ["embed", "input_ids"], ["embeddings"], axis=0)
     h = g.node(
@@ -107,6 +128,8 @@ def build_decoder(
         p = f"layers.{i}"
         wqkv = np.concatenate([weights[f"{p}.q"], weights[f"{p}.k"], weights[f"{p}.v"]], axis=0)
         qkv = linear(g, f"{p}.qkv", h, wqkv)
+        if half:
+            qkv = g.node("Cast", [qkv], [f"{p}.qkv_half"], to=kv_type)
         attn = g.node(
             "GroupQueryAttention",
             [
@@ -120,7 +143,7 @@ def build_decoder(
                 "cos_cache",
                 "sin_cache",
             ],
-            [f"{p}.attn", f"present_key.{i}", f"present_value.{i}"],
+            [f"{p}.attn_half" if half else f"{p}.attn", f"present_key.{i}", f"present_value.{i}"],
             domain=MS_DOMAIN,
             num_heads=c.num_heads,
             kv_num_heads=c.num_kv_heads,
@@ -128,6 +151,8 @@ def build_decoder(
             rotary_interleaved=0,
             scale=float(1.0 / np.sqrt(c.head_dim)),
         )
+        if half:
+            attn = g.node("Cast", [attn], [f"{p}.attn"], to=TensorProto.FLOAT)
         outputs += [f"present_key.{i}", f"present_value.{i}"]
         o = linear(g, f"{p}.o", attn, weights[f"{p}.o"])
         h, residual = _skip_norm(g, f"{p}.ffn_norm", o, residual, weights[f"{p}.ffn_norm"], eps)
@@ -157,10 +182,10 @@ def build_decoder(
         helper.make_tensor_value_info("logits_positions", TensorProto.INT64, ["k"]),
     ]
     for i in range(c.num_layers):
-        inputs.append(helper.make_tensor_value_info(f"past_key.{i}", TensorProto.FLOAT, kv_shape))
-        inputs.append(helper.make_tensor_value_info(f"past_value.{i}", TensorProto.FLOAT, kv_shape))
+        inputs.append(helper.make_tensor_value_info(f"past_key.{i}", kv_type, kv_shape))
+        inputs.append(helper.make_tensor_value_info(f"past_value.{i}", kv_type, kv_shape))
     outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "k", c.vocab_size])]
-    outs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, kv_shape) for name in outputs]
+    outs += [helper.make_tensor_value_info(name, kv_type, kv_shape) for name in outputs]
     graph = helper.make_graph(g.nodes, "decoder", inputs, outs, initializer=g.initializers)
     model = helper.make_model(
         graph,

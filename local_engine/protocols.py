@@ -42,11 +42,15 @@ class Runner(Protocol):
         past_lens: Sequence[int],
         *,
         all_logits: bool = False,
+        min_positions: int = 1,
     ) -> np.ndarray:
         """Run either one slot with any number of new tokens, or several slots with one new token each.
 
         Mutates the slots' KV cache at [past_len, past_len + n). Returns float32 logits
         `[sum of new tokens, vocab]` if all_logits else `[len(slots), vocab]` (each slot's last token).
+        `min_positions`: a single-slot call with fewer new tokens runs through the same kernels as a
+        call with that many (padded past its end), so its logits equal a verification forward's bit
+        for bit.
         """
         ...
 

@@ -1,9 +1,10 @@
 """ModelRunner: one ONNX Runtime session over a decoder graph, with a preallocated in-place KV cache.
 
-Memory: the cache is one float32 array ``kv[2, layers, num_slots, kv_heads, max_seq_len, head_dim]``,
-i.e. ``kv_bytes_per_token(config) * max_seq_len * num_slots`` bytes (SmolLM2-135M: 46,080 bytes per
-token, so 8 slots x 4,096 positions = 1.5 GB of address space; pages are only committed by the OS
-once written). Each step binds every layer's ``past_*`` and ``present_*`` to the same slice of that
+Memory: the cache is one array ``kv[2, layers, num_slots, kv_heads, max_seq_len, head_dim]`` of the
+graph's KV type (float16 since converter 5; float32 before), i.e.
+``kv_bytes_per_token(config, dtype) * max_seq_len * num_slots`` bytes (SmolLM2-135M: 23,040 bytes per
+token in float16, so 8 slots x 2,048 positions = 377 MB; pages are only committed by the OS once
+written). Each step binds every layer's ``past_*`` and ``present_*`` to the same slice of that
 array (IOBinding), so ``GroupQueryAttention`` writes the new keys/values in place: a decode step
 never copies the cache. A cache row is a "slot"; the runner does not track lengths, the caller
 passes each slot's valid length (``past_lens``) on every call, which is also how rejected
@@ -30,7 +31,7 @@ __all__ = ["KVSegment", "ModelConfig", "ModelRunner", "load_manifest"]
 class KVSegment:
     """A copy of some positions of one slot's cache, every layer.
 
-    k, v: ``[layers, kv_heads, tokens, head_dim]`` float32.
+    k, v: ``[layers, kv_heads, tokens, head_dim]`` in the cache's dtype (float16 or float32).
     """
 
     k: np.ndarray
@@ -48,6 +49,20 @@ class KVSegment:
 def load_manifest(model_dir: Path) -> dict[str, Any]:
     manifest: dict[str, Any] = json.loads((Path(model_dir) / "manifest.json").read_text())
     return manifest
+
+
+def kv_dtype_of(session: ort.InferenceSession) -> np.dtype[Any]:
+    """The KV cache's element type a decoder graph takes (``past_key.0``): float16 or float32."""
+    kinds = {"tensor(float16)": np.float16, "tensor(float)": np.float32}
+    kind = next(i.type for i in session.get_inputs() if i.name == "past_key.0")
+    if kind not in kinds:
+        raise ValueError(f"unsupported KV cache type {kind}")
+    return np.dtype(kinds[kind])
+
+
+def manifest_kv_dtype(manifest: dict[str, Any]) -> np.dtype[Any]:
+    """The KV element type a manifest's graphs use (converter 5+ records it; older builds were float32)."""
+    return np.dtype(str(manifest.get("kv_dtype", "float32")))
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -90,14 +105,17 @@ class ModelRunner:
             str(path), session_options(threads), providers=["CPUExecutionProvider"]
         )
         c = self.config
+        self.kv_dtype = kv_dtype_of(self.session)
         # kv: [2 (k, v), layers, slots, kv_heads, max_seq_len, head_dim]
-        self.kv = np.zeros((2, c.num_layers, num_slots, c.num_kv_heads, max_seq_len, c.head_dim), np.float32)
+        self.kv = np.zeros(
+            (2, c.num_layers, num_slots, c.num_kv_heads, max_seq_len, c.head_dim), self.kv_dtype
+        )
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}
 
     @staticmethod
-    def kv_bytes_per_token(config: ModelConfig) -> int:
-        """Bytes of K and V for one position across all layers (float32)."""
-        return 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4
+    def kv_bytes_per_token(config: ModelConfig, kv_dtype: np.dtype[Any] | type = np.float16) -> int:
+        """Bytes of K and V for one position across all layers (float16 unless told)."""
+        return 2 * config.num_layers * config.num_kv_heads * config.head_dim * np.dtype(kv_dtype).itemsize
 
     @property
     def kv_nbytes(self) -> int:
@@ -110,6 +128,7 @@ class ModelRunner:
         past_lens: Sequence[int],
         *,
         all_logits: bool = False,
+        min_positions: int = 1,
     ) -> np.ndarray:
         """Runs the model on new tokens appended to each slot's cache.
 
@@ -120,6 +139,14 @@ class ModelRunner:
         Returns float32 logits: ``[sum of new tokens, vocab]`` when ``all_logits``, else
         ``[len(slots), vocab]`` (each slot's last position). Mutates only those positions of those
         slots' cache rows; other slots' valid positions are untouched.
+
+        ``min_positions``: a single-slot call with fewer new tokens runs that many positions, the
+        extra ones repeating the last token (their KV lands past the valid length, where the next
+        call overwrites it, and causal attention keeps them out of the real positions). Kernels
+        take another code path for one position than for several (MLAS's M=1 GEMM kernel sums in
+        another order), so a decode step padded to 2 gives bit for bit the logits that a
+        verification forward over k >= 2 positions gives at the same position: speculative greedy
+        output is then identical to plain greedy. Padding stops at ``max_seq_len``.
         """
         n = len(slots)
         if n == 0 or len(token_ids) != n or len(past_lens) != n:
@@ -137,6 +164,10 @@ class ModelRunner:
                     f"past_len {past} + {len(toks)} new tokens exceeds max_seq_len {self.max_seq_len}"
                 )
 
+        real = seq
+        if n == 1 and seq < min_positions:
+            seq = max(seq, min(min_positions, self.max_seq_len - past_lens[0]))
+            token_ids = [list(token_ids[0]) + [token_ids[0][-1]] * (seq - real)]
         lo, hi = min(slots), max(slots) + 1
         rows = hi - lo
         # Rows of the contiguous slot range that are not in the call run a dummy token at position 0;
@@ -147,8 +178,8 @@ class ModelRunner:
         seqlens = np.zeros(rows, np.int32)
         for slot, toks, past in zip(slots, token_ids, past_lens, strict=True):
             ids[slot - lo] = toks
-            seqlens[slot - lo] = past + len(toks) - 1
-        positions = np.arange(seq, dtype=np.int64) if all_logits else np.array([seq - 1], np.int64)
+            seqlens[slot - lo] = past + len(toks) - 1  # padded positions included
+        positions = np.arange(real, dtype=np.int64) if all_logits else np.array([real - 1], np.int64)
         logits = np.empty((rows, len(positions), self.vocab_size), np.float32)
 
         io = self._binding(lo, hi)
@@ -177,8 +208,8 @@ class ModelRunner:
                     ptr = self.kv[
                         which, layer, lo:hi
                     ].ctypes.data  # contiguous [rows, kv_heads, max_len, head_dim]
-                    io.bind_input(f"past_{kind}.{layer}", "cpu", 0, np.float32, shape, ptr)
-                    io.bind_output(f"present_{kind}.{layer}", "cpu", 0, np.float32, shape, ptr)
+                    io.bind_input(f"past_{kind}.{layer}", "cpu", 0, self.kv_dtype, shape, ptr)
+                    io.bind_output(f"present_{kind}.{layer}", "cpu", 0, self.kv_dtype, shape, ptr)
             self._bindings[(lo, hi)] = io
         return io
 

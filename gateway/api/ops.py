@@ -1,4 +1,5 @@
-"""Operations endpoints: liveness, readiness (the database answers, the request log keeps up) and
+"""Operations endpoints: liveness, readiness (the database answers, the request log keeps up, the local
+engine has loaded when it is preloaded) and
 Prometheus metrics.
 
 ``/metrics`` tells whoever reads it the traffic, models and spend of every tenant, so it is guarded
@@ -17,11 +18,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.deps import DbEngineDep, MetricsDep, SettingsDep
+from gateway.providers.base import ReportsReadiness
 from gateway.settings import Settings
 from gateway.storage.db import ping
 
 if TYPE_CHECKING:
     from gateway.logwriter import LogWriter
+    from gateway.providers.registry import Providers
 
 router = APIRouter(tags=["ops"])
 
@@ -36,9 +39,11 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(request: Request, engine: DbEngineDep) -> JSONResponse:
-    """200 when the database is reachable and the request-log writer keeps up, else 503 (a load
-    balancer stops sending traffic here): a gateway whose log is persistently failing or behind would
-    serve requests whose spend never reaches the database."""
+    """200 when the database is reachable, the request-log writer keeps up and every provider that
+    must load before serving has loaded (the local engine with ``preload``), else 503 (a load balancer
+    stops sending traffic here): a gateway whose log is persistently failing or behind would serve
+    requests whose spend never reaches the database. Providers that load report their state under
+    ``providers`` either way."""
     body: dict[str, Any] = {"status": "ready", "database": "ok"}
     ready = await ping(engine)
     if not ready:
@@ -55,6 +60,16 @@ async def readyz(request: Request, engine: DbEngineDep) -> JSONResponse:
         if health.reason is not None:
             body["log_writer"]["reason"] = health.reason
         ready = ready and health.healthy
+    providers: Providers | None = getattr(request.app.state, "providers", None)
+    for name in providers if providers is not None else ():
+        provider = providers[name] if providers is not None else None
+        if isinstance(provider, ReportsReadiness):
+            state = provider.readiness()
+            entry: dict[str, Any] = {"status": state.status, "required": state.gates}
+            if state.detail is not None:
+                entry["detail"] = state.detail
+            body.setdefault("providers", {})[name] = entry
+            ready = ready and (state.ready or not state.gates)
     if not ready:
         body["status"] = "not ready"
     return JSONResponse(body, status_code=200 if ready else 503)

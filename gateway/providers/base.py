@@ -36,6 +36,34 @@ HOP_BY_HOP_HEADERS = frozenset(
 )
 
 
+@dataclass(slots=True, frozen=True)
+class Readiness:
+    """A provider's own readiness, for ``/readyz`` (only providers that load something report one)."""
+
+    status: str
+    """"ready", "loading", "not loaded" (nothing asked for it yet) or "failed"."""
+    gates: bool
+    """``/readyz`` answers 503 while this provider is not ready (e.g. the local engine with ``preload``)."""
+    detail: str | None = None
+    """Why it failed, for the operator."""
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+
+@runtime_checkable
+class ReportsReadiness(Protocol):
+    """A provider that loads something before it can serve (the local engine) and says how far it got."""
+
+    def readiness(self) -> Readiness: ...
+
+    def begin_loading(self) -> None:
+        """Called once by the app's lifespan, on the event loop: start loading in the background if the
+        provider is configured to (it must not block)."""
+        ...
+
+
 @dataclass(slots=True)
 class UpstreamRequest:
     """One request to send upstream. Providers read it and never modify it."""

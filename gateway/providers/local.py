@@ -24,10 +24,13 @@ own tokenizer and chat template), ``model_dir`` (default: the settings' ``local_
 ``num_slots`` (8), ``max_seq_len`` (2048), ``speculative`` ("auto" | "ngram" | "draft" | "off"), ``threads`` (2),
 ``prefix_cache_mb`` (256), ``memory_budget_mb`` (none), ``default_temperature`` (0.2), ``default_top_p`` (0.9)
 and ``default_max_tokens`` (256), used when a request sets none. Memory: the KV cache is preallocated for
-``num_slots x max_seq_len`` positions (``ModelRunner.kv_bytes_per_token`` each, 46,080 bytes for SmolLM2) and
+``num_slots x max_seq_len`` positions (``ModelRunner.kv_bytes_per_token`` each: the cache is float16, 23,040
+bytes for SmolLM2, 377 MB for 8 x 2,048) and
 the prefix cache holds at most ``prefix_cache_mb``; with ``memory_budget_mb`` both count in that one total
 (the prefix cache gets what the KV cache leaves, and a KV cache larger than the budget is refused at load).
-The engine loads on the first request (in a worker thread, the event loop keeps serving).
+The engine loads on the first request (in a worker thread, the event loop keeps serving), or at startup
+with ``preload`` (false): ``/readyz`` then answers 503 until it has loaded. ``/readyz`` reports the engine's
+state ("not loaded", "loading", "ready", "failed") under ``providers`` either way.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import InvalidRequest, UpstreamError
-from gateway.providers.base import UpstreamRequest, UpstreamResponse
+from gateway.providers.base import Readiness, UpstreamRequest, UpstreamResponse
 from gateway.providers.registry import ProviderContext, register_provider_kind
 from gateway.types import (
     ChatRequest,
@@ -241,22 +244,50 @@ class LocalProvider:
             top_p=float(self._options.get("default_top_p", base.top_p)),
             max_tokens=int(self._options.get("default_max_tokens", base.max_tokens)),
         )
+        self._preload = _flag(self._options.get("preload", False))
         self._engine: AsyncLLMEngine | None = None
         self._tokenizer: Tokenizer | None = None
         self._lock = asyncio.Lock()
+        self._loading = False
+        self._load_error: str | None = None
+        self._load_task: asyncio.Task[None] | None = None
+
+    def readiness(self) -> Readiness:
+        """ "ready" once the engine is loaded and running; "loading" while it loads; "failed" (with why)
+        after a load failed; else "not loaded". It gates ``/readyz`` only with ``preload``."""
+        if self._engine is not None and self._engine.running:
+            return Readiness("ready", self._preload)
+        if self._loading:
+            return Readiness("loading", self._preload)
+        if self._load_error is not None:
+            return Readiness("failed", self._preload, self._load_error)
+        return Readiness("not loaded", self._preload)
+
+    def begin_loading(self) -> None:
+        """With ``preload``, load the engine now in the background (``/readyz`` waits for it)."""
+        if self._preload and self._load_task is None and self._engine is None:
+            self._load_task = asyncio.get_running_loop().create_task(self._preload_engine())
+
+    async def _preload_engine(self) -> None:
+        try:
+            await self.engine()
+        except Exception:  # recorded for /readyz by engine(); a request retries the load
+            log.exception("preloading the local engine failed")
 
     def prefix_cache_bytes(self) -> int:
         """The prefix cache's byte budget: ``prefix_cache_mb``, within what ``memory_budget_mb`` leaves
         after the KV cache. Raises ``UpstreamError`` when the KV cache alone exceeds the budget."""
-        from local_engine.runner import ModelConfig, ModelRunner, load_manifest
+        from local_engine.runner import ModelConfig, ModelRunner, load_manifest, manifest_kv_dtype
 
         o = self._options
         prefix = int(float(o.get("prefix_cache_mb", 256)) * (1 << 20))
         budget = o.get("memory_budget_mb")
         if budget is None:
             return prefix
-        config = ModelConfig.from_dict(load_manifest(self._model_dir)["config"])
-        kv = ModelRunner.kv_bytes_per_token(config) * self._max_seq_len * int(o.get("num_slots", 8))
+        manifest = load_manifest(self._model_dir)
+        config = ModelConfig.from_dict(manifest["config"])
+        per_token = ModelRunner.kv_bytes_per_token(config, manifest_kv_dtype(manifest))
+        kv = per_token * self._max_seq_len * int(o.get("num_slots", 8))
         left = int(float(budget) * (1 << 20)) - kv
         if left < 0:
             raise UpstreamError(
@@ -277,25 +308,36 @@ class LocalProvider:
             return self._engine
         async with self._lock:
             if self._engine is None:
-                self._check_built()
-                from local_engine.async_engine import AsyncLLMEngine
-
-                o = self._options
-                engine = await asyncio.to_thread(
-                    AsyncLLMEngine.from_model_dir,
-                    self._model_dir,
-                    str(o.get("variant", "default")),
-                    num_slots=int(o.get("num_slots", 8)),
-                    max_seq_len=self._max_seq_len,
-                    speculative=o.get("speculative", "auto"),
-                    threads=int(o.get("threads", 2)),
-                    prefix_cache_bytes=self.prefix_cache_bytes(),
-                )
-                await engine.start()
-                log.info("local engine started", extra={"model_dir": str(self._model_dir)})
-                self._engine = engine
-                self._tokenizer = engine.tokenizer  # type: ignore[assignment]
+                self._loading = True
+                try:
+                    self._engine = await self._load()
+                    self._load_error = None
+                except Exception as exc:
+                    self._load_error = f"{type(exc).__name__}: {exc}"
+                    raise
+                finally:
+                    self._loading = False
+                self._tokenizer = self._engine.tokenizer  # type: ignore[assignment]
         return self._engine
+
+    async def _load(self) -> AsyncLLMEngine:
+        self._check_built()
+        from local_engine.async_engine import AsyncLLMEngine
+
+        o = self._options
+        engine = await asyncio.to_thread(
+            AsyncLLMEngine.from_model_dir,
+            self._model_dir,
+            str(o.get("variant", "default")),
+            num_slots=int(o.get("num_slots", 8)),
+            max_seq_len=self._max_seq_len,
+            speculative=o.get("speculative", "auto"),
+            threads=int(o.get("threads", 2)),
+            prefix_cache_bytes=self.prefix_cache_bytes(),
+        )
+        await engine.start()
+        log.info("local engine started", extra={"model_dir": str(self._model_dir)})
+        return engine
 
     def load(self) -> EngineLoad | None:
         """The engine's queue and output counter now; None before it has loaded. Reads only: lengths and
@@ -385,9 +427,20 @@ class LocalProvider:
         )
 
     async def aclose(self) -> None:
+        if self._load_task is not None:
+            self._load_task.cancel()
+            await asyncio.gather(self._load_task, return_exceptions=True)
+            self._load_task = None
         if self._engine is not None:
             await self._engine.stop()
             self._engine = None
+
+
+def _flag(value: object) -> bool:
+    """A boolean option from YAML or the environment ("true"/"1"/"yes" and their opposites)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 def _new_id(prefix: str) -> str:

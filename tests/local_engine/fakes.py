@@ -50,6 +50,7 @@ class ForwardCall:
     num_tokens: tuple[int, ...]
     past_lens: tuple[int, ...]
     all_logits: bool
+    min_positions: int = 1
 
 
 class FakeRunner:
@@ -106,6 +107,7 @@ class FakeRunner:
         past_lens: Sequence[int],
         *,
         all_logits: bool = False,
+        min_positions: int = 1,
     ) -> np.ndarray:
         assert len(slots) == len(token_ids) == len(past_lens) >= 1
         assert len(set(slots)) == len(slots), "a slot appears twice in one forward"
@@ -121,7 +123,9 @@ class FakeRunner:
             self._valid[slot] = past + len(toks)
             out.extend(rows if all_logits else rows[-1:])
         self.calls.append(
-            ForwardCall(tuple(slots), tuple(len(t) for t in token_ids), tuple(past_lens), all_logits)
+            ForwardCall(
+                tuple(slots), tuple(len(t) for t in token_ids), tuple(past_lens), all_logits, min_positions
+            )
         )
         if self.clock is not None:
             self.clock.now += self.step_cost + self.token_cost * sum(len(t) for t in token_ids)

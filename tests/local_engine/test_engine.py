@@ -108,6 +108,30 @@ def test_speculative_greedy_is_identical_to_plain_greedy(mode: str) -> None:
     assert engine.stats.speculative_steps < 60  # several tokens per target forward
 
 
+@pytest.mark.parametrize(
+    ("speculative", "exact", "positions"),
+    [("off", None, 1), ("ngram", None, 2), ("auto", None, 2), ("off", True, 2), ("auto", False, 1)],
+)
+def test_single_sequence_decodes_take_the_verification_kernels_when_exact(
+    speculative: str, exact: bool | None, positions: int
+) -> None:
+    engine = make_engine(speculative, exact_decode=exact)
+    generate(engine, "zq", SamplingParams(max_tokens=12, temperature=0))
+    runner = engine.runner
+    assert isinstance(runner, FakeRunner)
+    single = [c for c in runner.calls if c.num_tokens == (1,) and not c.all_logits]
+    assert single and all(c.min_positions == positions for c in single)
+    # a batched decode of several sequences is never padded
+    engine = make_engine(speculative, exact_decode=exact)
+    for i, prompt in enumerate(PROMPTS[:3]):
+        engine.add_request(str(i), TOK.encode(prompt), SamplingParams(max_tokens=8, temperature=0))
+    drain(engine)
+    runner = engine.runner
+    assert isinstance(runner, FakeRunner)
+    batched = [c for c in runner.calls if len(c.slots) > 1]
+    assert batched and all(c.min_positions == 1 for c in batched)
+
+
 def test_speculation_verifies_in_one_forward_and_rolls_back_the_kv() -> None:
     plain_engine = make_engine("off")
     plain = generate(plain_engine, PROMPTS[0])
@@ -359,7 +383,9 @@ def test_real_runner_speculation_prefix_cache_and_batching_agree(
     tiny_model_dir: Path, tiny_runner: ModelRunner
 ) -> None:
     alone = {
-        rid: _tiny_run(LLMEngine(tiny_runner, TOK, speculative="off"), {rid: ids}, TINY_PARAMS)[rid]
+        rid: _tiny_run(
+            LLMEngine(tiny_runner, TOK, speculative="off", exact_decode=True), {rid: ids}, TINY_PARAMS
+        )[rid]
         for rid, ids in TINY_PROMPTS.items()
     }
     # speculation: prompt lookup, and a 4-bit copy of the model as the draft
@@ -407,7 +433,8 @@ def run(engine: LLMEngine, requests: dict[str, list[int]], params: SamplingParam
 @pytest.mark.slow
 def test_greedy_is_identical_with_prompt_lookup(real_runner: ModelRunner, real_tokenizer: Tokenizer) -> None:
     ids = chat(real_tokenizer, "Repeat this paragraph exactly:\n\n" + PARAGRAPH)
-    plain = run(LLMEngine(real_runner, real_tokenizer, speculative="off"), {"r": ids}, GREEDY)["r"]
+    plain_engine = LLMEngine(real_runner, real_tokenizer, speculative="off", exact_decode=True)
+    plain = run(plain_engine, {"r": ids}, GREEDY)["r"]
     engine = LLMEngine(real_runner, real_tokenizer, speculative="ngram")
     spec = run(engine, {"r": ids}, GREEDY)["r"]
     assert spec == plain
@@ -422,7 +449,8 @@ def test_greedy_is_identical_with_a_draft_model(
     draft = ModelRunner(model_dir, "int4", num_slots=4, max_seq_len=1024, threads=2)
     ids = chat(real_tokenizer, "Summarise in one sentence:\n\n" + PARAGRAPH)
     params = SamplingParams(max_tokens=24, temperature=0)
-    plain = run(LLMEngine(real_runner, real_tokenizer, speculative="off"), {"r": ids}, params)["r"]
+    plain_engine = LLMEngine(real_runner, real_tokenizer, speculative="off", exact_decode=True)
+    plain = run(plain_engine, {"r": ids}, params)["r"]
     engine = LLMEngine(real_runner, real_tokenizer, speculative="draft", draft_runner=draft)
     assert run(engine, {"r": ids}, params)["r"] == plain
     assert engine.stats.speculative_steps > 0 and engine.stats.accepted_tokens > 0

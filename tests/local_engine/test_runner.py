@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from local_engine.config import PRESETS, ModelConfig
-from local_engine.graph import random_weights, tiny_config
+from local_engine.convert import save_model
+from local_engine.graph import build_decoder, random_weights, tiny_config
 from local_engine.runner import ModelRunner
 
 RNG = np.random.default_rng(7)
@@ -149,7 +151,49 @@ def test_quantized_variants_track_fp32(tiny_model_dir: Path) -> None:
 
 
 def test_kv_bytes_per_token_for_smollm2() -> None:
-    assert ModelRunner.kv_bytes_per_token(PRESETS["smollm2-135m-instruct"]) == 2 * 30 * 3 * 64 * 4
+    config = PRESETS["smollm2-135m-instruct"]
+    assert ModelRunner.kv_bytes_per_token(config) == 2 * 30 * 3 * 64 * 2  # float16 by default
+    assert ModelRunner.kv_bytes_per_token(config, np.float32) == 2 * 30 * 3 * 64 * 4
+
+
+def test_kv_cache_is_float16_and_tracks_a_float32_cache(runner: ModelRunner, tmp_path: Path) -> None:
+    assert runner.kv.dtype == np.float16
+    assert runner.kv_nbytes == 4 * 64 * ModelRunner.kv_bytes_per_token(runner.config)
+    config = tiny_config()
+    save_model(build_decoder(config, random_weights(config), kv_dtype="float32"), tmp_path / "fp32")
+    manifest = {"config": config.to_dict(), "variants": {"fp32": {"file": "fp32/model.onnx"}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest | {"default_variant": "fp32"}))
+    wide = ModelRunner(tmp_path, num_slots=1, max_seq_len=64)
+    assert wide.kv.dtype == np.float32
+    ids = tokens(40)
+    half_logits = runner.forward([0], [ids[:30]], [0], all_logits=True)
+    wide_logits = wide.forward([0], [ids[:30]], [0], all_logits=True)
+    half_steps = [runner.forward([0], [[t]], [30 + i])[0] for i, t in enumerate(ids[30:])]
+    wide_steps = [wide.forward([0], [[t]], [30 + i])[0] for i, t in enumerate(ids[30:])]
+    scale = np.abs(wide_logits).max()
+    assert np.abs(half_logits - wide_logits).max() < 2e-3 * scale
+    assert np.abs(np.stack(half_steps) - np.stack(wide_steps)).max() < 2e-3 * scale
+    assert not np.array_equal(half_logits, wide_logits)  # it really is another cache type
+
+
+def test_decode_padded_to_two_positions_equals_verification_bit_for_bit(runner: ModelRunner) -> None:
+    ids = tokens(36)
+    runner.forward([0], [ids[:30]], [0])
+    verified = runner.forward([0], [ids[30:]], [30], all_logits=True)  # one forward over 6 positions
+    runner.forward([1], [ids[:30]], [0])
+    padded = np.stack(
+        [runner.forward([1], [[t]], [30 + i], min_positions=2)[0] for i, t in enumerate(ids[30:])]
+    )
+    assert np.array_equal(padded, verified)
+    # the padding's KV past the valid length is overwritten by the next step: both slots now agree
+    assert np.array_equal(runner.kv[:, :, 0, :, :36], runner.kv[:, :, 1, :, :36])
+
+
+def test_padding_stops_at_the_end_of_the_cache(runner: ModelRunner) -> None:
+    ids = tokens(63)
+    runner.forward([0], [ids], [0])
+    out = runner.forward([0], [[5]], [63], min_positions=2)  # only one position left
+    assert out.shape == (1, 300)
 
 
 @pytest.mark.slow
@@ -166,3 +210,21 @@ def test_real_model_batched_and_chunked_match_single_steps(model_dir: Path) -> N
     alone2 = runner.forward([2], [[6]], [7])[0]
     np.testing.assert_allclose(batched[0], alone0, atol=2e-3)
     np.testing.assert_allclose(batched[1], alone2, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_real_model_padded_decode_equals_verification_on_every_variant(model_dir: Path) -> None:
+    """Speculative greedy output is identical to plain greedy only if a plain decode step and the
+    verification forward give the same logits bit for bit, whatever the variant's kernels."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["kv_dtype"] == "float16"
+    rng = np.random.default_rng(3)
+    prompt, extra = rng.integers(100, 40000, 90).tolist(), rng.integers(100, 40000, 6).tolist()
+    for variant in manifest["variants"]:
+        runner = ModelRunner(model_dir, variant, num_slots=2, max_seq_len=256)
+        assert runner.kv.dtype == np.float16
+        runner.forward([0], [prompt], [0])
+        verified = runner.forward([0], [extra], [90], all_logits=True)
+        runner.forward([1], [prompt], [0])
+        padded = [runner.forward([1], [[t]], [90 + i], min_positions=2)[0] for i, t in enumerate(extra)]
+        assert np.array_equal(np.stack(padded), verified), variant

@@ -31,8 +31,10 @@ def model_root() -> Path:
 
 @pytest.fixture
 def local_gateway(gateway_factory: Callable[..., Any], model_root: Path) -> Callable[..., Any]:
-    def start(variant: str = "default", **overrides: Any) -> Any:
+    def start(variant: str = "default", preload: bool = False, **overrides: Any) -> Any:
         options = {"num_slots": 4, "max_seq_len": 2048, "speculative": "ngram", "variant": variant}
+        if preload:
+            options["preload"] = True
         providers = {"local": ProviderSettings(kind="local", options=options)}
         models = {
             "thriftgate-local": ModelSettings(provider="local", model="smollm2-135m-instruct", prices=ZERO)
@@ -421,3 +423,26 @@ def test_the_default_variant_answers_the_factual_questions_as_well_as_fp32(
     assert "Paris" in fp32_france and "Paris" in france
     assert len(FACTUAL_QUESTIONS) >= 50
     assert default_score >= fp32_score, (default_score, fp32_score)
+
+
+def test_a_preloaded_engine_is_ready_only_once_loaded(local_gateway: Callable[..., Any]) -> None:
+    import httpx
+
+    from tests.waiting import wait_until
+
+    seen: list[tuple[int, str]] = []
+
+    def ready() -> bool:
+        r = httpx.get(f"{gw.url}/readyz")
+        seen.append((r.status_code, r.json()["providers"]["local"]["status"]))
+        return r.status_code == 200
+
+    with local_gateway(preload=True) as gw:
+        wait_until(ready, timeout_s=300)
+        oa = openai.OpenAI(base_url=gw.openai_url, api_key="sk-anything", max_retries=0)
+        completion = oa.chat.completions.create(
+            model="thriftgate-local", messages=[{"role": "user", "content": QUESTION}], max_tokens=4
+        )
+    assert completion.choices[0].message.content
+    assert seen[-1] == (200, "ready")
+    assert all(code == 503 and status == "loading" for code, status in seen[:-1])

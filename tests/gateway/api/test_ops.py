@@ -20,7 +20,14 @@ from gateway.api import ops
 from gateway.api.ops import is_loopback_client, metrics_access
 from gateway.app import create_app
 from gateway.metrics import Metrics
-from gateway.settings import LogWriterSettings, MetricsSettings, Settings, load_settings
+from gateway.settings import (
+    LogWriterSettings,
+    MetricsSettings,
+    ModelSettings,
+    ProviderSettings,
+    Settings,
+    load_settings,
+)
 from gateway.storage import RequestLogRow
 from gateway.storage.db import make_engine
 from tests.gateway.api.conftest import create_key, make_settings
@@ -46,6 +53,26 @@ def test_healthz_and_readyz(gateway_factory: Any) -> None:
         assert httpx.get(f"{gw.url}/healthz").json() == {"status": "ok"}
         ready = httpx.get(f"{gw.url}/readyz")
     assert ready.status_code == 200 and ready.json()["database"] == "ok"
+
+
+def test_readyz_reports_the_local_engine_and_waits_for_it_only_when_preloaded(
+    gateway_factory: Any, tmp_path: Path
+) -> None:
+    # a lazily loaded local provider (the default): reported, not waited for
+    lazy = {"local": ProviderSettings(kind="local")}
+    models = {"thriftgate-local": ModelSettings(provider="local", model="smollm2-135m-instruct")}
+    with gateway_factory(providers=lazy, models=models, local_model_dir=str(tmp_path)) as gw:
+        ready = httpx.get(f"{gw.url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["providers"]["local"] == {"status": "not loaded", "required": False}
+    # preloaded, an engine that cannot load keeps the gateway out of rotation, saying why
+    providers = {"local": ProviderSettings(kind="local", options={"preload": True})}
+    with gateway_factory(providers=providers, models=models, local_model_dir=str(tmp_path)) as gw:
+        wait_until(lambda: httpx.get(f"{gw.url}/readyz").json()["providers"]["local"]["status"] == "failed")
+        ready = httpx.get(f"{gw.url}/readyz")
+    assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+    local = ready.json()["providers"]["local"]
+    assert local["required"] is True and "thriftgate local build" in local["detail"]
 
 
 def test_readyz_is_503_when_the_database_is_unreachable() -> None:

@@ -4,11 +4,14 @@ gateway in tests/gateway/api/test_local.py."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.errors import InvalidRequest, UpstreamError
+from gateway.providers.base import Readiness, ReportsReadiness
 from gateway.providers.local import LocalProvider, chat_messages, output_plan
 from gateway.types import (
     ChatRequest,
@@ -106,3 +109,79 @@ async def test_an_unbuilt_model_is_an_upstream_error(tmp_path: Path) -> None:
     provider = LocalProvider("local", {}, str(tmp_path))
     with pytest.raises(UpstreamError, match="thriftgate local build"):
         await provider.count_tokens(request(), "m")
+
+
+# ---- readiness (/readyz) ----
+
+
+class _FakeEngine:
+    """What the provider keeps of a loaded engine: whether it runs, its tokenizer, and stop()."""
+
+    running = True
+    tokenizer = None
+
+    async def stop(self) -> None:
+        self.running = False
+
+
+class _GatedProvider(LocalProvider):
+    """A LocalProvider whose load waits for the test to release it (the real load is tested with the real
+    model in tests/gateway/api/test_local.py)."""
+
+    def __init__(self, options: dict[str, object], root: str) -> None:
+        super().__init__("local", options, root)
+        self.release = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def _load(self) -> Any:
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return _FakeEngine()
+
+
+async def test_preload_reports_loading_then_ready_and_gates_readiness(tmp_path: Path) -> None:
+    provider = _GatedProvider({"preload": True}, str(tmp_path))
+    assert provider.readiness() == Readiness("not loaded", gates=True)
+    provider.begin_loading()
+    await asyncio.sleep(0)  # the load task starts and waits inside _load
+    assert provider.readiness().status == "loading" and not provider.readiness().ready
+    provider.release.set()
+    assert provider._load_task is not None
+    await provider._load_task
+    assert provider.readiness() == Readiness("ready", gates=True)
+    await provider.aclose()
+    assert provider.readiness().status == "not loaded"
+
+
+async def test_a_failed_preload_is_reported_and_a_request_retries_it(tmp_path: Path) -> None:
+    provider = _GatedProvider({"preload": "true"}, str(tmp_path))
+    provider.fail = RuntimeError("no memory")
+    provider.release.set()
+    provider.begin_loading()
+    assert provider._load_task is not None
+    await provider._load_task
+    state = provider.readiness()
+    assert state.status == "failed" and state.gates and state.detail == "RuntimeError: no memory"
+    provider.fail = None
+    await provider.engine()
+    assert provider.readiness().ready
+    await provider.aclose()
+
+
+async def test_without_preload_nothing_loads_and_readiness_is_not_gated(tmp_path: Path) -> None:
+    provider = _GatedProvider({}, str(tmp_path))
+    provider.begin_loading()
+    assert provider._load_task is None
+    assert provider.readiness() == Readiness("not loaded", gates=False)
+
+
+async def test_an_unbuilt_model_fails_its_preload_naming_the_build(tmp_path: Path) -> None:
+    provider = LocalProvider("local", {"preload": True}, str(tmp_path))
+    assert isinstance(provider, ReportsReadiness)
+    provider.begin_loading()
+    assert provider._load_task is not None
+    await provider._load_task
+    state = provider.readiness()
+    assert state.status == "failed" and state.detail is not None and "thriftgate local build" in state.detail
+    await provider.aclose()
