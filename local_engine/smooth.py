@@ -59,6 +59,8 @@ def activation_absmax(
     so.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     wanted = list(dict.fromkeys(inputs.values()))
+    kv_type = {i.name: i.type for i in session.get_inputs()}["past_key.0"]
+    kv_dtype = np.float16 if kv_type == "tensor(float16)" else np.float32  # the graph's KV cache type
     stats: dict[str, np.ndarray] = {}
     c = config
     for ids in prompts:
@@ -69,7 +71,7 @@ def activation_absmax(
             "total_sequence_length": np.array(n, np.int32),
             "logits_positions": np.arange(n, dtype=np.int64),
         }
-        kv = np.zeros((1, c.num_kv_heads, n, c.head_dim), np.float32)
+        kv = np.zeros((1, c.num_kv_heads, n, c.head_dim), kv_dtype)
         for i in range(c.num_layers):
             feeds[f"past_key.{i}"] = kv
             feeds[f"past_value.{i}"] = kv
