@@ -210,7 +210,7 @@ def test_per_entry_thresholds_learn_from_each_entrys_own_probes(
     def steps(s: Settings) -> Steps:
         sem = SemanticCache(BagOfWords(), ScoresEvery(0.75), min_cosine=0.9)
         cache = GatewayCache(CacheSettings(enabled=True), semantic=sem, budget=budget, entries=entries)
-        return Steps(router=RequestedModel(Catalogue(s)), cache=cache)
+        return Steps(router=RequestedModel(Catalogue(s)), cache=cache, embeddings=sem.batcher)
 
     other = "How do I bake sourdough bread at home?"
     rng = random.Random(7)

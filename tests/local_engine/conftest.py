@@ -3,13 +3,15 @@ the real model's tokenizer and a float32 runner for the slow tests that run it."
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from local_engine.convert import build_all, build_test_model, model_dir_for
-from local_engine.graph import tiny_config
+from local_engine.convert import build_all, build_test_model, model_dir_for, save_model
+from local_engine.gguf_weights import load_gguf
+from local_engine.graph import build_decoder, float_linear, tiny_config
 from local_engine.quantize import NBitsLinear
 from local_engine.runner import ModelRunner
 from local_engine.tokenizer import Tokenizer
@@ -50,3 +52,20 @@ def chat(tokenizer: Tokenizer, content: str, system: str | None = None) -> list[
         {"role": "user", "content": content}
     ]
     return list(tokenizer.encode(tokenizer.apply_chat_template(messages)))
+
+
+def float32_kv_runner(source: Path, name: str, out: Path, max_seq_len: int = 512) -> ModelRunner:
+    """The float32 graph of the GGUF at ``source`` with a float32 KV cache: the converter's arithmetic without
+    the float16 cache's rounding, for exact comparisons against transformers (the built variants keep their
+    KV in float16, whose effect is measured separately: KL ~1e-6 vs a float32 cache)."""
+    model = load_gguf(source, name)
+    save_model(build_decoder(model.config, model.weights, float_linear, kv_dtype="float32"), out / "fp32")
+    manifest = {
+        "name": name,
+        "config": model.config.to_dict(),
+        "variants": {"fp32": {"file": "fp32/model.onnx"}},
+        "default_variant": "fp32",
+        "complete": True,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return ModelRunner(out, "fp32", num_slots=1, max_seq_len=max_seq_len)

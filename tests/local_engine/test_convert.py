@@ -27,6 +27,7 @@ from local_engine.graph import OPSET, GraphBuilder, random_weights, tiny_config
 from local_engine.quantize import GGUFBlocksLinear, dequantize_blockwise, pack_nibbles, quantize_blockwise
 from local_engine.runner import ModelRunner
 from local_engine.tokenizer import Tokenizer
+from tests.local_engine.conftest import float32_kv_runner
 
 
 def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -237,9 +238,19 @@ def reference_model() -> Any:
     return model
 
 
+# The shipped variants keep their KV cache in float16; its rounding moves the logits by up to ~2e-3 of the
+# largest (measured 1.7e-3), while the conversion itself matches transformers to 2e-5 with a float32 cache.
+FLOAT16_KV_TOLERANCE = 4e-3
+
+
 @pytest.fixture(scope="module")
 def fp32(model_dir: Path) -> ModelRunner:
     return ModelRunner(model_dir, "fp32", num_slots=1, max_seq_len=512)
+
+
+@pytest.fixture(scope="module")
+def fp32_kv32(tmp_path_factory: pytest.TempPathFactory) -> ModelRunner:
+    return float32_kv_runner(default_source(), "smollm2-135m-instruct", tmp_path_factory.mktemp("kv32"))
 
 
 def prompt_ids(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -263,17 +274,19 @@ def reference_greedy(model: Any, ids: list[int], n: int, stop_ids: frozenset[int
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_fp32_logits_match_transformers(
-    reference_model: Any, real_tokenizer: Tokenizer, fp32: ModelRunner, prompt: str
+    reference_model: Any, real_tokenizer: Tokenizer, fp32: ModelRunner, fp32_kv32: ModelRunner, prompt: str
 ) -> None:
     import torch
 
     ids = prompt_ids(real_tokenizer, prompt)
-    ours = fp32.forward([0], [ids], [0], all_logits=True)
     with torch.no_grad():
         theirs = reference_model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    assert ours.shape == theirs.shape
     scale = float(np.abs(theirs).max())
-    assert float(np.abs(ours - theirs).max()) <= LOGIT_TOLERANCE * scale
+    exact = fp32_kv32.forward([0], [ids], [0], all_logits=True)
+    assert exact.shape == theirs.shape
+    assert float(np.abs(exact - theirs).max()) <= LOGIT_TOLERANCE * scale
+    shipped = fp32.forward([0], [ids], [0], all_logits=True)  # the same graph with its float16 KV cache
+    assert float(np.abs(shipped - theirs).max()) <= FLOAT16_KV_TOLERANCE * scale
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from local_engine.convert import UnsupportedModel, build_all, check_gguf
 from local_engine.gguf_weights import default_source, read_metadata
 from local_engine.runner import ModelRunner, load_manifest
 from local_engine.tokenizer import Tokenizer
+from tests.local_engine.conftest import float32_kv_runner
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, CONTEXT = 64, 2, 4, 2, 128, 1024
 TEMPLATE = (
@@ -120,12 +121,16 @@ def test_a_random_llama_gguf_converts_and_matches_transformers(
         str(tiny_gguf.parent), gguf_file=tiny_gguf.name, dtype=torch.float32
     )
     model.eval()
-    runner = ModelRunner(manifest_path.parent, "fp32", num_slots=1, max_seq_len=256)
-    ours = runner.forward([0], [ids], [0], all_logits=True)
     with torch.no_grad():
         theirs = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    scale = float(np.abs(theirs).max())
+    exact = float32_kv_runner(tiny_gguf, "tiny-llama", tmp_path_factory.mktemp("kv32"), max_seq_len=256)
+    ours = exact.forward([0], [ids], [0], all_logits=True)
     assert ours.shape == theirs.shape
-    assert float(np.abs(ours - theirs).max()) <= 2e-5 * float(np.abs(theirs).max())
+    assert float(np.abs(ours - theirs).max()) <= 2e-5 * scale  # the conversion, with a float32 cache
+    runner = ModelRunner(manifest_path.parent, "fp32", num_slots=1, max_seq_len=256)
+    shipped = runner.forward([0], [ids], [0], all_logits=True)  # as built: float16 KV cache
+    assert float(np.abs(shipped - theirs).max()) <= 4e-3 * scale
 
 
 @pytest.mark.parametrize(
