@@ -143,7 +143,11 @@ class HttpProvider:
         self._forward = HeaderFilter(policy.forward_request, never=_DROP_REQUEST_HEADERS | configured_names)
         self._pass = HeaderFilter(policy.pass_response, never=_DROP_RESPONSE_HEADERS)
 
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
+        # Idle connections are dropped before 4 s: an upstream that closes them first (uvicorn's default, so
+        # vLLM and most self-hosted servers: 5 s) races a request written as it closes, and that request is
+        # reset with nothing read — a 502, since a POST cannot be re-sent safely (seen in bench/overhead.py,
+        # whose load phases pause ~5 s). The cost is a new connection after a pause of 4 s or more.
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=4)
         self._client = _Client(
             transport=Http1Transport(limits=limits),
             follow_redirects=False,
