@@ -735,13 +735,17 @@ class Pipeline:
     def wants_answer(self, call: Call) -> bool:
         """Whether the canonical answer of this (not cached) request is needed: by the cache, or by
         content logging."""
-        if call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call):
+        if self._cache_wants(call):
             return True
         return self._content_chars > 0 and call.mechanism is not SavingMechanism.CACHE
 
+    def _cache_wants(self, call: Call) -> bool:
+        """Whether the cache stores this request's answer: it missed, and the cache takes requests like it."""
+        return call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call)
+
     def keep(self, call: Call, answer: ChatResponse) -> None:
         """A complete answer from upstream: to the cache (when it wants it) and the content log."""
-        if call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call):
+        if self._cache_wants(call):
             self.steps.cache.store(call, answer)
         self.keep_content(call, answer)
 
