@@ -18,14 +18,16 @@ Tokenizer: the fast ``tokenizers`` tokenizer from the package's ``tokenizer.json
 model's ``max_seq_length`` (256); texts of similar lengths are batched together and padded to the
 longest of their batch.
 
-Why ``int8-mixed``: full int8 moves the vectors enough to change what the cache decides (cosine with
-fp32's as low as 0.975; 28 of the 2,000 QQP benchmark pairs and 23 of the 2,240 trap/paraphrase pairs
-decided differently at the default budget). onnxruntime quantises activations per tensor on the fly, and
-the error is spread over the layers (no single MatMul holds most of it; the LayerNorm outputs feeding the
-FFNs carry one outlier channel, 28 against a median of 2). Keeping the ten MatMuls whose int8 error was
-largest, measured one at a time, in float32 cuts the vector error by 4.5x (mean 1 - cosine 0.0060 →
-0.0013, min cosine 0.993) at about half of int8's speed-up; u8u8 and reduced-range weights (AVX2
-saturation) did not help, and SmoothQuant-style scales helped less than this and need calibration data.
+Why ``int8-mixed`` (``bench/results/embedder_variants.md``, the shipped guard at budget 0.10): full int8
+moves the vectors enough to change what the cache decides (cosine with fp32's as low as 0.973; 36 of the
+2,000 QQP benchmark pairs and 24 of the 2,240 trap/paraphrase pairs decided differently, paraphrases
+served 57.3% against fp32's 60.6%). onnxruntime quantises activations per tensor on the fly, and the error
+is spread over the layers (no single MatMul holds most of it; the LayerNorm outputs feeding the FFNs carry
+one outlier channel, ~28 against a median of 2). Keeping the ten MatMuls whose int8 error was largest,
+measured one at a time, in float32: cosine with fp32 min 0.9946, 10 QQP and 3 trap/paraphrase pairs
+decided differently (paraphrases 60.3%, traps 9 against 10 of 1,600), at 0.72x fp32's CPU per text (int8
+0.56x). u8u8 and reduced-range weights (AVX2 saturation) did not help; SmoothQuant-style scales helped
+less than this and would need calibration data at build time.
 
 Equal quality is measured, not assumed: ``bench/semantic_cache.py`` compares these vectors with
 sentence-transformers' over the QQP dev texts (cosine min / mean) and the QQP precision and recall at the
@@ -61,8 +63,9 @@ FLOAT32_NODES = (
     "Attention_5",
 )
 """The nodes ``int8-mixed`` keeps in float32: the ten whose int8 quantisation alone moved the vectors most
-(mean 1 - cosine against fp32 over 800 QQP and trap texts, 1.1e-3 for layer 0's FFN output down to 2.5e-4;
-the other fourteen 1e-5 to 2.1e-4): the FFN up-projections of layers 0-4 and down-projections of layers
+(mean 1 - cosine against fp32, 1.1e-3 for layer 0's FFN output down to 2.8e-4; the other fourteen 1e-5
+to 2.5e-4; over 800 texts of the benchmark's QQP test and eval trap pairs: vector error only, no label
+was used): the FFN up-projections of layers 0-4 and down-projections of layers
 0-2, and the fused attention (QKV) of layers 4-5. Names as torch.onnx and the BERT fusions write them;
 the export fails if one is missing rather than quietly quantising it."""
 _SOURCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json")
