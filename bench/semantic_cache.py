@@ -16,6 +16,11 @@ Measures:
   batched (``MicroBatcher``) against one at a time.
 
     python -m bench.semantic_cache [--quick] [--budget 0.05]
+
+The latency part alone (``results/semantic_cache_latency.*``; about 3 minutes on 2 quiet cores for two
+embedders at 10k and 100k entries; ``--sizes 10000,100000,1000000`` adds 1M, several minutes more):
+
+    python -m bench.semantic_cache --latency-only --embedders onnx,onnx@2,onnx_int8-mixed,onnx_int8-mixed@2
 """
 
 from __future__ import annotations
@@ -280,25 +285,30 @@ async def lookup_latency(
         sem, build_s = build_scope(n, base, base_texts, budget, next(iter(embedders.values())))
         index = sem.scopes["scope"]
         row: dict[str, Any] = {"index": "ivf" if index.approximate else "flat", "build_s": round(build_s, 1)}
-        for name, embedder in embedders.items():
-            batcher = MicroBatcher(embedder)
-            await batcher.embed("warm up")
-            total, search = [], []
-            for q in queries:
+        # the embedders take turns query by query, so that a change in the machine's load falls on each alike
+        batchers = {name: MicroBatcher(embedder) for name, embedder in embedders.items()}
+        total: dict[str, list[float]] = {name: [] for name in embedders}
+        search: dict[str, list[float]] = {name: [] for name in embedders}
+        for batcher in batchers.values():
+            for _ in range(5):
+                await batcher.embed("warm up")
+        for q in queries:
+            for name, batcher in batchers.items():
                 text = f"{q} #{name}{n}"  # never seen: the embedding is part of every lookup
                 t = time.perf_counter()
                 vec = await batcher.embed(text)
                 t_emb = time.perf_counter()
                 sem.lookup("scope", text, vec, 1.0)
                 done = time.perf_counter()
-                total.append((done - t) * 1000)
-                search.append((done - t_emb) * 1000)
+                total[name].append((done - t) * 1000)
+                search[name].append((done - t_emb) * 1000)
+        for name, batcher in batchers.items():
             await batcher.aclose()
             row[name] = {
-                "p50_ms": _pct(total, 50),
-                "p99_ms": _pct(total, 99),
-                "search_guard_p50_ms": _pct(search, 50),
-                "search_guard_p99_ms": _pct(search, 99),
+                "p50_ms": _pct(total[name], 50),
+                "p99_ms": _pct(total[name], 99),
+                "search_guard_p50_ms": _pct(search[name], 50),
+                "search_guard_p99_ms": _pct(search[name], 99),
             }
         if index.approximate:
             # exact top-1 by brute force, in chunks (no second index in memory), and the flat search's time
@@ -383,6 +393,65 @@ def runtime_quality(
     }
 
 
+def make_embedders(specs: str) -> dict[str, Any]:
+    """Embedders by name: ``onnx`` (fp32, as the gateway builds it by default: one intra-op thread),
+    ``onnx_int8`` and ``onnx_int8-mixed`` (those variants), ``torch`` (sentence-transformers, one thread); a ``@N`` suffix sets the
+    intra-op threads (``onnx@2``). The models are built into the settings' ``embedder_dir`` if missing."""
+    from cache.embedder import MiniLMEmbedder
+    from cache.onnx_embedder import OnnxMiniLMEmbedder, ensure_built
+    from gateway.settings import Settings
+
+    directory = Settings().embedder_dir
+    out: dict[str, Any] = {}
+    for spec in specs.split(","):
+        name, _, n = spec.strip().partition("@")
+        threads = int(n) if n else 1
+        if name == "torch":
+            out[spec] = MiniLMEmbedder(threads=threads)
+        elif name in ("onnx", "onnx_int8", "onnx_int8-mixed"):
+            variant: Any = name.removeprefix("onnx_") if "_" in name else "fp32"
+            out[spec] = OnnxMiniLMEmbedder(ensure_built(directory, variant), threads=threads)
+        else:
+            raise SystemExit(f"unknown embedder {spec!r} (onnx, onnx_int8[-mixed], torch, optional @threads)")
+    return out
+
+
+def latency_main(args: argparse.Namespace) -> None:
+    """The latency part alone, quick to rerun: lookup p50/p99 (embedding included) for each embedder at
+    each size, in the same run, plus embedding throughput. The index holds the QQP test texts' vectors
+    (embedded by the first embedder named), tiled with noise; the queries are texts never seen."""
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    embedders = make_embedders(args.embedders)
+    rows = qqp_rows()[:QQP_TEST]
+    base_texts = [r["a"] for r in rows]
+    base = next(iter(embedders.values())).embed(base_texts)
+    queries = [r["b"] for r in rows[: args.queries]]
+    sizes = [int(x) for x in args.sizes.split(",")]
+    result: dict[str, Any] = {
+        "latency": asyncio.run(lookup_latency(embedders, base, base_texts, queries, sizes, args.budget)),
+        "throughput": {
+            name: asyncio.run(throughput(e, [r["a"] for r in rows[:64]])) for name, e in embedders.items()
+        },
+        "meta": {
+            "started": started,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "load_average_at_start": [round(x, 2) for x in load],
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "command": f"python -m bench.semantic_cache --latency-only --embedders {args.embedders} "
+            f"--sizes {args.sizes} --queries {args.queries}",
+        },
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "semantic_cache_latency.json").write_text(json.dumps(result, indent=2))
+    text = "\n".join(latency_report(result)) + "\n"
+    (RESULTS / "semantic_cache_latency.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer pairs, 10k entries only, fewer queries")
@@ -393,7 +462,18 @@ def main() -> None:
         "--spread", type=float, default=None, help="per-entry prior spread (default: chosen on train)"
     )
     ap.add_argument("--int8", action="store_true", help="also measure the int8 ONNX variant")
+    ap.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the lookup latency and throughput (writes results/semantic_cache_latency.*)",
+    )
+    ap.add_argument("--embedders", default="onnx,onnx@2", help="with --latency-only: see make_embedders")
+    ap.add_argument("--sizes", default="10000,100000", help="with --latency-only: entries per scope")
+    ap.add_argument("--queries", type=int, default=200, help="with --latency-only: lookups per size")
     args = ap.parse_args()
+    if args.latency_only:
+        latency_main(args)
+        return
     memo = EmbeddingMemo(None)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load = os.getloadavg()
@@ -621,38 +701,50 @@ def report(r: dict[str, Any]) -> str:
                 f"{m['pairs_decided_differently_at_0.90']} |"
             )
     if "latency" in r:
-        names = [
-            k
-            for k in next(iter(r["latency"].values()))
-            if isinstance(next(iter(r["latency"].values()))[k], dict)
-        ]
-        lines += [
-            "",
-            "## Lookup latency, embedding included (one scope holding N entries, one lookup at a time)",
-            "",
-            "| entries | index | runtime | p50 ms | p99 ms | search+guard p50 ms | p99 ms | flat search ms | IVF recall@1 |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for n, m in r["latency"].items():
-            for name in names:
-                x = m[name]
-                lines.append(
-                    f"| {n} | {m['index']} | {name} | {x['p50_ms']} | {x['p99_ms']} | {x['search_guard_p50_ms']} | "
-                    f"{x['search_guard_p99_ms']} | {m.get('flat_search_ms_mean', '')} | {m.get('ivf_recall_at_1', '')} |"
-                )
-        lines += [
-            "",
-            "## Embedding throughput (64 QQP texts)",
-            "",
-            "| runtime | one at a time /s | CPU ms/text | micro-batched /s | CPU ms/text | batches | ratio |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, t in r["throughput"].items():
-            lines.append(
-                f"| {name} | {t['one_at_a_time_per_s']} | {t['one_at_a_time_cpu_ms_per_text']} | "
-                f"{t['micro_batched_per_s']} | {t['micro_batched_cpu_ms_per_text']} | {t['batches']} | ×{t['ratio']} |"
-            )
+        lines += latency_report(r)
     return "\n".join(lines) + "\n"
+
+
+def latency_report(r: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if "meta" in r and "seconds" in r["meta"]:
+        m = r["meta"]
+        lines += [
+            "# Semantic cache lookup latency",
+            "",
+            f"`{m['command']}` · {m['started']} · {m['seconds']} s · {m['cores']} cores, load average "
+            f"{m['load_average_at_start'][0]} at start, {m['load_average_at_end'][0]} at end",
+        ]
+    names = [
+        k for k in next(iter(r["latency"].values())) if isinstance(next(iter(r["latency"].values()))[k], dict)
+    ]
+    lines += [
+        "",
+        "## Lookup latency, embedding included (one scope holding N entries, one lookup at a time)",
+        "",
+        "| entries | index | runtime | p50 ms | p99 ms | search+guard p50 ms | p99 ms | flat search ms | IVF recall@1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, m in r["latency"].items():
+        for name in names:
+            x = m[name]
+            lines.append(
+                f"| {n} | {m['index']} | {name} | {x['p50_ms']} | {x['p99_ms']} | {x['search_guard_p50_ms']} | "
+                f"{x['search_guard_p99_ms']} | {m.get('flat_search_ms_mean', '')} | {m.get('ivf_recall_at_1', '')} |"
+            )
+    lines += [
+        "",
+        "## Embedding throughput (64 QQP texts)",
+        "",
+        "| runtime | one at a time /s | CPU ms/text | micro-batched /s | CPU ms/text | batches | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, t in r["throughput"].items():
+        lines.append(
+            f"| {name} | {t['one_at_a_time_per_s']} | {t['one_at_a_time_cpu_ms_per_text']} | "
+            f"{t['micro_batched_per_s']} | {t['micro_batched_cpu_ms_per_text']} | {t['batches']} | ×{t['ratio']} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

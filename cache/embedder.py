@@ -91,7 +91,11 @@ Runtime = Literal["onnx", "torch"]
 
 
 def load_embedder(
-    runtime: Runtime = "onnx", *, directory: Path, variant: Literal["fp32", "int8"] = "fp32", threads: int = 1
+    runtime: Runtime = "onnx",
+    *,
+    directory: Path,
+    variant: Literal["fp32", "int8", "int8-mixed"] = "fp32",
+    threads: int = 1,
 ) -> Embedder:
     """The MiniLM embedder on ``runtime``. ``onnx`` exports the model into ``directory`` first when it is
     not there yet (``cache.onnx_embedder.ensure_built``: seconds, once per machine)."""

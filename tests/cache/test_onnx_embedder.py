@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cache.embedder import MiniLMEmbedder
-from cache.onnx_embedder import OnnxMiniLMEmbedder, ensure_built, is_built
+from cache.onnx_embedder import FLOAT32_NODES, OnnxMiniLMEmbedder, _quantize, ensure_built, is_built
 from gateway.settings import Settings
 
 TEXTS = [
@@ -42,3 +42,42 @@ def test_a_folder_built_from_other_files_is_stale(tmp_path: Path) -> None:
     assert not is_built(tmp_path, "fp32")
     (tmp_path / "manifest.json").write_text("not json")
     assert not is_built(tmp_path, "fp32")
+
+
+@pytest.mark.slow
+def test_int8_mixed_keeps_the_sensitive_matmuls_in_float(tmp_path: Path) -> None:
+    import onnx
+
+    fp32 = OnnxMiniLMEmbedder(ensure_built(tmp_path, "fp32"))
+    path = ensure_built(tmp_path, "int8-mixed")
+    assert is_built(tmp_path, "fp32") and is_built(
+        tmp_path, "int8-mixed"
+    )  # the variant already there is kept
+    nodes = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
+    assert all(nodes[name] in ("MatMul", "Attention") for name in FLOAT32_NODES)
+    ops = list(nodes.values())
+    assert ops.count("MatMulInteger") == 10 and ops.count("QAttention") == 4  # the other 14 are int8
+    mixed = OnnxMiniLMEmbedder(path).embed(TEXTS)
+    assert np.allclose(np.linalg.norm(mixed, axis=1), 1.0, atol=1e-5)
+    agree = np.einsum("ij,ij->i", mixed, fp32.embed(TEXTS))
+    assert agree.min() > 0.98 and agree.max() < 0.999999  # close to fp32, and really quantised
+
+
+def test_quantising_refuses_a_float_node_the_graph_lacks(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="dense/MatMul")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [w],
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    with pytest.raises(RuntimeError, match="no node"):
+        _quantize(model, tmp_path / "q.onnx", keep_float=["renamed/MatMul"], op_types=["MatMul"])
+    _quantize(model, tmp_path / "q.onnx", keep_float=["dense/MatMul"], op_types=["MatMul"])
+    assert [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node] == ["MatMul"]
