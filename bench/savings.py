@@ -62,6 +62,7 @@ from bench.savings_workload import (
 )
 from gateway.accounting import compute_cost, usage_from_anthropic, usage_from_openai_chat
 from gateway.config import Catalogue
+from gateway.errors import ModelNotFound
 from gateway.settings import Settings
 from gateway.types import Usage
 from tests.upstream.tokens import answer_text
@@ -328,7 +329,11 @@ def cost_parts(
     """``usage``'s cost at ``model``'s prices by part: uncached input, cache writes (premium included),
     cache reads, output. ``total``: the cost actually logged (a batch item's is discounted), which the
     parts are scaled to."""
-    c = compute_cost(usage, catalogue.resolve(model).prices)
+    try:
+        prices = catalogue.resolve(model).prices
+    except ModelNotFound:  # the local model is served under its own name, and is free
+        prices = None
+    c = compute_cost(usage, prices)
     parts = {k: getattr(c, k) or 0.0 for k in PARTS}
     listed = sum(parts.values())
     if total is not None and listed > 0:

@@ -110,3 +110,10 @@ def test_cost_parts_add_up_to_the_logged_cost() -> None:
         11.025
     )
     assert halved["output_usd"] == pytest.approx(7.5)
+    local = {
+        **row,
+        "tenant": "support-1",
+        "requested_model": "gpt-4o-mini",
+        "served_model": "smollm2-135m-instruct",
+    }
+    assert gateway_breakdown([{**local, "cost_usd": 0.0}])["trivial"]["output_usd"] == 0.0
