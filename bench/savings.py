@@ -62,7 +62,9 @@ from bench.savings_workload import (
 )
 from gateway.accounting import compute_cost, usage_from_anthropic, usage_from_openai_chat
 from gateway.config import Catalogue
+from gateway.errors import ModelNotFound
 from gateway.settings import Settings
+from gateway.types import Usage
 from tests.upstream.tokens import answer_text
 
 RESULTS = ROOT / "bench" / "results"
@@ -303,18 +305,80 @@ def direct_cost(workload: Workload, answers: dict[str, Answer]) -> dict[str, flo
         if ans is None or ans.status != 200:
             continue
         u = ans.usage_cost
-        from gateway.types import Usage
-
-        usage = Usage(
-            input_tokens=int(u["input"]),
-            output_tokens=int(u["output"]),
-            cache_read_tokens=int(u["cache_read"]),
-            cache_write_5m_tokens=int(u["cache_write_5m"]),
-            cache_write_1h_tokens=int(u["cache_write_1h"]),
-        )
-        cost = compute_cost(usage, catalogue.resolve(str(u["model"])).prices).total
+        cost = compute_cost(_usage(u), catalogue.resolve(str(u["model"])).prices).total
         per[req.share] += cost or 0.0
     return dict(per)
+
+
+PARTS = ("input", "cache_write", "cache_read", "output")
+
+
+def _usage(u: dict[str, Any]) -> Usage:
+    return Usage(
+        input_tokens=int(u["input"]),
+        output_tokens=int(u["output"]),
+        cache_read_tokens=int(u["cache_read"]),
+        cache_write_5m_tokens=int(u["cache_write_5m"]),
+        cache_write_1h_tokens=int(u["cache_write_1h"]),
+    )
+
+
+def cost_parts(
+    catalogue: Catalogue, model: str, usage: Usage, total: float | None = None
+) -> dict[str, float]:
+    """``usage``'s cost at ``model``'s prices by part: uncached input, cache writes (premium included),
+    cache reads, output. ``total``: the cost actually logged (a batch item's is discounted), which the
+    parts are scaled to."""
+    try:
+        prices = catalogue.resolve(model).prices
+    except ModelNotFound:  # the local model is served under its own name, and is free
+        prices = None
+    c = compute_cost(usage, prices)
+    parts = {k: getattr(c, k) or 0.0 for k in PARTS}
+    listed = sum(parts.values())
+    if total is not None and listed > 0:
+        parts = {k: v * total / listed for k, v in parts.items()}
+    return parts
+
+
+def breakdown(items: list[tuple[str, str, Usage, float | None]]) -> dict[str, dict[str, float]]:
+    """Per share: tokens by kind and cost by part, from (share, model, usage, logged cost) items."""
+    catalogue = Catalogue(Settings())
+    out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for share, model, usage, total in items:
+        row = out[share]
+        row["requests"] += 1
+        for kind in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_5m_tokens"):
+            row[kind] += getattr(usage, kind)
+        row["cache_write_1h_tokens"] += usage.cache_write_1h_tokens
+        for k, v in cost_parts(catalogue, model, usage, total).items():
+            row[f"{k}_usd"] += v
+    return {k: dict(v) for k, v in out.items()}
+
+
+def direct_breakdown(workload: Workload, answers: dict[str, Answer]) -> dict[str, dict[str, float]]:
+    items: list[tuple[str, str, Usage, float | None]] = []
+    for req in [*workload.requests, *workload.batch]:
+        ans = answers.get(req.id)
+        if ans is not None and ans.status == 200:
+            items.append((req.share, str(ans.usage_cost["model"]), _usage(ans.usage_cost), None))
+    return breakdown(items)
+
+
+def gateway_breakdown(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    items: list[tuple[str, str, Usage, float | None]] = []
+    for row in rows:
+        if row["tenant"] == "warmup" or not row["served_model"]:
+            continue
+        usage = Usage(
+            input_tokens=row["input_tokens"] or 0,
+            output_tokens=row["output_tokens"] or 0,
+            cache_read_tokens=row["cache_read_tokens"] or 0,
+            cache_write_5m_tokens=row["cache_write_5m_tokens"] or 0,
+            cache_write_1h_tokens=row["cache_write_1h_tokens"] or 0,
+        )
+        items.append((share_of(row), row["served_model"], usage, row["cost_usd"]))
+    return breakdown(items)
 
 
 def log_rows(db: Path, expected: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
@@ -322,7 +386,8 @@ def log_rows(db: Path, expected: int, timeout_s: float = 60.0) -> list[dict[str,
     deadline = time.monotonic() + timeout_s
     query = (
         "SELECT r.request_id, k.name AS tenant, r.requested_model, r.served_model, r.status_code, r.cache, "
-        "r.cost_usd, r.counterfactual_usd, r.saving_usd, r.saving_mechanism, r.path, r.surface "
+        "r.cost_usd, r.counterfactual_usd, r.saving_usd, r.saving_mechanism, r.path, r.surface, r.plan, "
+        "r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_5m_tokens, r.cache_write_1h_tokens "
         "FROM request_log r LEFT JOIN virtual_keys k ON k.id = r.key_id "
         f"WHERE r.path IN {CHAT_PATHS!r} OR r.surface IN ('openai.chat', 'anthropic.messages')"
     )
@@ -607,6 +672,7 @@ def main(argv: list[str] | None = None) -> None:
             dcost = direct_cost(w, direct["answers"])
             result["direct"] = summarise(w, scorer, direct, dcost)
             result["direct"]["batch_wall_s"] = direct["batch_wall_s"]
+            result["direct"]["breakdown"] = direct_breakdown(w, direct["answers"])
             for name in configs:
                 # each run starts with the provider's prompt caches empty (the simulator keeps them across
                 # runs, keyed by the provider key: a run would otherwise read what the one before wrote)
@@ -628,6 +694,7 @@ def main(argv: list[str] | None = None) -> None:
                 cost = {s: v["cost"] for s, v in acct["per_share"].items()}
                 summary = summarise(w, scorer, run, cost)
                 summary["accounting"] = acct
+                summary["breakdown"] = gateway_breakdown(rows)
                 summary["log_rows"] = len(rows)
                 summary["batch"] = run["batch"]
                 result["configs"][name] = summary

@@ -89,6 +89,7 @@ def markdown(r: dict[str, Any]) -> str:
             gc = s["cost_by_share"].get(sh, 0.0)
             cells.append(f"{_ratio(gc, dc):.0%}; {accuracy(s, sh):.3f} ({accuracy(d, sh):.3f})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _parts_table(r)
     lines += ["", "Served (interactive requests, model:cache outcome):", ""]
     for name, s in r["configs"].items():
         lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(s["served"].items())))
@@ -113,6 +114,32 @@ def markdown(r: dict[str, Any]) -> str:
                 )
     lines += ["", *NOTES]
     return "\n".join(lines) + "\n"
+
+
+PARTS = ("input", "cache_write", "cache_read", "output")
+
+
+def _parts_table(r: dict[str, Any]) -> list[str]:
+    """Where the money goes: each run's cost by part (uncached input, cache writes with their premium,
+    cache reads, output), for the chat share and for everything; from the request log's tokens."""
+    runs = {"direct": r["direct"], **r["configs"]}
+    if any("breakdown" not in s for s in runs.values()):
+        return []
+    lines = [
+        "",
+        "Where the money goes (cost by part: uncached input, cache writes with their premium, cache reads, "
+        "output; chat share, then all shares):",
+        "",
+        "| run | chat: input | write | read | output | all: input | write | read | output |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in runs.items():
+        b = s["breakdown"]
+        chat = b.get("chat", {})
+        total = {k: sum(v.get(f"{k}_usd", 0.0) for v in b.values()) for k in PARTS}
+        cells = [f"${chat.get(f'{k}_usd', 0.0):.4f}" for k in PARTS] + [f"${total[k]:.4f}" for k in PARTS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 NOTES = [

@@ -12,8 +12,10 @@ only where a read is expected:
     tools / system: the prefix was seen before for this tenant (``ReuseTracker``); the reuse interval
               I observed gives the chance the next read comes within a TTL, q = 1 - exp(-TTL / I),
               and the reads expected before the cached entry lapses (each read refreshes it), q / (1 - q)
-    end of prompt: the tenant's observed rate of conversations continued within each TTL; such an
-              entry is read at most once (the next turn writes a longer one)
+    end of prompt: the tenant's observed rate of prompts of this many messages continued within each
+              TTL (leaning on its rate over all prompts where a length was seldom seen: most
+              conversations end after a typical number of turns, and that last turn's write is only
+              premium); such an entry is read at most once (the next turn writes a longer one)
     a marker at a TTL goes in when  reads × (input - read price)  >  (write price - input)
               at the model's own prices; the TTL whose write and reads save the most per request wins
               (so with Anthropic's prices a conversation's end never takes the 1-hour TTL: one read
@@ -352,7 +354,8 @@ class PrefixPlanner:
                 candidates.append(Candidate(boundary, end, upto[end], reads))
         last = len(prompt.blocks) - 1
         if last >= 0 and prompt.blocks[last].section == "messages" and prompt.blocks[last].markable:
-            rates = {ttl: tracker.continuation_rate(tenant, ttl) for ttl in TTL_S}
+            depth = len(prompt.message_ends)
+            rates = {ttl: tracker.continuation_rate(tenant, ttl, depth) for ttl in TTL_S}
             candidates.append(Candidate("history", last, upto[last], rates))
         # tools are worth a mark of their own only when they recur more than tools + system do
         if (
@@ -372,23 +375,31 @@ class PrefixPlanner:
         ):
             plan = _with_early_history(plan, earlier[0], last, upto[earlier[0]], min_tokens)
         if record:
-            self._record(prompt, digests, tenant, now, None if earlier is None else now - earlier[1])
+            continued = None if earlier is None else (earlier[2], now - earlier[1])
+            self._record(prompt, digests, tenant, now, continued)
         return plan
 
-    def _continued(self, prompt: Prompt, digests: list[bytes], tenant: str) -> tuple[int, float] | None:
-        """The end of the latest earlier prompt this one extends, and when that prompt was seen."""
-        for end in reversed(prompt.message_ends[:-1]):
+    def _continued(self, prompt: Prompt, digests: list[bytes], tenant: str) -> tuple[int, float, int] | None:
+        """The end of the latest earlier prompt this one extends, when that prompt was seen, and its
+        number of messages."""
+        for m in range(len(prompt.message_ends) - 2, -1, -1):
+            end = prompt.message_ends[m]
             if end >= 0:
                 before = self.tracker.last_seen(tenant, b"p" + digests[end])
                 if before is not None:
-                    return end, before
+                    return end, before, m + 1
         return None
 
     def _record(
-        self, prompt: Prompt, digests: list[bytes], tenant: str, now: float, continued_after_s: float | None
+        self,
+        prompt: Prompt,
+        digests: list[bytes],
+        tenant: str,
+        now: float,
+        continued: tuple[int, float] | None,
     ) -> None:
         tracker = self.tracker
-        tracker.observe_prompt(tenant, continued_after_s)
+        tracker.observe_prompt(tenant, now, continued, len(prompt.message_ends))
         for boundary in ("tools", "system"):
             end = section_end(prompt, boundary)
             if end >= 0:

@@ -82,3 +82,38 @@ def test_labels_score_answers(workload) -> None:  # type: ignore[no-untyped-def]
     assert scorer.score(routed, failed, {}) == (False, False)
     totals = quality(workload, scorer, {routed.id: failed})["total"]
     assert totals["errors"] == N  # every request without an answer counts as an error (and as wrong)
+
+
+def test_cost_parts_add_up_to_the_logged_cost() -> None:
+    """The breakdown splits each row's cost into uncached input, cache writes, reads and output at the
+    served model's prices, scaled to the cost the log holds (a batch item's is half the listed price)."""
+    from bench.savings import gateway_breakdown
+
+    row = {
+        "tenant": "chat-app",
+        "requested_model": "claude-sonnet-4-5",
+        "served_model": "claude-sonnet-4-5",
+        "input_tokens": 1_000_000,
+        "output_tokens": 1_000_000,
+        "cache_read_tokens": 1_000_000,
+        "cache_write_5m_tokens": 1_000_000,
+        "cache_write_1h_tokens": 0,
+        "cost_usd": None,
+    }
+    listed = gateway_breakdown([row])["chat"]
+    assert listed["input_usd"] == pytest.approx(3.0) and listed["output_usd"] == pytest.approx(15.0)
+    assert listed["cache_read_usd"] == pytest.approx(0.3) and listed["cache_write_usd"] == pytest.approx(3.75)
+    assert listed["cache_read_tokens"] == 1_000_000 and listed["requests"] == 1
+    batch = {**row, "tenant": "bulk", "cost_usd": 11.025}  # half of 22.05
+    halved = gateway_breakdown([batch])["batch"]
+    assert sum(halved[f"{k}_usd"] for k in ("input", "cache_write", "cache_read", "output")) == pytest.approx(
+        11.025
+    )
+    assert halved["output_usd"] == pytest.approx(7.5)
+    local = {
+        **row,
+        "tenant": "support-1",
+        "requested_model": "gpt-4o-mini",
+        "served_model": "smollm2-135m-instruct",
+    }
+    assert gateway_breakdown([{**local, "cost_usd": 0.0}])["trivial"]["output_usd"] == 0.0

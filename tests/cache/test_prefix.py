@@ -203,6 +203,23 @@ def test_conversations_that_continue_get_their_end_marked() -> None:
         assert one_off.marks == ()
 
 
+def test_the_turn_after_which_conversations_end_gets_no_history_mark() -> None:
+    """A tenant whose conversations all end after their third question: the third turn's end would
+    only be written (a 1.25x premium, never read), so it is not marked; the first two still are."""
+    clock = Clock()
+    p = planner(clock)
+    plans: list[Any] = []
+    for c in range(10):
+        turns = [f"{c} " + words(300, "q")]
+        plans = []
+        for i in range(3):
+            clock.now += 20
+            plans.append(p.decide(anthropic_prompt(body(*turns)), "k", ROUTE))
+            turns += [f"answer {i}", f"question {i} " + words(50, "z")]
+    assert [("history", "5m") in plan.boundaries for plan in plans] == [True, True, False]
+    assert all(("system", "5m") in plan.boundaries for plan in plans)
+
+
 def test_client_breakpoints_are_kept_and_counted() -> None:
     clock = Clock()
     p = planner(clock)
@@ -264,6 +281,10 @@ def test_a_turn_longer_than_the_lookback_keeps_the_previous_entry_readable() -> 
         p.decide(anthropic_prompt(body(f"{c} {opening}", system=None)), "k", ROUTE)
         clock.now += 30
         p.decide(anthropic_prompt(body(f"{c} {opening}", "ok", "more", system=None)), "k", ROUTE)
+        clock.now += 30
+        p.decide(
+            anthropic_prompt(body(f"{c} {opening}", "ok", "more", "ok", "again", system=None)), "k", ROUTE
+        )
 
     def send(raw: dict[str, Any]) -> tuple[Any, CacheUsage]:
         call = Call(
