@@ -81,13 +81,14 @@ def last_user_text(req: ChatRequest) -> str | None:
     return text or None
 
 
-def scope_key(req: ChatRequest, namespace: str) -> str:
+def scope_key(req: ChatRequest, namespace: str, vectors: str = "") -> str:
     """Everything that must match exactly for a semantic hit: the request without its last user turn's
-    text (that turn's name and part count still count)."""
+    text (that turn's name and part count still count), and ``vectors``, the embedder whose vectors the
+    scope's entries hold ("" for the float32 MiniLM; another variant's vectors never meet its)."""
     body = _fields(req)
     last: Message = req.messages[-1]
     body["messages"] = [*body["messages"][:-1], {"last_user": True, "name": last.name}]
-    return _digest("scope:" + namespace, body)
+    return _digest("scope:" + namespace + (f"|vectors:{vectors}" if vectors else ""), body)
 
 
 @dataclass(slots=True)

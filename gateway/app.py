@@ -291,9 +291,12 @@ def default_steps(settings: Settings, catalogue: Catalogue) -> Steps:
     and the router's score share (``embedder`` settings; loaded on first use)."""
     steps = Steps(router=Router(settings, catalogue), embeddings=shared_embeddings(settings))
     if settings.cache.enabled:
-        from gateway.caching import build_cache
+        from gateway.caching import build_cache, embedder_tag
 
-        steps.cache = build_cache(settings.cache, steps.embeddings)
+        e = settings.embedder
+        steps.cache = build_cache(
+            settings.cache, steps.embeddings, vectors=embedder_tag(e.runtime, e.variant)
+        )
     if settings.prefix.enabled:
         steps.planner = prefix_planner(settings)
     return steps

@@ -142,10 +142,13 @@ class GatewayCache:
         semantic: SemanticCache | None = None,
         budget: OnlineBudget | None = None,
         entries: EntryThresholds | None = None,
+        vectors: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``entries``: per-entry thresholds (``cache.threshold``); the budget then works on the adjusted
-        scores, so it must be built on ``entries.calibration(...)`` of the guard's table."""
+        scores, so it must be built on ``entries.calibration(...)`` of the guard's table. ``vectors``: the
+        embedder's tag (``embedder_tag``), part of every semantic scope: after a switch of embedder the
+        stored vectors of the other one are never compared with the new ones (they age out)."""
         self.settings = settings
         self.clock = clock
         self.table = EntryTable(settings.max_entries)
@@ -153,6 +156,7 @@ class GatewayCache:
         self.semantic = semantic
         self.budget = budget
         self.entries = entries
+        self.vectors = vectors
         self._probes: OrderedDict[str, _Probe] = OrderedDict()
         self.probe_tasks: set[asyncio.Task[None]] = set()
         if semantic is not None:
@@ -331,7 +335,7 @@ class GatewayCache:
         if policy.semantic and self.semantic is not None:
             text = last_user_text(req)
             if text is not None:
-                found = await self._semantic(call, scope_key(req, ns), text, now)
+                found = await self._semantic(call, scope_key(req, ns, self.vectors), text, now)
                 if found is not None:
                     entry, similarity = found
                     self._hit(entry)
@@ -431,7 +435,7 @@ class GatewayCache:
             namespace=ns,
             model=call.model,
             key=request_key(req, ns),
-            scope=scope_key(req, ns) if text is not None else "",
+            scope=scope_key(req, ns, self.vectors) if text is not None else "",
             response=response,
             created_at=now,
             expires_at=now + ttl,
@@ -447,10 +451,18 @@ class GatewayCache:
             self.semantic.embed_later(entry)
 
 
-def build_cache(settings: CacheSettings, embeddings: MicroBatcher | None = None) -> GatewayCache:
+def embedder_tag(runtime: str, variant: str) -> str:
+    """The semantic scopes' embedder tag: "" for float32 MiniLM (onnxruntime and torch give the same
+    vectors), the variant's name otherwise."""
+    return "" if variant == "fp32" else f"{runtime}:{variant}"
+
+
+def build_cache(
+    settings: CacheSettings, embeddings: MicroBatcher | None = None, *, vectors: str = ""
+) -> GatewayCache:
     """The cache step the settings describe; the semantic cache (when on) embeds through ``embeddings``,
     the app's shared embedder (required then), with the trained guard at the operating point for
-    ``semantic.max_wrong_hit_rate``."""
+    ``semantic.max_wrong_hit_rate``. ``vectors``: ``embedder_tag`` of that embedder."""
     semantic = None
     budget = None
     entries = None
@@ -469,4 +481,4 @@ def build_cache(settings: CacheSettings, embeddings: MicroBatcher | None = None)
                 entries = EntryThresholds(Curve.fit(table), spread=sem.per_entry_spread)
                 table = entries.calibration(table)
             budget = OnlineBudget(sem.max_wrong_hit_rate, table, explore_rate=sem.explore_rate)
-    return GatewayCache(settings, semantic=semantic, budget=budget, entries=entries)
+    return GatewayCache(settings, semantic=semantic, budget=budget, entries=entries, vectors=vectors)

@@ -575,8 +575,8 @@ class SemanticCacheSettings(_Strict):
 
 
 class EmbedderSettings(_Strict):
-    """The sentence embedder (all-MiniLM-L6-v2) shared by the semantic cache and the router's complexity
-    score. Loaded on the first request that needs a vector; each request's last user turn is embedded
+    """The sentence embedder (all-MiniLM-L6-v2) of the semantic cache (the router's complexity score reads
+    its own static embedding, ``routing.static_embedding``). Loaded on the first request that needs a vector; each request's last user turn is embedded
     at most once, in a worker thread, micro-batched with concurrent requests (``cache.semantic``'s
     ``max_batch`` and ``batch_window_ms``)."""
 
@@ -589,9 +589,10 @@ class EmbedderSettings(_Strict):
     """``int8`` (onnx only): dynamic int8 weights, faster but not the same vectors (see the benchmark:
     it moves the cosines the guard was calibrated on). ``int8-mixed``: int8 with the ten most sensitive
     MatMuls kept in float32 (``cache.onnx_embedder.FLOAT32_NODES``): ~1.4x fp32's speed, and the cache
-    decides within a few pairs of fp32 (``bench/results/embedder_variants.md``); the router's classifier
-    was trained on fp32 vectors and has not been re-measured on it. Changing the variant changes every
-    vector: stored entries carry no embedder tag, so clear the semantic cache when switching."""
+    decides within a few pairs of fp32 (``bench/results/embedder_variants.md``). The router does not use
+    this embedder (it has its own static one). Changing the variant changes every vector: the variant is
+    part of every semantic scope, so entries stored under another variant are never compared with the new
+    vectors (they miss and age out; exact hits are unaffected)."""
     threads: int = Field(default=1, ge=1)
     """Intra-op threads per forward pass (one is fastest for single texts on a busy small machine)."""
     model_dir: str = ""

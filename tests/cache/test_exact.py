@@ -74,3 +74,9 @@ def test_only_a_text_user_turn_is_embedded() -> None:
     assert last_user_text(img) is None
     prefill = replace(BASE, messages=(*BASE.messages, Message("assistant", (TextPart("Sure"),))))
     assert last_user_text(prefill) is None
+
+
+def test_another_embedder_s_vectors_live_in_other_scopes() -> None:
+    assert scope_key(BASE, "ns", "") == scope_key(BASE, "ns")  # float32 MiniLM: the scopes it always had
+    assert scope_key(BASE, "ns", "onnx:int8-mixed") != scope_key(BASE, "ns")
+    assert scope_key(BASE, "ns", "onnx:int8-mixed") != scope_key(BASE, "ns", "onnx:int8")

@@ -278,3 +278,11 @@ def test_the_configured_stack_serves_a_rephrased_question(
     assert float(again.headers["x-thriftgate-cache-similarity"]) > 0.95
     assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
     assert swapped.headers["x-thriftgate-cache"] == "miss"
+
+
+def test_the_embedder_variant_is_part_of_the_semantic_scope() -> None:
+    from gateway.caching import build_cache, embedder_tag
+
+    assert embedder_tag("onnx", "fp32") == embedder_tag("torch", "fp32") == ""
+    cache = build_cache(CacheSettings(enabled=True), vectors=embedder_tag("onnx", "int8-mixed"))
+    assert cache.vectors == "onnx:int8-mixed"
