@@ -252,7 +252,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, freeze_gc=True),
         host=host,
         port=port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
