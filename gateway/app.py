@@ -30,6 +30,7 @@ from cache.batcher import MicroBatcher
 from cache.embedder import LazyEmbedder, load_embedder
 from cache.prefix import PrefixPlanner
 from cache.reuse import ReuseTracker
+from gateway import threadname
 from gateway.api import anthropic, batches, dashboard, openai, ops, passthrough, replays, reports
 from gateway.api.errors import install_error_handlers
 from gateway.api.schemas import complete_schema
@@ -86,13 +87,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, thread_name=threadname.DB)
         sessionmaker = make_sessionmaker(engine)
         keys = KeyStore(
             sessionmaker, refresh_interval_s=settings.key_refresh_s, change_poll_s=settings.key_change_poll_s
         )
         # The log writer runs on its own loop and thread, with its own engine (see gateway.logwriter).
-        log_engine = make_engine(settings.database_url)
+        log_engine = make_engine(settings.database_url, thread_name=threadname.LOG_WRITER_DB)
         logwriter = LogWriter(
             make_sessionmaker(log_engine),
             own_thread=True,
