@@ -20,6 +20,9 @@ Measurements (targets interleaved round by round, so drift hits all alike):
 3. Concurrency 64, non-stream and stream: wrk (one thread) for a fixed duration, repeated; median
    requests/s and p99 latency; each server's CPU time per request from /proc (and from it the requests/s
    one core could serve, which other load on the machine does not skew the way it skews requests/s).
+   The gateway's CPU per request is also split by thread (/proc/PID/task): its event loop (the request
+   path), the log writer's loop and the thread running its SQLite calls, and the rest; read from the run's
+   start until the writer has written the run's rows and the gateway idles.
 
 "Added" is target minus direct for the same statistic. The load generator, the simulator and the server
 under test share the machine's cores (2 here), and so does anything else running: the CPU the rest of the
@@ -61,11 +64,15 @@ from bench.overhead_servers import (  # noqa: E402
     running,
     set_sim_latency,
     simulator,
+    thread_cpu,
 )
 from bench.peers import litellm  # noqa: E402
 from bench.procs import Server, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+LOG_FLUSH_WAIT_S = 0.6
+"""Longer than the log writer's flush interval (0.5 s): after a wrk run, the gateway's per-thread CPU is
+read once the writer has written every row of the run (``threads_cpu_s``, from the run's start)."""
 LOGS = ROOT / "bench" / "logs"
 PROMPT = "Write one short sentence about the sea."
 
@@ -210,6 +217,8 @@ def measure_throughput(run: Run, targets: list[Target], plan: Plan, wrk: str, si
         for rep in range(plan.wrk_repeats):
             for t in targets:
                 servers = [sim] if t.server is None else [sim, t.server]
+                split = t.server if t.name == "thriftgate" else None  # the gateway: CPU split by thread
+                threads0 = thread_cpu(split) if split is not None else {}
                 cpu0 = [s.cpu_seconds() for s in servers]
                 result = run_wrk(
                     wrk, t.url, body, t.headers, plan.connections, plan.wrk_seconds, delay_ms=delay
@@ -221,12 +230,24 @@ def measure_throughput(run: Run, targets: list[Target], plan: Plan, wrk: str, si
                 if result["errors"]:
                     raise LoadError(f"{t.name} {mode}: {result['errors_detail']}")
                 run.wrk.setdefault(mode, {}).setdefault(t.name, []).append(result)
-                result["settle_s"] = round(settle(sim, t.server), 2)
+                if split is not None:
+                    # the writer flushes within its interval (0.5 s) after the load: wait for it, then idle
+                    time.sleep(LOG_FLUSH_WAIT_S)
+                    waited = LOG_FLUSH_WAIT_S + settle(sim, split)
+                    threads1 = thread_cpu(split)
+                    result["threads_cpu_s"] = {g: round(threads1[g] - threads0[g], 3) for g in threads1}
+                else:
+                    waited = settle(sim, t.server)
+                result["settle_s"] = round(waited, 2)
                 print(
                     f"  {mode:15s} c={plan.connections} {t.name:10s} {result['rps']:8.0f} req/s"
                     f"  p99 {result['latency_ms']['p99']:7.2f} ms  server CPU/req "
                     + ", ".join(
                         f"{k} {v / max(result['requests'], 1) * 1000:.2f} ms" for k, v in cpu_s.items()
+                    )
+                    + "".join(
+                        f", {g} {v / max(result['requests'], 1) * 1000:.3f}"
+                        for g, v in result.get("threads_cpu_s", {}).items()
                     ),
                     flush=True,
                 )

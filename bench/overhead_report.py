@@ -78,6 +78,17 @@ def summarize(run: Run, targets: list[str]) -> dict[str, Any]:
                 "p99_ms_median": round(statistics.median(r["latency_ms"]["p99"] for r in runs), 3),
                 "cpu_ms_per_request": cpu_per_req,
             }
+            if all("threads_cpu_s" in r for r in runs):
+                # from the run's start until the log writer has written its rows (see bench/overhead.py)
+                out["throughput"][mode][name]["thread_cpu_ms_per_request"] = {
+                    group: round(
+                        statistics.median(
+                            r["threads_cpu_s"][group] / max(r["requests"], 1) * 1000 for r in runs
+                        ),
+                        4,
+                    )
+                    for group in runs[0]["threads_cpu_s"]
+                }
             own = cpu_per_req.get("simulator" if name == "direct" else name)
             # What one core could serve if this server had it to itself: robust to other load on the
             # machine, unlike req/s, which depends on how much CPU the server was given.
@@ -191,6 +202,31 @@ def _times(ratio: float | None) -> str:
     return "unbounded (LiteLLM completed no request)" if ratio is None else f"{ratio:.1f}×"
 
 
+def _thread_split(tp: dict[str, Any]) -> list[str]:
+    """The gateway's CPU per request by thread, per throughput mode that has it."""
+    rows = [
+        (mode, split)
+        for mode, by in tp.items()
+        if (split := by.get("thriftgate", {}).get("thread_cpu_ms_per_request"))
+    ]
+    if not rows:
+        return []
+    groups = list(rows[0][1])
+    lines = [
+        "",
+        "ThriftGate's CPU per request by thread, ms (/proc/PID/task, from each run's start until the log "
+        "writer has written its rows and the gateway idles; the log writer's share is the cost of its rows):",
+        "",
+        "| | " + " | ".join(groups) + " | total |",
+        "|---|" + "---|" * (len(groups) + 1),
+    ]
+    for mode, split in rows:
+        lines.append(
+            f"| {mode} | " + " | ".join(f"{split[g]:.3f}" for g in groups) + f" | {sum(split.values()):.3f} |"
+        )
+    return lines
+
+
 def markdown(summary: dict[str, Any], meta: dict[str, Any], profile: dict[str, Any] | None) -> str:
     names = [n for n in TARGETS if n in summary["latency_c1"]]
     lat, st, tp = summary["latency_c1"], summary["stream_c1"], summary["throughput"]
@@ -272,6 +308,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], profile: dict[str, A
         f"Every server is saturated at {c} connections (closed loop: each answer lets the next request in), "
         f"so latency there is mostly queueing, about {c} / req/s on average.",
     ]
+    lines += _thread_split(tp)
     paced = [
         (m, lbl) for m, lbl in (("nonstream_paced", "non-stream"), ("stream_paced", "stream")) if m in tp
     ]

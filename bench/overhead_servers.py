@@ -110,6 +110,43 @@ def running(servers: list[Server], startup: list[tuple[Server, float]]) -> Itera
             server.stop()
 
 
+THREAD_GROUPS = ("event loop", "log writer", "log writer SQLite", "other")
+"""How ``thread_cpu`` groups a server's threads: the main thread (uvicorn's event loop: the request path),
+the log writer's own loop (kernel name ``tg-logwriter``, see ``gateway.threadname``), the thread running
+its SQLite calls (``tg-logwriter-db``), and every other thread (database workers of the app's own engine,
+executors, onnxruntime ...)."""
+
+
+def thread_cpu(server: Server) -> dict[str, float]:
+    """User + system CPU seconds so far of the server's threads, summed per ``THREAD_GROUPS`` entry
+    (threads that exited since are not counted: they are none of the gateway's long-lived ones)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys(THREAD_GROUPS, 0.0)
+    for pid in server.pids():
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            if int(tid) == pid:
+                group = "event loop"
+            elif comm == "tg-logwriter":
+                group = "log writer"
+            elif comm == "tg-logwriter-db":
+                group = "log writer SQLite"
+            else:
+                group = "other"
+            out[group] += cpu
+    return out
+
+
 def request_log_rows(db: Path) -> int | None:
     """Rows the gateway's log writer wrote (evidence that it was on), or None if unreadable."""
     import sqlite3

@@ -14,6 +14,7 @@ run ``gateway.storage.db.upgrade(url)`` (the CLI's ``serve`` does) before starti
 
 from __future__ import annotations
 
+import gc
 import importlib
 import inspect
 import os
@@ -29,6 +30,7 @@ from cache.batcher import MicroBatcher
 from cache.embedder import LazyEmbedder, load_embedder
 from cache.prefix import PrefixPlanner
 from cache.reuse import ReuseTracker
+from gateway import threadname
 from gateway.api import anthropic, batches, dashboard, openai, ops, passthrough, replays, reports
 from gateway.api.errors import install_error_handlers
 from gateway.api.schemas import complete_schema
@@ -62,12 +64,16 @@ def create_app(
     provider_kinds: ProviderKinds | None = None,
     steps: Steps | None = None,
     configure_logs: bool = True,
+    freeze_gc: bool = False,
 ) -> FastAPI:
     """Builds the app for ``settings``. ``env`` is where providers' ``api_key_env`` names are resolved
     (default: the process environment); ``provider_kinds`` replaces the process-wide provider-kind
     registry (tests register fakes there); ``steps`` replaces the pipeline's steps (default: no cache,
     the model as named, no prompt-cache planning). ``configure_logs`` installs the JSON log handler on
-    the root logger (process-wide)."""
+    the root logger (process-wide). ``freeze_gc`` (process-wide; ``thriftgate serve`` sets it) moves the
+    objects alive once start-up is done into the collector's permanent generation (``gc.freeze``, undone at
+    shutdown): a full collection then walks only what was made since, not the ~190,000 objects of the
+    loaded libraries (measured: about 0.05 ms of CPU per request at full load, in pauses of 100-150 ms)."""
     if configure_logs:
         configure_logging(settings.log_level, json_lines=settings.log_json)
     environ = os.environ if env is None else env
@@ -81,13 +87,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, thread_name=threadname.DB)
         sessionmaker = make_sessionmaker(engine)
         keys = KeyStore(
             sessionmaker, refresh_interval_s=settings.key_refresh_s, change_poll_s=settings.key_change_poll_s
         )
         # The log writer runs on its own loop and thread, with its own engine (see gateway.logwriter).
-        log_engine = make_engine(settings.database_url)
+        log_engine = make_engine(settings.database_url, thread_name=threadname.LOG_WRITER_DB)
         logwriter = LogWriter(
             make_sessionmaker(log_engine),
             own_thread=True,
@@ -156,8 +162,13 @@ def create_app(
                         started.append(step)
                     if worker is not None:
                         await worker.start()
+                    if freeze_gc:
+                        gc.collect()
+                        gc.freeze()
                     yield
                 finally:
+                    if freeze_gc:
+                        gc.unfreeze()
                     await live.stop()
                     if pruner is not None:
                         await pruner.stop()

@@ -231,6 +231,16 @@ def _key_dict(key: VirtualKey) -> dict[str, Any]:
 # ---- commands ---------------------------------------------------------------------------------
 
 
+def _http_protocol() -> Any:
+    """uvicorn's httptools protocol writing each response's head with its body (``gateway.httpserver``);
+    h11 where httptools is not installed."""
+    if importlib.util.find_spec("httptools") is None:
+        return "h11"
+    from gateway.httpserver import HeadWithBodyProtocol
+
+    return HeadWithBodyProtocol
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     host = args.host or settings.host
@@ -252,11 +262,11 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, freeze_gc=True),
         host=host,
         port=port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_http_protocol(),
         log_config=None,
         access_log=False,  # every request is in the request log (and /metrics) already
         proxy_headers=False,  # the gateway never uses the client's address; skip the middleware

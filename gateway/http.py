@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
@@ -157,7 +158,10 @@ def too_large(limit: int) -> PayloadTooLarge:
 
 async def read_body(request: Request, limit: int, content_length: str | None) -> bytes:
     """The whole request body; raises ``PayloadTooLarge`` when ``Content-Length`` or the bytes actually
-    read exceed ``limit`` (checked while reading, so an oversized chunked body is not buffered whole)."""
+    read exceed ``limit`` (checked while reading, so an oversized chunked body is not buffered whole), and
+    starlette's ``ClientDisconnect`` when the client leaves first. Reads the ASGI messages itself:
+    starlette's ``Request.body`` costs an async generator and its ``aclosing`` on every request. The
+    request's body cannot be read again through ``request`` afterwards."""
     if content_length is not None:
         try:
             declared = int(content_length)
@@ -165,19 +169,24 @@ async def read_body(request: Request, limit: int, content_length: str | None) ->
             declared = 0
         if declared > limit:
             raise too_large(limit)
-        if declared:
-            body = await request.body()
-            if len(body) > limit:
-                raise too_large(limit)
-            return body
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.disconnect":
+            raise ClientDisconnect()
+        if kind != "http.request":
+            continue
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def route_path(scope: Scope) -> str:

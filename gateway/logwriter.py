@@ -23,7 +23,9 @@ the writer then waits behind a full round of the request handlers (64 connection
 batch, a dozen round trips to the database, took seconds, so the log fell behind. On its own loop the
 writer waits only for the database; it needs a few percent of one core, which the GIL's switching gives
 it. ``submit`` stays a deque append on the caller's thread; the spend of each commit is reported back to
-the caller's loop (``on_flushed`` runs there).
+the caller's loop (``on_flushed`` runs there). Its thread's kernel name is ``tg-logwriter`` (and the app names
+the SQLite worker of the writer's engine ``tg-logwriter-db``), so its CPU can be read apart from the
+request path's (``bench/overhead.py`` does).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from gateway.spill import (
     write_spill,
 )
 from gateway.storage import repo
+from gateway.threadname import LOG_WRITER, name_this_thread
 from gateway.types import RequestRecord
 
 log = get_logger(__name__)
@@ -206,6 +209,7 @@ class LogWriter:
             self._task = asyncio.create_task(self._run(), name="thriftgate-logwriter")
 
     async def _thread_main(self, started: threading.Event) -> None:
+        name_this_thread(LOG_WRITER)
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         started.set()

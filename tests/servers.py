@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 
+from gateway.httpserver import HeadWithBodyProtocol
 from tests.waiting import wait_until
 
 
@@ -26,8 +27,10 @@ def free_port() -> int:
 @contextmanager
 def serve(app: Any, *, port: int | None = None, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
     """Serve ``app`` until the block exits; yields its base URL (``http://127.0.0.1:PORT``). ``host`` is
-    the address listened on (``0.0.0.0``: every interface; the URL still names loopback)."""
+    the address listened on (``0.0.0.0``: every interface; the URL still names loopback). The HTTP protocol
+    is the one ``thriftgate serve`` runs (``gateway.httpserver``) unless ``http`` says otherwise."""
     port = port or free_port()
+    config.setdefault("http", HeadWithBodyProtocol)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", **config)
     )

@@ -1,7 +1,8 @@
 """Engines, sessions and schema migrations.
 
 ``make_engine`` is the only place an engine is configured: SQLite (the embedded default, through
-aiosqlite) gets WAL, a busy timeout, foreign keys and ``synchronous=NORMAL`` on every connection;
+aiosqlite) gets WAL, a busy timeout, foreign keys and ``synchronous=NORMAL`` on every connection (and,
+given a ``thread_name``, aiosqlite's worker thread of each connection gets that kernel name);
 PostgreSQL goes through asyncpg with a bounded, pre-pinged pool. Alembic owns the schema: ``upgrade`` and
 ``downgrade`` run it programmatically (the app never calls ``create_all``).
 """
@@ -22,6 +23,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from alembic import command
+from gateway.threadname import name_this_thread
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/thriftgate.db"
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -62,8 +64,10 @@ def _sqlite_file(url: URL) -> Path | None:
     return Path(db)
 
 
-def make_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url``. For a SQLite file, creates its parent folder (this touches the disk)."""
+def make_engine(url: str, *, thread_name: str | None = None) -> AsyncEngine:
+    """An async engine for ``url``. For a SQLite file, creates its parent folder (this touches the disk);
+    ``thread_name``: the kernel name of the thread that runs each SQLite connection (aiosqlite's worker),
+    so per-thread CPU tells the log writer's database work from the rest (``gateway.threadname``)."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = _sqlite_file(parsed)
@@ -71,6 +75,8 @@ def make_engine(url: str) -> AsyncEngine:
             path.expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(parsed)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        if thread_name is not None:
+            event.listen(engine.sync_engine, "connect", _thread_namer(thread_name))
         return engine
     if parsed.get_backend_name() == "postgresql":
         return create_async_engine(
@@ -94,6 +100,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _thread_namer(name: str) -> Callable[[Any, Any], None]:
+    """A connect hook that names the thread running the new connection: a SQL function runs on the
+    thread that steps the statement, which for aiosqlite is the connection's worker."""
+
+    def hook(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.create_function("thriftgate_name_thread", 1, name_this_thread)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT thriftgate_name_thread(?)", (name,))
+            cursor.fetchall()
+        finally:
+            cursor.close()
+
+    return hook
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -3,6 +3,7 @@ bring-your-own-key, and the default settings starting cleanly."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,18 @@ def test_default_settings_start_and_serve_ops(tmp_path: Path) -> None:
         models = httpx.get(f"{base}/v1/models").json()["data"]
     assert {"gpt-4o", "claude-sonnet-4-5", "thriftgate-local"} <= {m["id"] for m in models}
     assert [r["surface"] for r in log_rows(tmp_path / "default.db")] == ["openai.models"]
+
+
+def test_freeze_gc_freezes_the_start_up_objects_while_serving(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'frozen.db'}"
+    upgrade(url)
+    assert gc.get_freeze_count() == 0
+    app = create_app(Settings(database_url=url), env={}, configure_logs=False, freeze_gc=True)
+    with serve(app) as base:
+        frozen = gc.get_freeze_count()
+        assert httpx.get(f"{base}/readyz").status_code == 200
+    assert frozen > 10_000  # the loaded libraries, the app, the settings ...
+    assert gc.get_freeze_count() == 0  # undone at shutdown
 
 
 def test_client_gone_before_its_body_arrived_is_logged_499(gateway_factory: Any, sim: Simulator) -> None:

@@ -18,6 +18,7 @@ from gateway.storage import RequestLogRow, VirtualKeyRow, make_engine, make_sess
 from gateway.types import RequestRecord, Usage
 from tests.gateway.conftest import Backend
 from tests.gateway.storage.test_failures import poison
+from tests.gateway.test_threadname import HAS_THREAD_NAMES, thread_names
 
 
 def record(i: int, key_id: str | None = None, cost: float | None = 0.001) -> RequestRecord:
@@ -521,6 +522,8 @@ async def test_own_thread_writes_and_reports_spend_on_the_callers_loop(
         on_flushed=on_flushed,
     )
     await writer.start()
+    if HAS_THREAD_NAMES:  # its kernel name, for per-thread CPU (bench/overhead.py)
+        assert "tg-logwriter" in thread_names().values()
     for i in range(7):
         store.record_usage(key.id, 10, 0.01)
         writer.submit(record(i, key_id=key.id, cost=0.01))

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.storage import VirtualKeyRow, head_revision, make_engine, ping, repo
 from gateway.storage.db import ALEMBIC_DIR, normalize_url
+from tests.gateway.test_threadname import HAS_THREAD_NAMES, thread_names
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # What the wheel is built from: a copy, so that the build writes nothing into the repository.
@@ -41,6 +42,21 @@ async def test_sqlite_engine_creates_folder_and_sets_pragmas(tmp_path: Path) -> 
             }
         assert pragmas == {"journal_mode": "wal", "busy_timeout": 5000, "foreign_keys": 1, "synchronous": 1}
         assert await ping(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.skipif(not HAS_THREAD_NAMES, reason="no /proc/thread-self")
+async def test_sqlite_engine_names_the_thread_running_its_connections(tmp_path: Path) -> None:
+    def named() -> list[str]:
+        return [name for name in thread_names().values() if name == "tg-test-db"]
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'tg.db'}", thread_name="tg-test-db")
+    try:
+        assert named() == []
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+            assert named() == ["tg-test-db"]  # aiosqlite's worker of this connection, not the caller
     finally:
         await engine.dispose()
 
