@@ -14,7 +14,7 @@ priors are predicted out of fold), trained with Adam on squared error, weight de
 stopping on a held-out part of the training split. Only the training split (70%, seed 0: ``split``) is
 used, so ``bench/router.py`` evaluates on prompts the shipped classifier has never seen.
 
-The embeddings are computed with the shared MiniLM embedder and cached under ``data/router/``.
+The embeddings are ``routing.static_embedding``'s (MiniLM's token vectors averaged; ~0.1 ms a prompt).
 
 Curve helpers (``curve``, ``apgr``, ``share_at``) are shared with the benchmark.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,22 +66,16 @@ def split(n: int, seed: int = SPLIT_SEED, test_share: float = TEST_SHARE) -> tup
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
-def embeddings(path: Path, texts: Sequence[str], embed: Any = None) -> F32:
-    """The MiniLM embeddings of ``texts``, cached by the data file's digest."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    cache = CACHE_DIR / f"embeddings-{digest}.npy"
-    if cache.exists():
-        cached: F32 = np.load(cache)
-        if cached.shape[0] == len(texts):
-            return cached
-    if embed is None:  # the gateway's default embedder (onnxruntime; its vectors equal torch's to 1e-6)
-        from cache.embedder import load_embedder
+def embeddings(texts: Sequence[str], embed: Any = None) -> F32:
+    """The router's embeddings of ``texts``: ``routing.static_embedding`` over the static MiniLM table
+    (built into ``data/embedder`` on first use), or ``embed(texts)`` when given."""
+    if embed is None:  # build tool: the table comes from the cache package's MiniLM export
+        from cache.static_table import ensure_table, minilm_encoder
+        from routing.static_embedding import StaticEmbedding
 
-        embed = load_embedder("onnx", directory=CACHE_DIR.parent / "embedder").embed  # data/embedder
-    vectors: F32 = np.asarray(embed(list(texts)), dtype=np.float32)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, vectors)
-    return vectors
+        table = np.load(ensure_table(CACHE_DIR.parent / "embedder"))  # data/embedder
+        embed = StaticEmbedding(table, minilm_encoder()).embed_many
+    return np.asarray(embed(list(texts)), dtype=np.float32)
 
 
 # ---- curves ------------------------------------------------------------------------------------------
@@ -338,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = load_pairs(args.data)
     texts = [r["prompt"] for r in rows]
     topics = [r["source"] for r in rows]
-    vectors = embeddings(args.data, texts)
+    vectors = embeddings(texts)
     weak = np.array([r["weak_correct"] for r in rows], dtype=bool)
     strong = np.array([r["strong_correct"] for r in rows], dtype=bool)
     train, test = split(len(rows))
