@@ -46,8 +46,9 @@ class StaticEmbedding:
         self.dim = int(table.shape[1])
 
     def ids(self, text: str) -> npt.NDArray[np.int64]:
-        ids = np.asarray(self._encode(text), dtype=np.int64)[: MAX_TOKENS - 2]
-        return ids[(ids >= 0) & (ids < self._table.shape[0])]
+        ids: npt.NDArray[np.int64] = np.asarray(self._encode(text), dtype=np.int64)[: MAX_TOKENS - 2]
+        kept: npt.NDArray[np.int64] = ids[(ids >= 0) & (ids < self._table.shape[0])]
+        return kept
 
     def embed(self, text: str) -> F32:
         return pool(self._table, self.ids(text))
