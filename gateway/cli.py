@@ -142,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     embedder = cache.add_parser(
         "build-embedder",
         parents=[common],
-        help="export the MiniLM embedder to ONNX (otherwise done on first use)",
+        help="export the MiniLM embedder to ONNX and build the router's static table from it (otherwise done on first use)",
     )
     embedder.add_argument(
         "--out", help="output folder (default: embedder.model_dir, i.e. <data_dir>/embedder)"
@@ -391,10 +391,12 @@ def _cache_purge(args: argparse.Namespace) -> int:
 
 def _cache_build_embedder(args: argparse.Namespace) -> int:
     from cache.onnx_embedder import ensure_built
+    from cache.static_table import ensure_table
 
     settings = _settings(args)
     out = Path(args.out) if args.out is not None else settings.embedder_dir
     print(ensure_built(out, args.variant or settings.embedder.variant))
+    print(ensure_table(out))  # the router's static embedding (routing.static_embedding)
     return 0
 
 

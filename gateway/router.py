@@ -5,11 +5,11 @@ window per deployment; the pipeline reports each upstream attempt through ``on_s
 the sticky-conversation memory. The complexity classifier is loaded on first use, only when a policy
 needs a score (``auto``, ``downgrade``).
 
-The score needs the embedding of the last user turn, which ``route`` awaits from the call
-(``Call.vector``: the app's shared embedder, run in a worker thread, once per request: the semantic cache
-already computed it when it looked the request up). The decision itself stays pure: ``routing.choose``
-runs first without a score; only when it asks for one is the vector awaited, the score computed, and
-``choose`` run again with it (same inputs, same decision).
+The score needs an embedding of the last user turn: the router's own static MiniLM embedding
+(``routing.static_embedding``: MiniLM's token vectors averaged, ~0.1 ms a prompt, so a decision costs no
+transformer run; its table is loaded, or built once, in a worker thread on first use). The decision
+itself stays pure: ``routing.choose`` runs first without a score; only when it asks for one is the score
+computed and ``choose`` run again with it (same inputs, same decision).
 
 With the default settings it routes every request to the model the client named (policy ``requested``),
 load-balanced over that model's deployments: the gateway never changes the model unless the
@@ -18,6 +18,7 @@ configuration says so.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -44,6 +45,7 @@ from routing.policy import (
     RouterConfig,
     choose,
 )
+from routing.static_embedding import StaticEmbedding
 from routing.sticky import StickyTiers
 
 if TYPE_CHECKING:
@@ -77,6 +79,14 @@ class CircuitOpen(UpstreamError):
     openai_type = "server_error"
     anthropic_type = "overloaded_error"
     code = "circuit_open"
+
+
+def load_static_embedding(directory: Path) -> StaticEmbedding:
+    """The router's static embedding over the table in the embedder folder ``directory`` (built there
+    first when missing: ~75 s of one core, once per machine)."""
+    from cache.static_table import ensure_table, minilm_encoder
+
+    return StaticEmbedding(np.load(ensure_table(directory)), minilm_encoder())
 
 
 def deployment_id(route: ModelRoute) -> str:
@@ -118,8 +128,11 @@ class Router:
         catalogue: Catalogue,
         *,
         classifier: ComplexityClassifier | None = None,
+        embedding: StaticEmbedding | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``classifier`` / ``embedding``: given (tests), or loaded on first use from the configured
+        classifier file and the embedder folder (``settings.embedder_dir``)."""
         r = settings.routing
         self._settings = r
         self._catalogue = catalogue
@@ -156,6 +169,9 @@ class Router:
         self._cards = cards
         self._known = frozenset(d.id for c in cards.values() for d in c.deployments)
         self._classifier = classifier
+        self._embedding = embedding
+        self._embedding_dir = settings.embedder_dir
+        self._embedding_loading: asyncio.Task[StaticEmbedding] | None = None
         self._classifier_path = Path(r.auto.classifier) if r.auto.classifier else None
         self.config = RouterConfig(
             models=cards,
@@ -216,7 +232,8 @@ class Router:
             try:
                 routed = decide(score=_no_score_yet)
             except _ScoreNeeded:
-                score = self.score(await call.vector(features.text), features.text)
+                embedding = self._embedding or await self._load_embedding()
+                score = self.score(embedding.embed(features.text), features.text)
                 routed = decide(score=lambda: score)
         except NoCapableModel as exc:
             raise InvalidRequest(f"No model can serve this request: {exc}", param="model") from None
@@ -279,6 +296,23 @@ class Router:
         if self._classifier is None:
             self._classifier = ComplexityClassifier.load(self._classifier_path)
         return self._classifier
+
+    async def _load_embedding(self) -> StaticEmbedding:
+        """The static embedding, loaded (its table built the first time on a machine) in a worker thread,
+        once for every request waiting on it; a failed load is retried by the next request."""
+        if self._embedding_loading is None:
+            self._embedding_loading = asyncio.ensure_future(
+                asyncio.to_thread(load_static_embedding, self._embedding_dir)
+            )
+        task = self._embedding_loading
+        try:
+            embedding = await asyncio.shield(task)
+        except Exception:
+            if self._embedding_loading is task:
+                self._embedding_loading = None
+            raise
+        self._embedding = embedding
+        return embedding
 
     def _scored_config(self) -> RouterConfig:
         if self._threshold is None:

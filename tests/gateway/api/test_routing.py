@@ -3,8 +3,9 @@ timeouts before the first byte (streams included), the error event after it, the
 and recovering, cross-format fallback both ways, and the local model as the last resort.
 
 The complexity classifier here is a real ``ComplexityClassifier`` with hand-set weights (its score grows
-with the prompt's length) and the embedder a fake registered through the router's ``embedder`` argument:
-the MiniLM model itself is exercised by the benchmark and ``tests/routing/test_classifier.py``.
+with the prompt's length) and the router's static embedding a small fake table handed to the ``Router``:
+the real table is exercised by the benchmark, ``tests/routing/test_static_embedding.py`` and
+``tests/cache/test_static_table.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import SecretStr
 
 from cache.batcher import MicroBatcher
 from cache.semantic import SemanticCache
+from gateway import router as gateway_router
 from gateway.caching import GatewayCache
 from gateway.config import Catalogue
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
@@ -55,6 +57,7 @@ from gateway.types import (
     UsageReport,
 )
 from routing.classifier import SIGNALS, ComplexityClassifier
+from routing.static_embedding import StaticEmbedding
 from tests.gateway.api.conftest import create_key
 from tests.upstream import Fault, Simulator
 from tests.waiting import wait_until
@@ -111,9 +114,21 @@ class Clock:
         return self.now
 
 
+def fake_static() -> StaticEmbedding:
+    """A static embedding over a 16-row table (every text's ids folded into it)."""
+    table = np.eye(16, 384, dtype=np.float32)
+    return StaticEmbedding(table, lambda text: [ord(c) % 16 for c in text])
+
+
 def router_steps(clock: Clock | None = None) -> Callable[[Settings], Steps]:
     def build(settings: Settings) -> Steps:
-        router = Router(settings, Catalogue(settings), classifier=length_classifier(), clock=clock or Clock())
+        router = Router(
+            settings,
+            Catalogue(settings),
+            classifier=length_classifier(),
+            embedding=fake_static(),
+            clock=clock or Clock(),
+        )
         return Steps(router=router, embeddings=MicroBatcher(FakeEmbedder()))
 
     return build
@@ -173,7 +188,7 @@ def test_auto_on_the_anthropic_surface(gateway_factory: Callable[..., Any], sim:
     assert [r["model"] for r in requests_to(sim, "/v1/messages")] == ["claude-haiku-4-5", "claude-sonnet-4-5"]
 
 
-# ---- the embedding: once per request, off the event loop ------------------------------------------------
+# ---- the embeddings: MiniLM once per request (the cache's), the router's own off the event loop ----------
 
 
 class CountingEmbedder(FakeEmbedder):
@@ -202,7 +217,13 @@ def test_an_auto_request_with_the_semantic_cache_embeds_its_last_turn_once(
     semantic = SemanticCache(batcher, RefuseAll(), min_cosine=0.0)
 
     def steps(settings: Settings) -> Steps:
-        router = Router(settings, Catalogue(settings), classifier=length_classifier(), clock=Clock())
+        router = Router(
+            settings,
+            Catalogue(settings),
+            classifier=length_classifier(),
+            embedding=fake_static(),
+            clock=Clock(),
+        )
         cache = GatewayCache(CacheSettings(enabled=True), semantic=semantic)
         return Steps(router=router, cache=cache, embeddings=batcher)
 
@@ -216,46 +237,46 @@ def test_an_auto_request_with_the_semantic_cache_embeds_its_last_turn_once(
             assert raw.headers["x-thriftgate-route"].startswith("auto:gpt-4o-mini score")
         # both answers stored with the request's own vector (no embedding in the background)
         wait_until(lambda: sum(len(i) for i in semantic.scopes.values()) == 2, what="both entries indexed")
-    # The first request: an empty scope needs no lookup vector; the router embeds, the store reuses it.
-    # The second: the lookup embeds, the router and the store reuse it.
+    # The first request: an empty scope needs no lookup vector, the router reads its static embedding; the
+    # store embeds. The second: the lookup embeds, the store reuses it. MiniLM never runs for routing.
     assert embedder.texts == [first, second]
 
 
-class Gate(FakeEmbedder):
-    """An embedder that holds every call until ``release`` is set (the test's stand-in for a slow model)."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def embed(self, texts: Any) -> np.ndarray:
-        self.entered.set()
-        assert self.release.wait(30), "never released"
-        return super().embed(texts)
-
-
-def test_routing_an_auto_request_does_not_block_the_event_loop(
-    gateway_factory: Callable[..., Any], sim: Simulator
+def test_routing_an_auto_request_does_not_block_the_event_loop_while_its_table_loads(
+    gateway_factory: Callable[..., Any], sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate()
+    entered, release = threading.Event(), threading.Event()
+    loads: list[object] = []
+
+    def slow_load(directory: object) -> StaticEmbedding:  # the first load builds a table: seconds
+        loads.append(directory)
+        entered.set()
+        assert release.wait(30), "never released"
+        return fake_static()
+
+    monkeypatch.setattr(gateway_router, "load_static_embedding", slow_load)
 
     def steps(settings: Settings) -> Steps:
         router = Router(settings, Catalogue(settings), classifier=length_classifier(), clock=Clock())
-        return Steps(router=router, embeddings=MicroBatcher(gate))
+        return Steps(router=router, embeddings=MicroBatcher(FakeEmbedder()))
 
-    with gateway_factory(models=models(), steps_factory=steps) as gw, ThreadPoolExecutor(1) as pool:
-        auto = pool.submit(
-            oa(gw).chat.completions.with_raw_response.create,
-            model="auto",
-            messages=SHORT,  # type: ignore[arg-type]
-        )
-        assert gate.entered.wait(30), "the auto request never reached the embedder"
-        # The auto request is waiting for its vector; the gateway still serves another request meanwhile.
+    with gateway_factory(models=models(), steps_factory=steps) as gw, ThreadPoolExecutor(2) as pool:
+        autos = [
+            pool.submit(
+                oa(gw).chat.completions.with_raw_response.create,
+                model="auto",
+                messages=SHORT,  # type: ignore[arg-type]
+            )
+            for _ in range(2)
+        ]
+        assert entered.wait(30), "the auto request never loaded the table"
+        # The auto requests wait for the table; the gateway still serves another request meanwhile.
         named = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
         assert named.headers["x-thriftgate-route"] == "requested"
-        assert not auto.done()
-        gate.release.set()
-        assert auto.result(timeout=30).headers["x-thriftgate-model"] == "gpt-4o-mini"
+        assert not any(a.done() for a in autos)
+        release.set()
+        assert all(a.result(timeout=30).headers["x-thriftgate-model"] == "gpt-4o-mini" for a in autos)
+    assert len(loads) == 1  # loaded once for both waiting requests
 
 
 def test_no_downgrade_unless_configured_and_opt_in_downgrade(
