@@ -24,7 +24,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-MTBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtbench_questions.jsonl"
+def _shared(name: str) -> Path:
+    """``../shared/data/NAME`` beside the checkout, or beside the folder of worktrees holding it."""
+    root = Path(__file__).resolve().parents[1]
+    for base in (root.parent, root.parent.parent):
+        if (base / "shared" / "data" / name).exists():
+            return base / "shared" / "data" / name
+    return root.parent / "shared" / "data" / name
+
+
+MTBENCH = _shared("mtbench_questions.jsonl")
 
 Encode = Callable[[str], list[int]]
 Chat = Callable[[Sequence[dict[str, str]]], list[int]]  # messages → ids ending in the assistant header

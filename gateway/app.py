@@ -298,8 +298,8 @@ def _start_batches(
 def default_steps(settings: Settings, catalogue: Catalogue) -> Steps:
     """The steps an app runs unless told otherwise: the router (``routing`` settings; by default the
     model as named, balanced over its deployments, with breakers), the prompt-prefix planner when
-    ``prefix.enabled``, the answer caches when ``cache.enabled``, and the one embedder the semantic cache
-    and the router's score share (``embedder`` settings; loaded on first use)."""
+    ``prefix.enabled``, the answer caches when ``cache.enabled``, and the semantic cache's embedder
+    (``embedder`` settings; loaded on first use)."""
     steps = Steps(router=Router(settings, catalogue), embeddings=shared_embeddings(settings))
     if settings.cache.enabled:
         from gateway.caching import build_cache, embedder_tag

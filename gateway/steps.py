@@ -130,5 +130,5 @@ class Steps:
     planner: PlanStep = field(default_factory=NoPlan)
     embeddings: MicroBatcher | None = None
     """The app's one embedder, shared by every step that needs a vector of the request's last user turn
-    (the semantic cache, the router's complexity score) through ``Call.vector``: embedded once per
-    request. None: no step needs one."""
+    (the semantic cache) through ``Call.vector``: embedded once per request (the router reads its own
+    static embedding). None: no step needs one."""
