@@ -21,7 +21,7 @@ import onnx
 from local_engine.config import ModelConfig
 from local_engine.gguf_weights import BlockQuant
 from local_engine.graph import LinearBuilder, build_decoder, float_linear
-from local_engine.quantize import GridInt8Linear, MixedLinear, NBitsLinear
+from local_engine.quantize import GridInt8Linear, MixedLinear, NBitsLinear, name_matches
 from local_engine.rotate import rotate_residual
 from local_engine.smooth import GROUPS, activation_absmax, smooth_weights
 
@@ -84,6 +84,8 @@ class Recipe:
     grid: bool = False
     grid_block: int = 32
     keep: tuple[str, ...] = ()
+    # per-layer smoothing strength: (MixedLinear pattern, alpha), the first match wins over smooth_alpha
+    alpha_rules: tuple[tuple[str, float], ...] = ()
 
     def linear_for(self, blocks: dict[str, BlockQuant]) -> LinearBuilder:
         body = GridInt8Linear(blocks, block_size=self.grid_block) if self.grid and blocks else self.linear
@@ -91,11 +93,21 @@ class Recipe:
             return body
         return MixedLinear(body, tuple((p, float_linear) for p in self.keep))
 
+    def alpha_for(self, name: str) -> float:
+        """The smoothing alpha of graph linear ``name`` (``alpha_rules``, else ``smooth_alpha``)."""
+        assert self.smooth_alpha is not None
+        return next((a for p, a in self.alpha_rules if name_matches(p, name)), self.smooth_alpha)
+
+    def transform_key(self) -> tuple[Any, ...]:
+        """What ``weights`` depends on besides its arguments: recipes with equal keys transform alike."""
+        return (self.rotate, self.smooth_alpha, self.smooth_groups, self.alpha_rules)
+
     def weights(self, config: ModelConfig, weights: Weights, calibration: Sequence[Sequence[int]]) -> Weights:
         out = rotate_residual(config, weights) if self.rotate else weights
         if self.smooth_alpha is not None:
             stats = activation_absmax(config, out, calibration)
-            out = smooth_weights(config, out, stats, self.smooth_alpha, self.smooth_groups)
+            alphas = {name: self.alpha_for(name) for name in stats} if self.alpha_rules else None
+            out = smooth_weights(config, out, stats, self.smooth_alpha, self.smooth_groups, alphas)
         return out
 
     def build(
