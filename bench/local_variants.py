@@ -49,7 +49,9 @@ from local_engine.convert import PERPLEXITY_TEXT, decode_speed, perplexity, save
 from local_engine.gguf_weights import default_source, load_gguf, load_gguf_blocks  # noqa: E402
 from local_engine.graph import build_decoder, float_linear  # noqa: E402
 from local_engine.quantize import MixedLinear, NBitsLinear, fused_blocks  # noqa: E402
+from local_engine.rotate import rotate_residual  # noqa: E402
 from local_engine.runner import ModelRunner  # noqa: E402
+from local_engine.smooth import activation_absmax  # noqa: E402
 from local_engine.tokenizer import Tokenizer  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -279,12 +281,19 @@ def main() -> None:
     long_ids = tok.encode(long_str) if long_str else []
     max_len = max(2100, len(long_ids) + 8)
     transformed: dict[Any, dict[str, np.ndarray]] = {}  # the last recipe's transformed weights, reused
+    absmax: dict[bool, dict[str, np.ndarray]] = {}  # calibration statistics, by rotation
 
     def weights_of(recipe: recipes.Recipe) -> dict[str, np.ndarray]:
         key = recipe.transform_key()
         if key not in transformed:
             transformed.clear()
-            transformed[key] = recipe.weights(gg.config, gg.weights, calib)
+            stats = None
+            if recipe.smooth_alpha is not None:
+                if recipe.rotate not in absmax:
+                    base = rotate_residual(gg.config, gg.weights) if recipe.rotate else gg.weights
+                    absmax[recipe.rotate] = activation_absmax(gg.config, base, calib)
+                stats = absmax[recipe.rotate]
+            transformed[key] = recipe.weights(gg.config, gg.weights, calib, stats)
         return transformed[key]
 
     log("fp32 reference")
