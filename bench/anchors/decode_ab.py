@@ -13,7 +13,8 @@ variants are converted from. A variant's ratio to llama.cpp is taken within each
 rounds is reported, with every raw number and the load average around each subprocess.
 
 ``DIR`` is any model directory ``ModelRunner`` opens (a manifest, its variants and the tokenizer).
-Writes ``bench/results/{out}.json`` and ``.md``.
+Writes ``bench/results/{out}.json`` and ``.md``. ``PYTHONPATH`` and ``LLAMA_CPP_LIB_PATH`` pass through to the
+subprocesses (a llama-cpp-python package with a separately built ``libllama``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def write_workload(model_dir: Path, path: Path) -> None:
 
 def run_engine(cmd: list[str], python: str, timeout: float) -> dict[str, Any]:
     """One engine subprocess (``--phases decode``): decode tok/s per context, or the error."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="2")
     before = loadavg()
     started = time.perf_counter()
     try:
