@@ -46,10 +46,15 @@ def loadavg() -> list[str]:
 def write_workload(model_dir: Path, path: Path) -> None:
     """The benchmark workload (``bench.workloads``) as token ids from ``model_dir``'s tokenizer."""
     from bench.workloads import build_workload
+    from local_engine import quality
     from local_engine.tokenizer import Tokenizer
 
     tok = Tokenizer.load(model_dir)
-    work = build_workload(tok.encode, lambda messages: tok.encode(tok.apply_chat_template(list(messages))))
+    mtbench = quality.mtbench_path()  # ../shared/data beside the checkout, or $THRIFTGATE_MTBENCH
+    assert mtbench is not None, "the MT-Bench questions are missing"
+    work = build_workload(
+        tok.encode, lambda messages: tok.encode(tok.apply_chat_template(list(messages))), mtbench
+    )
     path.write_text(json.dumps(work))
 
 
@@ -155,7 +160,8 @@ def main() -> None:
     from bench.anchors.environment import gguf_path
 
     model_dir = args.model_dir.resolve()
-    work = model_dir / "decode_ab_workload.json"
+    work = REPO / "data" / "bench" / "decode_ab_workload.json"  # not in DIR: it may be another checkout's
+    work.parent.mkdir(parents=True, exist_ok=True)
     write_workload(model_dir, work)
     variants = [v for v in args.variants.split(",") if v]
     ours = [
