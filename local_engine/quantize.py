@@ -191,6 +191,15 @@ def fused_blocks(blocks: dict[str, BlockQuant], num_layers: int) -> dict[str, Bl
     return out
 
 
+def name_matches(pattern: str, name: str) -> bool:
+    """Whether a graph linear name matches a ``MixedLinear`` rule pattern (see there)."""
+    return (
+        name == pattern
+        or (pattern.startswith(".") and name.endswith(pattern))
+        or (pattern.endswith(".") and name.startswith(pattern))
+    )
+
+
 @dataclass(slots=True, frozen=True)
 class MixedLinear:
     """``LinearBuilder`` choosing a builder per linear layer: the first rule whose name pattern matches.
@@ -205,11 +214,7 @@ class MixedLinear:
 
     def pick(self, name: str) -> LinearBuilder:
         for pattern, builder in self.rules:
-            if (
-                name == pattern
-                or (pattern.startswith(".") and name.endswith(pattern))
-                or (pattern.endswith(".") and name.startswith(pattern))
-            ):
+            if name_matches(pattern, name):
                 return builder
         return self.default
 

@@ -21,7 +21,7 @@ linear layers' inputs exposed as extra outputs; ``smooth_weights`` is pure numpy
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -98,12 +98,17 @@ def smooth_weights(
     act_absmax: dict[str, np.ndarray],
     alpha: float = 0.5,
     groups: Collection[str] = GROUPS,
+    alphas: Mapping[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """New float32 weights computing the same function with the inputs of the linear layers in ``groups``
     smoothed (see the module docstring); the output head gets an explicit ``lm_head`` when smoothed.
-    ``act_absmax`` as from ``activation_absmax`` on ``weights``. The input dict is not modified."""
+    ``act_absmax`` as from ``activation_absmax`` on ``weights``; ``alphas`` overrides ``alpha`` per graph
+    linear name (``layers.3.down``, ``logits``). The input dict is not modified."""
     c = config
     out = dict(weights)
+
+    def alpha_of(name: str) -> float:
+        return alpha if alphas is None else alphas.get(name, alpha)
 
     def scale_cols(w: np.ndarray, s: np.ndarray) -> np.ndarray:
         out: np.ndarray = (w.astype(np.float64) * s[None, :]).astype(np.float32)
@@ -121,18 +126,18 @@ def smooth_weights(
         p = f"layers.{i}"
         if "qkv" in groups:
             w = np.concatenate([weights[f"{p}.{n}"] for n in ("q", "k", "v")], axis=0)
-            s = smoothing_scales(act_absmax[f"{p}.qkv"], w, alpha)
+            s = smoothing_scales(act_absmax[f"{p}.qkv"], w, alpha_of(f"{p}.qkv"))
             out[f"{p}.attn_norm"] = div(weights[f"{p}.attn_norm"], s)
             for n in ("q", "k", "v"):
                 out[f"{p}.{n}"] = scale_cols(weights[f"{p}.{n}"], s)
         if "gate_up" in groups:
             w = np.concatenate([weights[f"{p}.{n}"] for n in ("gate", "up")], axis=0)
-            s = smoothing_scales(act_absmax[f"{p}.gate_up"], w, alpha)
+            s = smoothing_scales(act_absmax[f"{p}.gate_up"], w, alpha_of(f"{p}.gate_up"))
             out[f"{p}.ffn_norm"] = div(weights[f"{p}.ffn_norm"], s)
             for n in ("gate", "up"):
                 out[f"{p}.{n}"] = scale_cols(weights[f"{p}.{n}"], s)
         if "down" in groups:
-            s = smoothing_scales(act_absmax[f"{p}.down"], weights[f"{p}.down"], alpha)
+            s = smoothing_scales(act_absmax[f"{p}.down"], weights[f"{p}.down"], alpha_of(f"{p}.down"))
             out[f"{p}.up"] = scale_rows(out[f"{p}.up"], s)
             out[f"{p}.down"] = scale_cols(weights[f"{p}.down"], s)
         if "o" in groups:
@@ -141,14 +146,15 @@ def smooth_weights(
             w_o = weights[f"{p}.o"].reshape(-1, c.num_kv_heads, group, c.head_dim)
             w_max = np.abs(w_o).max(axis=(0, 2)).reshape(-1)  # per KV channel
             a = np.maximum(heads.reshape(-1).astype(np.float64), 1e-5)
-            s_kv = a**alpha / np.maximum(w_max.astype(np.float64), 1e-5) ** (1.0 - alpha)
+            a_o = alpha_of(f"{p}.o")
+            s_kv = a**a_o / np.maximum(w_max.astype(np.float64), 1e-5) ** (1.0 - a_o)
             s_kv = s_kv / np.exp(np.log(s_kv).mean())
             out[f"{p}.v"] = scale_rows(out[f"{p}.v"], s_kv)
             s_o = np.repeat(s_kv.reshape(c.num_kv_heads, 1, c.head_dim), group, axis=1).reshape(-1)
             out[f"{p}.o"] = scale_cols(weights[f"{p}.o"], s_o)
     if "logits" in groups:
         head = weights.get("lm_head", weights["embed"])
-        s = smoothing_scales(act_absmax["logits"], head, alpha)
+        s = smoothing_scales(act_absmax["logits"], head, alpha_of("logits"))
         out["norm"] = div(weights["norm"], s)
         out["lm_head"] = scale_cols(head, s)
     return out

@@ -68,3 +68,17 @@ def test_calibration_prompts_use_the_chat_template() -> None:
     prompts = recipes.calibration_prompts(Tok())
     assert len(prompts) == len(recipes.CALIBRATION_PROMPTS)
     assert all(p[:6] == [ord(ch) for ch in "<user>"] for p in prompts)
+
+
+def test_alpha_rules_pick_the_first_matching_pattern() -> None:
+    recipe = recipes.Recipe(
+        "t",
+        float_linear,
+        smooth_alpha=0.5,
+        alpha_rules=(("layers.2.down", 0.9), (".down", 0.7), ("layers.2.", 0.3)),
+    )
+    assert recipe.alpha_for("layers.2.down") == 0.9
+    assert recipe.alpha_for("layers.5.down") == 0.7
+    assert recipe.alpha_for("layers.2.qkv") == 0.3
+    assert recipe.alpha_for("logits") == 0.5
+    assert recipe.transform_key() != recipes.Recipe("t", float_linear, smooth_alpha=0.5).transform_key()

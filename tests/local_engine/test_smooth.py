@@ -107,3 +107,18 @@ def test_smoothing_scales_balance_activation_and_weight_ranges() -> None:
     # after smoothing the activation and the weight ranges of channel 1 differ by the same factor as channel 0's
     ratio = (act / s) / (np.abs(w).max(axis=0) * s)
     assert np.allclose(ratio, ratio[0])
+
+
+def test_per_layer_alphas_change_only_their_layers_and_keep_the_function(tmp_path: Path) -> None:
+    c = tiny_config()
+    w = _outlier_weights()
+    stats = activation_absmax(c, w, PROMPTS)
+    uniform = smooth_weights(c, w, stats, alpha=0.5)
+    same = smooth_weights(c, w, stats, alpha=0.5, alphas={"layers.0.down": 0.5})
+    assert all(np.array_equal(uniform[k], same[k]) for k in uniform)
+    mixed = smooth_weights(c, w, stats, alpha=0.5, alphas={"layers.1.down": 0.8, "layers.0.o": 0.2})
+    changed = {k for k in uniform if not np.array_equal(uniform[k], mixed[k])}
+    # down's scales live in up's rows and down's columns, O's in V's rows and O's columns
+    assert changed == {"layers.1.up", "layers.1.down", "layers.0.v", "layers.0.o"}
+    out = _logits(tmp_path, {"fp32": w, "mixed": mixed})
+    assert np.abs(out["mixed"] - out["fp32"]).max() <= 1e-4 * np.abs(out["fp32"]).max()
