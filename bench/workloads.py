@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+
 def _shared(name: str) -> Path:
     """``../shared/data/NAME`` beside the checkout, or beside the folder of worktrees holding it."""
     root = Path(__file__).resolve().parents[1]
