@@ -4,8 +4,8 @@
 loop keeps serving other requests while a text is embedded. Texts that arrive while a batch runs queue up
 and go together in the next one (one forward pass instead of many).
 
-The gateway builds one ``MicroBatcher`` per app and shares it: the semantic cache (lookup, store, replica
-catch-up, probe answers) and the router's complexity score. Per request, ``gateway.pipeline.Call.vector``
+The gateway builds one ``MicroBatcher`` per app and shares it across the semantic cache's uses (lookup,
+store, replica catch-up, probe answers; the router reads its own static embedding). Per request, ``gateway.pipeline.Call.vector``
 memoises its result, so a request's last user turn is embedded at most once.
 """
 

@@ -10,8 +10,8 @@ entry of another tenant, model, system prompt or conversation.
 
 The caller embeds the text (``searchable`` first says whether a lookup could find anything, so a request
 in an empty scope costs no embedding): the gateway embeds a request's last user turn once, through the
-app's shared ``MicroBatcher`` (``cache.batcher``), and hands the same vector to the lookup, to the entry
-stored after a miss and to the router. Entries that arrive without a vector (another replica's) are
+app's shared ``MicroBatcher`` (``cache.batcher``), and hands the same vector to the lookup and to the entry
+stored after a miss. Entries that arrive without a vector (another replica's) are
 embedded through the same batcher.
 """
 
