@@ -6,7 +6,8 @@ response and, at the client, often two wake-ups. On the gateway's fast path both
 the same turn of the event loop (a JSON answer's body; a stream's first event when it is already there), so
 ``HeldHeadTransport`` keeps the head until the next write, at most until the end of that turn, and sends
 them together. Nothing else changes: every other write goes out at once, and a held head is written
-before anything that closes or hands over the connection.
+before anything that closes, ends or hands over the connection (every writing method is wrapped, so no
+write can overtake a held head, whatever a future uvicorn calls).
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ class HeldHeadTransport:
         held, self._held = self._held, None
         if held is not None and not self._transport.is_closing():
             self._transport.write(held)
+
+    def writelines(self, data: Any) -> None:
+        """Joined into one ``write`` (a held head goes first, in the same send)."""
+        self.write(b"".join(bytes(d) for d in data))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
 
     def close(self) -> None:
         self.flush()

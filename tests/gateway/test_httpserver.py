@@ -36,6 +36,9 @@ class Recorder:
     def abort(self) -> None:
         self.aborted = True
 
+    def write_eof(self) -> None:
+        self.writes.append(b"<eof>")
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 1)}.get(name, default)
 
@@ -152,3 +155,13 @@ def test_answers_expect_100_continue(base: str) -> None:
         while not answer.endswith(b"ping"):
             answer += sock.recv(1024)
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_no_writing_method_overtakes_a_held_head() -> None:
+    t, rec = held()
+    t.write(HEAD)
+    t.writelines([b"{", memoryview(b"}")])
+    assert rec.writes == [HEAD + b"{}"]
+    t.write(HEAD)
+    t.write_eof()
+    assert rec.writes == [HEAD + b"{}", HEAD, b"<eof>"]
