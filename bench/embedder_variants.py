@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import numpy as np
 
 from bench import traps
 from bench.guard_train import QQP_TEST, qqp_rows
-from bench.semantic_cache import MIN_COSINE, RESULTS
+from bench.semantic_cache import MIN_COSINE, RESULTS, run_meta
 from cache.guard import load_guard
 from cache.onnx_embedder import OnnxMiniLMEmbedder, ensure_built
 
@@ -144,15 +143,12 @@ def main() -> None:
             wall_ms_1_thread=wall[v],
             wall_ms_2_threads=wall[f"{v}@2"],
         )
-    result["meta"] = {
-        "started": started,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "load_average_at_start": [round(x, 2) for x in load],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "command": f"python -m bench.embedder_variants --variants {args.variants} --budget {args.budget}",
-    }
+    result["meta"] = run_meta(
+        started,
+        load,
+        f"python -m bench.embedder_variants --variants {args.variants} --budget {args.budget}",
+        t0=t0,
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "embedder_variants.json").write_text(json.dumps(result, indent=2))
     text = report(result)

@@ -418,6 +418,23 @@ def make_embedders(specs: str) -> dict[str, Any]:
     return out
 
 
+def run_meta(
+    started: str, load: tuple[float, float, float], command: str, *, t0: float | None = None
+) -> dict[str, Any]:
+    """A run's ``meta``: when it started (and, given its ``perf_counter`` start ``t0``, how long it took), the
+    machine's load average at start and now, the CPU, the cores and the command."""
+    meta: dict[str, Any] = {"started": started}
+    if t0 is not None:
+        meta["seconds"] = round(time.perf_counter() - t0, 1)
+    return meta | {
+        "load_average_at_start": [round(x, 2) for x in load],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "command": command,
+    }
+
+
 def latency_main(args: argparse.Namespace) -> None:
     """The latency part alone, quick to rerun: lookup p50/p99 (embedding included) for each embedder at
     each size, in the same run, plus embedding throughput. The index holds the QQP test texts' vectors
@@ -436,16 +453,13 @@ def latency_main(args: argparse.Namespace) -> None:
         "throughput": {
             name: asyncio.run(throughput(e, [r["a"] for r in rows[:64]])) for name, e in embedders.items()
         },
-        "meta": {
-            "started": started,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "load_average_at_start": [round(x, 2) for x in load],
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "command": f"python -m bench.semantic_cache --latency-only --embedders {args.embedders} "
+        "meta": run_meta(
+            started,
+            load,
+            f"python -m bench.semantic_cache --latency-only --embedders {args.embedders} "
             f"--sizes {args.sizes} --queries {args.queries}",
-        },
+            t0=t0,
+        ),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "semantic_cache_latency.json").write_text(json.dumps(result, indent=2))
@@ -531,17 +545,14 @@ def main() -> None:
         result["throughput"] = {
             name: asyncio.run(throughput(e, [r["a"] for r in rows[:64]])) for name, e in embedders.items()
         }
-    result["meta"] = {
-        "started": started,
-        "load_average_at_start": [round(x, 2) for x in load],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "command": "python -m bench.semantic_cache"
+    result["meta"] = run_meta(
+        started,
+        load,
+        "python -m bench.semantic_cache"
         + (" --quick" if args.quick else "")
         + f" --budget {args.budget}"
         + (" --int8" if args.int8 else ""),
-    }
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "semantic_cache.json").write_text(json.dumps(result, indent=2))
     (RESULTS / "semantic_cache.md").write_text(report(result))
