@@ -19,6 +19,7 @@ threshold is a miss anyway.
     guard-global    scope + the trap guard's score, online budget, one global threshold (the default
                     before per-entry thresholds)
     guard-entry     scope + the guard's score, online budget, per-entry thresholds
+    vcache-DELTA    vCache's own verified decision (``VCacheRule``) at error bound DELTA, given our scope
 
 Reported per method: requests, hits, wrong hits, hits/requests, wrong/hits (what the operator's budget
 ``max_wrong_hit_rate`` bounds) and wrong/requests (vCache's error rate), probes that cost a paid call.
@@ -38,6 +39,9 @@ from cache.guard import wilson_upper
 from cache.threshold import Curve, EntryThresholds
 
 GPTCACHE_THRESHOLD = 0.8
+VCACHE_DELTAS = (0.01, 0.02, 0.05, 0.1)
+"""vCache's error bound (wrong answers per request) at the values its paper reports, and at our default
+budget (which bounds wrong answers per hit, a looser measure for the same number)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -191,4 +195,111 @@ def compare(
         "cosine-entry": run_online(test, cos_table, budget, use_cosine=True, per_entry=True, **kw),
         "guard-global": run_online(test, guard_table, budget, use_cosine=False, per_entry=False, **kw),
         "guard-entry": run_online(test, guard_table, budget, use_cosine=False, per_entry=True, **kw),
+        **{f"vcache-{d}": run_vcache(test, d, seed=seed) for d in VCACHE_DELTAS},
     }
+
+
+# ---- vCache's own decision rule, as a baseline ---------------------------------------------------------
+
+
+class VCacheRule:
+    """vCache's verified decision (Schroeder et al., "vCache: Verified Semantic Prompt Caching", ICLR 2026),
+    re-implemented from the paper's algorithm for this simulation: cosine similarity only, one sigmoid
+    ``P(correct | s) = sigmoid(gamma * (s - t))`` per cached entry, fitted by logistic regression on the
+    entry's own observations; a request is served from the entry only with the probability the bound
+    allows, else it is explored (sent upstream; the fresh answer labels the observation):
+
+        fewer than ``MIN_OBSERVATIONS`` observations, or one label only   ->  explore
+        t' (eps) = t_hat + z(1 - eps) * sd(t_hat)          for eps on a grid (a confidence bound on t)
+        tau      = min over eps of 1 - delta / (1 - (1 - eps) * sigmoid(gamma * (s - t'(eps))))
+        explore with probability tau, else exploit (serve the cached answer)
+
+    ``sd(t_hat)`` comes from the delta method on the fit's covariance; when the entry's observations are
+    perfectly separated (no finite fit) this port takes the separating gap as uniform (variance gap²/12)
+    where the authors use an empirical table. Entries are the stream's fixed ones: vCache also stores the
+    explored prompt as a new entry when the cached answer was wrong, which a pair stream cannot express.
+    """
+
+    MIN_OBSERVATIONS = 6
+
+    def __init__(self, delta: float, seed: int) -> None:
+        self.delta = delta
+        self.rng = random.Random(seed)
+        self.observations: dict[str, list[tuple[float, int]]] = {}
+        self.eps = np.linspace(1e-6, 1 - 1e-6, 50)
+        from statistics import NormalDist
+
+        self.z = np.array([NormalDist().inv_cdf(1 - e) for e in self.eps])
+
+    def exploit(self, entry: str, s: float) -> bool:
+        obs = self.observations.get(entry, [])
+        if len(obs) < self.MIN_OBSERVATIONS:
+            return False
+        sims = np.array([o[0] for o in obs])
+        labels = np.array([o[1] for o in obs])
+        if labels.min() == labels.max():
+            return False
+        fit = _sigmoid_fit(sims, labels)
+        if fit is None:  # perfectly separated: an unpenalised fit runs to a step anywhere in the gap
+            lo, hi = float(sims[labels == 0].max()), float(sims[labels == 1].min())
+            t_hat, gamma, var_t = (lo + hi) / 2, 1000.0, (hi - lo) ** 2 / 12
+        else:
+            t_hat, gamma, var_t = fit
+        t_prime = np.clip(t_hat + self.z * np.sqrt(var_t), 0.0, 1.0)
+        alpha = (1 - self.eps) / (1 + np.exp(-gamma * (s - t_prime)))
+        tau = float(np.min(1 - self.delta / np.maximum(1 - alpha, 1e-12)))
+        return self.rng.random() > tau
+
+    def observe(self, entry: str, s: float, correct: bool) -> None:
+        self.observations.setdefault(entry, []).append((round(s, 3), int(correct)))
+
+
+def _sigmoid_fit(s: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float, float] | None:
+    """Logistic regression of ``y`` on ``[1, s]`` by Newton's method: ``(t_hat, gamma, var(t_hat))`` with
+    the delta-method variance, or None when the labels are perfectly separated by ``s``."""
+    if s[y == 1].min() > s[y == 0].max():
+        return None
+    x = np.stack([np.ones_like(s), s], axis=1)  # [n, 2]
+    beta = np.zeros(2)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(x @ beta)))
+        w = np.maximum(p * (1 - p), 1e-9)
+        h = x.T @ (w[:, None] * x)
+        try:
+            step = np.linalg.solve(h, x.T @ (y - p))
+        except np.linalg.LinAlgError:
+            return None
+        beta += step
+        if np.abs(step).max() < 1e-8:
+            break
+    intercept, gamma = float(beta[0]), max(float(beta[1]), 1e-6)
+    t_hat = float(np.clip(-intercept / gamma, 0.0, 1.0))
+    p = 1 / (1 + np.exp(-(x @ beta)))
+    h = x.T @ ((p * (1 - p))[:, None] * x)
+    try:
+        cov = np.linalg.inv(h)
+    except np.linalg.LinAlgError:
+        return None
+    grad = np.array([-1.0 / gamma, intercept / gamma**2])
+    return t_hat, gamma, max(float(grad @ cov @ grad), 0.0)
+
+
+def run_vcache(reqs: Sequence[Request], delta: float, *, seed: int = 0) -> dict[str, Any]:
+    """``VCacheRule`` over the stream. It is given our scope fingerprint (a request of another conversation
+    has no candidate), which vCache itself does not have; every other request meets its entry whatever the
+    cosine (vCache always looks at its nearest neighbour), and every explore is a paid call that labels it
+    (``paid_probes``: the explores whose cached answer was right, hits given up to learn)."""
+    rule = VCacheRule(delta, seed)
+    t = Tally()
+    for r in reqs:
+        if not r.scoped:
+            t.count(r, False)
+            continue
+        if rule.exploit(r.entry, r.cosine):
+            t.count(r, True)
+            continue
+        t.probes += 1
+        t.paid_probes += r.same
+        rule.observe(r.entry, r.cosine, r.same)
+        t.count(r, False)
+    return {"delta": delta, **t.summary()}

@@ -21,6 +21,7 @@ import gzip
 import json
 import math
 import random
+import re
 from collections import Counter
 from typing import Any
 
@@ -42,6 +43,39 @@ def qqp_rows() -> list[dict[str, Any]]:
         rows = [json.loads(line) for line in f]
     random.Random(QQP_SEED).shuffle(rows)
     return rows
+
+
+HUB_MIN_PAIRS = 6
+"""A question in at least this many pairs of the QQP file is a popular one (323 questions, 1,923 pairs)."""
+
+
+def trained_rows(meta: dict[str, Any]) -> range:
+    """The QQP rows (of ``qqp_rows()``) a shipped guard was fitted on, from its model's ``meta``."""
+    if "qqp_rows" in meta:
+        lo, hi = meta["qqp_rows"]
+        return range(int(lo), int(hi))
+    m = re.search(r"QQP dev pairs (\d+)-(\d+)", str(meta.get("fitted_on", "")))
+    if m is None:
+        raise ValueError("the guard model does not say which QQP rows it was fitted on")
+    return range(int(m.group(1)), int(m.group(2)))
+
+
+def hub_pairs(rows: list[dict[str, Any]], exclude: range) -> list[dict[str, Any]]:
+    """Repeat traffic from the data itself: every pair of ``rows`` that holds a popular question (one in
+    ``HUB_MIN_PAIRS`` or more pairs of the file), oriented so that the popular question is the stored entry
+    ``a`` and the other one the arriving request ``b``; rows in ``exclude`` (the guard's training rows)
+    are left out, so the guard never saw these pairs."""
+    count = Counter(q for r in rows for q in (r["a"], r["b"]))
+    out = []
+    for i, r in enumerate(rows):
+        if i in exclude:
+            continue
+        a, b = r["a"], r["b"]
+        if count[b] >= HUB_MIN_PAIRS and count[b] > count[a]:
+            a, b = b, a
+        if count[a] >= HUB_MIN_PAIRS:
+            out.append({"a": a, "b": b, "same": r["duplicate"], "kind": "qqp"})
+    return out
 
 
 def idf_table(rows: list[dict[str, Any]], min_df: int = 3) -> tuple[dict[str, float], float]:
@@ -107,6 +141,7 @@ def main() -> None:
         idf_unknown=idf_unknown,
         calibration=tuple(table),
         meta={
+            "qqp_rows": [QQP_TEST, QQP_TEST + args.qqp_pairs],
             "fitted_on": f"QQP dev pairs {QQP_TEST}-{QQP_TEST + args.qqp_pairs} (seed {QQP_SEED}) + "
             f"{min(args.trap_pairs, len(train))} bench/traps.py train pairs",
             "candidates": len(y),

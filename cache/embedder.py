@@ -94,7 +94,7 @@ def load_embedder(
     runtime: Runtime = "onnx",
     *,
     directory: Path,
-    variant: Literal["fp32", "int8", "int8-mixed"] = "fp32",
+    variant: Literal["fp32", "int8", "int8-mixed", "int8-blocks"] = "fp32",
     threads: int = 1,
 ) -> Embedder:
     """The MiniLM embedder on ``runtime``. ``onnx`` exports the model into ``directory`` first when it is

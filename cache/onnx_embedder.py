@@ -51,11 +51,22 @@ import numpy as np
 
 from cache.embedder import Vectors, bundled_model_dir
 
-Variant = Literal["fp32", "int8", "int8-mixed"]
-VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "int8-mixed")
+Variant = Literal["fp32", "int8", "int8-mixed", "int8-blocks"]
+VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "int8-mixed", "int8-blocks")
 EXPORT_VERSION = 1
 """Bumped whenever the exported graph changes: a folder built by another version is rebuilt."""
-_FILES = {"fp32": "model.onnx", "int8": "model-int8.onnx", "int8-mixed": "model-int8-mixed.onnx"}
+_FILES = {
+    "fp32": "model.onnx",
+    "int8": "model-int8.onnx",
+    "int8-mixed": "model-int8-mixed.onnx",
+    "int8-blocks": "model-int8-blocks.onnx",
+}
+BLOCK_BITS = 8
+BLOCK_SIZE = 32
+BLOCK_ACCURACY_LEVEL = 4
+"""``int8-blocks``: every linear weight as 8-bit codes in blocks of 32 along the input (``MatMulNBits``);
+at accuracy level 4 onnxruntime quantises each block of 32 activations with its own scale (not one scale
+per tensor as dynamic quantisation does), which is what keeps the vectors this close to fp32's."""
 FLOAT32_NODES = (
     *(f"/bert/encoder/layer.{i}/intermediate/dense/MatMul" for i in range(5)),
     *(f"/bert/encoder/layer.{i}/output/dense/MatMul" for i in range(3)),
@@ -95,6 +106,7 @@ def export_minilm(
     torch and transformers (build time only); a few seconds per variant."""
     import torch
     from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from transformers import AutoConfig, AutoModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -143,6 +155,21 @@ def export_minilm(
         fp32 = Path(tmp) / _FILES["fp32"]
         fused.save_model_to_file(str(fp32))
         built = {"fp32": fp32}
+        if "int8-blocks" in variants:
+            # MatMulNBits takes plain MatMuls: the attention stays unfused (its Q, K, V and output
+            # projections are quantised too)
+            options = FusionOptions("bert")
+            options.enable_attention = False
+            unfused = optimizer.optimize_model(
+                str(raw),
+                model_type="bert",
+                num_heads=config.num_attention_heads,
+                hidden_size=config.hidden_size,
+                opt_level=0,
+                optimization_options=options,
+            )
+            built["int8-blocks"] = Path(tmp) / _FILES["int8-blocks"]
+            _block_quantize(unfused.model, built["int8-blocks"])
         for variant in ("int8", "int8-mixed"):
             if variant in variants:
                 built[variant] = Path(tmp) / _FILES[variant]
@@ -183,6 +210,59 @@ def _quantize(fp32: Path, out: Path, *, keep_float: Sequence[str], op_types: Seq
         nodes_to_exclude=list(keep_float),
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+
+
+def _block_quantize(model: Any, out: Path) -> None:
+    """Every MatMul of ``model`` (an ``onnx.ModelProto``) whose weight is a 2-D initializer becomes
+    ``MatMulNBits`` (``BLOCK_BITS``-bit asymmetric codes in blocks of ``BLOCK_SIZE`` along K); written to
+    ``out``."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from local_engine.quantize import quantize_blockwise
+
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        init = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        w = numpy_helper.to_array(init) if init is not None else None
+        if w is None or w.ndim != 2 or w.shape[0] % BLOCK_SIZE:
+            nodes.append(node)
+            continue
+        k, n = w.shape  # MatMul's B is [K, N]; MatMulNBits stores [N, blocks, block]
+        codes, scales, zero_points = quantize_blockwise(np.ascontiguousarray(w.T), BLOCK_BITS, BLOCK_SIZE)
+        base = node.input[1]
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(codes, base + ".q"),
+                numpy_helper.from_array(scales.reshape(-1), base + ".scales"),
+                numpy_helper.from_array(zero_points.reshape(-1), base + ".zero_points"),
+            ]
+        )
+        nodes.append(
+            helper.make_node(
+                "MatMulNBits",
+                [node.input[0], base + ".q", base + ".scales", base + ".zero_points"],
+                list(node.output),
+                name=node.name,
+                domain="com.microsoft",
+                K=k,
+                N=n,
+                bits=BLOCK_BITS,
+                block_size=BLOCK_SIZE,
+                accuracy_level=BLOCK_ACCURACY_LEVEL,
+            )
+        )
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(out))
 
 
 def _manifest(directory: Path) -> dict[str, Any] | None:

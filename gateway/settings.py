@@ -585,7 +585,7 @@ class EmbedderSettings(_Strict):
     on first use (seconds, once; ``thriftgate cache build-embedder`` does it ahead). Same vectors as
     ``torch`` (sentence-transformers; cosine >= 0.99999 over the QQP dev texts) at about a third of the
     CPU time (``bench/results/semantic_cache.md``)."""
-    variant: Literal["fp32", "int8", "int8-mixed"] = "fp32"
+    variant: Literal["fp32", "int8", "int8-mixed", "int8-blocks"] = "fp32"
     """``int8`` (onnx only): dynamic int8 weights, faster but not the same vectors (see the benchmark:
     it moves the cosines the guard was calibrated on). ``int8-mixed``: int8 with the ten most sensitive
     MatMuls kept in float32 (``cache.onnx_embedder.FLOAT32_NODES``): ~1.4x fp32's speed, and the cache
