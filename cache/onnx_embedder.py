@@ -8,6 +8,8 @@ from a model hub), once, into a folder under ``data_dir``:
                     →  (variant int8) dynamic per-channel int8 weights                 →  model-int8.onnx
                     →  (variant int8-mixed) the same, but the MatMuls the quantisation
                        hurts most stay float32 (``FLOAT32_NODES``)                      →  model-int8-mixed.onnx
+                    →  (variant int8-blocks) the export fused with MultiHeadAttention instead,
+                       every linear weight 8-bit in blocks of 32 (``MatMulNBits``)      →  model-int8-blocks.onnx
 
 Pooling and normalisation are inside the graph, exactly as sentence-transformers does them (the mean of
 the token vectors under the attention mask, then ``x / max(|x|, 1e-12)``), so a run returns the finished
@@ -156,10 +158,11 @@ def export_minilm(
         fused.save_model_to_file(str(fp32))
         built = {"fp32": fp32}
         if "int8-blocks" in variants:
-            # MatMulNBits takes plain MatMuls: the attention stays unfused (its Q, K, V and output
-            # projections are quantised too)
+            # MatMulNBits takes plain MatMuls: the attention is fused as MultiHeadAttention, which takes
+            # the Q, K and V projections' outputs (the Attention op holds its QKV weight itself), so
+            # those projections are quantised too (0.79x fp32's CPU per text, unfused attention 0.83x)
             options = FusionOptions("bert")
-            options.enable_attention = False
+            options.use_multi_head_attention = True
             unfused = optimizer.optimize_model(
                 str(raw),
                 model_type="bert",

@@ -63,6 +63,22 @@ def test_int8_mixed_keeps_the_sensitive_matmuls_in_float(tmp_path: Path) -> None
     assert agree.min() > 0.98 and agree.max() < 0.999999  # close to fp32, and really quantised
 
 
+@pytest.mark.slow
+def test_int8_blocks_quantises_every_linear_weight_in_blocks(tmp_path: Path) -> None:
+    import onnx
+
+    fp32 = OnnxMiniLMEmbedder(ensure_built(tmp_path, "fp32"))
+    path = ensure_built(tmp_path, "int8-blocks")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    # 6 layers x (Q, K, V, output, FFN up, FFN down); no float MatMul with a weight is left
+    assert ops.count("MatMulNBits") == 36 and ops.count("MatMul") == 0
+    assert ops.count("MultiHeadAttention") == 6
+    blocks = OnnxMiniLMEmbedder(path).embed(TEXTS)
+    assert np.allclose(np.linalg.norm(blocks, axis=1), 1.0, atol=1e-5)
+    agree = np.einsum("ij,ij->i", blocks, fp32.embed(TEXTS))
+    assert agree.min() > 0.995 and agree.max() < 0.999999  # closer to fp32 than int8-mixed, and quantised
+
+
 def test_quantising_refuses_a_float_node_the_graph_lacks(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
