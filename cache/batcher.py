@@ -40,13 +40,18 @@ class MicroBatcher:
         return self.embedder.dim
 
     async def embed(self, text: str) -> Vector:
+        return await self.submit(text)
+
+    def submit(self, text: str) -> asyncio.Future[Vector]:
+        """Queues ``text`` now (texts queued before the caller next yields go in one batch) and returns
+        the future of its vector. Must be called on the event loop."""
         if self._queue is None:
             self._queue = asyncio.Queue()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(self._queue), name="thriftgate-embed")
         fut: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        await self._queue.put((text, fut))
-        return await fut
+        self._queue.put_nowait((text, fut))
+        return fut
 
     async def _run(self, queue: asyncio.Queue[tuple[str, asyncio.Future[Vector]]]) -> None:
         while True:

@@ -355,10 +355,17 @@ class GatewayCache:
         guard = self.semantic.guard
         budget = self.budget
         if not self.semantic.searchable(scope):
-            return None  # nothing to find: no embedding needed (the store after the miss embeds later)
+            return None  # nothing to find: no embedding (the entry stored after the miss waits, deferred)
+        # the scope's deferred entries are queued first, then the question: one micro-batch
+        waiting = self.semantic.catch_up(scope)
+        try:
+            vec = await call.vector(text)
+        finally:
+            with contextlib.suppress(Exception):  # on failure its entries stay deferred: tried again
+                await waiting
         if budget is None or not isinstance(guard, ScoringGuard):
-            return self.semantic.lookup(scope, text, await call.vector(text), now)
-        cand = self.semantic.best(scope, text, await call.vector(text), now, guard)
+            return self.semantic.lookup(scope, text, vec, now)
+        cand = self.semantic.best(scope, text, vec, now, guard)
         if cand is None or cand.score <= 0.0:
             return None
         score = cand.score
@@ -448,7 +455,7 @@ class GatewayCache:
         self.table.add(entry)
         self._pending.append(entry)
         if self.semantic is not None and text is not None and entry.embedding is None:
-            self.semantic.embed_later(entry)
+            self.semantic.store_vectorless(entry)
 
 
 def embedder_tag(runtime: str, variant: str) -> str:

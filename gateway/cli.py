@@ -148,7 +148,10 @@ def _parser() -> argparse.ArgumentParser:
         "--out", help="output folder (default: embedder.model_dir, i.e. <data_dir>/embedder)"
     )
     embedder.add_argument(
-        "--variant", choices=("fp32", "int8", "int8-mixed", "int8-blocks"), default=None, help="default: embedder.variant"
+        "--variant",
+        choices=("fp32", "int8", "int8-mixed", "int8-blocks"),
+        default=None,
+        help="default: embedder.variant",
     )
     embedder.set_defaults(run=_cache_build_embedder)
 

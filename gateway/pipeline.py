@@ -260,7 +260,7 @@ class Call:
         if fut is None:
             if self.embeddings is None:
                 raise RuntimeError("this app has no embedder (Steps.embeddings)")
-            fut = asyncio.ensure_future(self.embeddings.embed(key))
+            fut = self.embeddings.submit(key)  # queued now: batched with whatever else is queued
             self._vectors[key] = fut
         return await asyncio.shield(fut)
 

@@ -84,3 +84,77 @@ async def test_a_stored_entry_is_embedded_in_the_background() -> None:
         await asyncio.sleep(0.01)
     assert await lookup(sem, "s", "Hello, world!", 1.0) is not None
     await sem.aclose()
+
+
+# ---- entries stored without a vector wait until their scope is searched --------------------------------
+
+
+class Counting:
+    """A BagOfWords that records every batch it embeds (and can be made to fail)."""
+
+    def __init__(self) -> None:
+        self.inner = BagOfWords()
+        self.dim = self.inner.dim
+        self.batches: list[list[str]] = []
+        self.fail = False
+
+    def embed(self, texts: list[str]) -> object:
+        if self.fail:
+            raise RuntimeError("embedder down")
+        self.batches.append(list(texts))
+        return self.inner.embed(texts)
+
+
+def vectorless(table: EntryTable, sem: SemanticCache, i: int, scope: str, text: str) -> CacheEntry:
+    e = CacheEntry(str(i), "ns", "m", f"k{i}", scope, ANSWER, 0.0, 100.0, text=text)
+    table.add(e)
+    sem.store_vectorless(e)
+    return e
+
+
+async def test_an_entry_alone_in_its_scope_is_not_embedded_until_the_scope_is_searched() -> None:
+    emb = Counting()
+    sem = SemanticCache(emb, Veto(set()), min_cosine=0.9)  # type: ignore[arg-type]
+    table = EntryTable(100)
+    sem.attach(table)
+    for turn in range(5):  # a conversation: each turn's history is a scope of its own
+        vectorless(table, sem, turn, f"conversation-turn-{turn}", f"question number {turn}")
+    await asyncio.sleep(0.05)
+    assert emb.batches == [] and sem.scopes == {} and len(sem.deferred) == 5
+    assert sem.searchable("conversation-turn-3") and not sem.searchable("another")
+    # the first lookup in a scope embeds its waiting entry with the question, in one batch
+    waiting = sem.catch_up("conversation-turn-3")
+    vec_future = sem.batcher.submit("Question number 3?")
+    await waiting
+    found = sem.lookup("conversation-turn-3", "Question number 3?", await vec_future, 1.0)
+    assert found is not None and found[0].id == "3"
+    assert emb.batches == [["question number 3", "Question number 3?"]]
+    assert "conversation-turn-3" not in sem.deferred and len(sem.scopes["conversation-turn-3"]) == 1
+    # once a scope is searched, the next entry stored there is embedded at once (in the background)
+    vectorless(table, sem, 9, "conversation-turn-3", "question number three")
+    await asyncio.sleep(0.05)
+    assert len(sem.scopes["conversation-turn-3"]) == 2 and "conversation-turn-3" not in sem.deferred
+
+
+async def test_deferred_entries_removed_or_failed_are_handled() -> None:
+    emb = Counting()
+    sem = SemanticCache(emb, Veto(set()), min_cosine=0.9)  # type: ignore[arg-type]
+    table = EntryTable(100)
+    sem.attach(table)
+    vectorless(table, sem, 1, "s", "first question")
+    vectorless(table, sem, 2, "s", "second question")
+    table.remove("1")  # evicted or purged while waiting
+    assert list(sem.deferred["s"]) == ["2"]
+    emb.fail = True
+    try:
+        await sem.catch_up("s")
+        raise AssertionError("the embedder's failure must reach the caller")
+    except RuntimeError:
+        pass
+    assert list(sem.deferred["s"]) == ["2"], "still waiting after a failed embedding"
+    emb.fail = False
+    first, second = sem.catch_up("s"), sem.catch_up("s")  # concurrent lookups share one embedding
+    await asyncio.gather(first, second)
+    assert emb.batches == [["second question"]] and len(sem.scopes["s"]) == 1
+    table.remove("2")
+    assert sem.scopes == {} and sem.deferred == {}

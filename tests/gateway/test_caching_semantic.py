@@ -70,7 +70,13 @@ def wait_indexed(gw: Any, n: int) -> None:
     cache: GatewayCache = gw.app.state.steps.cache
     assert cache.semantic is not None
     semantic = cache.semantic
-    wait_until(lambda: sum(len(s) for s in semantic.scopes.values()) >= n, timeout_s=5, what="the index")
+    # indexed, or deferred until its scope is first searched (the lookup then embeds it): findable either way
+    wait_until(
+        lambda: sum(len(s) for s in semantic.scopes.values()) + sum(len(d) for d in semantic.deferred.values())
+        >= n,
+        timeout_s=5,
+        what="the index",
+    )
 
 
 def test_a_rephrased_question_is_a_semantic_hit_in_every_format(

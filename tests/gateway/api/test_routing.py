@@ -235,11 +235,12 @@ def test_an_auto_request_with_the_semantic_cache_embeds_its_last_turn_once(
             )
             assert raw.headers["x-thriftgate-cache"] == "miss"
             assert raw.headers["x-thriftgate-route"].startswith("auto:gpt-4o-mini score")
-        # both answers stored with the request's own vector (no embedding in the background)
         wait_until(lambda: sum(len(i) for i in semantic.scopes.values()) == 2, what="both entries indexed")
-    # The first request: an empty scope needs no lookup vector, the router reads its static embedding; the
-    # store embeds. The second: the lookup embeds, the store reuses it. MiniLM never runs for routing.
-    assert embedder.texts == [first, second]
+    # The first request: an empty scope needs no lookup vector, the router reads its static embedding, and
+    # its stored answer waits unembedded. The second: its lookup embeds its question and the waiting entry
+    # in one batch, and its store reuses its vector. MiniLM never runs for routing.
+    assert sorted(embedder.texts) == sorted([first, second])
+    assert semantic.batcher.batches == 1
 
 
 def test_routing_an_auto_request_does_not_block_the_event_loop_while_its_table_loads(
