@@ -473,7 +473,7 @@ def _cache_block(d: Settings) -> list[str]:
         "# router reads a static table built from it); loaded on first use, each request embedded at most once.",
         "# onnx: exported by ThriftGate into model_dir on first use (or `thriftgate cache build-embedder`);",
         "# torch: sentence-transformers. int8 (onnx only) is faster but does not give the same vectors;",
-        "# int8-mixed (onnx only) decides as fp32 does within a few pairs at ~0.7x its CPU.",
+        "# int8-mixed and int8-blocks (onnx only) decide as fp32 does within a few pairs at ~0.8x its CPU.",
         "embedder:",
         f"  runtime: {e.runtime}",
         f"  variant: {e.variant}",

@@ -589,7 +589,10 @@ class EmbedderSettings(_Strict):
     """``int8`` (onnx only): dynamic int8 weights, faster but not the same vectors (see the benchmark:
     it moves the cosines the guard was calibrated on). ``int8-mixed``: int8 with the ten most sensitive
     MatMuls kept in float32 (``cache.onnx_embedder.FLOAT32_NODES``): ~1.4x fp32's speed, and the cache
-    decides within a few pairs of fp32 (``bench/results/embedder_variants.md``). The router does not use
+    decides within a few pairs of fp32 (``bench/results/embedder_variants.md``). ``int8-blocks``: every
+    linear weight 8-bit in blocks of 32, activations quantised per block of 32 (``MatMulNBits``): the
+    closest to fp32 of the three (2 of 2,240 trap/paraphrase pairs decided differently) at ~0.8x its CPU.
+    The router does not use
     this embedder (it has its own static one). Changing the variant changes every vector: the variant is
     part of every semantic scope, so entries stored under another variant are never compared with the new
     vectors (they miss and age out; exact hits are unaffected)."""
