@@ -12,7 +12,8 @@ looks at what differs between the two texts:
   has and how rare they are (IDF from QQP questions), the weight they carry on each side and their share
   of the text's weight, whether the shared tokens appear in another order (swapped entities),
   capitalised names whose word the other side lacks altogether (a lower-cased repeat keeps its names),
-  the length ratio;
+  the length ratio, whether the question words differ (what, how, when, who ...) and how many stopwords
+  only one side has;
 * the score is accepted at a threshold chosen from a calibration table (held-out predictions on labelled
   pairs) as the loosest whose wrong-hit rate, with a 95% Wilson upper bound, is within the operator's
   error budget (``max_wrong_hit_rate``).
@@ -245,7 +246,11 @@ FEATURES = (
     "cosine_x_unshared",
     "idf_only_a",
     "idf_only_b",
+    "wh_mismatch",
+    "stop_unshared",
 )
+WH_WORDS = frozenset({"what", "how", "why", "which", "who", "whom", "when", "where"})
+"""Question words: stopwords to the content features, yet "when" against "who" asks something else."""
 
 
 def tokens(text: str) -> list[str]:
@@ -322,6 +327,8 @@ def features(a: str, b: str, cosine: float, idf: Mapping[str, float], idf_unknow
         cosine * frac,
         sum(w(t) for t in only_a),
         sum(w(t) for t in only_b),
+        float(WH_WORDS & sta != WH_WORDS & stb),
+        float(len({t for t in sta if t in STOPWORDS} ^ {t for t in stb if t in STOPWORDS})),
     ]
 
 
