@@ -231,35 +231,24 @@ def stream_metrics(
     hub_scores = _guard_scores(hub_guard, hubs, hub_cos)
     hub_table = list(hub_guard.model.calibration)
     hub_per = np.bincount(np.unique([p["a"] for p in hubs], return_counts=True)[1])
+
+    def by_seed(reqs_of: Any, guard_table: list[tuple[float, int, int]]) -> dict[str, Any]:
+        return {
+            str(seed): cache_stream.compare(
+                train, reqs_of(seed), args.budget, guard_table, spread=spread, seed=seed, **kw
+            )
+            for seed in (2, 3, 4)
+        }
+
     return {
         "budget": args.budget,
         "spread": spread,
         "train_by_spread": by_spread,
-        "test": {
-            str(seed): cache_stream.compare(
-                train,
-                cache_stream.stream(test_pairs, test_cos, test_scores, seed=seed),
-                args.budget,
-                table,
-                spread=spread,
-                seed=seed,
-                **kw,
-            )
-            for seed in (2, 3, 4)
-        },
+        "test": by_seed(
+            lambda seed: cache_stream.stream(test_pairs, test_cos, test_scores, seed=seed), table
+        ),
         "requests_per_entry": {str(k): int(v) for k, v in enumerate(entries_per) if v},
-        "hub": {
-            str(seed): cache_stream.compare(
-                train,
-                cache_stream.stream(hubs, hub_cos, hub_scores, seed=seed),
-                args.budget,
-                hub_table,
-                spread=spread,
-                seed=seed,
-                **kw,
-            )
-            for seed in (2, 3, 4)
-        },
+        "hub": by_seed(lambda seed: cache_stream.stream(hubs, hub_cos, hub_scores, seed=seed), hub_table),
         "hub_requests_per_entry": {str(k): int(v) for k, v in enumerate(hub_per) if v},
     }
 
