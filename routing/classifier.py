@@ -13,7 +13,9 @@ Model, two stages, both shipped in ``routing/weights/complexity.npz``:
    embedding is. Its output is folded into three numbers, the topic posterior times each topic's mean
    gain, weak and strong accuracy in training (a learned per-topic prior that a request can carry
    without naming its topic).
-2. a small two-layer network over ``[embedding, standardised signals and topic priors]``.
+2. a small two-layer network over ``[embedding, standardised signals and topic priors]``. Its output is
+   either the gain itself (one linear unit) or, for a classifier trained with the ``pair`` target, two
+   logits, P(strong right) and P(weak right), whose difference is the gain.
 
 ``threshold(share)`` turns a target share of strong-model calls into a score threshold: the score
 quantile of the classifier's own training prompts. Scoring is a pure function of its inputs (numpy,
@@ -133,12 +135,13 @@ def softmax(z: F32) -> F32:
 class ComplexityClassifier:
     """``score = w2 · relu(W1 · x + b1) + b2`` with ``x = [embedding, standardised extras]``; the extras
     are the text signals, then (with a topic head) the topic priors ``softmax(e · topic_w + topic_b) ·
-    topic_prior``."""
+    topic_prior``. With a two-column ``w2`` (the ``pair`` target) the two outputs are the logits of
+    P(strong right) and P(weak right), and ``score = sigmoid(z_strong) - sigmoid(z_weak)``."""
 
     w1: F32  # [dim + extras, hidden]
     b1: F32  # [hidden]
-    w2: F32  # [hidden]
-    b2: float
+    w2: F32  # [hidden] (gain) or [hidden, 2] (pair: strong, weak logits)
+    b2: float | F32  # a float (gain) or [2] (pair)
     signal_mean: F32  # [extras]
     signal_std: F32  # [extras]
     quantiles: F32  # [101]: the training scores' percentiles, 0 .. 100
@@ -171,7 +174,11 @@ class ComplexityClassifier:
     def score_features(self, x: F32) -> F32:
         """Scores of a batch of feature rows ``[n, dim + extras]`` → ``[n]``."""
         h = np.maximum(x @ self.w1 + self.b1, 0.0)
-        out: F32 = (h @ self.w2 + self.b2).astype(np.float32)
+        z = h @ self.w2 + self.b2
+        if z.ndim == 2:  # pair: [n, 2] logits of P(strong right), P(weak right)
+            p = 1.0 / (1.0 + np.exp(-z))
+            z = p[:, 0] - p[:, 1]
+        out: F32 = z.astype(np.float32)
         return out
 
     def score(self, embedding: F32, text: str) -> float:
@@ -193,7 +200,7 @@ class ComplexityClassifier:
             "w1": self.w1.astype(np.float16),
             "b1": self.b1,
             "w2": self.w2,
-            "b2": np.array([self.b2], dtype=np.float32),
+            "b2": np.atleast_1d(np.asarray(self.b2, dtype=np.float32)),
             "signal_mean": self.signal_mean,
             "signal_std": self.signal_std,
             "quantiles": self.quantiles,
@@ -215,7 +222,7 @@ class ComplexityClassifier:
                 w1=data["w1"].astype(np.float32),
                 b1=data["b1"].astype(np.float32),
                 w2=data["w2"].astype(np.float32),
-                b2=float(data["b2"][0]),
+                b2=float(data["b2"][0]) if data["b2"].size == 1 else data["b2"].astype(np.float32),
                 signal_mean=data["signal_mean"].astype(np.float32),
                 signal_std=data["signal_std"].astype(np.float32),
                 quantiles=data["quantiles"].astype(np.float32),

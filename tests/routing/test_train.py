@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from routing.classifier import PRIORS, SIGNALS, ComplexityClassifier, signals, softmax
 from routing.train import apgr, cross_validate, curve, fit, fit_topics, ranking, topic_priors, topic_table
@@ -105,3 +106,22 @@ def test_cross_validation_stays_inside_the_rows_it_is_given() -> None:
     topics = [f"s{i}" for i in ids]
     scores = cross_validate(v, texts, weak, strong, topics, only=2, hidden=4, seeds=(0,))
     assert len(scores) == 2 and all(s > 0.3 for s in scores)  # topic 1 is learnable from the vectors
+
+
+def test_the_pair_target_scores_p_strong_minus_p_weak_and_round_trips(tmp_path: Path) -> None:
+    v, ids = clusters(300, seed=5)
+    rng = np.random.default_rng(6)
+    weak = (ids != 2) | (rng.random(300) < 0.2)  # topic 2: the weak model fails, the strong one does not
+    strong = (ids != 0) | (rng.random(300) < 0.5)  # topic 0: both often fail
+    texts = [f"question {i}" for i in range(300)]
+    clf = fit(v, texts, weak, strong, topics=[f"t{i}" for i in ids], hidden=8, seeds=(0, 1), target="pair")
+    assert clf.w2.shape == (16, 2) and np.shape(clf.b2) == (2,) and clf.meta["target"].startswith("P(")
+    scores = np.array([clf.score(v[i], texts[i]) for i in range(300)])
+    assert np.all(np.abs(scores) <= 1.0)  # a difference of two probabilities
+    assert scores[ids == 2].mean() > scores[ids == 1].mean() + 0.3
+    clf.save(tmp_path / "pair.npz")
+    back = ComplexityClassifier.load(tmp_path / "pair.npz")
+    assert np.shape(back.b2) == (2,) and back.meta == clf.meta
+    assert abs(back.score(v[7], texts[7]) - clf.score(v[7], texts[7])) < 1e-2
+    with pytest.raises(ValueError):
+        fit(v, texts, weak, strong, hidden=4, seeds=(0,), target="ratio")
