@@ -190,6 +190,8 @@ class SemanticCache:
         embedded now where their scope holds indexed entries, else deferred."""
         for entry in list(entries):
             if entry.text is not None and entry.embedding is None and entry.scope:
+                if entry.scope in self._catching_up:
+                    continue  # a lookup is embedding the scope's waiting entries; the next sync sees the rest
                 if entry.scope in self.scopes:
                     entry.embedding = await self.embed(entry.text)
                     self._added(entry)
