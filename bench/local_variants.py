@@ -65,6 +65,17 @@ def log(msg: str) -> None:
     print(f"[variants] {msg}", file=sys.stderr, flush=True)
 
 
+def cpu_isa() -> str:
+    """The widest SIMD the CPU offers that onnxruntime's int8 kernels use: their rounding differs by ISA,
+    so top-1 flips at near-ties differ between machines."""
+    flags = Path("/proc/cpuinfo").read_text()
+    if " avx512_vnni" in flags:
+        return "AVX-512 VNNI"
+    if " avx512f" in flags:
+        return "AVX-512"
+    return "AVX2" if " avx2" in flags else "other"
+
+
 def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
 
@@ -311,7 +322,12 @@ def main() -> None:
 
     report: dict[str, Any] = {
         "started": datetime.fromtimestamp(started, UTC).isoformat(),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": 2},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "isa": cpu_isa(),
+            "cpus": os.cpu_count(),
+            "threads": 2,
+        },
         "eval_text_tokens": len(text_ids),
         "calibration": recipes.CALIBRATION_DESCRIPTION,
         "bars": {"kl": quality.KL_BAR, "top1": quality.TOP1_BAR, "answers": "at least fp32's"},
@@ -371,6 +387,7 @@ def main() -> None:
             else None
         )
         row["load"] = Path("/proc/loadavg").read_text().split()[:3]
+        row["isa"] = cpu_isa()
         rows.append(row)
         log(json.dumps({k: v for k, v in row.items() if k not in ("description",)}))
         if name != BASELINE and not args.keep:
@@ -451,12 +468,14 @@ def render(report: dict[str, Any]) -> str:
         "Rows come from several runs sharing this file (`--append`); each row gives the load average when it "
         "was measured. Under a load average near 20 on 2 cores the decode timings are not reliable: recipes "
         "that run the very same kernels as int8 (the block-32 ones change only weight values) measured "
-        "0.84-1.23x int8.",
+        "0.84-1.23x int8. 'CPU' is the SIMD of the machine the row was measured on (rows without it: the "
+        "2026-11-30 evening session's AVX2-only machine); the int8 kernels differ by ISA, and so do the flips "
+        "at near-ties (int8-sq-down75-b16: 4 flips on AVX2, 11 on AVX-512 VNNI).",
         "",
         "| recipe | KL | top-1 (flips) | long text KL | long top-1 (flips) | ppl ratio | answers | MT-Bench "
         "| decode @128 (x int8, x llama.cpp) | decode @2048 (x int8, x llama.cpp) | MB | quality bar "
-        "| speed bar | load | what |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| speed bar | load | CPU | what |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["recipes"]:
         mt = f"{r['mtbench_match']:.0%}" if "mtbench_match" in r else "-"
@@ -472,7 +491,7 @@ def render(report: dict[str, Any]) -> str:
             f"{r['perplexity_ratio']:.3f} | "
             f"{r.get('answers', '-')} | {mt} | {speed[0]} | {speed[1]} | {r['bytes'] / 1e6:.0f} | "
             f"{bar[r['passes_quality']]} | {bar[r['passes_speed']]} | {' '.join(r.get('load', [])[:1])} | "
-            f"{r['description']} |"
+            f"{r.get('isa', 'AVX2*')} | {r['description']} |"
         )
     if report.get("long_text"):
         lt = report["long_text"]

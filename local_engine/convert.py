@@ -193,6 +193,11 @@ def _build(
         # block_size=16)), KL 0.00033, top-1 99.05%, 39/60 answers) and with float activations ("int4-exact":
         # KL 0, 40/60) pass the distribution bar but decode at 2-3 tok/s on onnxruntime's float path, and
         # measuring them made the build four times longer.
+        # Float zero points are what made them slow (onnxruntime dequantizes the whole weight per call); with
+        # the default zero point and a per-block correction instead (recipes "int4-gguf-l1": MLAS's 4-bit
+        # float-activation kernel, head Q8_0 at level 4) the weights stay exact and it decodes at 1.3-1.5x
+        # float32 (0.61x / 0.77x llama.cpp at 128 / 2,048), but the level-4 head alone flips 5 of 419 and it
+        # answers 38/60 (bench/results/local_variants.md, local_decode_ab_rerun.md).
     built = {name: recipes.RECIPES[key] for name, key in recipes.BUILT.items()}
     calibration = recipes.calibration_prompts(tokenizer)
     names = [v for v in VARIANTS if v in linears or v in built]

@@ -11,7 +11,7 @@ chat requests written for this purpose, none of them in the evaluation text or t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ import onnx
 from local_engine.config import ModelConfig
 from local_engine.gguf_weights import BlockQuant
 from local_engine.graph import LinearBuilder, build_decoder, float_linear
-from local_engine.quantize import GridInt8Linear, MixedLinear, NBitsLinear, name_matches
+from local_engine.quantize import GGUFBlocksLinear, GridInt8Linear, MixedLinear, NBitsLinear, name_matches
 from local_engine.rotate import rotate_residual
 from local_engine.smooth import GROUPS, activation_absmax, smooth_weights
 
@@ -86,9 +86,18 @@ class Recipe:
     keep: tuple[str, ...] = ()
     # per-layer smoothing strength: (MixedLinear pattern, alpha), the first match wins over smooth_alpha
     alpha_rules: tuple[tuple[str, float], ...] = ()
+    # the linear layers from the GGUF's own block codes (needs no transform: the weights are the GGUF's)
+    codes: Callable[[dict[str, BlockQuant]], LinearBuilder] | None = None
 
     def linear_for(self, blocks: dict[str, BlockQuant]) -> LinearBuilder:
-        body = GridInt8Linear(blocks, block_size=self.grid_block) if self.grid and blocks else self.linear
+        if self.codes is not None:
+            assert blocks, "this recipe needs the GGUF's Q4_1 / Q8_0 blocks"
+            assert not self.rotate and self.smooth_alpha is None, "GGUF codes fit untransformed weights only"
+            body = self.codes(blocks)
+        elif self.grid and blocks:
+            body = GridInt8Linear(blocks, block_size=self.grid_block)
+        else:
+            body = self.linear
         if not self.keep:
             return body
         return MixedLinear(body, tuple((p, float_linear) for p in self.keep))
@@ -259,6 +268,54 @@ RECIPES.update(
         "int8-sq-head75-b16": Recipe(
             "SmoothQuant alpha 0.5, the head's input 0.75, int8 block 16", _B16, smooth_alpha=0.5,
             alpha_rules=(("logits", 0.75),),
+        ),
+    }
+)  # fmt: skip
+
+
+# 4-bit weights: the GGUF's own Q4_1 codes (exact; Q4_1's offset as MatMulNBits' default zero point plus a
+# per-block float correction) and its Q8_0 head. onnxruntime's MLAS has fp32-activation kernels for 4-bit
+# MatMulNBits (accuracy level 1, CompFp32) but none for 8-bit, so the float-activation variant keeps the
+# head at level 4 (8-bit, its activations quantized per 16).
+def _gguf_l1_body(blocks: dict[str, BlockQuant]) -> LinearBuilder:
+    return MixedLinear(
+        GGUFBlocksLinear(blocks, accuracy_level=1),
+        (("logits", GGUFBlocksLinear(blocks, accuracy_level=4, block_size=16)),),
+    )
+
+
+def _gguf_l1_head_fp32(blocks: dict[str, BlockQuant]) -> LinearBuilder:
+    return MixedLinear(GGUFBlocksLinear(blocks, accuracy_level=1), (("logits", float_linear),))
+
+
+def _gguf_b16(blocks: dict[str, BlockQuant]) -> LinearBuilder:
+    return GGUFBlocksLinear(blocks, accuracy_level=4, block_size=16)
+
+
+def _gguf_b16_head32(blocks: dict[str, BlockQuant]) -> LinearBuilder:
+    return MixedLinear(
+        GGUFBlocksLinear(blocks, accuracy_level=4, block_size=16),
+        (("logits", GGUFBlocksLinear(blocks, accuracy_level=4)),),
+    )
+
+
+RECIPES.update(
+    {
+        "int4-gguf-l1": Recipe(
+            "GGUF's Q4_1 codes exactly, float activations (level 1, MLAS CompFp32); Q8_0 head, level 4, "
+            "block 16", float_linear, codes=_gguf_l1_body,
+        ),
+        "int4-gguf-l1-head-fp32": Recipe(
+            "GGUF's Q4_1 codes exactly, float activations (level 1); float32 head", float_linear,
+            codes=_gguf_l1_head_fp32,
+        ),
+        "int4-gguf-b16": Recipe(
+            "GGUF's Q4_1 / Q8_0 codes exactly, split into blocks of 16, int8 activations per 16 (level 4)",
+            float_linear, codes=_gguf_b16,
+        ),
+        "int4-gguf-b16-head32": Recipe(
+            "GGUF's codes exactly, body blocks of 16, head (Q8_0) block 32, level 4", float_linear,
+            codes=_gguf_b16_head32,
         ),
     }
 )  # fmt: skip
