@@ -72,8 +72,10 @@ def wait_indexed(gw: Any, n: int) -> None:
     semantic = cache.semantic
     # indexed, or deferred until its scope is first searched (the lookup then embeds it): findable either way
     wait_until(
-        lambda: sum(len(s) for s in semantic.scopes.values()) + sum(len(d) for d in semantic.deferred.values())
-        >= n,
+        lambda: (
+            sum(len(s) for s in semantic.scopes.values()) + sum(len(d) for d in semantic.deferred.values())
+            >= n
+        ),
         timeout_s=5,
         what="the index",
     )
