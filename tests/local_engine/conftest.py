@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 
+from local_engine.config import ModelConfig
 from local_engine.convert import build_all, build_test_model, model_dir_for, save_model
 from local_engine.gguf_weights import load_gguf
 from local_engine.graph import build_decoder, float_linear, tiny_config
@@ -54,18 +58,41 @@ def chat(tokenizer: Tokenizer, content: str, system: str | None = None) -> list[
     return list(tokenizer.encode(tokenizer.apply_chat_template(messages)))
 
 
+def write_models(
+    out: Path, config: ModelConfig, models: Mapping[str, onnx.ModelProto], name: str = "t"
+) -> Path:
+    """Saves ``models`` (variant name -> graph) under ``out`` with a manifest ``ModelRunner`` opens."""
+    entries = {}
+    for variant, model in models.items():
+        save_model(model, out / variant)
+        entries[variant] = {"file": f"{variant}/model.onnx"}
+    manifest = {
+        "name": name,
+        "config": config.to_dict(),
+        "variants": entries,
+        "default_variant": "fp32",
+        "complete": True,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def all_logits(
+    out: Path, config: ModelConfig, models: Mapping[str, onnx.ModelProto], ids: list[int], max_seq_len: int
+) -> dict[str, np.ndarray]:
+    """Every position's logits of ``ids`` under each of ``models`` (written with ``write_models``)."""
+    write_models(out, config, models)
+    return {
+        v: ModelRunner(out, v, num_slots=1, max_seq_len=max_seq_len).forward([0], [ids], [0], all_logits=True)
+        for v in models
+    }
+
+
 def float32_kv_runner(source: Path, name: str, out: Path, max_seq_len: int = 512) -> ModelRunner:
     """The float32 graph of the GGUF at ``source`` with a float32 KV cache: the converter's arithmetic without
     the float16 cache's rounding, for exact comparisons against transformers (the built variants keep their
     KV in float16, whose effect is measured separately: KL ~1e-6 vs a float32 cache)."""
     model = load_gguf(source, name)
-    save_model(build_decoder(model.config, model.weights, float_linear, kv_dtype="float32"), out / "fp32")
-    manifest = {
-        "name": name,
-        "config": model.config.to_dict(),
-        "variants": {"fp32": {"file": "fp32/model.onnx"}},
-        "default_variant": "fp32",
-        "complete": True,
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    fp32 = build_decoder(model.config, model.weights, float_linear, kv_dtype="float32")
+    write_models(out, model.config, {"fp32": fp32}, name)
     return ModelRunner(out, "fp32", num_slots=1, max_seq_len=max_seq_len)

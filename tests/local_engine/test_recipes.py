@@ -1,17 +1,15 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from local_engine import recipes
-from local_engine.convert import save_model
 from local_engine.gguf_weights import BlockQuant
 from local_engine.graph import build_decoder, float_linear, random_weights, tiny_config
 from local_engine.quantize import GGUFBlocksLinear, MixedLinear, fused_blocks
-from local_engine.runner import ModelRunner
+from tests.local_engine.conftest import all_logits
 
 CALIBRATION = [[1, 5, 7, 9, 11, 13, 17], [2, 3, 4, 200, 299]]
 IDS = [1, 5, 7, 9, 11, 13, 20, 30, 40, 250]
@@ -38,22 +36,7 @@ def test_recipe_keeps_the_function_and_its_graph_runs(tmp_path: Path, name: str)
         "transformed": build_decoder(c, recipe.weights(c, w, CALIBRATION), float_linear, kv_dtype="float32"),
         "quantized": recipe.build(c, w, CALIBRATION),
     }
-    entries: dict[str, dict[str, str]] = {}
-    manifest = {
-        "name": "t",
-        "config": c.to_dict(),
-        "variants": entries,
-        "default_variant": "fp32",
-        "complete": True,
-    }
-    for variant, model in models.items():
-        save_model(model, tmp_path / variant)
-        entries[variant] = {"file": f"{variant}/model.onnx"}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    out = {
-        v: ModelRunner(tmp_path, v, num_slots=1, max_seq_len=32).forward([0], [IDS], [0], all_logits=True)
-        for v in models
-    }
+    out = all_logits(tmp_path, c, models, IDS, max_seq_len=32)
     scale = np.abs(out["fp32"]).max()
     assert np.abs(out["transformed"] - out["fp32"]).max() <= 1e-4 * scale
     tolerance = 0.25 if "4-bit" in recipe.description else 0.1  # of the largest logit
@@ -99,22 +82,7 @@ def test_gguf_code_recipes_reproduce_the_gguf_weights(tmp_path: Path, name: str)
             c, w, MixedLinear(GGUFBlocksLinear(fused, accuracy_level=1), (("logits", float_linear),))
         ),
     }
-    entries: dict[str, dict[str, str]] = {}
-    for variant, model in models.items():
-        save_model(model, tmp_path / variant)
-        entries[variant] = {"file": f"{variant}/model.onnx"}
-    manifest = {
-        "name": "t",
-        "config": c.to_dict(),
-        "variants": entries,
-        "default_variant": "fp32",
-        "complete": True,
-    }
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    out = {
-        v: ModelRunner(tmp_path, v, num_slots=1, max_seq_len=32).forward([0], [IDS], [0], all_logits=True)
-        for v in models
-    }
+    out = all_logits(tmp_path, c, models, IDS, max_seq_len=32)
     scale = np.abs(out["fp32"]).max()
     # the exact 4-bit codes with float activations: float32's logits up to summation order
     assert np.abs(out["float-body"] - out["fp32"]).max() <= 1e-3 * scale

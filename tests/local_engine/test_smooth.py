@@ -1,16 +1,14 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from local_engine.convert import save_model
 from local_engine.graph import build_decoder, float_linear, random_weights, tiny_config
 from local_engine.rotate import rotate_residual
-from local_engine.runner import ModelRunner
 from local_engine.smooth import GROUPS, activation_absmax, smooth_weights, smoothing_scales
+from tests.local_engine.conftest import all_logits
 
 PROMPTS = [[1, 5, 7, 9, 11, 13, 17], [2, 3, 4, 200, 299]]
 IDS = [1, 5, 7, 9, 11, 13, 20, 30, 40, 250]
@@ -18,23 +16,9 @@ IDS = [1, 5, 7, 9, 11, 13, 20, 30, 40, 250]
 
 def _logits(tmp_path: Path, variants: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     c = tiny_config()
-    entries: dict[str, dict[str, str]] = {}
-    manifest = {
-        "name": "t",
-        "config": c.to_dict(),
-        "variants": entries,
-        "default_variant": "fp32",
-        "complete": True,
-    }
     # float32 KV: the check is that the transform keeps the function exactly (a float16 cache rounds it)
-    for name, w in variants.items():
-        save_model(build_decoder(c, w, float_linear, kv_dtype="float32"), tmp_path / name)
-        entries[name] = {"file": f"{name}/model.onnx"}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    return {
-        n: ModelRunner(tmp_path, n, num_slots=1, max_seq_len=64).forward([0], [IDS], [0], all_logits=True)
-        for n in variants
-    }
+    models = {name: build_decoder(c, w, float_linear, kv_dtype="float32") for name, w in variants.items()}
+    return all_logits(tmp_path, c, models, IDS, max_seq_len=64)
 
 
 def _outlier_weights() -> dict[str, np.ndarray]:
