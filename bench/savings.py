@@ -562,6 +562,11 @@ def summarise(w: Workload, scorer: Scorer, run: dict[str, Any], cost: dict[str, 
         "cost_by_share": cost,
         "quality": q,
         "latency": latency(run["interactive"]),
+        "latency_by_share": {
+            share: latency({r.id: run["interactive"][r.id] for r in w.requests if r.share == share})
+            for share in INTERACTIVE
+            if any(r.share == share and r.id in run["interactive"] for r in w.requests)
+        },
         "wall_s": run["wall_s"],
         "served": served_counts(run["interactive"]),
         "error_samples": error_samples(run["answers"]),

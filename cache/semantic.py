@@ -20,12 +20,22 @@ conversation's every turn has a scope of its own (its earlier turns are part of 
 all at once, as this cache first did, spent ~6 ms of CPU per chat turn for nothing. Entries that arrive
 from another replica without a vector are embedded now when their scope holds indexed entries, else
 deferred the same way.
+
+Only short questions are looked up or stored (``QuestionLength``): the last user turn must be at most
+``max_question_tokens`` MiniLM WordPiece tokens (64 by default). Longer turns get the exact cache only.
+Two reasons, both measured: the guard's calibration (its error budget) comes from QQP questions, 99.9% of
+which are at most 64 tokens (the longest 278), so beyond that the budget is a guess; and MiniLM's cost
+grows with the text (a 250-token prompt costs ~20x a 12-token question), on the request's critical path,
+for prompts that are rarely asked again in other words (on the headline workload the semantic cache's
+every lookup of a long `auto` prompt missed, and its embeddings made those requests' p95 ~1 s slower).
+The window itself is 254 tokens: past it MiniLM reads nothing, so two prompts that differ only there
+would have cosine 1.0; the setting cannot go above it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -41,7 +51,47 @@ async def _nothing() -> None:
     return None
 
 
-__all__ = ["Candidate", "Guard", "MicroBatcher", "ScopeIndex", "ScoringGuard", "SemanticCache", "Vector"]
+def _always(text: str) -> bool:
+    return True
+
+
+__all__ = [
+    "Candidate",
+    "Guard",
+    "MicroBatcher",
+    "QuestionLength",
+    "ScopeIndex",
+    "ScoringGuard",
+    "SemanticCache",
+    "Vector",
+]
+
+WINDOW_TOKENS = 254
+"""MiniLM reads the first 256 positions, [CLS] and [SEP] included: the WordPiece tokens past 254 are
+not in the vector."""
+MAX_CHARS_PER_TOKEN = 12
+"""A text longer than ``MAX_CHARS_PER_TOKEN`` characters per allowed token is too long without
+tokenising it (English runs ~4-5 characters per WordPiece token, spaces included)."""
+
+
+class QuestionLength:
+    """Whether a last user turn is short enough for the semantic cache: at most ``max_tokens`` WordPiece
+    tokens as ``encode`` counts them (MiniLM's tokenizer, ``cache.static_table.minilm_encoder``). A text
+    of at most ``max_tokens`` characters fits without tokenising (a token spans at least one character),
+    one of over ``MAX_CHARS_PER_TOKEN`` times that never does."""
+
+    def __init__(self, max_tokens: int, encode: Callable[[str], Sequence[int]]) -> None:
+        if not 1 <= max_tokens <= WINDOW_TOKENS:
+            raise ValueError(f"max_tokens must be 1 to {WINDOW_TOKENS} (MiniLM's window)")
+        self.max_tokens = max_tokens
+        self._encode = encode
+
+    def __call__(self, text: str) -> bool:
+        if len(text) <= self.max_tokens:
+            return True
+        if len(text) > self.max_tokens * MAX_CHARS_PER_TOKEN:
+            return False
+        return len(self._encode(text)) <= self.max_tokens
 
 
 class Guard(Protocol):
@@ -80,14 +130,17 @@ class SemanticCache:
         max_batch: int = 32,
         window_s: float = 0.0,
         search_threads: int | None = 1,
+        fits: Callable[[str], bool] | None = None,
     ) -> None:
         """``embedder``: a shared ``MicroBatcher`` (``max_batch`` and ``window_s`` then unused), or an
-        embedder this cache batches for itself. ``search_threads``: FAISS's OpenMP threads (process-wide; one query at a time searches fastest
+        embedder this cache batches for itself. ``fits``: whether a question is short enough to be looked
+        up and stored (a ``QuestionLength``; None: every question). ``search_threads``: FAISS's OpenMP threads (process-wide; one query at a time searches fastest
         on one thread: 29 ms against 180 ms at 100k entries on this busy 2-core machine)."""
         if search_threads is not None:
             faiss.omp_set_num_threads(search_threads)
         self.dim = embedder.dim
         self.guard = guard
+        self.fits: Callable[[str], bool] = fits if fits is not None else _always
         self.min_cosine = min_cosine
         self.top_k = top_k
         self.batcher = (
@@ -145,7 +198,7 @@ class SemanticCache:
 
     def defer(self, entry: CacheEntry) -> None:
         """Keeps a stored entry that has no vector until its scope is searched (``catch_up``)."""
-        if entry.text is not None and entry.embedding is None and entry.scope:
+        if entry.text is not None and entry.embedding is None and entry.scope and self.fits(entry.text):
             self.deferred.setdefault(entry.scope, {})[entry.id] = entry
 
     def store_vectorless(self, entry: CacheEntry) -> None:
@@ -189,7 +242,7 @@ class SemanticCache:
         """Entries that have text but no vector (written without one, by this or another replica):
         embedded now where their scope holds indexed entries, else deferred."""
         for entry in list(entries):
-            if entry.text is not None and entry.embedding is None and entry.scope:
+            if entry.text is not None and entry.embedding is None and entry.scope and self.fits(entry.text):
                 if entry.scope in self._catching_up:
                     continue  # a lookup is embedding the scope's waiting entries; the next sync sees the rest
                 if entry.scope in self.scopes:

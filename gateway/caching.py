@@ -334,7 +334,7 @@ class GatewayCache:
             )
         if policy.semantic and self.semantic is not None:
             text = last_user_text(req)
-            if text is not None:
+            if text is not None and self.semantic.fits(text):
                 found = await self._semantic(call, scope_key(req, ns, self.vectors), text, now)
                 if found is not None:
                     entry, similarity = found
@@ -437,6 +437,8 @@ class GatewayCache:
         ns = self.namespace(call)
         now: float = self.clock()
         text = last_user_text(req)
+        if text is not None and self.semantic is not None and not self.semantic.fits(text):
+            text = None  # too long for the semantic cache: exact only (no scope, no vector)
         entry = CacheEntry(
             id=uuid.uuid4().hex,
             namespace=ns,
@@ -475,13 +477,15 @@ def build_cache(
     entries = None
     if settings.semantic.enabled:
         from cache.guard import load_guard
-        from cache.semantic import SemanticCache
+        from cache.semantic import QuestionLength, SemanticCache
+        from cache.static_table import minilm_encoder
 
         if embeddings is None:
             raise ValueError("the semantic cache needs the app's embedder")
         sem = settings.semantic
         guard = load_guard(max_wrong_hit_rate=sem.max_wrong_hit_rate)
-        semantic = SemanticCache(embeddings, guard, min_cosine=sem.min_cosine)
+        fits = QuestionLength(sem.max_question_tokens, minilm_encoder())
+        semantic = SemanticCache(embeddings, guard, min_cosine=sem.min_cosine, fits=fits)
         if sem.online_budget:
             table: Sequence[tuple[float, int, int]] = guard.model.calibration
             if sem.per_entry:

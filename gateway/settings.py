@@ -548,9 +548,10 @@ class SemanticCacheSettings(_Strict):
     """The operator's error budget: the largest share of semantic hits that may be wrong answers. The
     guard's acceptance threshold is the loosest one whose wrong-hit rate, measured on held-out labelled
     pairs with a 95% upper bound, stays within it (``cache.guard``). Those pairs include QQP's noisy
-    labels, so the measured rate overstates real wrong answers: 0.10 serves 0.6% of our held-out trap pairs
-    and 60.6% of our paraphrases (QQP precision 0.895 at recall 0.234, 0.935-0.955 with the label errors we
-    read counted right); 0.12 serves 1.0% and 65.5% (``bench/results/semantic_cache.md``)."""
+    labels, so the measured rate overstates real wrong answers: 0.10 serves 0.2% of our held-out trap pairs
+    and 60.8% of our paraphrases (QQP precision 0.913 at recall 0.204, 0.965-0.983 with the label errors we
+    read counted right); 0.12 serves 0.4% and 66.7%; 0.05 only same-word repeats
+    (``bench/results/semantic_cache.md``)."""
     online_budget: bool = True
     """Hold the budget online: candidates the guard scores below its threshold (misses anyway) and a share
     ``explore_rate`` of those above it are sent upstream, their fresh answers compared with the stored
@@ -568,6 +569,12 @@ class SemanticCacheSettings(_Strict):
     ``bench/semantic_cache.py`` (of 0.05-0.4)."""
     min_cosine: float = Field(default=0.80, ge=0, le=1)
     """Candidates below this cosine are never considered (the guard decides above it)."""
+    max_question_tokens: int = Field(default=64, ge=1, le=254)
+    """Only a last user turn of at most this many MiniLM WordPiece tokens is looked up and stored by the
+    semantic cache; longer ones get the exact cache only. 64: the guard's calibration pairs (QQP
+    questions) are 99.9% within it, so past it the error budget is not measured; a long prompt's
+    embedding also costs ~20x a short question's on the request's path. At most 254 (MiniLM's window:
+    past it the vector reads nothing). See ``cache.semantic``."""
     batch_window_ms: float = Field(default=0.0, ge=0)
     """Lookups that arrive while a batch is being embedded always go together in the next batch; a window
     above 0 also holds each batch that long for company (more batching, more latency)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from cache.entries import CacheEntry, EntryTable
-from cache.semantic import SemanticCache
+from cache.semantic import MAX_CHARS_PER_TOKEN, WINDOW_TOKENS, QuestionLength, SemanticCache
 from gateway.types import ChatResponse, Usage
 from tests.cache.fakes import BagOfWords
 
@@ -158,3 +160,46 @@ async def test_deferred_entries_removed_or_failed_are_handled() -> None:
     assert emb.batches == [["second question"]] and len(sem.scopes["s"]) == 1
     table.remove("2")
     assert sem.scopes == {} and sem.deferred == {}
+
+
+def test_question_length_counts_tokens_only_when_the_characters_leave_it_open() -> None:
+    calls: list[str] = []
+
+    def words(text: str) -> list[str]:
+        calls.append(text)
+        return text.split()
+
+    fits = QuestionLength(4, words)
+    assert fits("abcd")  # at most 4 characters: at most 4 tokens, never tokenised
+    assert calls == []
+    assert fits("one two three four") and not fits("one two three four five")
+    assert calls == ["one two three four", "one two three four five"]
+    calls.clear()
+    assert not fits("x" * (4 * MAX_CHARS_PER_TOKEN + 1)) and calls == []  # too long to need counting
+    with pytest.raises(ValueError):
+        QuestionLength(WINDOW_TOKENS + 1, words)
+    with pytest.raises(ValueError):
+        QuestionLength(0, words)
+
+
+def test_question_length_with_minilms_tokenizer() -> None:
+    from cache.static_table import minilm_encoder
+
+    encode = minilm_encoder()
+    fits = QuestionLength(64, encode)
+    question = "How do I reset my router's admin password?"
+    assert fits(question)
+    long_prompt = " ".join(["Summarise the meeting notes and list each decision with its owner."] * 8)
+    assert len(encode(long_prompt)) > 64 and not fits(long_prompt)
+
+
+async def test_a_question_too_long_is_neither_deferred_nor_embedded() -> None:
+    emb = Counting()
+    sem = SemanticCache(emb, Veto(set()), min_cosine=0.9, fits=lambda text: len(text.split()) <= 3)  # type: ignore[arg-type]
+    table = EntryTable(100)
+    sem.attach(table)
+    vectorless(table, sem, 1, "s", "a question that is far too long")
+    vectorless(table, sem, 2, "s", "short question")
+    assert list(sem.deferred["s"]) == ["2"]
+    await sem.embed_missing([table.get("1")])  # type: ignore[list-item]
+    assert emb.batches == [] and list(sem.deferred["s"]) == ["2"]

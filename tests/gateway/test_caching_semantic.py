@@ -294,3 +294,44 @@ def test_the_embedder_variant_is_part_of_the_semantic_scope() -> None:
     assert embedder_tag("onnx", "fp32") == embedder_tag("torch", "fp32") == ""
     cache = build_cache(CacheSettings(enabled=True), vectors=embedder_tag("onnx", "int8-mixed"))
     assert cache.vectors == "onnx:int8-mixed"
+
+
+def test_a_question_longer_than_the_limit_gets_the_exact_cache_only(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    """``semantic.max_question_tokens``: a long last turn is neither looked up nor stored semantically
+    (the guard is calibrated on short questions, and embedding a long prompt is the dear part of a miss);
+    the same long request again is still an exact hit, and short questions keep their semantic hits."""
+    from cache.semantic import QuestionLength
+    from cache.static_table import minilm_encoder
+
+    embedded: list[str] = []
+
+    class Recording(BagOfWords):
+        def embed(self, texts: Any) -> Any:
+            embedded.extend(texts)
+            return super().embed(texts)
+
+    def steps(s: Settings) -> Steps:
+        fits = QuestionLength(16, minilm_encoder())
+        sem = SemanticCache(Recording(), DecisiveTokens(), min_cosine=0.9, fits=fits)
+        cache = GatewayCache(CacheSettings(enabled=True), semantic=sem)
+        return Steps(router=RequestedModel(Catalogue(s)), cache=cache, embeddings=sem.batcher)
+
+    long_q = (
+        "Please explain, step by step and with an example for each, how the capital city of France was chosen"
+    )
+    with gateway_factory(steps_factory=steps) as gw:
+        ask(gw, long_q)
+        ask(gw, Q)
+        wait_indexed(gw, 1)
+        cache: GatewayCache = gw.app.state.steps.cache
+        assert cache.semantic is not None and len(cache.table) == 2
+        reworded = ask(gw, long_q.lower().replace(",", ""))
+        again = ask(gw, long_q)
+        short = ask(gw, REPHRASED)
+    assert reworded.headers["x-thriftgate-cache"] == "miss"
+    assert again.headers["x-thriftgate-cache"] == "hit-exact"
+    assert short.headers["x-thriftgate-cache"] == "hit-semantic"
+    assert all(len(t) < len(long_q) for t in embedded)  # the long prompt was never embedded
+    assert len(sim.requests) == 3
