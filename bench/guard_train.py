@@ -116,6 +116,25 @@ def cosines(memo: EmbeddingMemo, pairs: list[dict[str, Any]]) -> np.ndarray:
     return np.einsum("ij,ij->i", va, vb)
 
 
+def training_pairs(
+    rows: list[dict[str, Any]], *, end: int | None = None, hold_out_hubs: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The guard's training data: the QQP pairs ``rows[QQP_TEST:end]`` that are not among the benchmark's
+    ``eval`` paraphrase pairs (nor, with ``hold_out_hubs``, popular questions' pairs), and the shuffled
+    ``train`` trap and paraphrase pairs of ``bench/traps.py`` (conversation pairs left out)."""
+    held_out = {frozenset((p["a"], p["b"])) for p in traps.load("eval")}
+    if hold_out_hubs:  # the guard bench/semantic_cache.py's repeat-traffic stream is simulated with
+        held_out |= {frozenset((p["a"], p["b"])) for p in hub_pairs(rows)}
+    qqp = [
+        {"a": r["a"], "b": r["b"], "same": r["duplicate"], "kind": "qqp"}
+        for r in rows[QQP_TEST:end]
+        if frozenset((r["a"], r["b"])) not in held_out
+    ]
+    train = [p for p in traps.load("train") if p["kind"] != "conversation"]
+    random.Random(3).shuffle(train)
+    return qqp, train
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--qqp-pairs", type=int, default=None, help="QQP training pairs (default: all)")
@@ -129,17 +148,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = qqp_rows()
     idf, idf_unknown = idf_table(rows)
-    held_out = {frozenset((p["a"], p["b"])) for p in traps.load("eval")}
-    if args.hold_out_hubs:  # the guard bench/semantic_cache.py's repeat-traffic stream is simulated with
-        held_out |= {frozenset((p["a"], p["b"])) for p in hub_pairs(rows)}
     end = len(rows) if args.qqp_pairs is None else QQP_TEST + args.qqp_pairs
-    qqp = [
-        {"a": r["a"], "b": r["b"], "same": r["duplicate"], "kind": "qqp"}
-        for r in rows[QQP_TEST:end]
-        if frozenset((r["a"], r["b"])) not in held_out
-    ]
-    train = [p for p in traps.load("train") if p["kind"] != "conversation"]
-    random.Random(3).shuffle(train)
+    qqp, train = training_pairs(rows, end=end, hold_out_hubs=args.hold_out_hubs)
     pairs = qqp + train[: args.trap_pairs]
     memo = EmbeddingMemo(None)
     cos = cosines(memo, pairs)

@@ -89,6 +89,7 @@ def markdown(r: dict[str, Any]) -> str:
             gc = s["cost_by_share"].get(sh, 0.0)
             cells.append(f"{_ratio(gc, dc):.0%}; {accuracy(s, sh):.3f} ({accuracy(d, sh):.3f})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _latency_table(r)
     lines += _parts_table(r)
     lines += ["", "Served (interactive requests, model:cache outcome):", ""]
     for name, s in r["configs"].items():
@@ -155,3 +156,21 @@ NOTES = [
     "router, the local model) waits for a core, and the direct run has none of them. The simulator answers every "
     "hosted model at the same speed, so routing to a smaller model is not faster here.",
 ]
+
+
+def _latency_table(r: dict[str, Any]) -> list[str]:
+    """p50 / p95 per interactive share, direct first (results written before the column existed: none)."""
+    runs = {"direct": r["direct"], **r["configs"]}
+    if any("latency_by_share" not in s for s in runs.values()):
+        return []
+    shares = [sh for sh in r["direct"]["latency_by_share"]]
+    lines = ["", "Latency per share (p50 / p95, ms, client-side):", ""]
+    lines.append("| run | " + " | ".join(shares) + " |")
+    lines.append("|---" * (len(shares) + 1) + "|")
+    for name, s in runs.items():
+        cells = []
+        for sh in shares:
+            lat = s["latency_by_share"].get(sh)
+            cells.append("-" if lat is None else f"{lat['p50_ms']:.0f} / {lat['p95_ms']:.0f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
