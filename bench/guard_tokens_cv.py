@@ -61,9 +61,9 @@ def token_states(texts: Sequence[str]) -> dict[str, TokenStates]:
     known: dict[str, TokenStates] = {}
     if TOKEN_CACHE.exists():
         z = np.load(TOKEN_CACHE, allow_pickle=True)
-        off = z["off"]
+        off, vecs, ids = z["off"], z["vecs"], z["ids"]  # each z[...] reads the array from the file again
         for k, t in enumerate(z["texts"]):
-            known[str(t)] = (z["vecs"][off[k] : off[k + 1]].astype(np.float32), z["ids"][off[k] : off[k + 1]])
+            known[str(t)] = (vecs[off[k] : off[k + 1]].astype(np.float32), ids[off[k] : off[k + 1]])
     missing = sorted(set(texts) - set(known))
     if missing:
         import torch

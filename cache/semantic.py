@@ -179,16 +179,17 @@ class SemanticCache:
 
     # ---- embeddings -----------------------------------------------------------------------------------
 
-    async def embed(self, text: str) -> Vector:
-        """``text``'s vector, through the batcher (off the event loop)."""
-        return await self.batcher.embed(text)
+    async def embed(self, text: str, *, background: bool = False) -> Vector:
+        """``text``'s vector, through the batcher (off the event loop). ``background``: nobody waits on
+        it (queued behind every lookup)."""
+        return await self.batcher.embed(text, background=background)
 
     def embed_later(self, entry: CacheEntry) -> None:
         """Embeds a stored entry's text in the background, then indexes it (if still in the table)."""
 
         async def run() -> None:
             assert entry.text is not None
-            entry.embedding = await self.embed(entry.text)
+            entry.embedding = await self.embed(entry.text, background=True)
             if self.table is not None and self.table.get(entry.id) is entry:
                 self._added(entry)
 
@@ -246,7 +247,7 @@ class SemanticCache:
                 if entry.scope in self._catching_up:
                     continue  # a lookup is embedding the scope's waiting entries; the next sync sees the rest
                 if entry.scope in self.scopes:
-                    entry.embedding = await self.embed(entry.text)
+                    entry.embedding = await self.embed(entry.text, background=True)
                     self._added(entry)
                 else:
                     self.defer(entry)

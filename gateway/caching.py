@@ -393,7 +393,9 @@ class GatewayCache:
             if _norm(a) == _norm(b):
                 agree = True
             else:
-                va, vb = await asyncio.gather(semantic.embed(a[:2000]), semantic.embed(b[:2000]))
+                va, vb = await asyncio.gather(
+                    semantic.embed(a[:2000], background=True), semantic.embed(b[:2000], background=True)
+                )
                 agree = float(va @ vb) >= ANSWERS_AGREE
             budget.observe(probe.adjusted, wrong=not agree)
             if entries is not None:
