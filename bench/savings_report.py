@@ -163,7 +163,7 @@ def _latency_table(r: dict[str, Any]) -> list[str]:
     runs = {"direct": r["direct"], **r["configs"]}
     if any("latency_by_share" not in s for s in runs.values()):
         return []
-    shares = [sh for sh in r["direct"]["latency_by_share"]]
+    shares = list(r["direct"]["latency_by_share"])
     lines = ["", "Latency per share (p50 / p95, ms, client-side):", ""]
     lines.append("| run | " + " | ".join(shares) + " |")
     lines.append("|---" * (len(shares) + 1) + "|")
