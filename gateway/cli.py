@@ -119,7 +119,9 @@ def _parser() -> argparse.ArgumentParser:
         run=_db_current
     )
     replay = db.add_parser("replay-spill", parents=[common], help="load spilled request-log rows back")
-    replay.add_argument("--dir", type=Path, help="spill folder (default: <data_dir>/spill)")
+    replay.add_argument(
+        "--dir", type=Path, help="spill folder (default: <data_dir>/spill/<database>, this database's)"
+    )
     replay.set_defaults(run=_db_replay_spill)
 
     report = sub.add_parser("report", parents=[common], help="spend and savings from the request log")

@@ -22,6 +22,7 @@ build ``Settings`` by hand are deterministic.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -732,8 +733,10 @@ class Settings(BaseSettings):
 
     @property
     def spill_dir(self) -> Path:
-        """Request-log rows waiting for the database: ``<data_dir>/spill``."""
-        return Path(self.data_dir) / "spill"
+        """Request-log rows waiting for the database: ``<data_dir>/spill/<database_tag>``. Each database
+        has its own folder: rows spilled for one database are never replayed into another (two gateways
+        sharing a data directory, a database URL changed between runs)."""
+        return Path(self.data_dir) / "spill" / database_tag(self.database_url)
 
     @property
     def quarantine_dir(self) -> Path:
@@ -767,6 +770,24 @@ class Settings(BaseSettings):
         if self.require_virtual_key is not None:
             return self.require_virtual_key
         return self.master_key is not None
+
+
+def database_tag(url: str) -> str:
+    """A short, stable name for the database behind ``url``, for file names: the backend and a hash of
+    where it lives (a SQLite file by its absolute path, so ``./data/x.db`` and the same file named
+    absolutely agree; a server by host, port, database and user, never the password or the driver).
+    Pure but for resolving a relative SQLite path against the working directory."""
+    from sqlalchemy import make_url
+
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        db = parsed.database or ":memory:"
+        where = db if db == ":memory:" or db.startswith("file:") else str(Path(db).expanduser().resolve())
+    else:
+        where = f"{parsed.username or ''}@{parsed.host or ''}:{parsed.port or ''}/{parsed.database or ''}"
+    digest = hashlib.sha256(f"{backend}|{where}".encode()).hexdigest()[:12]
+    return f"{backend}-{digest}"
 
 
 def sqlite_url(path: str | Path) -> str:

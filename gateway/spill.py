@@ -1,7 +1,7 @@
 """The request log's files under the data directory: spilled rows (waiting for the database) and
 quarantined rows (refused by it).
 
-    <data_dir>/spill/request_log-<ns>-<pid>-<id>.jsonl      rows the writer could not queue; replayed
+    <data_dir>/spill/<database>/request_log-<ns>-<pid>-<id>.jsonl   rows not yet written; replayed
     <data_dir>/quarantine/request_log-<YYYYMMDD>.jsonl      rows the database refused, one JSON object a
                                                             line: {"at", "error", "source", "row" | "raw"}
 

@@ -28,9 +28,9 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from sqlalchemy import func, select, update
@@ -61,6 +61,7 @@ from gateway.errors import AuthenticationFailed, GatewayError
 from gateway.logs import get_logger
 from gateway.pipeline import Call, SurfaceSpec
 from gateway.providers.base import ChatProvider, Provider
+from gateway.storage.failures import blame
 from gateway.storage.models import BatchItemRow, BatchJobRow, BatchUploadRow
 from gateway.types import (
     ModelRoute,
@@ -75,6 +76,19 @@ if TYPE_CHECKING:
     from gateway.settings import BatchSettings
 
 log = get_logger("gateway.batch")
+
+T = TypeVar("T")
+
+WRITE_RETRY_BASE_S = 0.1
+WRITE_RETRY_MAX_S = 5.0
+"""An item's state written while the database is locked or away is retried, the pause doubling from
+``WRITE_RETRY_BASE_S`` up to ``WRITE_RETRY_MAX_S``, until it lands or the worker stops."""
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A fan-out task's unexpected end is logged (not left for asyncio's "never retrieved")."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("batch worker: a fan-out task failed", exc_info=exc)
 
 
 def item_request(path: str, body: bytes) -> Request:
@@ -148,6 +162,8 @@ class BatchWorker:
             _done, pending = await asyncio.wait(self._tasks, timeout=10)
             for t in pending:
                 t.cancel()
+            # their sessions end (roll back) before the engine goes: nothing of theirs outlives stop
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -299,6 +315,29 @@ class BatchWorker:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+    async def _write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Runs ``work`` in a session and commits. A failure of the database itself (locked, away:
+        ``gateway.storage.failures.blame``) is retried (``WRITE_RETRY_BASE_S``): an item whose state was
+        not written would stay claimed by this live worker, its lease renewed, and its job would never end.
+        Any other failure raises."""
+        pause = WRITE_RETRY_BASE_S
+        failures = 0
+        while True:
+            try:
+                async with self.sm() as s:
+                    result = await work(s)
+                    await s.commit()
+                return result
+            except Exception as exc:
+                if blame(exc) != "database":
+                    raise
+                failures += 1
+                level = log.warning if failures < 5 else log.error
+                level("batch worker: writing an item's state failed (%s); retrying in %.1fs", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, WRITE_RETRY_MAX_S)
 
     async def _cached(
         self, job: BatchJobRow, item: BatchItemRow, call: Call, spec: SurfaceSpec, answer: Any
@@ -306,8 +345,8 @@ class BatchWorker:
         assert spec.wire is not None
         body = wire.render_response(spec.wire, answer, call.canonical)
         saving = call.outcome.counterfactual_usd
-        async with self.sm() as s:
-            ok = await store.finish_item(
+        ok = await self._write(
+            lambda s: store.finish_item(
                 s,
                 item.id,
                 SUCCEEDED,
@@ -317,7 +356,7 @@ class BatchWorker:
                 saving=saving,
                 mechanism=SavingMechanism.CACHE.value,
             )
-            await s.commit()
+        )
         if ok:
             self._release(job, item)
             call.counterfactual_usd = saving
@@ -326,11 +365,10 @@ class BatchWorker:
             self.pipeline.finish(call, 200, Usage(), cached=True)
 
     async def _fail(self, job: BatchJobRow, item: BatchItemRow, call: Call, exc: GatewayError) -> None:
-        async with self.sm() as s:
-            ok = await store.finish_item(
-                s, item.id, FAILED, status_code=exc.status_code, response=self._error_body(call, exc)
-            )
-            await s.commit()
+        body = self._error_body(call, exc)
+        ok = await self._write(
+            lambda s: store.finish_item(s, item.id, FAILED, status_code=exc.status_code, response=body)
+        )
         if ok:
             self._release(job, item)
             self.pipeline.finish(call, exc.status_code, None, f"{type(exc).__name__}: {exc.message}")
@@ -347,11 +385,9 @@ class BatchWorker:
                 self._next_start = max(self._next_start, time.monotonic()) + 1.0 / rps
                 if wait > 0:
                     await asyncio.sleep(wait)
-            async with self.sm() as s:
-                moved = await store.mark(
-                    s, [item.id], self.id, SENDING, target=target, attempt=item.attempt + 1
-                )
-                await s.commit()
+            moved = await self._write(
+                lambda s: store.mark(s, [item.id], self.id, SENDING, target=target, attempt=item.attempt + 1)
+            )
             if not moved:
                 return  # cancelled meanwhile
             self._release(job, item)
@@ -362,32 +398,33 @@ class BatchWorker:
             body = bytes(response.body).decode()
             cost_header = response.headers.get("x-thriftgate-cost-usd")
             cost = float(cost_header) if cost_header not in (None, "unknown") else None
-            async with self.sm() as s:
-                if status == 429 and item.attempt + 1 < self.settings.max_attempts:
-                    # refused before any model ran it (a rate limit): safe to try again later
-                    await s.execute(
-                        update(BatchItemRow)
-                        .where(BatchItemRow.id == item.id, BatchItemRow.state == SENDING)
-                        .values(
-                            state=QUEUED,
-                            claimed_by=None,
-                            lease_until=now() + timedelta(seconds=2.0 ** (item.attempt + 1)),
-                        )
-                    )
-                    if job.key_id is not None:
-                        self.pipeline.budgets.hold(job.key_id, item.estimate_usd)
-                else:
-                    ok = 200 <= status < 300
-                    await store.finish_item(
+            if status == 429 and item.attempt + 1 < self.settings.max_attempts:
+                # refused before any model ran it (a rate limit): safe to try again later
+                requeued = update(BatchItemRow).where(
+                    BatchItemRow.id == item.id, BatchItemRow.state == SENDING
+                )
+                requeued = requeued.values(
+                    state=QUEUED,
+                    claimed_by=None,
+                    lease_until=now() + timedelta(seconds=2.0 ** (item.attempt + 1)),
+                )
+                await self._write(lambda s: s.execute(requeued))
+                if job.key_id is not None:
+                    self.pipeline.budgets.hold(job.key_id, item.estimate_usd)
+            else:
+                ok = 200 <= status < 300
+                usage = self._usage(job, body) if ok else None
+                await self._write(
+                    lambda s: store.finish_item(
                         s,
                         item.id,
                         SUCCEEDED if ok else FAILED,
                         status_code=status,
                         response=body,
                         cost=cost,
-                        usage=self._usage(job, body) if ok else None,
+                        usage=usage,
                     )
-                await s.commit()
+                )
         self.wake()
 
     # ---- provider batch APIs (gateway.batch.uploads) and the end of a job (gateway.batch.finals) ------

@@ -26,7 +26,10 @@ from alembic import command
 from gateway.threadname import name_this_thread
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/thriftgate.db"
-SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+"""How long a SQLite writer waits for another's transaction before "database is locked". Every write
+here is short, but on two loaded cores a burst of them (the log writer's thread, the batch worker, the
+cache's sync) has queued past 5 s in CI; a wait costs nothing where the error costs a retry or a spill."""
 
 
 def _alembic_files() -> tuple[Path, Path | None]:

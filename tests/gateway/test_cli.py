@@ -10,6 +10,7 @@ import pytest
 from gateway.cli import is_loopback, main
 from gateway.errors import AuthenticationFailed
 from gateway.keys import KeyStore
+from gateway.settings import database_tag, sqlite_url
 from gateway.spill import write_spill
 from gateway.storage import head_revision, make_engine, make_sessionmaker, repo
 from gateway.types import RequestRecord, Usage
@@ -173,12 +174,16 @@ def test_data_dir_holds_the_database_and_the_spill(
     monkeypatch.setenv("THRIFTGATE_DATA_DIR", str(data))
     assert run(capsys, "db", "upgrade")[0] == 0
     assert (data / "thriftgate.db").is_file() and not (tmp_path / "data").exists()
-    write_spill(data / "spill", [repo.request_row(RequestRecord("req_1", "openai.chat", "POST", "/v1/x"))])
-    (data / "spill" / "request_log-9-9-9.jsonl").write_bytes(b"{broken\n")
+    spill = data / "spill" / database_tag(sqlite_url(data / "thriftgate.db"))  # this database's folder
+    write_spill(spill, [repo.request_row(RequestRecord("req_1", "openai.chat", "POST", "/v1/x"))])
+    (spill / "request_log-9-9-9.jsonl").write_bytes(b"{broken\n")
+    write_spill(
+        data / "spill" / "sqlite-0123456789ab", [repo.request_row(RequestRecord("req_2", "x", "POST", "/"))]
+    )
     status, out, _ = run(capsys, "db", "replay-spill")
     assert status == 0
     assert out.splitlines() == [
-        f"replayed 1 rows from 2 spill files in {data / 'spill'}",
+        f"replayed 1 rows from 2 spill files in {spill}",
         f"1 rows or lines were refused and quarantined to {data / 'quarantine'}",
     ]
     assert list((data / "quarantine").glob("request_log-*.jsonl"))

@@ -248,18 +248,20 @@ def test_data_dir_names_every_file_location(tmp_path: Path) -> None:
     assert default.data_dir == "./data"
     assert default.database_url == "sqlite+aiosqlite:///./data/thriftgate.db"
     assert default.local_model_dir == "./data/models"
-    assert (default.spill_dir, default.quarantine_dir) == (Path("data/spill"), Path("data/quarantine"))
+    assert default.spill_dir.parent == Path("data/spill") and default.quarantine_dir == Path(
+        "data/quarantine"
+    )
 
     config = tmp_path / "tg.yaml"
     config.write_text("data_dir: /srv/tg\ndatabase_url: null\nlocal_model_dir: null\n")
     s = load_settings(config, env={})
     assert s.database_url == "sqlite+aiosqlite:////srv/tg/thriftgate.db"
     assert s.local_model_dir == "/srv/tg/models"
-    assert (s.spill_dir, s.quarantine_dir) == (Path("/srv/tg/spill"), Path("/srv/tg/quarantine"))
+    assert (s.spill_dir.parent, s.quarantine_dir) == (Path("/srv/tg/spill"), Path("/srv/tg/quarantine"))
 
     from_env = load_settings(env={"THRIFTGATE_DATA_DIR": "var/tg"})
     assert from_env.database_url == "sqlite+aiosqlite:///var/tg/thriftgate.db"
-    assert from_env.spill_dir == Path("var/tg/spill")
+    assert from_env.spill_dir.parent == Path("var/tg/spill")
 
 
 def test_explicit_database_url_and_model_dir_win_over_data_dir() -> None:
@@ -271,7 +273,25 @@ def test_explicit_database_url_and_model_dir_win_over_data_dir() -> None:
         }
     )
     assert s.database_url == "postgresql://u@db/tg" and s.local_model_dir == "/models"
-    assert s.spill_dir == Path("/srv/tg/spill")  # the spill and quarantine always follow data_dir
+    assert s.spill_dir.parent == Path("/srv/tg/spill")  # the spill and quarantine always follow data_dir
+
+
+def test_each_database_spills_to_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows spilled for one database are never replayed into another from the same data directory."""
+    monkeypatch.chdir(tmp_path)
+    a = load_settings(env={"THRIFTGATE_DATABASE_URL": "sqlite:///./a.db"})
+    b = load_settings(env={"THRIFTGATE_DATABASE_URL": "sqlite:///./b.db"})
+    assert a.spill_dir.parent == b.spill_dir.parent and a.spill_dir != b.spill_dir
+    # the same file, named relatively or absolutely, with or without the driver: one folder
+    same = load_settings(env={"THRIFTGATE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"})
+    assert same.spill_dir == a.spill_dir and a.spill_dir.name.startswith("sqlite-")
+    pg = load_settings(env={"THRIFTGATE_DATABASE_URL": "postgresql://u:secret@db:5432/tg"})
+    pg_other_password = load_settings(
+        env={"THRIFTGATE_DATABASE_URL": "postgresql+asyncpg://u:other@db:5432/tg"}
+    )
+    pg_other_db = load_settings(env={"THRIFTGATE_DATABASE_URL": "postgresql://u@db:5432/tg2"})
+    assert pg.spill_dir == pg_other_password.spill_dir != pg_other_db.spill_dir
+    assert "secret" not in str(pg.spill_dir) and pg.spill_dir.name.startswith("postgresql-")
 
 
 def test_log_writer_settings() -> None:

@@ -385,7 +385,7 @@ def test_readyz_reports_a_request_log_that_keeps_failing_and_spilled_rows_come_b
             oc.chat.completions.create(model="gpt-4o-mini", messages=oc_messages)  # type: ignore[arg-type]
         down = wait_until(lambda: readyz_when(url, 503), what="readyz 503")
         failing = wait_until(lambda: failing_when(url), what="a spill and at least two failed writes")
-        spilled = sorted((tmp_path / "data" / "spill").glob("request_log-*.jsonl"))
+        spilled = sorted(settings.spill_dir.glob("request_log-*.jsonl"))
         exec_sql(db_url, "ALTER TABLE request_log_away RENAME TO request_log")
         wait_until(lambda: readyz_when(url, 200), timeout_s=15, what="readyz 200")
         recovered = wait_until(
@@ -398,11 +398,11 @@ def test_readyz_reports_a_request_log_that_keeps_failing_and_spilled_rows_come_b
     assert failing[("thriftgate_log_queue_depth", frozenset())] == 1
     assert failing[("thriftgate_log_write_failures_total", frozenset())] >= 2
     assert failing[("thriftgate_log_writer_healthy", frozenset())] == 0
-    assert len(spilled) == 1  # under data_dir, not the working directory
+    assert len(spilled) == 1 and settings.spill_dir.is_relative_to(tmp_path / "data")  # not the cwd
     assert recovered[("thriftgate_log_queue_depth", frozenset())] == 0
     assert recovered[("thriftgate_log_writer_healthy", frozenset())] == 1
     assert [r["status_code"] for r in rows] == [200, 200]
-    assert list((tmp_path / "data" / "spill").iterdir()) == []
+    assert list(settings.spill_dir.iterdir()) == []
 
 
 def test_metrics_count_quarantined_rows(db_url: str, sim_url: str, sim: Simulator, tmp_path: Path) -> None:

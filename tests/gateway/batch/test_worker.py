@@ -427,3 +427,45 @@ def test_a_fan_out_item_refused_with_429_is_tried_again_later(
         out = _output(client, batch)
     assert [(o["custom_id"], o["response"]["status_code"]) for o in out] == [("limited", 200)]
     assert sum(1 for r in sim.requests if r.path == "/v1/messages") == 2
+
+
+def test_a_fan_out_item_survives_a_locked_database(
+    gateway_factory: Any, sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refuses the item's first writes (locked, as SQLite says when another writer holds it
+    past the busy timeout): the worker writes them again instead of dropping the item (it would stay
+    claimed by a live worker, its lease renewed, its job never ending). Sent upstream once."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.batch import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "WRITE_RETRY_BASE_S", 0.01)
+    failures: Counter[str] = Counter()
+
+    def locked_at_first(name: str, real: Any) -> Any:
+        async def write(*args: Any, **kwargs: Any) -> Any:
+            if failures[name] < 2:
+                failures[name] += 1
+                raise OperationalError(
+                    "UPDATE batch_items ...", {}, sqlite3.OperationalError("database is locked")
+                )
+            return await real(*args, **kwargs)
+
+        return write
+
+    monkeypatch.setattr(store, "mark", locked_at_first("mark", store.mark))
+    monkeypatch.setattr(store, "finish_item", locked_at_first("finish", store.finish_item))
+    lines_ = [chat_line("locked", "please", model="claude-haiku-4-5")]  # a fan-out: through the pipeline
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = _finished(client, batch.id)
+        out = _output(client, batch)
+    assert failures == {"mark": 2, "finish": 2}
+    assert [(o["custom_id"], o["response"]["status_code"]) for o in out] == [("locked", 200)]
+    assert sum(1 for r in sim.requests if r.path == "/v1/messages") == 1

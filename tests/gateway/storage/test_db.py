@@ -15,7 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.storage import VirtualKeyRow, head_revision, make_engine, ping, repo
-from gateway.storage.db import ALEMBIC_DIR, normalize_url
+from gateway.storage.db import ALEMBIC_DIR, SQLITE_BUSY_TIMEOUT_MS, normalize_url
 from tests.gateway.test_threadname import HAS_THREAD_NAMES, thread_names
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -40,7 +40,12 @@ async def test_sqlite_engine_creates_folder_and_sets_pragmas(tmp_path: Path) -> 
                 name: (await conn.execute(text(f"PRAGMA {name}"))).scalar_one()
                 for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")
             }
-        assert pragmas == {"journal_mode": "wal", "busy_timeout": 5000, "foreign_keys": 1, "synchronous": 1}
+        assert pragmas == {
+            "journal_mode": "wal",
+            "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+            "foreign_keys": 1,
+            "synchronous": 1,
+        }
         assert await ping(engine)
     finally:
         await engine.dispose()
