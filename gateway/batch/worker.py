@@ -57,7 +57,7 @@ from gateway.batch.store import (
 )
 from gateway.batch.uploads import Uploads
 from gateway.batch.upstream import BATCH_APIS, BATCH_ENDPOINTS
-from gateway.errors import AuthenticationFailed, GatewayError
+from gateway.errors import AuthenticationFailed, GatewayError, InternalError
 from gateway.logs import get_logger
 from gateway.pipeline import Call, SurfaceSpec
 from gateway.providers.base import ChatProvider, Provider
@@ -297,6 +297,10 @@ class BatchWorker:
                     self._spawn(self._fanout(job, item, key, target.alias))
             except GatewayError as exc:
                 await self._fail(job, item, call, exc)
+            except Exception:  # a bug in a step: this item fails, the rest of the claim goes on
+                log.exception("batch worker: dispatching item %s of %s failed", item.id, job.id)
+                error = InternalError(f"Internal error (request id {call.record.request_id})")
+                await self._fail(job, item, call, error)
         for (job_id, provider_name, endpoint), entries in groups.items():
             size = self.settings.upload_max_items
             for i in range(0, len(entries), size):

@@ -22,6 +22,7 @@ from gateway.api.openai import CHAT
 from gateway.batch import lines, store
 from gateway.config import Catalogue
 from gateway.providers.registry import ProviderKinds
+from gateway.router import Router
 from gateway.settings import ModelPriceOverride, ModelSettings, ProviderSettings
 from gateway.steps import Steps
 from gateway.storage import make_engine, make_sessionmaker, upgrade
@@ -469,3 +470,38 @@ def test_a_fan_out_item_survives_a_locked_database(
     assert failures == {"mark": 2, "finish": 2}
     assert [(o["custom_id"], o["response"]["status_code"]) for o in out] == [("locked", 200)]
     assert sum(1 for r in sim.requests if r.path == "/v1/messages") == 1
+
+
+def test_an_item_a_step_fails_on_ends_failed_and_the_rest_run(
+    gateway_factory: Any, sim: Simulator, sim_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step raising something unforeseen on one item (a bug, not a GatewayError) fails that item with a
+    500 in the client's format; before, the exception ended the worker's tick and left the claim's items
+    claimed by a live worker, their leases renewed, the job never finishing."""
+
+    class Cache(FakeCache):
+        async def lookup(self, call: Any) -> CacheOutcome:
+            if call.canonical.messages[-1].content[0].text == "poison":
+                raise ValueError("a bug in the cache step")
+            return MISS
+
+    def steps(settings: Any) -> Steps:
+        return Steps(router=Router(settings, Catalogue(settings)), cache=Cache())
+
+    sim.config.batches = True
+    lines_ = [chat_line("before", "fine"), chat_line("poison", "poison"), chat_line("after", "fine too")]
+    with gateway_factory(batch=batch_settings(tmp_path), steps_factory=steps) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = _finished(client, batch.id)
+        out = {o["custom_id"]: o["response"] for o in _output(client, batch)}
+        assert batch.error_file_id is not None
+        errors = [json.loads(line) for line in client.files.content(batch.error_file_id).text.splitlines()]
+    assert {c: o["status_code"] for c, o in out.items()} == {"before": 200, "after": 200}
+    assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [("poison", 500)]
+    assert errors[0]["response"]["body"]["error"]["type"] == "server_error"
+    assert "a bug in the cache step" not in json.dumps(errors)  # the client sees no internals
+    assert any("dispatching item" in r.getMessage() for r in caplog.records)
