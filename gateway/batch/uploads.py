@@ -96,8 +96,13 @@ class Uploads(WorkerPart):
             log.warning("upstream batch refused", extra={"upload": up.id, "error": exc.message})
             await self._requeue_upload(up, exc)
             return
-        except UpstreamError as exc:  # perhaps created: recovery looks for it, after a pause
-            log.warning("upstream batch creation unknown", extra={"upload": up.id, "error": exc.message})
+        except Exception as exc:  # perhaps created: recovery looks for it, after a pause
+            # (an unforeseen failure too: left claimed by this live worker, its lease renewed, the upload
+            # would never be looked at again)
+            if isinstance(exc, UpstreamError):
+                log.warning("upstream batch creation unknown", extra={"upload": up.id, "error": exc.message})
+            else:
+                log.exception("upstream batch creation failed", extra={"upload": up.id})
             async with self.sm() as s:
                 await s.execute(
                     update(BatchUploadRow)

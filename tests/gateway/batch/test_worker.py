@@ -505,3 +505,47 @@ def test_an_item_a_step_fails_on_ends_failed_and_the_rest_run(
     assert errors[0]["response"]["body"]["error"]["type"] == "server_error"
     assert "a bug in the cache step" not in json.dumps(errors)  # the client sees no internals
     assert any("dispatching item" in r.getMessage() for r in caplog.records)
+
+
+def test_an_upstream_batch_whose_creation_fails_unforeseen_is_found_not_repeated(
+    gateway_factory: Any, sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message batch reached Anthropic, then reading the answer failed in a way nobody foresaw (not an
+    UpstreamError): the upload is let go to recovery, which finds the batch by its results and adopts
+    it (before, it stayed claimed by this live worker, its lease renewed, and the job never ended)."""
+    from gateway.batch.upstream import AnthropicBatches
+
+    sim.config.batches = True
+    real = AnthropicBatches.create
+    calls: list[int] = []
+
+    async def create_then_fail(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        result = await real(*args, **kwargs)
+        if len(calls) == 1:
+            raise KeyError("id")  # say, an answer of an unexpected shape
+        return result
+
+    monkeypatch.setattr(AnthropicBatches, "create", staticmethod(create_then_fail))
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="sk-ant-client", max_retries=0)
+        batch = client.messages.batches.create(
+            requests=[
+                {
+                    "custom_id": f"m{i}",
+                    "params": {
+                        "model": "claude-haiku-4-5",
+                        "max_tokens": 8,
+                        "messages": [{"role": "user", "content": f"q{i}"}],
+                    },
+                }
+                for i in range(3)
+            ]
+        )
+        wait_until(
+            lambda: client.messages.batches.retrieve(batch.id).processing_status == "ended", timeout_s=30
+        )
+        results = {r.custom_id: r.result.type for r in client.messages.batches.results(batch.id)}
+    assert results == {"m0": "succeeded", "m1": "succeeded", "m2": "succeeded"}
+    assert len(calls) == 1 and len(sim._batches.jobs) == 1  # found by its results, never created again
+    assert len(sim._batches.sent) == 3
