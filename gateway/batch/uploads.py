@@ -103,15 +103,7 @@ class Uploads(WorkerPart):
                 log.warning("upstream batch creation unknown", extra={"upload": up.id, "error": exc.message})
             else:
                 log.exception("upstream batch creation failed", extra={"upload": up.id})
-            async with self.sm() as s:
-                await s.execute(
-                    update(BatchUploadRow)
-                    .where(BatchUploadRow.id == up.id)
-                    .values(
-                        claimed_by=None, lease_until=now() + timedelta(seconds=self.settings.poll_interval_s)
-                    )
-                )
-                await s.commit()
+            await self.let_go(up.id)
             return
         async with self.sm() as s:
             await s.execute(
@@ -124,6 +116,17 @@ class Uploads(WorkerPart):
                     claimed_by=None,
                     lease_until=now() + timedelta(seconds=self.settings.poll_interval_s),
                 )
+            )
+            await s.commit()
+
+    async def let_go(self, upload_id: int) -> None:
+        """Releases this worker's hold on an upload; any worker looks at it again after
+        ``poll_interval_s``."""
+        async with self.sm() as s:
+            await s.execute(
+                update(BatchUploadRow)
+                .where(BatchUploadRow.id == upload_id)
+                .values(claimed_by=None, lease_until=now() + timedelta(seconds=self.settings.poll_interval_s))
             )
             await s.commit()
 
@@ -189,8 +192,11 @@ class Uploads(WorkerPart):
         for up in ups:
             try:
                 await self._poll(up, jobs[up.job_id])
-            except GatewayError as exc:  # polled again at the next interval
-                log.warning("upstream batch poll failed", extra={"upload": up.id, "error": exc.message})
+            except Exception as exc:  # polled again at the next interval; the other uploads go on
+                if isinstance(exc, GatewayError):
+                    log.warning("upstream batch poll failed", extra={"upload": up.id, "error": exc.message})
+                else:
+                    log.exception("upstream batch poll failed", extra={"upload": up.id})
                 async with self.sm() as s:
                     await s.execute(
                         update(BatchUploadRow)

@@ -189,10 +189,12 @@ class BatchWorker:
             async with self.sm() as s:
                 if not await store.any_unfinished(s):
                     return False  # one cheap query while there is nothing to do
-        async with self.sm() as s:
+        async with self.sm() as s:  # without its leases renewed, this worker must not go on
             await store.renew(s, self.id, self.settings.lease_s)
-        await self.recover()
-        await self.end_jobs()
+        # Each part on its own: one that fails (a job nobody foresaw, a provider down) is logged and
+        # tried at the next tick, and never stops the others, so one tenant's job cannot stall the rest.
+        await self._part("recovery", self.recover)
+        await self._part("ending jobs", self.end_jobs)
         busy = False
         if len(self._tasks) < self.settings.fanout_concurrency * 4:
             async with self.sm() as s:
@@ -202,9 +204,16 @@ class BatchWorker:
                 await self.dispatch(claimed)
         if time.monotonic() >= self._next_poll:
             self._next_poll = time.monotonic() + min(self.settings.poll_interval_s, 1.0)
-            await self.uploads.poll()
-        await self.finals.finalize()
+            await self._part("polling upstream batches", self.uploads.poll)
+        await self._part("finalizing", self.finals.finalize)
         return busy
+
+    @staticmethod
+    async def _part(name: str, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except Exception:
+            log.exception("batch worker: %s failed", name)
 
     async def _hold_again(self) -> None:
         async with self.sm() as s:
@@ -304,7 +313,28 @@ class BatchWorker:
         for (job_id, provider_name, endpoint), entries in groups.items():
             size = self.settings.upload_max_items
             for i in range(0, len(entries), size):
-                await self.uploads.upload(jobs[job_id], provider_name, endpoint, entries[i : i + size])
+                chunk = entries[i : i + size]
+                try:
+                    await self.uploads.upload(jobs[job_id], provider_name, endpoint, chunk)
+                except Exception:  # nothing was sent (the upload was not recorded): back to the queue
+                    log.exception("batch worker: recording an upstream batch of %s failed", job_id)
+                    await self._unclaim([item.id for item, _call, _target in chunk])
+
+    async def _unclaim(self, ids: list[int]) -> None:
+        """Puts this worker's claimed items back in the queue, after a pause (a claim left behind would
+        be renewed for as long as this worker lives)."""
+        back = (
+            update(BatchItemRow)
+            .where(
+                BatchItemRow.id.in_(ids), BatchItemRow.state == CLAIMED, BatchItemRow.claimed_by == self.id
+            )
+            .values(
+                state=QUEUED,
+                claimed_by=None,
+                lease_until=now() + timedelta(seconds=self.settings.poll_interval_s),
+            )
+        )
+        await self._write(lambda s: s.execute(back))
 
     def _batchable(self, job: BatchJobRow, target: ModelRoute, provider: Provider) -> bool:
         kind = target.provider_kind
@@ -478,7 +508,11 @@ class BatchWorker:
                 up.claimed_by, up.lease_until = self.id, until
             await s.commit()
         for up in stuck:
-            await self.uploads.resume(up)
+            try:
+                await self.uploads.resume(up)
+            except Exception:  # looked at again after a pause, not held by this worker meanwhile
+                log.exception("batch worker: resuming upstream batch upload %s failed", up.id)
+                await self.uploads.let_go(up.id)
 
     async def end_jobs(self) -> None:
         """Expires jobs past their window; ends the items of cancelling / expiring jobs not yet sent."""

@@ -549,3 +549,123 @@ def test_an_upstream_batch_whose_creation_fails_unforeseen_is_found_not_repeated
     assert results == {"m0": "succeeded", "m1": "succeeded", "m2": "succeeded"}
     assert len(calls) == 1 and len(sim._batches.jobs) == 1  # found by its results, never created again
     assert len(sim._batches.sent) == 3
+
+
+def test_a_part_of_the_tick_that_keeps_failing_stalls_nothing_else(
+    gateway_factory: Any, sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Polling upstream batches fails on every tick (a provider's answer nobody foresaw, say): fan-out
+    jobs are still run and finalized (before, the failure ended every tick before the finalizer)."""
+    from gateway.batch.uploads import Uploads
+
+    async def broken_poll(self: Any) -> None:
+        raise RuntimeError("polling is broken")
+
+    monkeypatch.setattr(Uploads, "poll", broken_poll)
+    lines_ = [chat_line("fan", "out", model="claude-haiku-4-5")]  # a fan-out: no upstream batch
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = _finished(client, batch.id)
+        out = _output(client, batch)
+    assert [(o["custom_id"], o["response"]["status_code"]) for o in out] == [("fan", 200)]
+    assert any("polling upstream batches failed" in r.getMessage() for r in caplog.records)
+
+
+def test_an_interrupted_upload_whose_lookup_fails_unforeseen_is_looked_at_again(
+    gateway_factory: Any,
+    sim: Simulator,
+    sim_url: str,
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recovery's lookup of a cut-off upstream batch fails in a way nobody foresaw, once: the upload is let
+    go and looked at again (before, it stayed held by this live worker, its lease renewed, forever), then
+    created once."""
+    from gateway.batch.upstream import AnthropicBatches
+
+    sim.config.batches = True
+    real = AnthropicBatches.find
+    finds: list[int] = []
+
+    async def find_fails_once(*args: Any, **kwargs: Any) -> Any:
+        finds.append(1)
+        if len(finds) == 1:
+            raise KeyError("data")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(AnthropicBatches, "find", staticmethod(find_fails_once))
+    t = datetime.now(UTC)
+    params = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "q"}]}
+
+    async def seed() -> None:
+        engine = make_engine(db_url)
+        sm = make_sessionmaker(engine)
+        job = BatchJobRow(
+            id="msgbatch_lookup", api="anthropic", key_id=None, endpoint="/v1/messages",
+            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
+            expires_at=t + timedelta(days=1),
+        )  # fmt: skip
+        item = lines.anthropic_request(
+            0, {"custom_id": "m0", "params": params}, MESSAGES.validate, MESSAGES.output_cap
+        )
+        await store.submit(sm, job, iter([item]), lambda _i: 0.0, lambda _i: None, lambda *_: None)
+        async with sm() as s:
+            up = BatchUploadRow(
+                job_id=job.id, provider="anthropic", endpoint="/v1/messages", state="creating",
+                claimed_by="dead-worker", lease_until=t - timedelta(seconds=30), cancel_sent=False, created_at=t,
+            )  # fmt: skip
+            s.add(up)
+            await s.flush()
+            await s.execute(
+                update(BatchItemRow).values(state="submitted", upload_id=up.id, target="claude-haiku-4-5")
+            )
+            await s.commit()
+        await engine.dispose()
+
+    asyncio.run(seed())
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = anthropic.Anthropic(base_url=gw.url, api_key="sk-ant-client", max_retries=0)
+        wait_until(
+            lambda: client.messages.batches.retrieve("msgbatch_lookup").processing_status == "ended",
+            timeout_s=30,
+        )
+        results = {r.custom_id: r.result.type for r in client.messages.batches.results("msgbatch_lookup")}
+    assert results == {"m0": "succeeded"}
+    assert len(finds) >= 2 and len(sim._batches.jobs) == 1
+
+
+def test_items_whose_upstream_batch_could_not_be_recorded_go_back_to_the_queue(
+    gateway_factory: Any, sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording an upstream batch fails before anything is sent: its items go back to the queue and run
+    once (before, they stayed claimed by this live worker, their leases renewed, the job never ending)."""
+    from gateway.batch.uploads import Uploads
+
+    sim.config.batches = True
+    real = Uploads.upload
+    tries: list[int] = []
+
+    async def upload_fails_once(self: Any, *args: Any, **kwargs: Any) -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise RuntimeError("the upload's row could not be written")
+        await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Uploads, "upload", upload_fails_once)
+    lines_ = [chat_line("a", "one"), chat_line("b", "two")]
+    with gateway_factory(batch=batch_settings(tmp_path)) as gw:
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = _finished(client, batch.id)
+        out = _output(client, batch)
+    assert sorted((o["custom_id"], o["response"]["status_code"]) for o in out) == [("a", 200), ("b", 200)]
+    assert len(tries) == 2 and len(sim._batches.sent) == 2 and len(sim._batches.jobs) == 1
