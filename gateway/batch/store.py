@@ -7,6 +7,7 @@ SQLite has one writer at a time and ignores the clause. A claim is a lease: ``cl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.batch.lines import Item
 from gateway.errors import NotFound
+from gateway.logs import get_logger
 from gateway.storage.models import BatchItemRow, BatchJobRow, BatchUploadRow
 from gateway.types import Usage
 
@@ -30,6 +32,8 @@ RUNNING = ("in_progress", "cancelling", "expiring")
 CREATING, POLLING, DONE = "creating", "submitted", "done"
 
 INSERT_CHUNK = 1000
+
+log = get_logger("gateway.batch")
 TOKEN_COLUMNS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
 PAGE = 1000  # items read per query when a job is walked through
 
@@ -46,13 +50,22 @@ async def submit(
     original: Callable[[Item], int | None],
     check: Callable[[float, int], None],
 ) -> BatchJobRow:
-    """Stores ``job`` and its items in one transaction: items go in as they are checked (``items`` may
-    raise ``InvalidRequest`` for a bad one: nothing is stored), each a duplicate of an earlier line
-    (``original``) or queued; ``check(total estimate, count)`` may refuse the whole job (a budget)."""
+    """Stores ``job`` and its items: items go in as they are checked (``items`` may raise
+    ``InvalidRequest`` for a bad one), each a duplicate of an earlier line (``original``) or queued;
+    ``check(total estimate, count)`` may refuse the whole job (a budget). A refused or interrupted job
+    leaves nothing behind.
+
+    The job is staged as ``validating`` (no worker touches it) and its items are written
+    ``INSERT_CHUNK`` at a time, each chunk its own short transaction: reading and checking the lines
+    (seconds for a large file) never holds the database's write lock, which on SQLite would keep every
+    other writer (the request log, the cache, other jobs) waiting. The job becomes ``in_progress`` in one
+    last transaction. A process that dies while staging leaves a ``validating`` job that
+    ``discard_stale_validating`` removes."""
     total, count = 0.0, 0
+    job.status = "validating"
     async with sessionmaker() as session, session.begin():
         session.add(job)
-        await session.flush()
+    try:
         rows: list[dict[str, Any]] = []
         for item in items:
             first = original(item)
@@ -74,16 +87,62 @@ async def submit(
                 }
             )
             if len(rows) >= INSERT_CHUNK:
-                await session.execute(insert(BatchItemRow), rows)
+                await _insert_items(sessionmaker, rows)
                 rows = []
         if rows:
-            await session.execute(insert(BatchItemRow), rows)
+            await _insert_items(sessionmaker, rows)
         check(total, count)
-        job.total = count
-        job.reserved_usd = total
-        job.status = "in_progress"
-        job.in_progress_at = now()
+    except BaseException:
+        # a bad line, the budget, the client gone, the database: nothing of the job stays
+        await asyncio.shield(_discard(sessionmaker, job.id))
+        raise
+    started = now()
+    async with sessionmaker() as session, session.begin():
+        await session.execute(
+            update(BatchJobRow)
+            .where(BatchJobRow.id == job.id)
+            .values(status="in_progress", total=count, reserved_usd=total, in_progress_at=started)
+        )
+    job.status, job.total, job.reserved_usd, job.in_progress_at = "in_progress", count, total, started
     return job
+
+
+async def _insert_items(sessionmaker: async_sessionmaker[AsyncSession], rows: list[dict[str, Any]]) -> None:
+    async with sessionmaker() as session, session.begin():
+        await session.execute(insert(BatchItemRow), rows)
+
+
+async def _discard(sessionmaker: async_sessionmaker[AsyncSession], job_id: str) -> None:
+    """Removes a job that never started (its items first). Never raises: a job this cannot remove is
+    left ``validating`` for ``discard_stale_validating``."""
+    try:
+        staged = select(BatchJobRow.id).where(BatchJobRow.id == job_id, BatchJobRow.status == "validating")
+        async with sessionmaker() as session, session.begin():
+            await session.execute(delete(BatchItemRow).where(BatchItemRow.job_id.in_(staged)))
+            await session.execute(delete(BatchJobRow).where(BatchJobRow.id.in_(staged)))
+    except Exception as exc:
+        log.warning("batch %s: removing the refused job failed (%s); removed later", job_id, exc)
+
+
+VALIDATING_STALE_S = 600.0
+"""A job still ``validating`` this long after it was created was being staged by a process that died."""
+
+
+async def discard_stale_validating(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+    """Removes jobs whose staging was cut off (``submit``); returns how many."""
+    cutoff = now() - timedelta(seconds=VALIDATING_STALE_S)
+    async with sessionmaker() as session:
+        stale = list(
+            await session.scalars(
+                select(BatchJobRow.id)
+                .where(BatchJobRow.status == "validating", BatchJobRow.created_at < cutoff)
+                .limit(20)
+            )
+        )
+        await session.commit()
+    for job_id in stale:
+        await _discard(sessionmaker, job_id)
+    return len(stale)
 
 
 def _owner(column: Any, key_id: str | None) -> Any:
@@ -181,7 +240,7 @@ async def request_cancel(sessionmaker: async_sessionmaker[AsyncSession], job_id:
     """Marks a running job as cancelling (the worker ends it); None when it already ended."""
     async with sessionmaker() as session, session.begin():
         job = await session.get(BatchJobRow, job_id, with_for_update=True)
-        if job is None or job.status not in ("validating", "in_progress", "cancelling"):
+        if job is None or job.status not in ("in_progress", "cancelling"):  # validating: being stored
             return None
         if job.status != "cancelling":
             job.status = "cancelling"
@@ -316,7 +375,7 @@ async def finish_item(
 async def any_unfinished(session: AsyncSession) -> bool:
     """Whether any job has not ended yet. Reads only."""
     found = await session.scalar(
-        select(BatchJobRow.id).where(BatchJobRow.status.in_((*RUNNING, "finalizing"))).limit(1)
+        select(BatchJobRow.id).where(BatchJobRow.status.in_((*RUNNING, "finalizing", "validating"))).limit(1)
     )
     await session.commit()
     return found is not None

@@ -194,6 +194,7 @@ class BatchWorker:
         # Each part on its own: one that fails (a job nobody foresaw, a provider down) is logged and
         # tried at the next tick, and never stops the others, so one tenant's job cannot stall the rest.
         await self._part("recovery", self.recover)
+        await self._part("removing cut-off submissions", lambda: store.discard_stale_validating(self.sm))
         await self._part("ending jobs", self.end_jobs)
         busy = False
         if len(self._tasks) < self.settings.fanout_concurrency * 4:
@@ -209,7 +210,7 @@ class BatchWorker:
         return busy
 
     @staticmethod
-    async def _part(name: str, work: Callable[[], Awaitable[None]]) -> None:
+    async def _part(name: str, work: Callable[[], Awaitable[object]]) -> None:
         try:
             await work()
         except Exception:
