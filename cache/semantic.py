@@ -45,6 +45,9 @@ from cache.batcher import MicroBatcher, Vector
 from cache.embedder import Embedder
 from cache.entries import CacheEntry, EntryTable
 from cache.scope_index import ScopeIndex
+from gateway.logs import get_logger
+
+log = get_logger("cache.semantic")
 
 
 async def _nothing() -> None:
@@ -189,7 +192,13 @@ class SemanticCache:
 
         async def run() -> None:
             assert entry.text is not None
-            entry.embedding = await self.embed(entry.text, background=True)
+            try:
+                entry.embedding = await self.embed(entry.text, background=True)
+            except Exception as exc:  # waits for its scope's next search (``catch_up``) instead
+                log.warning("semantic cache: embedding a stored entry failed (%s); deferred", exc)
+                if self.table is not None and self.table.get(entry.id) is entry:
+                    self.defer(entry)
+                return
             if self.table is not None and self.table.get(entry.id) is entry:
                 self._added(entry)
 
@@ -247,7 +256,12 @@ class SemanticCache:
                 if entry.scope in self._catching_up:
                     continue  # a lookup is embedding the scope's waiting entries; the next sync sees the rest
                 if entry.scope in self.scopes:
-                    entry.embedding = await self.embed(entry.text, background=True)
+                    try:
+                        entry.embedding = await self.embed(entry.text, background=True)
+                    except Exception as exc:  # the scope's next search tries again (``catch_up``)
+                        log.warning("semantic cache: embedding a loaded entry failed (%s); deferred", exc)
+                        self.defer(entry)
+                        continue
                     self._added(entry)
                 else:
                     self.defer(entry)

@@ -244,20 +244,22 @@ class GatewayCache:
             )
             self._entry_seq = max(self._entry_seq, top)
             purged: list[str] = []
+            added: list[CacheEntry] = []
             for _, entry in found:
                 self._remember(entry.id)
                 if any(p.matches(entry) for p in self._purges):
                     purged.append(entry.id)
                     continue
                 self.table.add(entry)
+                added.append(entry)
             await cache_repo.delete_entries(session, purged)
             self.table.expire(now)
             if now - self._cleaned >= _CLEAN_INTERVAL_S:  # the table's own bound: the newest max_entries
                 self._cleaned = now
                 await cache_repo.delete_expired(session, now)
                 await cache_repo.trim(session, self.settings.max_entries)
-        if self.semantic is not None:
-            await self.semantic.embed_missing(self.table)
+        if self.semantic is not None:  # what this sync loaded (not the whole table: that is on the loop)
+            await self.semantic.embed_missing(added)
 
     def _remember(self, entry_id: str) -> None:
         self._seen[entry_id] = None

@@ -46,3 +46,26 @@ def test_expire() -> None:
     table = EntryTable(10)
     table.add(entry(1))
     assert table.expire(99.0) == [] and [e.id for e in table.expire(100.0)] == ["1"]
+
+
+def test_expire_takes_what_is_due_across_replacements_evictions_and_removals() -> None:
+    """``expire`` pops a heap instead of scanning the table; an entry replaced, evicted or removed before
+    its time never comes back, and one replaced by a longer-lived entry under the same id stays."""
+    table = EntryTable(5)
+    for i in range(8):  # 0..2 evicted by 5..7
+        table.add(CacheEntry(str(i), "ns", "m", f"k{i}", "s", ANSWER, 0.0, float(10 + i)))
+    table.remove("4")
+    table.add(CacheEntry("3", "ns", "m", "k3", "s", ANSWER, 0.0, 1000.0))  # same id, lives longer
+    assert table.expire(9.0) == []
+    assert [e.id for e in table.expire(16.0)] == ["5", "6"]  # 3's old time has passed: it stays
+    assert sorted(e.id for e in table) == ["3", "7"]
+    assert [e.id for e in table.expire(17.0)] == ["7"] and [e.id for e in table.expire(1000.0)] == ["3"]
+    assert len(table) == 0
+
+
+def test_the_expiry_heap_stays_bounded_under_churn() -> None:
+    table = EntryTable(10)
+    for i in range(10_000):  # the same ten keys over and over: each add replaces one
+        table.add(CacheEntry(str(i), "ns", "m", f"k{i % 10}", "s", ANSWER, 0.0, 1e9))
+    assert len(table) == 10 and len(table._expiry) <= 2 * len(table) + 1024
+    assert len(table.expire(2e9)) == 10

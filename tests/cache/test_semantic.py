@@ -203,3 +203,31 @@ async def test_a_question_too_long_is_neither_deferred_nor_embedded() -> None:
     assert list(sem.deferred["s"]) == ["2"]
     await sem.embed_missing([table.get("1")])  # type: ignore[list-item]
     assert emb.batches == [] and list(sem.deferred["s"]) == ["2"]
+
+
+async def test_an_entry_whose_embedding_fails_waits_for_its_scope_to_be_searched() -> None:
+    """Embedding a stored or loaded entry fails (the embedder down for a moment): the entry is deferred,
+    so the next search of its scope embeds it (the sync loop no longer rescans the whole table)."""
+    emb = Counting()
+    sem = SemanticCache(emb, Veto(set()), min_cosine=0.9)  # type: ignore[arg-type]
+    table = EntryTable(100)
+    sem.attach(table)
+    indexed = CacheEntry("0", "ns", "m", "k0", "s", ANSWER, 0.0, 100.0, text="an indexed question")
+    indexed.embedding = emb.inner.embed([indexed.text])[0]
+    table.add(indexed)
+    emb.fail = True
+    stored = CacheEntry("1", "ns", "m", "k1", "s", ANSWER, 0.0, 100.0, text="a stored question")
+    table.add(stored)
+    sem.embed_later(stored)
+    loaded = CacheEntry("2", "ns", "m", "k2", "s", ANSWER, 0.0, 100.0, text="a loaded question")
+    table.add(loaded)
+    await sem.embed_missing([loaded])  # as a sync does with what it loaded
+    for _ in range(100):
+        if len(sem.deferred.get("s", {})) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(sem.deferred["s"]) == ["1", "2"] and stored.embedding is None
+    emb.fail = False
+    await sem.catch_up("s")
+    assert sem.deferred == {} and len(sem.scopes["s"]) == 3
+    await sem.aclose()
