@@ -37,6 +37,7 @@ from cache.exact import ExactCache, last_user_text, request_key, scope_key
 from cache.semantic import ScoringGuard
 from cache.threshold import Curve, EntryThresholds
 from gateway.accounting import compute_cost
+from gateway.background import Stopper
 from gateway.errors import GatewayError
 from gateway.logs import get_logger
 from gateway.storage import cache_repo
@@ -176,6 +177,7 @@ class GatewayCache:
         matches was written before the purge reached it (another replica's pending write) and is dropped."""
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopper = Stopper()
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -189,11 +191,10 @@ class GatewayCache:
         self._task = asyncio.create_task(self._loop(), name="thriftgate-cache-sync")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        # the sync in progress ends first (cancelled inside a statement it could leave SQLite locked:
+        # ``gateway.background``)
+        await self._stopper.stop(self._task, name="the cache sync")
+        self._task = None
         with contextlib.suppress(Exception):
             await self.flush()
         if self.semantic is not None:
@@ -201,8 +202,8 @@ class GatewayCache:
 
     async def _loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.sync_interval_s)
+            if await self._stopper.pause(self.settings.sync_interval_s, self._wake):
+                return
             self._wake.clear()
             try:
                 await self.flush()

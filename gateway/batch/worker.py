@@ -22,7 +22,6 @@ item just before it enters the pipeline, which holds its own). Holds live in the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import socket
@@ -38,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
 from gateway import wire
+from gateway.background import Stopper
 from gateway.batch import store
 from gateway.batch.files import FileStore
 from gateway.batch.finals import Finals
@@ -140,6 +140,7 @@ class BatchWorker:
         self._sem = asyncio.Semaphore(settings.fanout_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._stopper = Stopper()
         self._task: asyncio.Task[None] | None = None
         self._next_poll = 0.0
         self._next_start = 0.0
@@ -154,10 +155,10 @@ class BatchWorker:
         self._task = asyncio.create_task(self._run(), name="batch-worker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        # the tick in progress ends first: cancelled inside a statement, it could leave SQLite locked
+        # (``gateway.background``)
+        await self._stopper.stop(self._task, name="the batch worker")
+        self._task = None
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=10)
             for t in pending:
@@ -169,7 +170,7 @@ class BatchWorker:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopper.stopping:
             try:
                 busy = await self.tick()
             except asyncio.CancelledError:
@@ -178,8 +179,8 @@ class BatchWorker:
                 log.error("batch worker tick failed", exc_info=exc)
                 busy = False
             if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.tick_s)
+                if await self._stopper.pause(self.settings.tick_s, self._wake):
+                    return
                 self._wake.clear()
 
     async def tick(self) -> bool:
@@ -359,12 +360,17 @@ class BatchWorker:
         Any other failure raises."""
         pause = WRITE_RETRY_BASE_S
         failures = 0
+
+        async def attempt() -> T:
+            async with self.sm() as s:
+                result = await work(s)
+                await s.commit()
+            return result
+
         while True:
             try:
-                async with self.sm() as s:
-                    result = await work(s)
-                    await s.commit()
-                return result
+                # shielded: a fan-out cancelled at shutdown lets its write finish (``gateway.background``)
+                return await asyncio.shield(attempt())
             except Exception as exc:
                 if blame(exc) != "database":
                     raise

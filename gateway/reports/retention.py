@@ -11,6 +11,7 @@ from typing import cast
 from sqlalchemy import Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.background import Stopper
 from gateway.logs import get_logger
 from gateway.storage.models import RequestContentRow, RequestLogRow
 
@@ -50,19 +51,15 @@ class Pruner:
         self._retention = retention
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._stopper = Stopper()
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="thriftgate-log-pruner")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._stopper.stop(self._task, name="the request-log pruner")  # between passes
+        self._task = None
 
     async def run_once(self) -> int:
         """One pruning pass now; returns the number of rows deleted."""
@@ -76,4 +73,5 @@ class Pruner:
                     log.info("pruned request-log rows", extra={"rows": n})
             except Exception:
                 log.exception("pruning the request log failed; retrying at the next interval")
-            await asyncio.sleep(self._interval_s)
+            if await self._stopper.pause(self._interval_s):
+                return

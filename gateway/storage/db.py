@@ -133,8 +133,12 @@ async def ping(engine: AsyncEngine, timeout_s: float = 2.0) -> bool:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    # Shielded: on a timeout the query still ends on its own and returns its connection; cancelled inside
+    # the statement, it would leave a zombie SQLite connection behind (``gateway.background``).
+    query = asyncio.ensure_future(_select())
+    query.add_done_callback(lambda q: q.cancelled() or q.exception())  # its failure is the answer
     try:
-        await asyncio.wait_for(_select(), timeout_s)
+        await asyncio.wait_for(asyncio.shield(query), timeout_s)
     except Exception:
         return False
     return True
