@@ -669,3 +669,44 @@ def test_items_whose_upstream_batch_could_not_be_recorded_go_back_to_the_queue(
         out = _output(client, batch)
     assert sorted((o["custom_id"], o["response"]["status_code"]) for o in out) == [("a", 200), ("b", 200)]
     assert len(tries) == 2 and len(sim._batches.sent) == 2 and len(sim._batches.jobs) == 1
+
+
+def test_a_gateway_stopped_while_the_worker_is_inside_a_statement_logs_everything(
+    gateway_factory: Any, sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The gateway stops while the worker's tick is inside a slow statement of a write transaction: the
+    tick ends first (``gateway.background``), so the request log's last rows are written, not spilled.
+    Cancelled there instead, aiosqlite's connection stayed a zombie holding SQLite's write lock."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="gateway")
+    real_renew = store.renew
+    inside = __import__("threading").Event()
+
+    async def slow_renew(session: Any, worker: str, lease_s: float) -> None:
+        await session.execute(update(BatchJobRow).where(BatchJobRow.id == "none").values(total=0))  # the lock
+        inside.set()
+        await session.execute(
+            __import__("sqlalchemy").text(
+                "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000000) "
+                "SELECT count(*) FROM c"
+            )
+        )
+        await real_renew(session, worker, lease_s)
+
+    lines_ = [chat_line("slow", "one", model="claude-haiku-4-5")]
+    with gateway_factory(batch=batch_settings(tmp_path, fanout_rps=0.001)) as gw:  # the item waits
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
+        client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        monkeypatch.setattr(store, "renew", slow_renew)
+        assert inside.wait(10)
+        for _ in range(3):  # rows the log writer still has to write when the gateway stops
+            client.models.list()
+    logged = [r for r in gw.rows() if r["path"] in ("/v1/files", "/v1/batches", "/v1/models")]
+    assert len(logged) == 5
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("gateway")]
+    assert not errors, [r.getMessage() for r in errors]
