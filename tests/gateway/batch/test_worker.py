@@ -86,6 +86,60 @@ def _output(client: openai.OpenAI, batch: Any) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def _run_job(gw: Any, lines_: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Uploads ``lines_``, runs them as a chat-completions job through the SDK, waits for its end and
+    returns its output lines."""
+    client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+    uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    return _output(client, _finished(client, batch.id))
+
+
+def _seed_cut_off_upload(db_url: str, job_id: str, params: list[dict[str, Any]]) -> list[int]:
+    """A message batch whose upstream batch a dead worker was creating (recorded, its id never learnt):
+    the items submitted in an upload of state ``creating`` with a lease run out. Returns the item ids."""
+
+    async def seed() -> list[int]:
+        engine = make_engine(db_url)
+        sm = make_sessionmaker(engine)
+        t = datetime.now(UTC)
+        job = BatchJobRow(
+            id=job_id, api="anthropic", key_id=None, endpoint="/v1/messages",
+            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
+            expires_at=t + timedelta(days=1),
+        )  # fmt: skip
+        items = [
+            lines.anthropic_request(i, {"custom_id": f"m{i}", "params": p}, MESSAGES.validate, MESSAGES.output_cap)
+            for i, p in enumerate(params)
+        ]  # fmt: skip
+        await store.submit(sm, job, iter(items), lambda _i: 0.0, lambda _i: None, lambda *_: None)
+        async with sm() as s:
+            up = BatchUploadRow(
+                job_id=job.id, provider="anthropic", endpoint="/v1/messages", state="creating",
+                claimed_by="dead-worker", lease_until=t - timedelta(seconds=30), cancel_sent=False, created_at=t,
+            )  # fmt: skip
+            s.add(up)
+            await s.flush()
+            await s.execute(
+                update(BatchItemRow)
+                .where(BatchItemRow.job_id == job.id)
+                .values(state="submitted", upload_id=up.id, target="claude-haiku-4-5")
+            )
+            ids = [
+                i.id
+                for i in await s.scalars(
+                    select(BatchItemRow).where(BatchItemRow.job_id == job.id).order_by(BatchItemRow.id)
+                )
+            ]
+            await s.commit()
+        await engine.dispose()
+        return ids
+
+    return asyncio.run(seed())
+
+
 def test_sigkill_mid_job_then_restart_runs_every_item_once(
     sim: Simulator, sim_url: str, database_url: str, tmp_path: Path
 ) -> None:
@@ -359,41 +413,12 @@ def test_a_message_batch_cut_off_mid_creation_is_found_or_created_once(
     """A worker died between recording an upload and learning its message batch's id: the batch is
     adopted when it reached Anthropic (found by its results), created when it did not; never both."""
     sim.config.batches = True
-    t = datetime.now(UTC)
     params = [
         {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": f"q{i}"}]}
         for i in range(3)
     ]
 
-    async def seed() -> list[int]:
-        engine = make_engine(db_url)
-        sm = make_sessionmaker(engine)
-        job = BatchJobRow(
-            id="msgbatch_seeded", api="anthropic", key_id=None, endpoint="/v1/messages",
-            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
-            expires_at=t + timedelta(days=1),
-        )  # fmt: skip
-        items = [
-            lines.anthropic_request(i, {"custom_id": f"m{i}", "params": p}, MESSAGES.validate, MESSAGES.output_cap)
-            for i, p in enumerate(params)
-        ]  # fmt: skip
-        await store.submit(sm, job, iter(items), lambda _i: 0.0, lambda _i: None, lambda *_: None)
-        async with sm() as s:
-            up = BatchUploadRow(
-                job_id=job.id, provider="anthropic", endpoint="/v1/messages", state="creating",
-                claimed_by="dead-worker", lease_until=t - timedelta(seconds=30), cancel_sent=False, created_at=t,
-            )  # fmt: skip
-            s.add(up)
-            await s.flush()
-            await s.execute(
-                update(BatchItemRow).values(state="submitted", upload_id=up.id, target="claude-haiku-4-5")
-            )
-            ids = [i.id for i in await s.scalars(select(BatchItemRow).order_by(BatchItemRow.id))]
-            await s.commit()
-        await engine.dispose()
-        return ids
-
-    ids = asyncio.run(seed())
+    ids = _seed_cut_off_upload(db_url, "msgbatch_seeded", params)
     if reached_upstream:  # the dead worker's create did reach Anthropic
         upstream = anthropic.Anthropic(base_url=sim_url, api_key=ANTHROPIC_KEY, max_retries=0)
         upstream.messages.batches.create(
@@ -419,13 +444,7 @@ def test_a_fan_out_item_refused_with_429_is_tried_again_later(
     sim.inject(Fault(status=429, path="/v1/messages", times=1))
     lines_ = [chat_line("limited", "please", model="claude-haiku-4-5")]  # through the pipeline (translated)
     with gateway_factory(batch=batch_settings(tmp_path), provider_opts={"max_retries": 0}) as gw:
-        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
-        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
-        batch = client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        batch = _finished(client, batch.id)
-        out = _output(client, batch)
+        out = _run_job(gw, lines_)
     assert [(o["custom_id"], o["response"]["status_code"]) for o in out] == [("limited", 200)]
     assert sum(1 for r in sim.requests if r.path == "/v1/messages") == 2
 
@@ -460,13 +479,7 @@ def test_a_fan_out_item_survives_a_locked_database(
     monkeypatch.setattr(store, "finish_item", locked_at_first("finish", store.finish_item))
     lines_ = [chat_line("locked", "please", model="claude-haiku-4-5")]  # a fan-out: through the pipeline
     with gateway_factory(batch=batch_settings(tmp_path)) as gw:
-        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
-        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
-        batch = client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        batch = _finished(client, batch.id)
-        out = _output(client, batch)
+        out = _run_job(gw, lines_)
     assert failures == {"mark": 2, "finish": 2}
     assert [(o["custom_id"], o["response"]["status_code"]) for o in out] == [("locked", 200)]
     assert sum(1 for r in sim.requests if r.path == "/v1/messages") == 1
@@ -565,13 +578,7 @@ def test_a_part_of_the_tick_that_keeps_failing_stalls_nothing_else(
     monkeypatch.setattr(Uploads, "poll", broken_poll)
     lines_ = [chat_line("fan", "out", model="claude-haiku-4-5")]  # a fan-out: no upstream batch
     with gateway_factory(batch=batch_settings(tmp_path)) as gw:
-        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
-        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
-        batch = client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        batch = _finished(client, batch.id)
-        out = _output(client, batch)
+        out = _run_job(gw, lines_)
     assert [(o["custom_id"], o["response"]["status_code"]) for o in out] == [("fan", 200)]
     assert any("polling upstream batches failed" in r.getMessage() for r in caplog.records)
 
@@ -600,35 +607,9 @@ def test_an_interrupted_upload_whose_lookup_fails_unforeseen_is_looked_at_again(
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(AnthropicBatches, "find", staticmethod(find_fails_once))
-    t = datetime.now(UTC)
     params = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "q"}]}
 
-    async def seed() -> None:
-        engine = make_engine(db_url)
-        sm = make_sessionmaker(engine)
-        job = BatchJobRow(
-            id="msgbatch_lookup", api="anthropic", key_id=None, endpoint="/v1/messages",
-            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
-            expires_at=t + timedelta(days=1),
-        )  # fmt: skip
-        item = lines.anthropic_request(
-            0, {"custom_id": "m0", "params": params}, MESSAGES.validate, MESSAGES.output_cap
-        )
-        await store.submit(sm, job, iter([item]), lambda _i: 0.0, lambda _i: None, lambda *_: None)
-        async with sm() as s:
-            up = BatchUploadRow(
-                job_id=job.id, provider="anthropic", endpoint="/v1/messages", state="creating",
-                claimed_by="dead-worker", lease_until=t - timedelta(seconds=30), cancel_sent=False, created_at=t,
-            )  # fmt: skip
-            s.add(up)
-            await s.flush()
-            await s.execute(
-                update(BatchItemRow).values(state="submitted", upload_id=up.id, target="claude-haiku-4-5")
-            )
-            await s.commit()
-        await engine.dispose()
-
-    asyncio.run(seed())
+    _seed_cut_off_upload(db_url, "msgbatch_lookup", [params])
     with gateway_factory(batch=batch_settings(tmp_path)) as gw:
         client = anthropic.Anthropic(base_url=gw.url, api_key="sk-ant-client", max_retries=0)
         wait_until(
@@ -660,13 +641,7 @@ def test_items_whose_upstream_batch_could_not_be_recorded_go_back_to_the_queue(
     monkeypatch.setattr(Uploads, "upload", upload_fails_once)
     lines_ = [chat_line("a", "one"), chat_line("b", "two")]
     with gateway_factory(batch=batch_settings(tmp_path)) as gw:
-        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
-        uploaded = client.files.create(file=("in.jsonl", jsonl(lines_)), purpose="batch")
-        batch = client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        batch = _finished(client, batch.id)
-        out = _output(client, batch)
+        out = _run_job(gw, lines_)
     assert sorted((o["custom_id"], o["response"]["status_code"]) for o in out) == [("a", 200), ("b", 200)]
     assert len(tries) == 2 and len(sim._batches.sent) == 2 and len(sim._batches.jobs) == 1
 
