@@ -188,6 +188,7 @@ class GatewayCache:
             _, last_purge = await cache_repo.max_seqs(session)
         self._purge_seq = max(last_purge - _RECENT_PURGES, 0)  # the recent purges guard the rebuild
         await self.sync()
+        self._stopper = Stopper()  # a step started again (a second lifespan) syncs again
         self._task = asyncio.create_task(self._loop(), name="thriftgate-cache-sync")
 
     async def stop(self) -> None:

@@ -55,6 +55,7 @@ class Pruner:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopper = Stopper()  # started again after a stop: prunes again
             self._task = asyncio.create_task(self._loop(), name="thriftgate-log-pruner")
 
     async def stop(self) -> None:

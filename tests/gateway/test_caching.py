@@ -10,6 +10,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.caching import GatewayCache
 from gateway.config import Catalogue
@@ -221,3 +222,33 @@ def test_least_recently_used_entries_are_evicted(gateway_factory: Callable[..., 
         ask(gw, qs[2])  # evicts b
         assert ask(gw, qs[0]).headers["x-thriftgate-cache"] == "hit-exact"
         assert ask(gw, qs[1]).headers["x-thriftgate-cache"] == "miss"
+
+
+async def test_a_cache_started_again_after_a_stop_keeps_syncing(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """The sync loop stops between rounds (``gateway.background``); a cache step started again (a second
+    lifespan) syncs again: an entry another replica writes afterwards reaches it."""
+    import asyncio
+    import time
+
+    from cache.entries import CacheEntry
+    from gateway.storage import cache_repo
+    from gateway.types import ChatResponse, Usage
+
+    cache = GatewayCache(CacheSettings(enabled=True, sync_interval_s=0.02))
+    await cache.start(sessionmaker)
+    await cache.stop()
+    await cache.start(sessionmaker)
+    try:
+        answer = ChatResponse(id="r", model="m", choices=(), usage=Usage())
+        entry = CacheEntry("elsewhere", "key:k", "m", "exact-key", "", answer, time.time(), time.time() + 600)
+        async with sessionmaker() as session:
+            await cache_repo.insert_entries(session, [entry])  # written by another replica
+        for _ in range(500):
+            if cache.table.get("elsewhere") is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert cache.table.get("elsewhere") is not None
+    finally:
+        await cache.stop()

@@ -110,3 +110,27 @@ async def test_content_rows_are_written_with_their_rows_and_pruned_with_them(
     assert stored_ == sorted((r["request_id"], r["key_id"], f"a{i}") for i, r in enumerate(rows))
     assert await prune(sessionmaker, datetime.fromtimestamp(now_s - 4.5 * 3600, UTC)) == 5
     assert len(await stored()) == 5  # kept exactly as long as the log's rows
+
+
+async def test_a_pruner_stops_between_passes_and_starts_again(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    """``stop`` lets the pass in progress end (``gateway.background``); started again, it keeps pruning."""
+    started: list[int] = []
+    ended: list[int] = []
+    pruner = Pruner(sessionmaker, retention=timedelta(hours=1), interval_s=0.01)
+
+    async def counted() -> int:
+        started.append(1)
+        await asyncio.sleep(0.05)  # a pass in progress when stop is asked
+        ended.append(1)
+        return 0
+
+    pruner.run_once = counted  # type: ignore[method-assign]
+    for _ in range(2):
+        before = len(started)
+        pruner.start()
+        await asyncio.sleep(0.3)
+        await pruner.stop()
+        assert len(started) - before >= 2  # it kept going, not one pass and out
+        assert len(ended) == len(started)  # no pass cut short
