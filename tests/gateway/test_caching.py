@@ -245,7 +245,7 @@ async def test_a_cache_started_again_after_a_stop_keeps_syncing(
         entry = CacheEntry("elsewhere", "key:k", "m", "exact-key", "", answer, time.time(), time.time() + 600)
         async with sessionmaker() as session:
             await cache_repo.insert_entries(session, [entry])  # written by another replica
-        for _ in range(500):
+        for _ in range(2000):
             if cache.table.get("elsewhere") is not None:
                 break
             await asyncio.sleep(0.01)
