@@ -13,11 +13,30 @@ import numpy as np
 
 from cache.embedder import Embedder, Vectors
 
-CACHE_DIR = Path(__file__).resolve().parent / ".cache" / "embeddings"
+
+def _memo_dir() -> Path:
+    """One folder per model: the untuned vectors in ``embeddings``, each shipped tune's in its own."""
+    from cache.onnx_embedder import tune_id
+
+    base = Path(__file__).resolve().parent / ".cache"
+    return base / (f"embeddings-tune-{t}" if (t := tune_id()) else "embeddings")
+
+
+CACHE_DIR = _memo_dir()
 
 
 def _h(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def onnx_embedder() -> Embedder:
+    """The gateway's float32 ONNX model (with the shipped tune), on two threads: the same vectors as
+    sentence-transformers' (``EmbeddingMemo``'s default) at about a third of its CPU; for a memo of many
+    texts (``bench.guard_train``)."""
+    from cache.onnx_embedder import OnnxMiniLMEmbedder, ensure_built
+    from gateway.settings import Settings
+
+    return OnnxMiniLMEmbedder(ensure_built(Settings().embedder_dir, "fp32"), threads=2, batch_size=64)
 
 
 class EmbeddingMemo:

@@ -27,7 +27,8 @@ repeat-traffic stream with, since the shipped guard was fitted on most of those 
 
 About a minute once the texts are embedded (``bench/.cache/embeddings``); the first run embeds ~108,000
 texts (about 10 minutes of one core with the ONNX embedder, more with the torch one ``EmbeddingMemo``
-loads by default).
+loads by default). The vectors are the shipped caching tune's (``bench/embedder_tune.py``): the guard's
+cosine feature and calibration are for those vectors, so a new tune means a refit.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.neural_network import MLPClassifier
 
 from bench import traps
-from bench.embcache import EmbeddingMemo
+from bench.embcache import EmbeddingMemo, onnx_embedder
 from cache.guard import MODEL_FILE, GuardModel, decisive_mismatch, features, tokens
 
 MIN_COSINE = 0.70
@@ -151,7 +152,7 @@ def main() -> None:
     end = len(rows) if args.qqp_pairs is None else QQP_TEST + args.qqp_pairs
     qqp, train = training_pairs(rows, end=end, hold_out_hubs=args.hold_out_hubs)
     pairs = qqp + train[: args.trap_pairs]
-    memo = EmbeddingMemo(None)
+    memo = EmbeddingMemo(onnx_embedder())
     cos = cosines(memo, pairs)
     keep = [i for i, p in enumerate(pairs) if cos[i] >= MIN_COSINE and not decisive_mismatch(p["a"], p["b"])]
     X = np.array([features(pairs[i]["a"], pairs[i]["b"], float(cos[i]), idf, idf_unknown) for i in keep])

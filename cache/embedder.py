@@ -48,17 +48,27 @@ class MiniLMEmbedder:
     dim = 384
 
     def __init__(
-        self, model_dir: Path | None = None, *, batch_size: int = 64, threads: int | None = None
+        self,
+        model_dir: Path | None = None,
+        *,
+        batch_size: int = 64,
+        threads: int | None = None,
+        tuned: bool = True,
     ) -> None:
         """``threads``: torch's intra-op threads for each call (None: torch's default, every core). One
         thread embeds a single short text ~25x faster than two on a busy 2-core machine (measured in
-        ``bench/semantic_cache.py``), where the cores are contended anyway."""
+        ``bench/semantic_cache.py``), where the cores are contended anyway. ``tuned``: with the shipped
+        caching tune merged (``cache.onnx_embedder.apply_tune``), as the ONNX export has it."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
         path = model_dir if model_dir is not None else bundled_model_dir()
         self._model: Any = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        if tuned:
+            from cache.onnx_embedder import apply_tune
+
+            apply_tune(self._model[0].auto_model)
         self._batch_size = batch_size
         self._threads = threads
         self._lock = threading.Lock()  # one forward pass at a time: torch already uses every core

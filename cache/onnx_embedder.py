@@ -57,6 +57,13 @@ Variant = Literal["fp32", "int8", "int8-mixed", "int8-blocks"]
 VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "int8-mixed", "int8-blocks")
 EXPORT_VERSION = 1
 """Bumped whenever the exported graph changes: a folder built by another version is rebuilt."""
+TUNE_FILE = Path(__file__).resolve().parent / "embedder_tune.npz"
+"""The caching fine-tune of MiniLM (``bench/embedder_tune.py``): a low-rank update of every linear layer of
+the transformer blocks, merged into the weights before export."""
+TUNE_RANK = 16
+TUNE_ALPHA = 32.0
+TUNED_LINEARS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
+"""The linears (``BertModel.named_modules`` suffixes) the update touches: all six of each block."""
 _FILES = {
     "fp32": "model.onnx",
     "int8": "model-int8.onnx",
@@ -84,9 +91,52 @@ the export fails if one is missing rather than quietly quantising it."""
 _SOURCE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json")
 
 
-def source_fingerprint(source: Path) -> str:
-    """A digest of the model files the export reads, and of ``EXPORT_VERSION``."""
+def tune_id() -> str:
+    """The first 12 hex digits of ``TUNE_FILE``'s SHA-256 ("" when no tune ships): part of the semantic
+    scopes' embedder tag and of the exported model's fingerprint."""
+    try:
+        return hashlib.sha256(TUNE_FILE.read_bytes()).hexdigest()[:12]
+    except FileNotFoundError:
+        return ""
+
+
+def tune_deltas() -> dict[str, np.ndarray]:
+    """``{linear's name in BertModel: float32 update [out, in]}`` from ``TUNE_FILE`` (empty when none
+    ships): ``B @ A * TUNE_ALPHA / TUNE_RANK`` of each adapted linear, computed in float32 from the shipped
+    float16 factors (the same numbers on every machine)."""
+    if not TUNE_FILE.is_file():
+        return {}
+    with np.load(TUNE_FILE) as z:
+        names = sorted({k.split("|")[0] for k in z.files if "|" in k})
+        return {
+            n: (z[f"{n}|B"].astype(np.float32) @ z[f"{n}|A"].astype(np.float32))
+            * np.float32(TUNE_ALPHA / TUNE_RANK)
+            for n in names
+        }
+
+
+def apply_tune(bert: Any) -> int:
+    """Adds the shipped update to a transformers ``BertModel``'s linear weights in place; returns how many
+    were updated. Raises ``ValueError`` if the tune names a linear the model lacks."""
+    import torch
+
+    deltas = tune_deltas()
+    modules = dict(bert.named_modules())
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            module = modules.get(name)
+            if module is None or tuple(module.weight.shape) != delta.shape:
+                raise ValueError(f"the embedder tune does not fit this model ({name})")
+            module.weight += torch.from_numpy(delta)
+    return len(deltas)
+
+
+def source_fingerprint(source: Path, *, tuned: bool = False) -> str:
+    """A digest of the model files the export reads, and of ``EXPORT_VERSION`` (and, ``tuned``, of the
+    shipped tune)."""
     h = hashlib.sha256(f"thriftgate-minilm-onnx:{EXPORT_VERSION}".encode())
+    if tuned:
+        h.update(f"tune:{tune_id()}".encode())
     for name in _SOURCE_FILES:
         path = source / name
         h.update(name.encode())
@@ -102,10 +152,12 @@ def max_seq_length(source: Path) -> int:
 
 
 def export_minilm(
-    out_dir: Path, source: Path | None = None, *, variants: Sequence[Variant] = ("fp32",)
+    out_dir: Path, source: Path | None = None, *, variants: Sequence[Variant] = ("fp32",), tuned: bool = True
 ) -> None:
-    """Writes the ONNX model(s) and ``manifest.json`` into ``out_dir`` (replacing what is there). Needs
-    torch and transformers (build time only); a few seconds per variant."""
+    """Writes the ONNX model(s) and ``manifest.json`` into ``out_dir`` (replacing what is there), with the
+    shipped caching tune merged into the weights unless ``tuned`` is false (the router's static table is
+    built from the untuned model). Needs torch and transformers (build time only); a few seconds per
+    variant."""
     import torch
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -116,6 +168,8 @@ def export_minilm(
     config = AutoConfig.from_pretrained(str(src), local_files_only=True)
     # Eager attention traces to the MatMul/Softmax pattern onnxruntime fuses into one Attention op.
     bert = AutoModel.from_pretrained(str(src), local_files_only=True, attn_implementation="eager").eval()
+    if tuned:
+        apply_tune(bert)
 
     class Pooled(torch.nn.Module):
         def __init__(self) -> None:
@@ -183,7 +237,8 @@ def export_minilm(
             if variant in variants:
                 os.replace(path, out_dir / _FILES[variant])
     manifest = {
-        "fingerprint": source_fingerprint(src),
+        "fingerprint": source_fingerprint(src, tuned=tuned),
+        "tune": tune_id() if tuned else "",
         "variants": sorted(variants),
         "dim": config.hidden_size,
         "max_seq_length": max_seq_length(src),
@@ -284,31 +339,37 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def is_built(directory: Path, variant: Variant = "fp32", source: Path | None = None) -> bool:
-    """Whether ``directory`` holds ``variant`` exported from the current source files. Reads only."""
+def is_built(
+    directory: Path, variant: Variant = "fp32", source: Path | None = None, *, tuned: bool = True
+) -> bool:
+    """Whether ``directory`` holds ``variant`` exported from the current source files (and tune). Reads
+    only."""
     manifest = _manifest(directory)
     src = source if source is not None else bundled_model_dir()
     return (
         manifest is not None
         and variant in manifest.get("variants", ())
-        and manifest.get("fingerprint") == source_fingerprint(src)
+        and manifest.get("fingerprint") == source_fingerprint(src, tuned=tuned)
         and (directory / _FILES[variant]).is_file()
     )
 
 
-def ensure_built(directory: Path, variant: Variant = "fp32", source: Path | None = None) -> Path:
+def ensure_built(
+    directory: Path, variant: Variant = "fp32", source: Path | None = None, *, tuned: bool = True
+) -> Path:
     """The path of ``variant``'s model file in ``directory``, exported first (under a lock) when it is
-    missing or stale. Every variant already there is kept."""
-    if is_built(directory, variant, source):
+    missing or stale. Every variant already there is kept. ``tuned``: with the shipped caching tune (what
+    the semantic cache embeds with); one folder holds one or the other."""
+    if is_built(directory, variant, source, tuned=tuned):
         return directory / _FILES[variant]
     with _locked(directory):
-        if not is_built(directory, variant, source):  # another process may have built it meanwhile
+        if not is_built(directory, variant, source, tuned=tuned):  # another process may have built it
             manifest = _manifest(directory) or {}
             src = source if source is not None else bundled_model_dir()
-            fresh = manifest.get("fingerprint") == source_fingerprint(src)
+            fresh = manifest.get("fingerprint") == source_fingerprint(src, tuned=tuned)
             have: set[str] = set(manifest.get("variants", ())) if fresh else set()
             wanted: list[Variant] = [v for v in VARIANTS if v in have or v == variant]
-            export_minilm(directory, source, variants=wanted)
+            export_minilm(directory, source, variants=wanted, tuned=tuned)
     return directory / _FILES[variant]
 
 

@@ -25,6 +25,8 @@ TABLE_VERSION = 1
 _TABLE = "static.npy"
 _META = "static.json"
 _CLS, _SEP = 101, 102
+UNTUNED = "untuned"
+"""The sub-folder of the embedder's folder that holds the untuned float32 export the table is built from."""
 MAX_CHARS = 4096
 
 
@@ -65,7 +67,9 @@ def ensure_table(directory: Path, source: Path | None = None) -> Path:
     src = source if source is not None else bundled_model_dir()
     if is_built(directory, src):
         return directory / _TABLE
-    model = ensure_built(directory, "fp32", src)
+    # The untuned model, in a folder of its own: the router's classifier was fitted on this table, and
+    # the caching tune (``cache.onnx_embedder.TUNE_FILE``) is the semantic cache's alone.
+    model = ensure_built(directory / UNTUNED, "fp32", src, tuned=False)
     with _locked(directory):
         if not is_built(directory, src):
             from tokenizers import Tokenizer

@@ -467,9 +467,15 @@ class GatewayCache:
 
 
 def embedder_tag(runtime: str, variant: str) -> str:
-    """The semantic scopes' embedder tag: "" for float32 MiniLM (onnxruntime and torch give the same
-    vectors), the variant's name otherwise."""
-    return "" if variant == "fp32" else f"{runtime}:{variant}"
+    """The semantic scopes' embedder tag: "" for untuned float32 MiniLM (onnxruntime and torch give the
+    same vectors), the variant's name otherwise, and the shipped caching tune's id (``tune-<sha>``) when
+    the model carries one: vectors of another tune are never compared with these."""
+    from cache.onnx_embedder import tune_id
+
+    parts = ([] if variant == "fp32" else [f"{runtime}:{variant}"]) + (
+        [f"tune-{t}"] if (t := tune_id()) else []
+    )
+    return "+".join(parts)
 
 
 def build_cache(

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from cache.embedder import MiniLMEmbedder
-from cache.onnx_embedder import FLOAT32_NODES, OnnxMiniLMEmbedder, _quantize, ensure_built, is_built
+from cache.onnx_embedder import (
+    FLOAT32_NODES,
+    TUNE_FILE,
+    OnnxMiniLMEmbedder,
+    _quantize,
+    apply_tune,
+    ensure_built,
+    is_built,
+    tune_deltas,
+)
 from gateway.settings import Settings
 
 TEXTS = [
@@ -34,6 +43,37 @@ def test_onnx_vectors_equal_sentence_transformers() -> None:
     assert np.einsum("ij,ij->i", batched, ref).min() > 0.99999
     assert np.einsum("ij,ij->i", one_by_one, batched).min() > 0.99999
     assert onnx.embed([]).shape == (0, 384)
+
+
+@pytest.mark.slow
+def test_the_caching_tune_is_merged_into_the_export_and_the_torch_model(tmp_path: Path) -> None:
+    """The shipped tune moves the vectors (a real update, not a no-op) in both runtimes alike; the
+    untuned export is sentence-transformers' own model; a folder built one way is stale for the other."""
+    tuned = OnnxMiniLMEmbedder(ensure_built(Settings().embedder_dir)).embed(TEXTS)
+    untuned_path = ensure_built(tmp_path, "fp32", tuned=False)
+    assert not is_built(tmp_path, "fp32") and is_built(tmp_path, "fp32", tuned=False)
+    untuned = OnnxMiniLMEmbedder(untuned_path).embed(TEXTS)
+    assert np.einsum("ij,ij->i", untuned, MiniLMEmbedder(tuned=False).embed(TEXTS)).min() > 0.99999
+    assert np.einsum("ij,ij->i", tuned, MiniLMEmbedder().embed(TEXTS)).min() > 0.99999
+    moved = np.einsum("ij,ij->i", tuned, untuned)
+    assert moved.max() < 0.999 and moved.min() > 0.5  # moved, yet still MiniLM's space
+
+
+def test_the_tune_ships_and_names_only_the_transformer_linears() -> None:
+    import torch
+
+    deltas = tune_deltas()
+    assert TUNE_FILE.is_file() and len(deltas) == 36  # 6 blocks x (Q, K, V, attention out, FFN up, down)
+    assert all(name.startswith("encoder.layer.") for name in deltas)
+    assert all(np.isfinite(d).all() and np.abs(d).max() > 0 for d in deltas.values())
+
+    class Stranger(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+    with pytest.raises(ValueError, match="does not fit"):
+        apply_tune(Stranger())
 
 
 def test_a_folder_built_from_other_files_is_stale(tmp_path: Path) -> None:

@@ -39,5 +39,23 @@ def test_the_encoder_gives_wordpiece_ids_without_special_tokens() -> None:
     assert len(minilm_encoder()("word " * 10_000)) < 1000  # a huge text is cut before tokenising
 
 
+@pytest.mark.slow
+def test_the_table_is_built_from_the_untuned_model(tmp_path: Path) -> None:
+    """The router's classifier was fitted on the untuned MiniLM's table: the caching tune must not reach
+    it (the table is built from an untuned export in a folder of its own)."""
+    import onnxruntime as ort
+
+    from cache.static_table import UNTUNED, ensure_table
+
+    table = np.load(ensure_table(tmp_path))
+    assert (tmp_path / UNTUNED / "model.onnx").is_file() and not (tmp_path / "model.onnx").exists()
+    x = np.array([[101, 2054, 102]], dtype=np.int64)  # "what"
+    feeds = {"input_ids": x, "attention_mask": np.ones_like(x), "token_type_ids": np.zeros_like(x)}
+    untuned = ort.InferenceSession(str(tmp_path / UNTUNED / "model.onnx")).run(None, feeds)[0][0]
+    tuned = ort.InferenceSession(str(ensure_built(tmp_path))).run(None, feeds)[0][0]
+    np.testing.assert_allclose(table[2054].astype(np.float32), untuned, atol=2e-3)
+    assert float(tuned @ untuned) < 0.9999
+
+
 def test_a_folder_without_a_table_is_not_built(tmp_path: Path) -> None:
     assert not is_built(tmp_path)

@@ -289,11 +289,14 @@ def test_the_configured_stack_serves_a_rephrased_question(
 
 
 def test_the_embedder_variant_is_part_of_the_semantic_scope() -> None:
+    from cache.onnx_embedder import tune_id
     from gateway.caching import build_cache, embedder_tag
 
-    assert embedder_tag("onnx", "fp32") == embedder_tag("torch", "fp32") == ""
+    tune = f"tune-{tune_id()}"
+    assert tune_id() and len(tune_id()) == 12  # the caching tune ships, and its id names the vectors
+    assert embedder_tag("onnx", "fp32") == embedder_tag("torch", "fp32") == tune
     cache = build_cache(CacheSettings(enabled=True), vectors=embedder_tag("onnx", "int8-mixed"))
-    assert cache.vectors == "onnx:int8-mixed"
+    assert cache.vectors == f"onnx:int8-mixed+{tune}"
 
 
 def test_a_question_longer_than_the_limit_gets_the_exact_cache_only(
