@@ -37,7 +37,7 @@ from cache.exact import ExactCache, last_user_text, request_key, scope_key
 from cache.semantic import ScoringGuard
 from cache.threshold import Curve, EntryThresholds
 from gateway.accounting import compute_cost
-from gateway.background import Stopper
+from gateway.background import BackgroundLoop
 from gateway.errors import GatewayError
 from gateway.logs import get_logger
 from gateway.storage import cache_repo
@@ -175,9 +175,8 @@ class GatewayCache:
         self._purges: deque[Purge] = deque(maxlen=_RECENT_PURGES)
         """The latest purges, each bounded by its own time: an entry loaded later that one of them
         matches was written before the purge reached it (another replica's pending write) and is dropped."""
-        self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._stopper = Stopper()
+        self._background = BackgroundLoop("thriftgate-cache-sync", "the cache sync")
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -188,22 +187,20 @@ class GatewayCache:
             _, last_purge = await cache_repo.max_seqs(session)
         self._purge_seq = max(last_purge - _RECENT_PURGES, 0)  # the recent purges guard the rebuild
         await self.sync()
-        self._stopper = Stopper()  # a step started again (a second lifespan) syncs again
-        self._task = asyncio.create_task(self._loop(), name="thriftgate-cache-sync")
+        self._background.start(self._run)
 
     async def stop(self) -> None:
         # the sync in progress ends first (cancelled inside a statement it could leave SQLite locked:
         # ``gateway.background``)
-        await self._stopper.stop(self._task, name="the cache sync")
-        self._task = None
+        await self._background.stop()
         with contextlib.suppress(Exception):
             await self.flush()
         if self.semantic is not None:
             await self.semantic.aclose()
 
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         while True:
-            if await self._stopper.pause(self.settings.sync_interval_s, self._wake):
+            if await self._background.pause(self.settings.sync_interval_s, self._wake):
                 return
             self._wake.clear()
             try:

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
 from gateway import wire
-from gateway.background import Stopper
+from gateway.background import BackgroundLoop
 from gateway.batch import store
 from gateway.batch.files import FileStore
 from gateway.batch.finals import Finals
@@ -140,8 +140,7 @@ class BatchWorker:
         self._sem = asyncio.Semaphore(settings.fanout_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        self._stopper = Stopper()
-        self._task: asyncio.Task[None] | None = None
+        self._background = BackgroundLoop("batch-worker", "the batch worker")
         self._next_poll = 0.0
         self._next_start = 0.0
         self._keys: dict[str, VirtualKey | None] = {}
@@ -152,13 +151,12 @@ class BatchWorker:
 
     async def start(self) -> None:
         await self._hold_again()
-        self._task = asyncio.create_task(self._run(), name="batch-worker")
+        self._background.start(self._run)
 
     async def stop(self) -> None:
         # the tick in progress ends first: cancelled inside a statement, it could leave SQLite locked
         # (``gateway.background``)
-        await self._stopper.stop(self._task, name="the batch worker")
-        self._task = None
+        await self._background.stop()
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=10)
             for t in pending:
@@ -170,7 +168,7 @@ class BatchWorker:
         self._wake.set()
 
     async def _run(self) -> None:
-        while not self._stopper.stopping:
+        while not self._background.stopping:
             try:
                 busy = await self.tick()
             except asyncio.CancelledError:
@@ -179,7 +177,7 @@ class BatchWorker:
                 log.error("batch worker tick failed", exc_info=exc)
                 busy = False
             if not busy:
-                if await self._stopper.pause(self.settings.tick_s, self._wake):
+                if await self._background.pause(self.settings.tick_s, self._wake):
                     return
                 self._wake.clear()
 

@@ -4,14 +4,13 @@ cover the pruned period; only the per-request list loses those rows."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
 from sqlalchemy import Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.background import Stopper
+from gateway.background import BackgroundLoop
 from gateway.logs import get_logger
 from gateway.storage.models import RequestContentRow, RequestLogRow
 
@@ -50,23 +49,19 @@ class Pruner:
         self._sessionmaker = sessionmaker
         self._retention = retention
         self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
-        self._stopper = Stopper()
+        self._background = BackgroundLoop("thriftgate-log-pruner", "the request-log pruner")
 
     def start(self) -> None:
-        if self._task is None:
-            self._stopper = Stopper()  # started again after a stop: prunes again
-            self._task = asyncio.create_task(self._loop(), name="thriftgate-log-pruner")
+        self._background.start(self._run)
 
     async def stop(self) -> None:
-        await self._stopper.stop(self._task, name="the request-log pruner")  # between passes
-        self._task = None
+        await self._background.stop()  # between passes
 
     async def run_once(self) -> int:
         """One pruning pass now; returns the number of rows deleted."""
         return await prune(self._sessionmaker, datetime.now(UTC) - self._retention)
 
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         while True:
             try:
                 n = await self.run_once()
@@ -74,5 +69,5 @@ class Pruner:
                     log.info("pruned request-log rows", extra={"rows": n})
             except Exception:
                 log.exception("pruning the request log failed; retrying at the next interval")
-            if await self._stopper.pause(self._interval_s):
+            if await self._background.pause(self._interval_s):
                 return

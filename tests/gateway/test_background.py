@@ -1,5 +1,5 @@
 """Why background loops stop between rounds (``gateway.background``): a task cancelled inside a SQLite
-statement leaves the database locked while its frames live; a ``Stopper`` lets the round finish."""
+statement leaves the database locked while its frames live; a ``BackgroundLoop`` lets the round finish."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from gateway.background import Stopper
+from gateway.background import BackgroundLoop
 from gateway.storage.db import make_engine, make_sessionmaker
 
 SLOW = (
@@ -74,7 +74,7 @@ async def test_a_loop_stopped_between_rounds_leaves_the_database_free(tmp_path: 
     path = _database(tmp_path)
     engine = make_engine(f"sqlite+aiosqlite:///{path}")
     sm = make_sessionmaker(engine)
-    stopper = Stopper()
+    background = BackgroundLoop("rounds", "the test's loop")
     started = asyncio.Event()
     rounds = 0
 
@@ -83,27 +83,36 @@ async def test_a_loop_stopped_between_rounds_leaves_the_database_free(tmp_path: 
         while True:
             await _a_round(sm, started)
             rounds += 1
-            if await stopper.pause(60):
+            if await background.pause(60):
                 return
 
     try:
-        task = asyncio.create_task(loop())
+        background.start(loop)
+        task = next(t for t in asyncio.all_tasks() if t.get_name() == "rounds")
         await started.wait()  # stop asked in the middle of the first round
-        await stopper.stop(task, timeout_s=30)
+        await background.stop(timeout_s=30)
         assert task.done() and not task.cancelled() and rounds == 1
         assert await asyncio.to_thread(_writable, path)
+        started.clear()  # started again (a second lifespan), it runs rounds again
+        background.start(loop)
+        await asyncio.wait_for(started.wait(), 30)
+        await background.stop(timeout_s=30)
+        assert rounds == 2 and not background.running
     finally:
         await engine.dispose()
 
 
 async def test_a_loop_that_outlives_the_timeout_is_cancelled() -> None:
-    stopper = Stopper()
+    background = BackgroundLoop("stuck", "the stuck loop")
 
     async def stuck() -> None:
         await asyncio.sleep(3600)
 
-    task = asyncio.create_task(stuck())
+    background.start(stuck)
+    task = next(t for t in asyncio.all_tasks() if t.get_name() == "stuck")
+    background.start(stuck)  # running already: not a second task
+    assert [t.get_name() for t in asyncio.all_tasks()].count("stuck") == 1
     await asyncio.sleep(0)
-    await stopper.stop(task, timeout_s=0.05, name="stuck")
-    assert task.cancelled() and stopper.stopping
-    assert await stopper.pause(3600)  # once stopped, a pause returns at once
+    await background.stop(timeout_s=0.05)
+    assert task.cancelled() and background.stopping and not background.running
+    assert await background.pause(3600)  # once stopped, a pause returns at once

@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,6 +17,7 @@ import anthropic
 import openai
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.api.anthropic import MESSAGES
 from gateway.api.openai import CHAT
@@ -53,7 +55,7 @@ from tests.gateway.api.test_batches import batch_settings
 from tests.gateway.batch.conftest import gateway_process, write_config
 from tests.gateway.test_pipeline_e2e import FakeCache
 from tests.upstream import Fault, Simulator
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_async
 
 __all__ = [
     "_sim_server",
@@ -95,6 +97,34 @@ def _run_job(gw: Any, lines_: list[dict[str, Any]]) -> list[dict[str, Any]]:
         input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     return _output(client, _finished(client, batch.id))
+
+
+def _seed_openai_job(
+    db_url: str, job_id: str, chats: list[dict[str, Any]], then: Callable[[Any, datetime], Awaitable[None]]
+) -> None:
+    """An OpenAI chat batch job as submission leaves it (its items queued), whose rows ``then(session,
+    now)`` then changes as a dead or busy worker would have left them (committed after)."""
+
+    async def seed() -> None:
+        engine = make_engine(db_url)
+        sm = make_sessionmaker(engine)
+        t = datetime.now(UTC)
+        job = BatchJobRow(
+            id=job_id, api="openai", key_id=None, endpoint="/v1/chat/completions",
+            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
+            expires_at=t + timedelta(days=1),
+        )  # fmt: skip
+        items = [
+            lines.openai_line(i + 1, jsonl([c]), "/v1/chat/completions", CHAT.validate, CHAT.output_cap)
+            for i, c in enumerate(chats)
+        ]
+        await store.submit(sm, job, iter(items), lambda _i: 0.0, lines.Duplicates().original, lambda *_: None)
+        async with sm() as s:
+            await then(s, t)
+            await s.commit()
+        await engine.dispose()
+
+    asyncio.run(seed())
 
 
 def _seed_cut_off_upload(db_url: str, job_id: str, params: list[dict[str, Any]]) -> list[int]:
@@ -367,34 +397,16 @@ def test_a_dead_workers_claims_are_taken_over_and_its_sends_never_repeated(
     """Rows as a killed worker leaves them: a claimed item (nothing sent: run again) and an item it was
     sending (perhaps sent: failed as interrupted, never sent again), both with their leases run out."""
 
-    async def seed() -> None:
-        engine = make_engine(db_url)
-        sm = make_sessionmaker(engine)
-        t = datetime.now(UTC)
-        job = BatchJobRow(
-            id="batch_seeded", api="openai", key_id=None, endpoint="/v1/chat/completions",
-            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
-            expires_at=t + timedelta(days=1),
-        )  # fmt: skip
-        seen = lines.Duplicates()
-        items = [
-            lines.openai_line(i + 1, jsonl([chat_line(c, c, model="claude-haiku-4-5")]), "/v1/chat/completions",
-                              CHAT.validate, CHAT.output_cap)
-            for i, c in enumerate(("was-claimed", "was-sending", "untouched"))
-        ]  # fmt: skip
-        await store.submit(sm, job, iter(items), lambda _i: 0.0, seen.original, lambda *_: None)
-        async with sm() as s:
-            past = t - timedelta(seconds=30)
-            for custom_id, state in (("was-claimed", "claimed"), ("was-sending", "sending")):
-                await s.execute(
-                    update(BatchItemRow)
-                    .where(BatchItemRow.custom_id == custom_id)
-                    .values(state=state, claimed_by="dead-worker", lease_until=past)
-                )
-            await s.commit()
-        await engine.dispose()
+    async def dead_workers_rows(s: Any, t: datetime) -> None:
+        for custom_id, state in (("was-claimed", "claimed"), ("was-sending", "sending")):
+            await s.execute(
+                update(BatchItemRow)
+                .where(BatchItemRow.custom_id == custom_id)
+                .values(state=state, claimed_by="dead-worker", lease_until=t - timedelta(seconds=30))
+            )
 
-    asyncio.run(seed())
+    chats = [chat_line(c, c, model="claude-haiku-4-5") for c in ("was-claimed", "was-sending", "untouched")]
+    _seed_openai_job(db_url, "batch_seeded", chats, dead_workers_rows)
     with gateway_factory(batch=batch_settings(tmp_path)) as gw:
         client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
         batch = _finished(client, "batch_seeded")
@@ -660,25 +672,11 @@ def test_a_gateway_stopped_while_the_worker_is_inside_a_statement_logs_everythin
 
     caplog.set_level(logging.WARNING, logger="gateway")
 
-    async def unfinished_job() -> None:  # an item waiting for a later try: every tick renews leases
-        engine = make_engine(db_url)
-        sm = make_sessionmaker(engine)
-        t = datetime.now(UTC)
-        job = BatchJobRow(
-            id="batch_waiting", api="openai", key_id=None, endpoint="/v1/chat/completions",
-            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
-            expires_at=t + timedelta(days=1),
-        )  # fmt: skip
-        item = lines.openai_line(
-            1, jsonl([chat_line("later", "later")]), "/v1/chat/completions", CHAT.validate, CHAT.output_cap
-        )
-        await store.submit(sm, job, iter([item]), lambda _i: 0.0, lambda _i: None, lambda *_: None)
-        async with sm() as s:
-            await s.execute(update(BatchItemRow).values(lease_until=t + timedelta(hours=1)))
-            await s.commit()
-        await engine.dispose()
+    async def leased_ahead(s: Any, t: datetime) -> None:
+        """An item waiting for a later try: every tick renews leases."""
+        await s.execute(update(BatchItemRow).values(lease_until=t + timedelta(hours=1)))
 
-    asyncio.run(unfinished_job())
+    _seed_openai_job(db_url, "batch_waiting", [chat_line("later", "later")], leased_ahead)
     real_renew = store.renew
     inside = threading.Event()
 
@@ -702,3 +700,33 @@ def test_a_gateway_stopped_while_the_worker_is_inside_a_statement_logs_everythin
     assert len([r for r in gw.rows() if r["path"] == "/v1/models"]) == 3
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("gateway")]
     assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_a_worker_started_again_after_a_stop_ticks_again(
+    sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """``stop`` lets the tick in progress end (``gateway.background``); a worker started again (a second
+    lifespan of the app) keeps ticking instead of stopping at once."""
+    from gateway.batch.worker import BatchWorker
+    from gateway.settings import BatchSettings
+
+    worker = BatchWorker(
+        settings=BatchSettings(tick_s=0.01), sessionmaker=sessionmaker, pipeline=None,  # type: ignore[arg-type]
+        files=None, specs={}, anthropic_specs={},  # type: ignore[arg-type]
+    )  # fmt: skip
+    started: list[int] = []
+    ended: list[int] = []
+
+    async def counted() -> bool:
+        started.append(1)
+        await asyncio.sleep(0.02)  # a tick in progress when stop is asked
+        ended.append(1)
+        return False
+
+    worker.tick = counted  # type: ignore[method-assign]
+    for _ in range(2):
+        before = len(started)
+        await worker.start()
+        await wait_until_async(lambda: len(started) - before >= 3, timeout_s=20)  # noqa: B023
+        await worker.stop()
+        assert len(ended) == len(started)  # no tick cut short
