@@ -26,9 +26,12 @@ of ``bench/semantic_cache.py``). Two losses per step, summed:
   (or than ``MARGIN`` in cosine distance) pushed out. The combination is sentence-transformers' recipe for
   Quora duplicates.
 
-Deterministic for a given machine (seeded, two threads); ~7 s a step on 2 cores.
+Deterministic for a given machine (seeded, two threads); ~2 s a step on 2 cores when nothing else runs
+(about 20 minutes for the shipped 600 steps: each duplicate pair seen about once). Measured on the QQP test
+pairs, plain cosine precision at 20% recall: untuned 0.890, 300 steps 0.911, 600 steps 0.928 (the shipped
+tune; the meta entry of the ``.npz`` holds its numbers).
 
-    python -m bench.embedder_tune [--steps 300]
+    python -m bench.embedder_tune [--steps 600] [--lr 2e-4]
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ def main() -> None:
     from cache.embedder import bundled_model_dir
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=LR)
     ap.add_argument("--out", type=Path, default=TUNE_FILE)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -149,7 +153,7 @@ def main() -> None:
 
     before = evaluate()
     print("untuned", before, flush=True)
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / args.steps)
     )
@@ -197,7 +201,7 @@ def main() -> None:
         "alpha": ALPHA,
         "steps": args.steps,
         "batch": BATCH,
-        "lr": LR,
+        "lr": args.lr,
         "margin": MARGIN,
         "training_pairs": len(pairs),
         "untuned": before,

@@ -74,7 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="fp32,int8,int8-mixed,int8-blocks")
     ap.add_argument("--dir", default=None, help="where the models are built (default: embedder_dir)")
-    ap.add_argument("--budget", type=float, default=0.10, help="max_wrong_hit_rate (the gateway's default)")
+    ap.add_argument("--budget", type=float, default=0.08, help="max_wrong_hit_rate (the gateway's default)")
     args = ap.parse_args()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load = os.getloadavg()

@@ -500,7 +500,12 @@ def latency_main(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer pairs, 10k entries only, fewer queries")
-    ap.add_argument("--budget", type=float, default=0.05, help="max_wrong_hit_rate of the operating point")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=0.08,
+        help="max_wrong_hit_rate of the operating point (the gateway's default)",
+    )
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--explore-rate", type=float, default=0.02, help="the stream's share of hits probed")
     ap.add_argument(
