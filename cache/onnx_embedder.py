@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -95,9 +96,16 @@ def tune_id() -> str:
     """The first 12 hex digits of ``TUNE_FILE``'s SHA-256 ("" when no tune ships): part of the semantic
     scopes' embedder tag and of the exported model's fingerprint."""
     try:
-        return hashlib.sha256(TUNE_FILE.read_bytes()).hexdigest()[:12]
+        st = TUNE_FILE.stat()
     except FileNotFoundError:
         return ""
+    return _sha12(str(TUNE_FILE), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _sha12(path: str, mtime_ns: int, size: int) -> str:
+    """A file's SHA-256 prefix, hashed once per version of the file (its mtime and size in the key)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def tune_deltas() -> dict[str, np.ndarray]:

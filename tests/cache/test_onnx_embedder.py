@@ -137,3 +137,18 @@ def test_quantising_refuses_a_float_node_the_graph_lacks(tmp_path: Path) -> None
         _quantize(model, tmp_path / "q.onnx", keep_float=["renamed/MatMul"], op_types=["MatMul"])
     _quantize(model, tmp_path / "q.onnx", keep_float=["dense/MatMul"], op_types=["MatMul"])
     assert [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node] == ["MatMul"]
+
+
+def test_the_tune_id_follows_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashed once per version of the file, and a new version gets a new id."""
+    import hashlib
+
+    import cache.onnx_embedder as oe
+
+    f = tmp_path / "tune.npz"
+    monkeypatch.setattr(oe, "TUNE_FILE", f)
+    assert oe.tune_id() == ""  # no tune ships
+    f.write_bytes(b"a")
+    assert oe.tune_id() == oe.tune_id() == hashlib.sha256(b"a").hexdigest()[:12]
+    f.write_bytes(b"bb")
+    assert oe.tune_id() == hashlib.sha256(b"bb").hexdigest()[:12]
