@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import anthropic
 import openai
@@ -57,6 +57,8 @@ from tests.gateway.test_pipeline_e2e import FakeCache
 from tests.upstream import Fault, Simulator
 from tests.waiting import wait_until, wait_until_async
 
+T = TypeVar("T")
+
 __all__ = [
     "_sim_server",
     "db_url",
@@ -99,75 +101,71 @@ def _run_job(gw: Any, lines_: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return _output(client, _finished(client, batch.id))
 
 
-def _seed_openai_job(
-    db_url: str, job_id: str, chats: list[dict[str, Any]], then: Callable[[Any, datetime], Awaitable[None]]
-) -> None:
-    """An OpenAI chat batch job as submission leaves it (its items queued), whose rows ``then(session,
-    now)`` then changes as a dead or busy worker would have left them (committed after)."""
+def _seed_job(
+    db_url: str, job_id: str, api: str, items: list[lines.Item], then: Callable[[Any, datetime], Awaitable[T]]
+) -> T:
+    """A batch job of ``api`` as submission leaves it (``items`` queued, none a duplicate), whose rows
+    ``then(session, now)`` then changes as a dead or busy worker would have left them (committed after);
+    returns what ``then`` returns."""
+    endpoint = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}[api]
 
-    async def seed() -> None:
+    async def seed() -> T:
         engine = make_engine(db_url)
         sm = make_sessionmaker(engine)
         t = datetime.now(UTC)
         job = BatchJobRow(
-            id=job_id, api="openai", key_id=None, endpoint="/v1/chat/completions",
-            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
-            expires_at=t + timedelta(days=1),
+            id=job_id, api=api, key_id=None, endpoint=endpoint, completion_window="24h", status="validating",
+            total=0, reserved_usd=0.0, created_at=t, expires_at=t + timedelta(days=1),
         )  # fmt: skip
-        items = [
-            lines.openai_line(i + 1, jsonl([c]), "/v1/chat/completions", CHAT.validate, CHAT.output_cap)
-            for i, c in enumerate(chats)
-        ]
-        await store.submit(sm, job, iter(items), lambda _i: 0.0, lines.Duplicates().original, lambda *_: None)
+        await store.submit(sm, job, iter(items), lambda _i: 0.0, lambda _i: None, lambda *_: None)
         async with sm() as s:
-            await then(s, t)
+            out = await then(s, t)
             await s.commit()
         await engine.dispose()
+        return out
 
-    asyncio.run(seed())
+    return asyncio.run(seed())
+
+
+def _seed_openai_job(
+    db_url: str, job_id: str, chats: list[dict[str, Any]], then: Callable[[Any, datetime], Awaitable[None]]
+) -> None:
+    """An OpenAI chat batch job of ``chats`` (``_seed_job``)."""
+    items = [
+        lines.openai_line(i + 1, jsonl([c]), "/v1/chat/completions", CHAT.validate, CHAT.output_cap)
+        for i, c in enumerate(chats)
+    ]
+    _seed_job(db_url, job_id, "openai", items, then)
 
 
 def _seed_cut_off_upload(db_url: str, job_id: str, params: list[dict[str, Any]]) -> list[int]:
     """A message batch whose upstream batch a dead worker was creating (recorded, its id never learnt):
     the items submitted in an upload of state ``creating`` with a lease run out. Returns the item ids."""
+    items = [
+        lines.anthropic_request(
+            i, {"custom_id": f"m{i}", "params": p}, MESSAGES.validate, MESSAGES.output_cap
+        )
+        for i, p in enumerate(params)
+    ]
 
-    async def seed() -> list[int]:
-        engine = make_engine(db_url)
-        sm = make_sessionmaker(engine)
-        t = datetime.now(UTC)
-        job = BatchJobRow(
-            id=job_id, api="anthropic", key_id=None, endpoint="/v1/messages",
-            completion_window="24h", status="validating", total=0, reserved_usd=0.0, created_at=t,
-            expires_at=t + timedelta(days=1),
+    async def cut_off(s: Any, t: datetime) -> list[int]:
+        up = BatchUploadRow(
+            job_id=job_id, provider="anthropic", endpoint="/v1/messages", state="creating",
+            claimed_by="dead-worker", lease_until=t - timedelta(seconds=30), cancel_sent=False, created_at=t,
         )  # fmt: skip
-        items = [
-            lines.anthropic_request(i, {"custom_id": f"m{i}", "params": p}, MESSAGES.validate, MESSAGES.output_cap)
-            for i, p in enumerate(params)
-        ]  # fmt: skip
-        await store.submit(sm, job, iter(items), lambda _i: 0.0, lambda _i: None, lambda *_: None)
-        async with sm() as s:
-            up = BatchUploadRow(
-                job_id=job.id, provider="anthropic", endpoint="/v1/messages", state="creating",
-                claimed_by="dead-worker", lease_until=t - timedelta(seconds=30), cancel_sent=False, created_at=t,
-            )  # fmt: skip
-            s.add(up)
-            await s.flush()
-            await s.execute(
-                update(BatchItemRow)
-                .where(BatchItemRow.job_id == job.id)
-                .values(state="submitted", upload_id=up.id, target="claude-haiku-4-5")
-            )
-            ids = [
-                i.id
-                for i in await s.scalars(
-                    select(BatchItemRow).where(BatchItemRow.job_id == job.id).order_by(BatchItemRow.id)
-                )
-            ]
-            await s.commit()
-        await engine.dispose()
-        return ids
+        s.add(up)
+        await s.flush()
+        await s.execute(
+            update(BatchItemRow)
+            .where(BatchItemRow.job_id == job_id)
+            .values(state="submitted", upload_id=up.id, target="claude-haiku-4-5")
+        )
+        rows = await s.scalars(
+            select(BatchItemRow).where(BatchItemRow.job_id == job_id).order_by(BatchItemRow.id)
+        )
+        return [i.id for i in rows]
 
-    return asyncio.run(seed())
+    return _seed_job(db_url, job_id, "anthropic", items, cut_off)
 
 
 def test_sigkill_mid_job_then_restart_runs_every_item_once(
