@@ -61,6 +61,12 @@ class MicroBatcher:
     def dim(self) -> int:
         return self.embedder.dim
 
+    @property
+    def loading(self) -> bool:
+        """The embedder is still loading in the background (``LazyEmbedder.begin_loading``): a text
+        submitted now waits for the load."""
+        return bool(getattr(self.embedder, "loading", False))
+
     async def embed(self, text: str, *, background: bool = False) -> Vector:
         return await self.submit(text, background=background)
 

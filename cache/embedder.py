@@ -12,6 +12,7 @@ same vectors at about a third of the CPU). ``load_embedder`` builds the one the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -118,13 +119,20 @@ def load_embedder(
 
 class LazyEmbedder:
     """An ``Embedder`` built on its first ``embed`` (thread-safe), so that an app whose requests never
-    need a vector never loads a model, and the load happens in the caller's worker thread."""
+    need a vector never loads a model, and the load happens in the caller's worker thread.
+
+    ``begin_loading`` starts the load in a thread of its own instead (the gateway does at start-up when
+    the semantic cache is on); while it runs, ``loading`` is true, so a caller that would rather not wait
+    (a cache lookup: the request goes upstream as a miss) can tell. ``state`` says how far it got."""
 
     def __init__(self, factory: Callable[[], Embedder], dim: int = 384) -> None:
         self.dim = dim
         self._factory = factory
         self._loaded: Embedder | None = None
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+        """Why the last load failed (None: it did not); the next ``embed`` tries again."""
 
     @property
     def loaded(self) -> Embedder:
@@ -132,11 +140,49 @@ class LazyEmbedder:
         if self._loaded is None:
             with self._lock:
                 if self._loaded is None:
-                    embedder = self._factory()
-                    if embedder.dim != self.dim:
-                        raise ValueError(f"the embedder makes {embedder.dim}-d vectors, not {self.dim}")
+                    try:
+                        embedder = self._factory()
+                        if embedder.dim != self.dim:
+                            raise ValueError(f"the embedder makes {embedder.dim}-d vectors, not {self.dim}")
+                    except Exception as exc:
+                        self.error = f"{type(exc).__name__}: {exc}"
+                        raise
+                    self.error = None
                     self._loaded = embedder
         return self._loaded
+
+    @property
+    def loading(self) -> bool:
+        """A background load (``begin_loading``) is running."""
+        return self._thread is not None and self._thread.is_alive() and self._loaded is None
+
+    @property
+    def state(self) -> str:
+        """ "ready", "loading" (in the background), "failed" (the last load raised) or "not loaded"."""
+        if self._loaded is not None:
+            return "ready"
+        if self.loading:
+            return "loading"
+        return "failed" if self.error is not None else "not loaded"
+
+    def begin_loading(self) -> None:
+        """Loads the embedder in a daemon thread of its own, unless it is loaded or loading. A failure is
+        kept in ``error`` (and logged by the caller's next ``embed``, which tries again)."""
+        if self._loaded is not None or self.loading:
+            return
+
+        def load() -> None:
+            with contextlib.suppress(Exception):  # recorded in ``error``
+                _ = self.loaded
+
+        self._thread = threading.Thread(target=load, name="thriftgate-embedder-load", daemon=True)
+        self._thread.start()
+
+    def wait_loaded(self, timeout_s: float | None = None) -> bool:
+        """Waits for a background load (``begin_loading``) to end; whether the embedder is loaded."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        return self._loaded is not None
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         return self.loaded.embed(texts)

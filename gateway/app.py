@@ -14,6 +14,7 @@ run ``gateway.storage.db.upgrade(url)`` (the CLI's ``serve`` does) before starti
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import inspect
@@ -41,7 +42,7 @@ from gateway.coalescer import coalescing
 from gateway.config import Catalogue
 from gateway.http import HotRoutes
 from gateway.keys import KeyStore
-from gateway.logs import configure_logging
+from gateway.logs import configure_logging, get_logger
 from gateway.logwriter import LogWriter
 from gateway.metrics import Metrics, model_labels
 from gateway.passthrough import Passthrough
@@ -55,6 +56,8 @@ from gateway.router import Router
 from gateway.settings import Settings
 from gateway.steps import Managed, RouteHealth, Steps
 from gateway.storage.db import make_engine, make_sessionmaker
+
+log = get_logger("gateway.app")
 
 
 def create_app(
@@ -126,6 +129,8 @@ def create_app(
             provider = providers[name]
             if isinstance(provider, ReportsReadiness):
                 provider.begin_loading()  # e.g. the local engine's preload, in the background
+        if steps is None:  # steps handed in (tests) load their embedders themselves
+            await _preload_embedder(settings, pipeline_steps)
         try:
             await logwriter.start()
             try:
@@ -322,6 +327,30 @@ def shared_embeddings(settings: Settings) -> MicroBatcher:
     )
     sem = settings.cache.semantic
     return MicroBatcher(embedder, max_batch=sem.max_batch, window_s=sem.batch_window_ms / 1000.0)
+
+
+async def _preload_embedder(settings: Settings, steps: Steps) -> None:
+    """``embedder.preload`` with the semantic cache on: loads the app's embedder before serving when its
+    model is already exported (a fraction of a second), else begins exporting and loading it in the
+    background (lookups skip the semantic cache until it is ready: ``GatewayCache``). Without this, the
+    first lookups waited for the export: on the headline workload a fresh data folder stalled every
+    request in a shared scope for ~5 s (``bench/savings.py``)."""
+    cache = steps.cache
+    embeddings = steps.embeddings
+    if not settings.embedder.preload or embeddings is None or getattr(cache, "semantic", None) is None:
+        return
+    lazy = embeddings.embedder
+    if not isinstance(lazy, LazyEmbedder):
+        return
+    lazy.begin_loading()
+    e = settings.embedder
+    if e.runtime == "onnx":
+        from cache.onnx_embedder import is_built
+
+        if is_built(settings.embedder_dir, e.variant):
+            await asyncio.to_thread(lazy.wait_loaded)
+            if lazy.error is not None:
+                log.error("loading the embedder failed (%s); the first lookup tries again", lazy.error)
 
 
 def prefix_planner(settings: Settings) -> PrefixPlanner:

@@ -336,7 +336,13 @@ class GatewayCache:
         if policy.semantic and self.semantic is not None:
             text = last_user_text(req)
             if text is not None and self.semantic.fits(text):
-                found = await self._semantic(call, scope_key(req, ns, self.vectors), text, now)
+                try:
+                    found = await self._semantic(call, scope_key(req, ns, self.vectors), text, now)
+                except Exception as exc:  # fail open: a broken embedder costs the hit, not the request
+                    log.warning(
+                        "semantic cache lookup failed (%s: %s); served as a miss", type(exc).__name__, exc
+                    )
+                    found = None
                 if found is not None:
                     entry, similarity = found
                     self._hit(entry)
@@ -357,6 +363,10 @@ class GatewayCache:
         budget = self.budget
         if not self.semantic.searchable(scope):
             return None  # nothing to find: no embedding (the entry stored after the miss waits, deferred)
+        if self.semantic.batcher.loading:
+            # The embedder is loading in the background (exported first on a fresh machine: seconds of
+            # CPU): the request goes upstream as a miss rather than wait; its entry is embedded later.
+            return None
         # the scope's deferred entries are queued first, then the question: one micro-batch
         waiting = self.semantic.catch_up(scope)
         try:

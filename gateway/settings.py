@@ -585,9 +585,10 @@ class SemanticCacheSettings(_Strict):
 
 class EmbedderSettings(_Strict):
     """The sentence embedder (all-MiniLM-L6-v2) of the semantic cache (the router's complexity score reads
-    its own static embedding, ``routing.static_embedding``). Loaded on the first request that needs a vector; each request's last user turn is embedded
-    at most once, in a worker thread, micro-batched with concurrent requests (``cache.semantic``'s
-    ``max_batch`` and ``batch_window_ms``)."""
+    its own static embedding, ``routing.static_embedding``). Loaded when the gateway starts if the semantic
+    cache is on (``preload``), else on the first request that needs a vector; each request's last user turn
+    is embedded at most once, in a worker thread, micro-batched with concurrent requests
+    (``cache.semantic``'s ``max_batch`` and ``batch_window_ms``)."""
 
     runtime: Literal["onnx", "torch"] = "onnx"
     """``onnx``: onnxruntime, the model exported by our code from the packaged files into ``model_dir``
@@ -612,6 +613,13 @@ class EmbedderSettings(_Strict):
     balanced headline's p50 1.03x direct against 1.12x on one thread (same run)."""
     model_dir: str = ""
     """Empty (or null): ``<data_dir>/embedder``."""
+    preload: bool = True
+    """With the semantic cache on, load the embedder while the gateway starts, so that no request waits
+    for it. An onnx model already exported (``thriftgate cache build-embedder``) loads before the gateway
+    serves (~0.3 s); one that must be exported first (a fresh ``model_dir``: seconds to a minute of CPU)
+    is exported in the background while the gateway serves, and until it is ready semantic lookups are
+    skipped (those requests go upstream as misses; exact hits are unaffected). ``false``: the first
+    request that needs a vector loads it, and waits (with every concurrent lookup) for the export."""
 
     @field_validator("model_dir", mode="before")
     @classmethod

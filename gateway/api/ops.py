@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from cache.embedder import LazyEmbedder
 from gateway.deps import DbEngineDep, MetricsDep, SettingsDep
 from gateway.providers.base import ReportsReadiness
 from gateway.settings import Settings
@@ -70,9 +71,26 @@ async def readyz(request: Request, engine: DbEngineDep) -> JSONResponse:
                 entry["detail"] = state.detail
             body.setdefault("providers", {})[name] = entry
             ready = ready and (state.ready or not state.gates)
+    embedder = _embedder_state(request)
+    if embedder is not None:
+        body["embedder"] = embedder  # the semantic cache's; never gates (lookups skip it until ready)
     if not ready:
         body["status"] = "not ready"
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _embedder_state(request: Request) -> dict[str, str] | None:
+    """The semantic cache's embedder load state (``LazyEmbedder.state``), when the cache is on."""
+    steps = getattr(request.app.state, "steps", None)
+    if steps is None or getattr(steps.cache, "semantic", None) is None or steps.embeddings is None:
+        return None
+    lazy = steps.embeddings.embedder
+    if not isinstance(lazy, LazyEmbedder):
+        return None
+    out = {"status": lazy.state}
+    if lazy.error is not None:
+        out["detail"] = lazy.error
+    return out
 
 
 @router.get("/metrics")

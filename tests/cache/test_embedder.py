@@ -40,3 +40,60 @@ def test_a_thread_count_per_call_gives_the_same_vectors_and_restores_torch(embed
     one = MiniLMEmbedder(threads=1).embed(["How do I reset my password?"])
     assert np.allclose(one, embedder.embed(["How do I reset my password?"]), atol=1e-5)
     assert torch.get_num_threads() == before
+
+
+# ---- LazyEmbedder: loaded on first use, or in the background from start-up ----
+
+
+def test_a_background_load_reports_loading_then_ready() -> None:
+    import threading
+
+    from cache.embedder import LazyEmbedder
+    from tests.cache.fakes import BagOfWords
+
+    release = threading.Event()
+
+    def factory() -> BagOfWords:
+        release.wait(10)
+        return BagOfWords()
+
+    lazy = LazyEmbedder(factory, dim=BagOfWords.dim)
+    assert lazy.state == "not loaded" and not lazy.loading
+    lazy.begin_loading()
+    lazy.begin_loading()  # once: a second call while it loads starts nothing
+    assert lazy.state == "loading" and lazy.loading
+    assert not lazy.wait_loaded(0.05)
+    release.set()
+    assert lazy.wait_loaded(10)
+    assert lazy.state == "ready" and not lazy.loading and lazy.error is None
+    assert lazy.embed(["a b"]).shape == (1, BagOfWords.dim)
+
+
+def test_a_failed_load_is_reported_and_the_next_embed_tries_again() -> None:
+    from cache.embedder import LazyEmbedder
+    from tests.cache.fakes import BagOfWords
+
+    attempts: list[int] = []
+
+    def factory() -> BagOfWords:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("model.onnx: no such file")
+        return BagOfWords()
+
+    lazy = LazyEmbedder(factory, dim=BagOfWords.dim)
+    lazy.begin_loading()
+    assert not lazy.wait_loaded(10)
+    assert lazy.state == "failed" and lazy.error == "OSError: model.onnx: no such file"
+    assert lazy.embed(["a"]).shape == (1, BagOfWords.dim)  # the caller's load retries
+    assert lazy.state == "ready" and lazy.error is None and len(attempts) == 2
+
+
+def test_an_embedder_of_another_width_fails_its_load() -> None:
+    from cache.embedder import LazyEmbedder
+    from tests.cache.fakes import BagOfWords
+
+    lazy = LazyEmbedder(BagOfWords, dim=384)
+    with pytest.raises(ValueError, match="64-d vectors, not 384"):
+        lazy.embed(["a"])
+    assert lazy.state == "failed"

@@ -338,3 +338,85 @@ def test_a_question_longer_than_the_limit_gets_the_exact_cache_only(
     assert short.headers["x-thriftgate-cache"] == "hit-semantic"
     assert all(len(t) < len(long_q) for t in embedded)  # the long prompt was never embedded
     assert len(sim.requests) == 3
+
+
+def test_lookups_go_upstream_while_the_embedder_loads_and_hit_once_it_is_ready(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    """An embedder still loading in the background (the app begins the load at start-up; a fresh data
+    folder must export MiniLM first, seconds of CPU) is not waited for: a rephrased question in a
+    searchable scope goes upstream as a miss, promptly, and exact hits are unaffected. Once it is
+    loaded, the same question is a semantic hit."""
+    import threading
+    import time
+
+    from cache.batcher import MicroBatcher
+    from cache.embedder import LazyEmbedder
+
+    release = threading.Event()
+
+    def factory() -> BagOfWords:
+        release.wait(30)
+        return BagOfWords()
+
+    lazy = LazyEmbedder(factory, dim=BagOfWords.dim)
+
+    def steps(s: Settings) -> Steps:
+        sem = SemanticCache(MicroBatcher(lazy), DecisiveTokens(), min_cosine=0.9)
+        cache = GatewayCache(CacheSettings(enabled=True), semantic=sem)
+        return Steps(router=RequestedModel(Catalogue(s)), cache=cache, embeddings=sem.batcher)
+
+    try:
+        with gateway_factory(steps_factory=steps) as gw:
+            lazy.begin_loading()
+            first = ask(gw, Q)
+            wait_indexed(gw, 1)
+            t0 = time.monotonic()
+            loading = ask(gw, REPHRASED)
+            waited = time.monotonic() - t0
+            exact = ask(gw, Q)
+            assert lazy.state == "loading"
+            release.set()
+            assert lazy.wait_loaded(10)
+            ready = ask(gw, REPHRASED + "?")
+    finally:
+        release.set()
+    assert first.headers["x-thriftgate-cache"] == "miss"
+    assert loading.headers["x-thriftgate-cache"] == "miss" and waited < 20  # not held until the load
+    assert exact.headers["x-thriftgate-cache"] == "hit-exact"
+    assert ready.headers["x-thriftgate-cache"] == "hit-semantic"  # from either stored answer
+    served = {r.parse().choices[0].message.content for r in (first, loading)}
+    assert ready.parse().choices[0].message.content in served
+
+
+def test_a_failing_embedder_costs_the_hit_not_the_request(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    """The semantic cache fails open: when embedding a lookup raises (a model that cannot load, a broken
+    runtime), the request is answered upstream as a miss, and exact hits go on."""
+    broken = {"on": False}
+
+    class Breaking(BagOfWords):
+        def embed(self, texts: Any) -> Any:
+            if broken["on"]:
+                raise RuntimeError("onnxruntime: invalid model")
+            return super().embed(texts)
+
+    def steps(s: Settings) -> Steps:
+        sem = SemanticCache(Breaking(), DecisiveTokens(), min_cosine=0.9)
+        cache = GatewayCache(CacheSettings(enabled=True), semantic=sem)
+        return Steps(router=RequestedModel(Catalogue(s)), cache=cache, embeddings=sem.batcher)
+
+    with gateway_factory(steps_factory=steps) as gw:
+        first = ask(gw, Q)
+        wait_indexed(gw, 1)
+        broken["on"] = True
+        failing = ask(gw, REPHRASED)
+        exact = ask(gw, Q)
+        broken["on"] = False
+        healed = ask(gw, REPHRASED + "?")
+    assert first.headers["x-thriftgate-cache"] == "miss"
+    assert failing.status_code == 200 and failing.headers["x-thriftgate-cache"] == "miss"
+    assert failing.parse().choices[0].message.content
+    assert exact.headers["x-thriftgate-cache"] == "hit-exact"
+    assert healed.headers["x-thriftgate-cache"] == "hit-semantic"

@@ -75,6 +75,29 @@ def test_readyz_reports_the_local_engine_and_waits_for_it_only_when_preloaded(
     assert local["required"] is True and "thriftgate local build" in local["detail"]
 
 
+def test_readyz_reports_the_semantic_cache_embedder_without_waiting_for_it(
+    gateway_factory: Any, tmp_path: Path
+) -> None:
+    from gateway.settings import CacheSettings, EmbedderSettings, SemanticCacheSettings
+
+    semantic = CacheSettings(enabled=True, semantic=SemanticCacheSettings(enabled=True))
+    # exported ahead (``thriftgate cache build-embedder``, as the test command does): loaded before serving
+    with gateway_factory(cache=semantic) as gw:
+        ready = httpx.get(f"{gw.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["embedder"] == {"status": "ready"}
+    # an embedder that cannot load: reported with the reason; the gateway serves (lookups skip it)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    with gateway_factory(cache=semantic, embedder=EmbedderSettings(model_dir=str(blocked))) as gw:
+        wait_until(lambda: httpx.get(f"{gw.url}/readyz").json()["embedder"]["status"] == "failed")
+        ready = httpx.get(f"{gw.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert "not-a-folder" in ready.json()["embedder"]["detail"]
+    # no semantic cache: no embedder to report
+    with gateway_factory() as gw:
+        assert "embedder" not in httpx.get(f"{gw.url}/readyz").json()
+
+
 def test_readyz_is_503_when_the_database_is_unreachable() -> None:
     app = FastAPI()
     app.include_router(ops.router)
