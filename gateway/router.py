@@ -19,9 +19,11 @@ configuration says so.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from gateway.logs import get_logger
 from gateway.settings import ModelSettings, PolicySettings, Settings
 from gateway.types import ModelRoute, RouteDecision
 from routing.classifier import ComplexityClassifier
@@ -51,6 +54,8 @@ from routing.sticky import StickyTiers
 if TYPE_CHECKING:
     from gateway.config import Catalogue
     from gateway.pipeline import Call
+
+log = get_logger("gateway.router")
 
 _NO_FEATURES = RequestFeatures(
     input_tokens=0,
@@ -172,6 +177,7 @@ class Router:
         self._embedding = embedding
         self._embedding_dir = settings.embedder_dir
         self._embedding_loading: asyncio.Task[StaticEmbedding] | None = None
+        self._unscored_logged: str | None = None
         self._classifier_path = Path(r.auto.classifier) if r.auto.classifier else None
         self.config = RouterConfig(
             models=cards,
@@ -215,8 +221,12 @@ class Router:
             self.sticky.get(sticky_key) if self.sticky is not None and features.conversation else None
         )
         config = self.config
+        unscored: str | None = None  # why the classifier could not score (None: it could, or was not asked)
         if auto or policy.kind in ("auto", "downgrade"):
-            config = self._scored_config()
+            try:
+                config = self._scored_config()
+            except Exception as exc:  # its weights cannot load: the decision is made unscored, below
+                unscored = self._unscored(exc)
         decide = partial(
             choose,
             features,
@@ -232,14 +242,26 @@ class Router:
             try:
                 routed = decide(score=_no_score_yet)
             except _ScoreNeeded:
-                embedding = self._embedding or await self._load_embedding()
-                score = self.score(embedding.embed(features.text), features.text)
+                score = math.inf
+                if unscored is None:
+                    try:
+                        embedding = self._embedding or await self._load_embedding()
+                        score = self.score(embedding.embed(features.text), features.text)
+                    except Exception as exc:
+                        unscored = self._unscored(exc)
+                # Unscored, the request is hard: ``auto`` takes the strongest model of its set and a
+                # downgrade keeps the model asked for (quality as asked; no saving), and it says why.
                 routed = decide(score=lambda: score)
+                if unscored is not None:
+                    kept = routed.decision.reason.split(" ", 1)[0]
+                    reason = f"{kept} unscored: {unscored}"
+                    routed = replace(routed, decision=replace(routed.decision, reason=reason))
         except NoCapableModel as exc:
             raise InvalidRequest(f"No model can serve this request: {exc}", param="model") from None
         except NoHealthyModel as exc:
             raise CircuitOpen(f"No upstream is available: {exc}") from None
-        if self.sticky is not None and routed.tier is not None and features.conversation:
+        if self.sticky is not None and routed.tier is not None and features.conversation and unscored is None:
+            # (an unscored request's strong tier is the fail-safe's, not a tier its conversation reached)
             self.sticky.reach(sticky_key, routed.tier)
         return routed.decision
 
@@ -291,6 +313,16 @@ class Router:
             if call.model == self._settings.auto.alias:
                 raise
             return _NO_FEATURES
+
+    def _unscored(self, exc: Exception) -> str:
+        """Why a request goes unscored (the classifier or its embedding cannot load), logged once per
+        distinct reason; each later request tries the load again."""
+        why = f"classifier unavailable ({type(exc).__name__})"
+        detail = f"{type(exc).__name__}: {exc}"
+        if detail != self._unscored_logged:
+            self._unscored_logged = detail
+            log.error("routing: the complexity classifier cannot score (%s); routing as hard", detail)
+        return why
 
     def classifier(self) -> ComplexityClassifier:
         if self._classifier is None:

@@ -280,6 +280,68 @@ def test_routing_an_auto_request_does_not_block_the_event_loop_while_its_table_l
     assert len(loads) == 1  # loaded once for both waiting requests
 
 
+def test_a_classifier_that_cannot_load_routes_as_hard_and_says_so(
+    gateway_factory: Callable[..., Any], sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router fails safe: when its static embedding (or its weights) cannot load, an ``auto`` request
+    is served by the strongest model of its set and a downgrade keeps the model asked for, the route reason
+    saying why, instead of failing the request. The next request tries the load again."""
+    failures = {"left": 2}
+
+    def broken_then_fixed(directory: object) -> StaticEmbedding:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("[Errno 28] No space left on device: 'static.npy'")
+        return fake_static()
+
+    monkeypatch.setattr(gateway_router, "load_static_embedding", broken_then_fixed)
+
+    def steps(settings: Settings) -> Steps:
+        router = Router(settings, Catalogue(settings), classifier=length_classifier(), clock=Clock())
+        return Steps(router=router, embeddings=MicroBatcher(FakeEmbedder()))
+
+    policy = PolicySettings(models=["gpt-4o"], policy="downgrade", to="gpt-4o-mini")
+    with gateway_factory(
+        models=models(), routing=RoutingSettings(policies=[policy]), steps_factory=steps
+    ) as gw:
+        auto = oa(gw).chat.completions.with_raw_response.create(model="auto", messages=SHORT)  # type: ignore[arg-type]
+        kept = oa(gw).chat.completions.with_raw_response.create(model="gpt-4o", messages=SHORT)  # type: ignore[arg-type]
+        healed = oa(gw).chat.completions.with_raw_response.create(model="auto", messages=SHORT)  # type: ignore[arg-type]
+    assert auto.headers["x-thriftgate-model"] == "gpt-4o"
+    assert auto.headers["x-thriftgate-route"] == "auto:gpt-4o unscored: classifier unavailable (OSError)"
+    assert auto.parse().choices[0].message.content
+    assert kept.headers["x-thriftgate-model"] == "gpt-4o"
+    assert kept.headers["x-thriftgate-route"] == "downgrade:kept unscored: classifier unavailable (OSError)"
+    assert healed.headers["x-thriftgate-model"] == "gpt-4o-mini"  # loaded on the third request: scored
+    assert healed.headers["x-thriftgate-route"].startswith("auto:gpt-4o-mini score")
+    reasons = {r["route_reason"] for r in gw.rows()}
+    assert "auto:gpt-4o unscored: classifier unavailable (OSError)" in reasons
+
+
+def test_classifier_weights_that_cannot_load_route_as_hard(
+    gateway_factory: Callable[..., Any], sim: Simulator, tmp_path: Any
+) -> None:
+    from gateway.settings import AutoSettings
+
+    broken = tmp_path / "complexity.npz"
+    broken.write_bytes(b"not a zip file")
+
+    def steps(settings: Settings) -> Steps:
+        router = Router(settings, Catalogue(settings), embedding=fake_static(), clock=Clock())
+        return Steps(router=router, embeddings=MicroBatcher(FakeEmbedder()))
+
+    routing = RoutingSettings(auto=AutoSettings(classifier=str(broken)))
+    with gateway_factory(models=models(), routing=routing, steps_factory=steps) as gw:
+        raw = an(gw).messages.with_raw_response.create(
+            model="auto",
+            max_tokens=16,
+            messages=SHORT,  # type: ignore[arg-type]
+        )
+    assert raw.headers["x-thriftgate-model"] == "gpt-4o"
+    assert raw.headers["x-thriftgate-route"].startswith("auto:gpt-4o unscored: classifier unavailable (")
+    assert raw.parse().content[0].type == "text"
+
+
 def test_no_downgrade_unless_configured_and_opt_in_downgrade(
     gateway_factory: Callable[..., Any], sim: Simulator
 ) -> None:
