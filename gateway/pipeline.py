@@ -744,10 +744,28 @@ class Pipeline:
         return call.outcome.status is CacheStatus.MISS and self.steps.cache.wants(call)
 
     def keep(self, call: Call, answer: ChatResponse) -> None:
-        """A complete answer from upstream: to the cache (when it wants it) and the content log."""
-        if self._cache_wants(call):
-            self.steps.cache.store(call, answer)
-        self.keep_content(call, answer)
+        """A complete answer from upstream: to the cache (when it wants it) and the content log. Never
+        raises: the answer is paid for, so a failure here must cost neither the client's answer nor the
+        request's log row (both come after it)."""
+        try:
+            if self._cache_wants(call):
+                self.steps.cache.store(call, answer)
+        except Exception as exc:
+            log.error(
+                "cache: answer not stored (%s: %s)",
+                type(exc).__name__,
+                exc,
+                extra={"request_id": call.record.request_id},
+            )
+        try:
+            self.keep_content(call, answer)
+        except Exception as exc:
+            log.error(
+                "content log: answer not kept (%s: %s)",
+                type(exc).__name__,
+                exc,
+                extra={"request_id": call.record.request_id},
+            )
 
     def keep_content(self, call: Call, answer: ChatResponse) -> None:
         """Attaches the request's body and ``answer``'s text to its log record (content logging on)."""
@@ -815,9 +833,7 @@ class Pipeline:
                 self.metrics.on_upstream_error(rec.provider or "", "error_event")
             usage, estimated = self._stream_usage(call, adapter, complete and error is None)
             if complete and error is None and call.mechanism is not SavingMechanism.CACHE:
-                answer = adapter.response()
-                if answer is not None:
-                    self.keep(call, answer)
+                self._store(call, adapter.response)  # never raises: the accounting below must run
             cached = call.mechanism is SavingMechanism.CACHE
             self.finish(call, status, usage, error, estimated=estimated, cached=cached)
             if close is not None:

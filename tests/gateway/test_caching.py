@@ -25,6 +25,7 @@ from tests.gateway.api.conftest import (  # the surface fixtures, shared with te
     sim_url,
 )
 from tests.upstream import Fault, Simulator
+from tests.waiting import wait_until
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY: Any = {"temperature": 0}
@@ -252,3 +253,36 @@ async def test_a_cache_started_again_after_a_stop_keeps_syncing(
         assert cache.table.get("elsewhere") is not None
     finally:
         await cache.stop()
+
+
+def test_a_cache_that_cannot_store_loses_neither_the_answer_nor_its_log(
+    gateway_factory: Callable[..., Any], sim: Simulator
+) -> None:
+    """The upstream answered (and was paid): a failure to store that answer in the cache (a bug, a full
+    disk) is logged, and the client still gets the answer, streamed or not, translated or native, and the
+    request log its row with the cost."""
+
+    class Failing(GatewayCache):
+        def store(self, call: Any, response: Any) -> None:
+            raise RuntimeError("cache store failed")
+
+    def steps(s: Settings) -> Steps:
+        return Steps(router=RequestedModel(Catalogue(s)), cache=Failing(CacheSettings(enabled=True)))
+
+    with gateway_factory(steps_factory=steps) as gw:
+        plain = ask(gw)
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in oa(gw).chat.completions.create(
+                model="gpt-4o-mini", messages=Q, temperature=0, stream=True
+            )
+            if c.choices
+        )
+        translated = an(gw).messages.create(model="gpt-4o-mini", max_tokens=50, messages=Q, extra_body=GREEDY)
+        again = ask(gw)
+        wait_until(lambda: len(gw.rows()) == 4, what="four log rows")
+        rows = gw.rows()
+    assert plain.status_code == 200 and plain.parse().choices[0].message.content
+    assert streamed and translated.content[0].type == "text"
+    assert again.headers["x-thriftgate-cache"] == "miss"  # nothing was stored
+    assert all(r["status_code"] == 200 and r["cost_usd"] for r in rows)
