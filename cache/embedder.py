@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -117,6 +118,10 @@ def load_embedder(
     return OnnxMiniLMEmbedder(ensure_built(directory, variant), threads=threads)
 
 
+class EmbedderUnavailable(RuntimeError):
+    """The embedder failed to load a moment ago (``LazyEmbedder.error`` says why); not retried yet."""
+
+
 class LazyEmbedder:
     """An ``Embedder`` built on its first ``embed`` (thread-safe), so that an app whose requests never
     need a vector never loads a model, and the load happens in the caller's worker thread.
@@ -125,27 +130,44 @@ class LazyEmbedder:
     the semantic cache is on); while it runs, ``loading`` is true, so a caller that would rather not wait
     (a cache lookup: the request goes upstream as a miss) can tell. ``state`` says how far it got."""
 
-    def __init__(self, factory: Callable[[], Embedder], dim: int = 384) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], Embedder],
+        dim: int = 384,
+        *,
+        retry_after_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``retry_after_s``: after a failed load, calls within this long fail at once with the same
+        error instead of loading again (a load can take a minute: an export that fails at its end must
+        not be repeated by every lookup, each waiting for it)."""
         self.dim = dim
         self._factory = factory
         self._loaded: Embedder | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._retry_after_s = retry_after_s
+        self._clock = clock
+        self._failed_at = 0.0
         self.error: str | None = None
-        """Why the last load failed (None: it did not); the next ``embed`` tries again."""
+        """Why the last load failed (None: it did not); tried again ``retry_after_s`` after."""
 
     @property
     def loaded(self) -> Embedder:
-        """The embedder, built now if it was not yet."""
+        """The embedder, built now if it was not yet (raises ``EmbedderUnavailable`` within
+        ``retry_after_s`` of a failed load)."""
         if self._loaded is None:
             with self._lock:
                 if self._loaded is None:
+                    if self.error is not None and self._clock() - self._failed_at < self._retry_after_s:
+                        raise EmbedderUnavailable(self.error)
                     try:
                         embedder = self._factory()
                         if embedder.dim != self.dim:
                             raise ValueError(f"the embedder makes {embedder.dim}-d vectors, not {self.dim}")
                     except Exception as exc:
                         self.error = f"{type(exc).__name__}: {exc}"
+                        self._failed_at = self._clock()
                         raise
                     self.error = None
                     self._loaded = embedder

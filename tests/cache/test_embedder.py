@@ -69,8 +69,8 @@ def test_a_background_load_reports_loading_then_ready() -> None:
     assert lazy.embed(["a b"]).shape == (1, BagOfWords.dim)
 
 
-def test_a_failed_load_is_reported_and_the_next_embed_tries_again() -> None:
-    from cache.embedder import LazyEmbedder
+def test_a_failed_load_is_reported_and_tried_again_after_a_while() -> None:
+    from cache.embedder import EmbedderUnavailable, LazyEmbedder
     from tests.cache.fakes import BagOfWords
 
     attempts: list[int] = []
@@ -81,10 +81,16 @@ def test_a_failed_load_is_reported_and_the_next_embed_tries_again() -> None:
             raise OSError("model.onnx: no such file")
         return BagOfWords()
 
-    lazy = LazyEmbedder(factory, dim=BagOfWords.dim)
+    now = [100.0]
+    lazy = LazyEmbedder(factory, dim=BagOfWords.dim, retry_after_s=30, clock=lambda: now[0])
     lazy.begin_loading()
     assert not lazy.wait_loaded(10)
     assert lazy.state == "failed" and lazy.error == "OSError: model.onnx: no such file"
+    now[0] += 29  # within the retry interval: the same error at once, no second load
+    with pytest.raises(EmbedderUnavailable, match="no such file"):
+        lazy.embed(["a"])
+    assert len(attempts) == 1
+    now[0] += 2
     assert lazy.embed(["a"]).shape == (1, BagOfWords.dim)  # the caller's load retries
     assert lazy.state == "ready" and lazy.error is None and len(attempts) == 2
 
