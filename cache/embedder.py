@@ -23,6 +23,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from gateway.logs import get_logger
+
+log = get_logger("cache.embedder")
 Vectors = npt.NDArray[np.float32]
 
 
@@ -187,13 +190,21 @@ class LazyEmbedder:
             return "loading"
         return "failed" if self.error is not None else "not loaded"
 
-    def begin_loading(self) -> None:
-        """Loads the embedder in a daemon thread of its own, unless it is loaded or loading. A failure is
-        kept in ``error`` (and logged by the caller's next ``embed``, which tries again)."""
+    def begin_loading(self, prepare: Callable[[], object] | None = None) -> None:
+        """Loads the embedder in a daemon thread of its own, unless it is loaded or loading; ``prepare``
+        runs first in that thread (e.g. an export in another process, so that the load finds the model
+        built; if it raises, the load is tried anyway). A failure is kept in ``error``."""
         if self._loaded is not None or self.loading:
             return
 
         def load() -> None:
+            if prepare is not None:
+                try:
+                    prepare()
+                except Exception as exc:  # the factory builds it itself, or fails and says why
+                    log.warning(
+                        "preparing the embedder failed (%s: %s); loading anyway", type(exc).__name__, exc
+                    )
             with contextlib.suppress(Exception):  # recorded in ``error``
                 _ = self.loaded
 

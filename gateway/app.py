@@ -19,9 +19,13 @@ import gc
 import importlib
 import inspect
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -342,15 +346,47 @@ async def _preload_embedder(settings: Settings, steps: Steps) -> None:
     lazy = embeddings.embedder
     if not isinstance(lazy, LazyEmbedder):
         return
-    lazy.begin_loading()
     e = settings.embedder
-    if e.runtime == "onnx":
-        from cache.onnx_embedder import is_built
+    if e.runtime != "onnx":
+        lazy.begin_loading()
+        return
+    from cache.onnx_embedder import is_built
 
-        if is_built(settings.embedder_dir, e.variant):
-            await asyncio.to_thread(lazy.wait_loaded)
-            if lazy.error is not None:
-                log.error("loading the embedder failed (%s); the first lookup tries again", lazy.error)
+    if not is_built(settings.embedder_dir, e.variant):
+        # exported in a process of its own: torch's export holds the GIL for seconds at a time, and in
+        # this process it stalled requests by up to 0.66 s while it ran (16 s on 2 cores)
+        log.warning(
+            "the embedder is not exported in %s: exporting it in the background", settings.embedder_dir
+        )
+        lazy.begin_loading(prepare=partial(export_embedder, settings.embedder_dir, e.variant))
+        return
+    lazy.begin_loading()
+    await asyncio.to_thread(lazy.wait_loaded)
+    if lazy.error is not None:
+        log.error("loading the embedder failed (%s); lookups try again later", lazy.error)
+
+
+_SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)
+"""The folder holding the ``cache`` and ``gateway`` packages (the child process imports them from it)."""
+
+
+def export_embedder(directory: Path, variant: str, timeout_s: float = 1800.0) -> None:
+    """``cache.onnx_embedder.ensure_built(directory, variant)`` in a child Python process (the same
+    interpreter and import path); raises ``RuntimeError`` with the tail of its output when it fails."""
+    code = "import sys; from pathlib import Path; from cache.onnx_embedder import ensure_built; ensure_built(Path(sys.argv[1]), sys.argv[2])"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(directory), variant],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, (_SOURCE_ROOT, os.environ.get("PYTHONPATH")))),
+        },
+    )
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"exporting the embedder failed ({done.returncode}): {' | '.join(tail)}")
 
 
 def prefix_planner(settings: Settings) -> PrefixPlanner:

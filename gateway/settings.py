@@ -619,7 +619,7 @@ class EmbedderSettings(_Strict):
     """With the semantic cache on, load the embedder while the gateway starts, so that no request waits
     for it. An onnx model already exported (``thriftgate cache build-embedder``) loads before the gateway
     serves (~0.3 s); one that must be exported first (a fresh ``model_dir``: seconds to a minute of CPU)
-    is exported in the background while the gateway serves, and until it is ready semantic lookups are
+    is exported in a child process while the gateway serves, and until it is ready semantic lookups are
     skipped (those requests go upstream as misses; exact hits are unaffected). ``false``: the first
     request that needs a vector loads it, and waits (with every concurrent lookup) for the export."""
 

@@ -98,6 +98,34 @@ def test_readyz_reports_the_semantic_cache_embedder_without_waiting_for_it(
         assert "embedder" not in httpx.get(f"{gw.url}/readyz").json()
 
 
+@pytest.mark.slow
+def test_an_embedder_not_yet_exported_is_exported_in_another_process_while_the_gateway_serves(
+    gateway_factory: Any, sim: Simulator, tmp_path: Path
+) -> None:
+    """A fresh ``embedder.model_dir``: the gateway serves at once (semantic lookups skipped meanwhile),
+    the export runs in a child process (torch's export would hold this process's GIL), and the embedder
+    is then loaded and reported ready."""
+    from gateway.settings import CacheSettings, EmbedderSettings, SemanticCacheSettings
+
+    semantic = CacheSettings(enabled=True, semantic=SemanticCacheSettings(enabled=True))
+    fresh = tmp_path / "embedder"
+    with gateway_factory(cache=semantic, embedder=EmbedderSettings(model_dir=str(fresh))) as gw:
+        assert httpx.get(f"{gw.url}/readyz").json()["embedder"] == {"status": "loading"}
+        client = openai.OpenAI(base_url=gw.openai_url, api_key="sk-client", max_retries=0)
+        for text in ("How do I reset my password?", "how do i reset my password"):
+            answer = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": text}], temperature=0
+            )
+            assert answer.status_code == 200
+        wait_until(
+            lambda: httpx.get(f"{gw.url}/readyz").json()["embedder"]["status"] != "loading",
+            timeout_s=600,
+            what="the export",
+        )
+        assert httpx.get(f"{gw.url}/readyz").json()["embedder"] == {"status": "ready"}
+    assert (fresh / "model.onnx").is_file()
+
+
 def test_readyz_is_503_when_the_database_is_unreachable() -> None:
     app = FastAPI()
     app.include_router(ops.router)
