@@ -607,8 +607,8 @@ class EmbedderSettings(_Strict):
     part of every semantic scope, so entries stored under another variant are never compared with the new
     vectors (they miss and age out; exact hits are unaffected)."""
     threads: int = Field(default=2, ge=1)
-    """Intra-op threads per forward pass. Two, measured on 2 cores: one lookup at 100k entries 4.2 ms p50
-    against 6.3 ms on one thread (``bench/results/semantic_cache_latency.md``) and 1.5x the throughput of
+    """Intra-op threads per forward pass. Two, measured on 2 cores: one lookup at 100k entries 4.6 ms p50
+    against 7.2 ms on one thread (``bench/results/semantic_cache_latency.md``) and up to 1.5x the throughput of
     micro-batches. The price is CPU: onnxruntime's second thread spins between calls, so at a steady 50
     short questions a second each costs ~30 ms of CPU against ~7.8 ms on one thread (1.2 cores busy against
     0.3; measured 2026-12-01, AMD EPYC). The balanced headline's p50 is the same either way (1,121 against
