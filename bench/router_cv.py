@@ -148,12 +148,16 @@ def main() -> None:
     names = sorted(set(sources))
     ids = np.array([names.index(s) for s in sources])
 
-    def logistic_pair(f: int, kept: np.ndarray, held: np.ndarray) -> np.ndarray:
+    def priors(kept: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """The topic head's three priors: in-fold for the kept rows, predicted for the held ones."""
         tw, tb, table, kept_priors = topic_priors(vectors[kept], ids[kept], weak[kept], strong[kept])
         extras = np.zeros((n, 3), np.float32)
         extras[kept] = kept_priors
         extras[held] = softmax(vectors[held] @ tw + tb) @ table
-        raw = np.concatenate([sig, extras], axis=1)
+        return extras
+
+    def logistic_pair(f: int, kept: np.ndarray, held: np.ndarray) -> np.ndarray:
+        raw = np.concatenate([sig, priors(kept, held)], axis=1)
         std = (raw - raw[kept].mean(axis=0)) / (raw[kept].std(axis=0) + 1e-6)
         x = np.concatenate([vectors, std], axis=1)
         p = [
@@ -165,12 +169,8 @@ def main() -> None:
     run("logistic P(strong right) - P(weak right), the network's inputs", logistic_pair)
 
     def boosted(f: int, kept: np.ndarray, held: np.ndarray) -> np.ndarray:
-        tw, tb, table, kept_priors = topic_priors(vectors[kept], ids[kept], weak[kept], strong[kept])
-        extras = np.zeros((n, 3), np.float32)
-        extras[kept] = kept_priors
-        extras[held] = softmax(vectors[held] @ tw + tb) @ table
         components = PCA(32, random_state=0).fit(vectors[kept]).transform(vectors)
-        x = np.concatenate([sig, extras, components], axis=1)
+        x = np.concatenate([sig, priors(kept, held), components], axis=1)
         trees = HistGradientBoostingRegressor(
             learning_rate=0.05,
             max_iter=200,

@@ -339,12 +339,8 @@ async def _preload_embedder(settings: Settings, steps: Steps) -> None:
     background (lookups skip the semantic cache until it is ready: ``GatewayCache``). Without this, the
     first lookups waited for the export: on the headline workload a fresh data folder stalled every
     request in a shared scope for ~5 s (``bench/savings.py``)."""
-    cache = steps.cache
-    embeddings = steps.embeddings
-    if not settings.embedder.preload or embeddings is None or getattr(cache, "semantic", None) is None:
-        return
-    lazy = embeddings.embedder
-    if not isinstance(lazy, LazyEmbedder):
+    lazy = steps.semantic_embedder()
+    if not settings.embedder.preload or lazy is None:
         return
     e = settings.embedder
     if e.runtime != "onnx":

@@ -747,25 +747,20 @@ class Pipeline:
         """A complete answer from upstream: to the cache (when it wants it) and the content log. Never
         raises: the answer is paid for, so a failure here must cost neither the client's answer nor the
         request's log row (both come after it)."""
-        try:
-            if self._cache_wants(call):
-                self.steps.cache.store(call, answer)
-        except Exception as exc:
-            log.error(
-                "cache: answer not stored (%s: %s)",
-                type(exc).__name__,
-                exc,
-                extra={"request_id": call.record.request_id},
-            )
-        try:
-            self.keep_content(call, answer)
-        except Exception as exc:
-            log.error(
-                "content log: answer not kept (%s: %s)",
-                type(exc).__name__,
-                exc,
-                extra={"request_id": call.record.request_id},
-            )
+        for what, keep in (
+            ("cache: answer not stored", self._cache_store),
+            ("content log: answer not kept", self.keep_content),
+        ):
+            try:
+                keep(call, answer)
+            except Exception as exc:
+                log.error(
+                    "%s (%s: %s)", what, type(exc).__name__, exc, extra={"request_id": call.record.request_id}
+                )
+
+    def _cache_store(self, call: Call, answer: ChatResponse) -> None:
+        if self._cache_wants(call):
+            self.steps.cache.store(call, answer)
 
     def keep_content(self, call: Call, answer: ChatResponse) -> None:
         """Attaches the request's body and ``answer``'s text to its log record (content logging on)."""

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from cache.batcher import MicroBatcher
+    from cache.embedder import LazyEmbedder
     from gateway.config import Catalogue
     from gateway.pipeline import Call
 
@@ -132,3 +133,13 @@ class Steps:
     """The app's one embedder, shared by every step that needs a vector of the request's last user turn
     (the semantic cache) through ``Call.vector``: embedded once per request (the router reads its own
     static embedding). None: no step needs one."""
+
+    def semantic_embedder(self) -> LazyEmbedder | None:
+        """The app's own lazily loaded embedder when the semantic cache embeds through it (what start-up
+        preloads and ``/readyz`` reports); None without a semantic cache or with an embedder handed in."""
+        from cache.embedder import LazyEmbedder
+
+        if self.embeddings is None or getattr(self.cache, "semantic", None) is None:
+            return None
+        lazy = self.embeddings.embedder
+        return lazy if isinstance(lazy, LazyEmbedder) else None

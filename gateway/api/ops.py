@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from cache.embedder import LazyEmbedder
 from gateway.deps import DbEngineDep, MetricsDep, SettingsDep
 from gateway.providers.base import ReportsReadiness
 from gateway.settings import Settings
@@ -82,10 +81,8 @@ async def readyz(request: Request, engine: DbEngineDep) -> JSONResponse:
 def _embedder_state(request: Request) -> dict[str, str] | None:
     """The semantic cache's embedder load state (``LazyEmbedder.state``), when the cache is on."""
     steps = getattr(request.app.state, "steps", None)
-    if steps is None or getattr(steps.cache, "semantic", None) is None or steps.embeddings is None:
-        return None
-    lazy = steps.embeddings.embedder
-    if not isinstance(lazy, LazyEmbedder):
+    lazy = steps.semantic_embedder() if steps is not None else None
+    if lazy is None:
         return None
     out = {"status": lazy.state}
     if lazy.error is not None:
