@@ -9,6 +9,9 @@
     int8/                   8-bit block-32 MatMulNBits (re-quantized from float32), int8 activations
     int4/                   the GGUF's own Q4_1 codes (and Q8_0 head) mapped exactly onto MatMulNBits,
                             int8 activations (accuracy level 4)
+    int4-exact/             the GGUF's own Q4_1 / Q8_0 blocks through our own kernel (``local_engine.kernels``,
+                            compiled here; skipped without a C compiler): float32 activations, float32's
+                            weights, so float32's answers at twice its decode speed
     int8-smooth/            (``recipes.BUILT``) int8 after SmoothQuant-style smoothing: per-channel scales
                             from calibration activations folded into the norms / up / V and the weights
                             (``local_engine.smooth``), so that int8 activations lose less
@@ -36,11 +39,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from local_engine import quality, recipes
+from local_engine import kernels, quality, recipes
 from local_engine.config import ModelConfig
 from local_engine.gguf_weights import default_source, file_sha256, load_gguf, load_gguf_blocks
 from local_engine.graph import (
     DEFAULT_KV_DTYPE,
+    KERNEL_DOMAIN,
     GraphBuilder,
     LinearBuilder,
     build_decoder,
@@ -48,11 +52,11 @@ from local_engine.graph import (
     random_weights,
     tiny_config,
 )
-from local_engine.quantize import GGUFBlocksLinear, NBitsLinear, fused_blocks
+from local_engine.quantize import GGUFBlocksLinear, KernelLinear, NBitsLinear, fused_blocks
 from local_engine.runner import ModelRunner
 from local_engine.tokenizer import Tokenizer
 
-CONVERTER_VERSION = "6"  # 6: float16 KV cache (graph.DEFAULT_KV_DTYPE) and the int8-smooth variant
+CONVERTER_VERSION = "7"  # 7: int4-exact (our own kernel); 6: float16 KV cache and the int8-smooth variant
 MODEL_NAME = "smollm2-135m-instruct"
 QUALITY_BAR = 0.05  # a variant passes when its perplexity is within 5% of float32's
 PERPLEXITY_TEXT = Path(__file__).parent / "perplexity_text.txt"  # package data: the fixed text
@@ -64,7 +68,7 @@ GREEDY_PROMPTS = (
 )
 GREEDY_TOKENS = 24
 SPEED_TIE = 0.10  # decode timings vary about ±10% from run to run on a shared machine
-VARIANTS = ("fp32", "int8", "int4", *recipes.BUILT)
+VARIANTS = ("fp32", "int8", "int4", "int4-exact", *recipes.BUILT)
 
 
 @dataclass(slots=True)
@@ -188,11 +192,14 @@ def _build(
         blocks = {}
     if blocks:
         linears["int4"] = GGUFBlocksLinear(blocks, accuracy_level=4)
+        if kernels.available():  # our own kernel (a C compiler is needed to build it)
+            linears["int4-exact"] = KernelLinear(blocks)
         # Not built (measured once, 2026-11-30): the GGUF codes with float zero points ("int4-fa": body
         # HeadSplitLinear(GGUFBlocksLinear(blocks, 4, float_zero_points=True), GGUFBlocksLinear(blocks, 4,
-        # block_size=16)), KL 0.00033, top-1 99.05%, 39/60 answers) and with float activations ("int4-exact":
-        # KL 0, 40/60) pass the distribution bar but decode at 2-3 tok/s on onnxruntime's float path, and
-        # measuring them made the build four times longer.
+        # block_size=16)), KL 0.00033, top-1 99.05%, 39/60 answers) and with float activations through
+        # onnxruntime's MatMulNBits (KL 0, 40/60) pass the distribution bar but decode at 2-3 tok/s on
+        # onnxruntime's float path, and measuring them made the build four times longer. "int4-exact" above
+        # is the same weights through our own kernel (local_engine/kernels), at 2x float32's decode speed.
         # Float zero points are what made them slow (onnxruntime dequantizes the whole weight per call); with
         # the default zero point and a per-block correction instead (recipes "int4-gguf-l1": MLAS's 4-bit
         # float-activation kernel, head Q8_0 at level 4) the weights stay exact and it decodes at 1.3-1.5x
@@ -211,12 +218,13 @@ def _build(
             model = build_decoder(config, gguf_model.weights, linears[name])
             description = _describe(linears[name])
         path = save_model(model, model_dir / name)
-        del model
         variants[name] = {
             "file": f"{name}/{path.name}",
             "bytes": sum(f.stat().st_size for f in path.parent.iterdir()),
             "description": description,
+            **kernel_entry(model),
         }
+        del model
     del gguf_model, blocks
     manifest: dict[str, Any] = {
         "name": model_name,
@@ -311,8 +319,13 @@ def build_test_model(
     linears: dict[str, LinearBuilder] = {"fp32": float_linear, **(variants or {})}
     entries = {}
     for name, linear in linears.items():
-        path = save_model(build_decoder(config, weights, linear), model_dir / name)
-        entries[name] = {"file": f"{name}/{path.name}", "description": _describe(linear)}
+        model = build_decoder(config, weights, linear)
+        path = save_model(model, model_dir / name)
+        entries[name] = {
+            "file": f"{name}/{path.name}",
+            "description": _describe(linear),
+            **kernel_entry(model),
+        }
     manifest = {
         "name": config.name,
         "converter_version": CONVERTER_VERSION,
@@ -324,6 +337,13 @@ def build_test_model(
     }
     _write_json(model_dir / "manifest.json", manifest)
     return model_dir
+
+
+def kernel_entry(model: onnx.ModelProto) -> dict[str, Any]:
+    """The manifest's ``"kernels"`` for a graph using our own ops (``ModelRunner`` registers them), else {}."""
+    return (
+        {"kernels": ["thriftgate-ops"]} if any(o.domain == KERNEL_DOMAIN for o in model.opset_import) else {}
+    )
 
 
 def manifest_is_current(manifest_path: Path, source_sha256: str) -> bool:

@@ -31,6 +31,7 @@ from local_engine.config import ModelConfig
 
 OPSET = 21
 MS_DOMAIN = "com.microsoft"
+KERNEL_DOMAIN = "thriftgate"  # our own ops (local_engine/kernels)
 
 
 @dataclass(slots=True)
@@ -108,12 +109,19 @@ def build_decoder(
     half = kv_type != TensorProto.FLOAT
     g = GraphBuilder()
     eps = float(c.rms_eps)
-    g.constant("embed", weights["embed"].astype(np.float32))
     cos, sin = rope_caches(c)
     g.constant("cos_cache", cos.astype(kv_np))
     g.constant("sin_cache", sin.astype(kv_np))
 
-    x = g.node("Gather", ["embed", "input_ids"], ["embeddings"], axis=0)
+    # a builder with our own attention (quantize.KernelLinear) takes it over onnxruntime's, float16 cache only
+    own_attention = half and bool(getattr(linear, "attention", False))
+    fused_ffn = getattr(linear, "swiglu", None)
+    # a builder with its own lookup (quantize.KernelLinear: the GGUF's Q8_0 table) spares the float32 table
+    embedding = getattr(linear, "embedding", None)
+    x = embedding(g, "embeddings", "input_ids") if embedding is not None else None
+    if x is None:
+        g.constant("embed", weights["embed"].astype(np.float32))
+        x = g.node("Gather", ["embed", "input_ids"], ["embeddings"], axis=0)
     h = g.node(
         "SimplifiedLayerNormalization",
         [x, g.constant("layers.0.attn_norm.weight", weights["layers.0.attn_norm"])],
@@ -128,41 +136,29 @@ def build_decoder(
         p = f"layers.{i}"
         wqkv = np.concatenate([weights[f"{p}.q"], weights[f"{p}.k"], weights[f"{p}.v"]], axis=0)
         qkv = linear(g, f"{p}.qkv", h, wqkv)
-        if half:
-            qkv = g.node("Cast", [qkv], [f"{p}.qkv_half"], to=kv_type)
-        attn = g.node(
-            "GroupQueryAttention",
-            [
-                qkv,
-                "",
-                "",
-                f"past_key.{i}",
-                f"past_value.{i}",
-                "seqlens_k",
-                "total_sequence_length",
-                "cos_cache",
-                "sin_cache",
-            ],
-            [f"{p}.attn_half" if half else f"{p}.attn", f"present_key.{i}", f"present_value.{i}"],
-            domain=MS_DOMAIN,
-            num_heads=c.num_heads,
-            kv_num_heads=c.num_kv_heads,
-            do_rotary=1,
-            rotary_interleaved=0,
-            scale=float(1.0 / np.sqrt(c.head_dim)),
-        )
-        if half:
-            attn = g.node("Cast", [attn], [f"{p}.attn"], to=TensorProto.FLOAT)
+        if own_attention:  # local_engine/kernels: float32 qkv in, the float16 cache written in place
+            attn = g.node(
+                "KVAttention",
+                [qkv, *_cache_inputs(i)],
+                [f"{p}.attn", f"present_key.{i}", f"present_value.{i}"],
+                domain=KERNEL_DOMAIN,
+            )
+        else:
+            attn = _group_query_attention(g, c, i, qkv, kv_type)
         outputs += [f"present_key.{i}", f"present_value.{i}"]
         o = linear(g, f"{p}.o", attn, weights[f"{p}.o"])
         h, residual = _skip_norm(g, f"{p}.ffn_norm", o, residual, weights[f"{p}.ffn_norm"], eps)
-        gate_up = linear(
-            g, f"{p}.gate_up", h, np.concatenate([weights[f"{p}.gate"], weights[f"{p}.up"]], axis=0)
-        )
-        gate, up = f"{p}.gate", f"{p}.up"
-        g.node("Split", [gate_up], [gate, up], axis=-1, num_outputs=2)
-        act = g.node("Mul", [g.node("Sigmoid", [gate], [f"{p}.gate_sigmoid"]), gate], [f"{p}.silu"])
-        down = linear(g, f"{p}.down", g.node("Mul", [act, up], [f"{p}.act"]), weights[f"{p}.down"])
+        if fused_ffn is not None:  # silu(gate) * up in the gate/up product (quantize.KernelLinear)
+            act = fused_ffn(g, f"{p}.act", h, f"{p}.gate_up")
+        else:
+            gate_up = linear(
+                g, f"{p}.gate_up", h, np.concatenate([weights[f"{p}.gate"], weights[f"{p}.up"]], axis=0)
+            )
+            gate, up = f"{p}.gate", f"{p}.up"
+            g.node("Split", [gate_up], [gate, up], axis=-1, num_outputs=2)
+            silu = g.node("Mul", [g.node("Sigmoid", [gate], [f"{p}.gate_sigmoid"]), gate], [f"{p}.silu"])
+            act = g.node("Mul", [silu, up], [f"{p}.act"])
+        down = linear(g, f"{p}.down", act, weights[f"{p}.down"])
         norm_name, norm_w = (f"layers.{i + 1}.attn_norm", weights.get(f"layers.{i + 1}.attn_norm"))
         if i == c.num_layers - 1:
             norm_name, norm_w = "final_norm", weights["norm"]
@@ -187,13 +183,50 @@ def build_decoder(
     outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "k", c.vocab_size])]
     outs += [helper.make_tensor_value_info(name, kv_type, kv_shape) for name in outputs]
     graph = helper.make_graph(g.nodes, "decoder", inputs, outs, initializer=g.initializers)
+    domains = sorted({n.domain for n in g.nodes} - {"", MS_DOMAIN})  # custom ops (local_engine.kernels)
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
+        + [helper.make_opsetid(d, 1) for d in domains],
         producer_name="thriftgate.local_engine",
     )
     model.ir_version = 10
     return model
+
+
+def _cache_inputs(i: int) -> list[str]:
+    """An attention op's inputs after the projections: layer ``i``'s cache, lengths and rotary tables."""
+    return [
+        f"past_key.{i}",
+        f"past_value.{i}",
+        "seqlens_k",
+        "total_sequence_length",
+        "cos_cache",
+        "sin_cache",
+    ]
+
+
+def _group_query_attention(g: GraphBuilder, c: ModelConfig, i: int, qkv: str, kv_type: int) -> str:
+    """onnxruntime's GroupQueryAttention over layer ``i``'s cache (cast to and from float16 with a float16
+    cache): rotary embedding, the in-place cache write and causal attention."""
+    p = f"layers.{i}"
+    half = kv_type != TensorProto.FLOAT
+    if half:
+        qkv = g.node("Cast", [qkv], [f"{p}.qkv_half"], to=kv_type)
+    attn = g.node(
+        "GroupQueryAttention",
+        [qkv, "", "", *_cache_inputs(i)],
+        [f"{p}.attn_half" if half else f"{p}.attn", f"present_key.{i}", f"present_value.{i}"],
+        domain=MS_DOMAIN,
+        num_heads=c.num_heads,
+        kv_num_heads=c.num_kv_heads,
+        do_rotary=1,
+        rotary_interleaved=0,
+        scale=float(1.0 / np.sqrt(c.head_dim)),
+    )
+    if half:
+        attn = g.node("Cast", [attn], [f"{p}.attn"], to=TensorProto.FLOAT)
+    return attn
 
 
 def _skip_norm(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from local_engine.gguf_weights import BlockQuant
-from local_engine.graph import MS_DOMAIN, GraphBuilder, LinearBuilder
+from local_engine.graph import KERNEL_DOMAIN, MS_DOMAIN, GraphBuilder, LinearBuilder
 
 
 def quantize_blockwise(
@@ -188,6 +188,7 @@ def fused_blocks(blocks: dict[str, BlockQuant], num_layers: int) -> dict[str, Bl
         out[f"{p}.o"] = blocks[f"{p}.o"]
         out[f"{p}.down"] = blocks[f"{p}.down"]
     out["logits"] = blocks.get("lm_head", blocks["embed"])
+    out["embed"] = blocks["embed"]  # the lookup table (KernelLinear.embedding)
     return out
 
 
@@ -316,3 +317,64 @@ class GridInt8Linear:
             "MatMulNBits", inputs, [name], domain=MS_DOMAIN, K=nb * bs, N=n, bits=8, block_size=bs,
             accuracy_level=self.accuracy_level,
         )  # fmt: skip
+
+
+def ggml_block_bytes(bq: BlockQuant) -> tuple[str, np.ndarray]:
+    """A Q4_1 or Q8_0 ``BlockQuant`` as ggml stores it, for ``KernelLinear``: ``(op, uint8 [N, bytes])``."""
+    from local_engine import kernels
+
+    if bq.codes.shape[2] != 32:
+        raise ValueError("the kernels take the GGUF's blocks of 32")
+    if bq.bits == 4 and bq.zero_point == 8 and bq.bias is not None:
+        mins = (bq.bias.astype(np.float32) - np.float32(8) * bq.scales).astype(np.float32)
+        return "Q4_1MatMul", kernels.pack_q4_1(bq.codes, bq.scales, mins)
+    if bq.bits == 8 and bq.zero_point == 128 and bq.bias is None:
+        return "Q8_0MatMul", kernels.pack_q8_0(bq.codes.astype(np.int16) - 128, bq.scales)
+    raise ValueError(f"no kernel for {bq.bits}-bit blocks with zero point {bq.zero_point}")
+
+
+@dataclass(slots=True, frozen=True)
+class KernelLinear:
+    """``LinearBuilder`` emitting our own ``thriftgate`` ops over the GGUF's Q4_1 / Q8_0 blocks, byte for byte.
+
+    Float32 activations and weights equal to the float32 graph's (``local_engine/kernels/qmatmul.c``): the
+    output differs from float32's only by the order of the sums, at a quarter (Q4_1) or a bit over a
+    quarter (Q8_0) of the weight bytes. A session running it registers ``kernels.library()``.
+    """
+
+    blocks: dict[str, BlockQuant]
+    # graph.build_decoder: our own attention over the float16 cache instead of onnxruntime's
+    attention: bool = True
+
+    def __call__(self, g: GraphBuilder, name: str, x: str, w: np.ndarray, *, tied: str | None = None) -> str:
+        bq = self.blocks[name]
+        n, nb, bs = bq.codes.shape
+        assert w.shape == (n, nb * bs), (name, w.shape, bq.codes.shape)
+        table = "embed" if bq is self.blocks.get("embed") else name  # a tied head shares the lookup's table
+        return g.node(_op_for(bq), [x, self._table(g, table, bq)], [name], domain=KERNEL_DOMAIN)
+
+    def swiglu(self, g: GraphBuilder, name: str, x: str, gate_up: str) -> str:
+        """``silu(x @ gate.T) * (x @ up.T)`` in one op over the fused gate/up blocks named ``gate_up``."""
+        bq = self.blocks[gate_up]
+        op = _op_for(bq).replace("MatMul", "MatMulSwiGLU")
+        return g.node(op, [x, self._table(g, gate_up, bq)], [name], domain=KERNEL_DOMAIN)
+
+    def embedding(self, g: GraphBuilder, name: str, ids: str) -> str | None:
+        """The token lookup from the GGUF's Q8_0 embedding (``Q8_0Gather``), or None (the caller then
+        gathers from the float32 table) when the embedding is not Q8_0."""
+        bq = self.blocks.get("embed")
+        if bq is None or _op_for(bq) != "Q8_0MatMul":
+            return None
+        return g.node("Q8_0Gather", [ids, self._table(g, "embed", bq)], [name], domain=KERNEL_DOMAIN)
+
+    @staticmethod
+    def _table(g: GraphBuilder, table: str, bq: BlockQuant) -> str:
+        """The initializer holding ``bq``'s packed blocks (added on first use)."""
+        name = table + ".blocks"
+        if not any(t.name == name for t in g.initializers):
+            g.constant(name, ggml_block_bytes(bq)[1])
+        return name
+
+
+def _op_for(bq: BlockQuant) -> str:
+    return "Q4_1MatMul" if bq.bits == 4 and bq.bias is not None else "Q8_0MatMul"

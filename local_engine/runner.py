@@ -14,6 +14,7 @@ speculative tokens are rolled back (pass a smaller length next time).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import onnxruntime as ort
 from local_engine.config import ModelConfig
 
 __all__ = ["KVSegment", "ModelConfig", "ModelRunner", "load_manifest"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -65,14 +68,35 @@ def manifest_kv_dtype(manifest: dict[str, Any]) -> np.dtype[Any]:
     return np.dtype(str(manifest.get("kv_dtype", "float32")))
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, *, kernels: bool = False) -> ort.SessionOptions:
+    """Options for a decoder session; ``kernels``: the graph uses our own ops (``local_engine.kernels``),
+    whose library is compiled here if need be (``KernelUnavailable`` when it cannot be)."""
     so = ort.SessionOptions()
+    if kernels:
+        from local_engine.kernels import library
+
+        so.register_custom_ops_library(str(library()))
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return so
+
+
+def default_variant(manifest: dict[str, Any]) -> str:
+    """The manifest's default variant, or float32 when that one needs our kernels and this machine cannot
+    build them (no C compiler: the model directory was built elsewhere); logged."""
+    variant = str(manifest["default_variant"])
+    if manifest["variants"].get(variant, {}).get("kernels") and "fp32" in manifest["variants"]:
+        from local_engine.kernels import KernelUnavailable, library
+
+        try:
+            library()
+        except KernelUnavailable as exc:
+            log.warning("local model: variant %s needs our kernels, serving fp32 instead: %s", variant, exc)
+            return "fp32"
+    return variant
 
 
 class ModelRunner:
@@ -90,7 +114,7 @@ class ModelRunner:
         manifest = load_manifest(model_dir)
         self.config = ModelConfig.from_dict(manifest["config"])
         if variant == "default":
-            variant = str(manifest["default_variant"])
+            variant = default_variant(manifest)
         if variant not in manifest["variants"]:
             raise KeyError(f"unknown variant {variant!r}; have {sorted(manifest['variants'])}")
         if not 1 <= max_seq_len <= self.config.max_position:
@@ -100,9 +124,12 @@ class ModelRunner:
         self.num_slots = num_slots
         self.max_seq_len = max_seq_len
         self.vocab_size = self.config.vocab_size
-        path = Path(model_dir) / manifest["variants"][variant]["file"]
+        entry = manifest["variants"][variant]
+        path = Path(model_dir) / entry["file"]
         self.session = ort.InferenceSession(
-            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+            str(path),
+            session_options(threads, kernels=bool(entry.get("kernels"))),
+            providers=["CPUExecutionProvider"],
         )
         c = self.config
         self.kv_dtype = kv_dtype_of(self.session)

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from local_engine.config import ModelConfig
-from local_engine.convert import build_all, build_test_model, model_dir_for, save_model
+from local_engine.convert import build_all, build_test_model, kernel_entry, model_dir_for, save_model
 from local_engine.gguf_weights import load_gguf
 from local_engine.graph import build_decoder, float_linear, tiny_config
 from local_engine.quantize import NBitsLinear
@@ -65,7 +65,7 @@ def write_models(
     entries = {}
     for variant, model in models.items():
         save_model(model, out / variant)
-        entries[variant] = {"file": f"{variant}/model.onnx"}
+        entries[variant] = {"file": f"{variant}/model.onnx", **kernel_entry(model)}
     manifest = {
         "name": name,
         "config": config.to_dict(),
