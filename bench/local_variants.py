@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from local_engine import quality, recipes  # noqa: E402
-from local_engine.convert import PERPLEXITY_TEXT, decode_speed, perplexity, save_model  # noqa: E402
+from local_engine.convert import PERPLEXITY_TEXT, decode_speed, kernel_entry, perplexity, save_model  # noqa: E402
 from local_engine.gguf_weights import default_source, load_gguf, load_gguf_blocks  # noqa: E402
 from local_engine.graph import build_decoder, float_linear  # noqa: E402
 from local_engine.quantize import MixedLinear, NBitsLinear, fused_blocks  # noqa: E402
@@ -105,7 +105,11 @@ class Workspace:
 
     def add(self, name: str, model: Any, description: str = "") -> Path:
         path = save_model(model, self.root / name)
-        self.manifest["variants"][name] = {"file": f"{name}/{path.name}", "description": description}
+        self.manifest["variants"][name] = {
+            "file": f"{name}/{path.name}",
+            "description": description,
+            **kernel_entry(model),
+        }
         (self.root / "manifest.json").write_text(json.dumps(self.manifest))
         return path
 

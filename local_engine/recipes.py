@@ -21,7 +21,14 @@ import onnx
 from local_engine.config import ModelConfig
 from local_engine.gguf_weights import BlockQuant
 from local_engine.graph import LinearBuilder, build_decoder, float_linear
-from local_engine.quantize import GGUFBlocksLinear, GridInt8Linear, MixedLinear, NBitsLinear, name_matches
+from local_engine.quantize import (
+    GGUFBlocksLinear,
+    GridInt8Linear,
+    KernelLinear,
+    MixedLinear,
+    NBitsLinear,
+    name_matches,
+)
 from local_engine.rotate import rotate_residual
 from local_engine.smooth import GROUPS, activation_absmax, smooth_weights
 
@@ -299,8 +306,16 @@ def _gguf_b16_head32(blocks: dict[str, BlockQuant]) -> LinearBuilder:
     )
 
 
+def _kernel(blocks: dict[str, BlockQuant]) -> LinearBuilder:
+    return KernelLinear(blocks)
+
+
 RECIPES.update(
     {
+        "int4-exact": Recipe(
+            "GGUF's Q4_1 / Q8_0 blocks through our own kernels (local_engine/kernels): float32 activations, "
+            "fused SwiGLU, Q8_0 lookup, our attention over the float16 cache", float_linear, codes=_kernel,
+        ),
         "int4-gguf-l1": Recipe(
             "GGUF's Q4_1 codes exactly, float activations (level 1, MLAS CompFp32); Q8_0 head, level 4, "
             "block 16", float_linear, codes=_gguf_l1_body,

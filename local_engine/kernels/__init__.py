@@ -35,7 +35,7 @@ FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-fvisibility
 LIBS = ("-lm",)
 NAME = "thriftgate-ops"
 
-__all__ = ["KernelUnavailable", "available", "cache_dir", "library", "qmatmul"]
+__all__ = ["KernelUnavailable", "available", "cache_dir", "compile_to", "library", "qmatmul"]
 
 
 class KernelUnavailable(RuntimeError):
@@ -95,18 +95,26 @@ def library() -> Path:
     with _lock:
         if path.exists():
             return path
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{NAME}-", suffix=".so")
-        os.close(fd)
-        try:
-            done = subprocess.run(
-                [cc, *FLAGS, "-o", tmp, str(SOURCE_DIR / "ops.c"), *LIBS], capture_output=True, text=True
-            )
-            if done.returncode != 0:
-                raise KernelUnavailable(f"compiling the kernels failed:\n{done.stderr.strip()[-2000:]}")
-            os.replace(tmp, path)  # atomic: a concurrent build by another process is harmless
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        compile_to(path, cc)
+    return path
+
+
+def compile_to(path: Path, cc: str | None = None, flags: tuple[str, ...] = FLAGS) -> Path:
+    """Compiles ``ops.c`` into ``path`` (atomically: a concurrent build by another process is harmless).
+    Tests pass other ``-march`` flags to check the narrower vector paths on this CPU."""
+    cc = cc or _compiler()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{NAME}-", suffix=".so")
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [cc, *flags, "-o", tmp, str(SOURCE_DIR / "ops.c"), *LIBS], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise KernelUnavailable(f"compiling the kernels failed:\n{done.stderr.strip()[-2000:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
@@ -119,17 +127,17 @@ def available() -> bool:
 
 
 @functools.cache
-def _cdll() -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(library()))
+def _cdll(path: Path | None = None) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path or library()))
     lib.tg_qmatmul.restype = ctypes.c_int
     lib.tg_qmatmul.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_size_t] * 3 + [ctypes.c_int]
     lib.tg_vector_width.restype = ctypes.c_int
     return lib
 
 
-def vector_width() -> int:
-    """Floats per vector the compiled kernels use here (16 with AVX-512, else 8)."""
-    return int(_cdll().tg_vector_width())
+def vector_width(path: Path | None = None) -> int:
+    """Floats per vector the compiled kernels use here (16 with AVX-512, 8 with AVX, else 4)."""
+    return int(_cdll(path).tg_vector_width())
 
 
 BLOCK_BYTES = {
@@ -163,10 +171,12 @@ def _f16_bytes(values: np.ndarray) -> np.ndarray:
     return half.view(np.uint8).reshape(values.shape[0], -1)
 
 
-def qmatmul(x: np.ndarray, blocks: np.ndarray, bits: int, *, swiglu: bool = False) -> np.ndarray:
+def qmatmul(
+    x: np.ndarray, blocks: np.ndarray, bits: int, *, swiglu: bool = False, path: Path | None = None
+) -> np.ndarray:
     """``x [M, K] @ W.T`` with ``W`` packed by ``pack_q4_1`` / ``pack_q8_0``, single-threaded, outside
     onnxruntime (for tests and benchmarks). ``swiglu``: ``W`` holds gate rows then as many up rows, and the
-    result is ``silu(x @ gate.T) * (x @ up.T)``."""
+    result is ``silu(x @ gate.T) * (x @ up.T)``. ``path``: another build of the library (``compile_to``)."""
     x = np.ascontiguousarray(x, np.float32)
     m, k = x.shape
     blocks = np.ascontiguousarray(blocks, np.uint8)
@@ -174,7 +184,7 @@ def qmatmul(x: np.ndarray, blocks: np.ndarray, bits: int, *, swiglu: bool = Fals
         raise ValueError(f"blocks {blocks.shape} do not fit x {x.shape} at {bits} bits")
     n = blocks.shape[0] // 2 if swiglu else blocks.shape[0]
     y = np.empty((m, n), np.float32)
-    rc = _cdll().tg_qmatmul(bits, x.ctypes.data, blocks.ctypes.data, y.ctypes.data, m, n, k, int(swiglu))
+    rc = _cdll(path).tg_qmatmul(bits, x.ctypes.data, blocks.ctypes.data, y.ctypes.data, m, n, k, int(swiglu))
     if rc != 0:
         raise ValueError(
             f"the kernel refused these shapes (K must be a multiple of 32, at most 16384): {x.shape}"

@@ -1,32 +1,39 @@
-/* ThriftGate's block-quantized matrix multiplication for onnxruntime (custom op domain "thriftgate").
+/* ThriftGate's own onnxruntime ops (custom op domain "thriftgate"), for the local model's int4-exact variant.
  *
- *   Y[M, N] = X[M, K] @ W^T,  W [N, K] given by the GGUF's own blocks of 32 along K, as many bytes as the
- *   GGUF holds (one uint8 input [N, row bytes], written by local_engine.kernels.pack_q4_1 / pack_q8_0):
- *     Q4_1: w = d * q + m, q in 0..15. A row is its blocks' codes (16 bytes each: byte j holds element j in
- *           its low nibble and element j + 16 in its high nibble, as ggml packs them), then the blocks'
- *           float16 d, then their float16 m: 20 bytes per 32 weights.
- *     Q8_0: w = d * q, q int8. A row is its blocks' codes (32 bytes each), then their float16 d.
- *   The scales of the rows in hand are widened to float32 once per row, out of the inner loop.
+ * Matrix products with the weights in the GGUF's own blocks and float32 activations:
+ *   Q4_1MatMul / Q8_0MatMul        Y[..., N] = X[..., K] @ W^T
+ *   Q4_1MatMulSwiGLU / Q8_0...     Y[..., N] = silu(X @ W[:N]^T) * (X @ W[N:]^T)  (W holds gate, then up rows)
+ * W [N, K] is one uint8 input [N, row bytes] (local_engine.kernels.pack_q4_1 / pack_q8_0), as many bytes
+ * as the GGUF holds, blocks of 32 along K:
+ *   Q4_1: w = d * q + m, q in 0..15. A row is its blocks' codes (16 bytes each: byte j holds element j in
+ *         its low nibble and element j + 16 in its high nibble, as ggml packs them), then the blocks'
+ *         float16 d, then their float16 m: 20 bytes per 32 weights.
+ *   Q8_0: w = d * q, q int8. A row is its blocks' codes (32 bytes each), then their float16 d: 34 bytes.
+ * Every weight is exactly the float32 value the reference graph holds (d * q is exact in float32 and
+ * d * q + m is rounded once, as the reference's (q - 8) * d + (m + 8 * d) is), so the results differ from a
+ * float32 MatMul only by the order of the sums. That is the point: onnxruntime's fast 4- and 8-bit kernels
+ * quantize the activations to int8 (accuracy level 4), which is what made the quantized variants answer
+ * worse than float32, and its float-activation paths are slow.
+ * Up to 31 rows of X (decoding, batches, speculative verification) go through register tiles straight from
+ * the blocks (4 rows of W by up to 4 rows of X), in an order of sums that gives one row of X bit for bit
+ * what it gives among several; 32 rows and more (prefill) through a GEMM on VW rows of W dequantized once.
  *
- * Activations stay float32 and every weight is dequantized to exactly the float32 value the reference graph
- * holds (the GGUF's values: d * q is exact in float32 and d * q + m is rounded once, by a fused
- * multiply-add, as the reference's (q - 8) * d + (m + 8 * d) is), so the result differs from a float32
- * MatMul only by the order of the sums. That is the point of this kernel: onnxruntime's fast 4- and 8-bit
- * kernels quantize the activations to int8 (accuracy level 4), which is what made the quantized variants
- * answer worse than float32, and its float-activation paths are slow.
+ * Q8_0Gather: rows of a Q8_0 table by index (the tied embedding: the lookup and the head share one table).
+ * KVAttention: rotary embedding, the in-place float16 KV cache write and causal attention, in place of
+ * onnxruntime's GroupQueryAttention (see its section below).
  *
- * Plain C with GCC vector extensions, compiled on the machine that runs it (-O3 -march=native): 16-wide
- * vectors where AVX-512 is there, 8-wide otherwise. One row of X (decode) is multiplied straight from the
- * blocks, four rows of W at a time; more rows (prefill, batched decode) dequantize four rows of W into a
- * buffer once and sweep them with up to four rows of X at a time. Rows of W are split into tasks run on
- * onnxruntime's intra-op thread pool (KernelContext_ParallelFor). The onnxruntime C API is declared in
- * ort_abi.h (our own minimal declarations of the few entries used, by their position in the OrtApi table).
+ * Plain C with GCC vector extensions and a few intrinsics, compiled on the machine that runs it (-O3
+ * -march=native; local_engine.kernels): 16-wide vectors where AVX-512 is there, 8-wide with AVX2, portable
+ * (slow) code otherwise. Work is split into tasks run on onnxruntime's intra-op thread pool
+ * (KernelContext_ParallelFor). The onnxruntime C API is declared in ort_abi.h (our own minimal declarations
+ * of the few entries used, by their position in the OrtApi table).
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX2__)
+#if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -36,14 +43,16 @@
 
 #if defined(__AVX512F__)
 #define VW 16
-#else
+#elif defined(__AVX__)
 #define VW 8
+#else
+#define VW 4
 #endif
 #define QK 32         /* weights per block */
 #define NV (QK / VW)  /* vectors per block */
 #define Q4_CODES 16 /* bytes of codes per block */
 #define Q8_CODES 32
-#define K_MAX 16384 /* the dequantization buffer lives on the stack: 4 * K_MAX floats is 256 KB */
+#define K_MAX 16384 /* longest row: per-row scale buffers live on the stack (K_MAX / 32 floats each) */
 
 typedef float vf __attribute__((vector_size(VW * 4), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(VW * 4), aligned(4)));
@@ -67,7 +76,11 @@ static inline vf load_half(const uint16_t* p) {
 static inline float half1(uint16_t h) { return _cvtsh_ss(h); }
 static inline uint16_t to_half(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 #else
-static inline float half1(uint16_t h) { return (float)*(const _Float16*)&h; }
+static inline float half1(uint16_t h) {
+    _Float16 f;
+    memcpy(&f, &h, 2);
+    return (float)f;
+}
 static inline uint16_t to_half(float f) {
     _Float16 h = (_Float16)f;
     uint16_t u;
@@ -157,7 +170,8 @@ typedef struct {
     size_t m, n, k, rows_per_task;
     int swiglu; /* y = silu(x W[:N]^T) * (x W[N:]^T) */
 } Job;
-#define SWIGLU_ROWS 256
+#define SWIGLU_ROWS 256 /* a task's output rows are at most half of it */
+#define SWIGLU_PANEL 48
 
 /* A row: its blocks' codes, then their float16 d (then, Q4_1, their float16 m). */
 static inline size_t row_bytes(int bits, size_t k) { return k / QK * (bits == 4 ? Q4_CODES + 4 : Q8_CODES + 2); }
@@ -256,7 +270,80 @@ static inline void vexp_shift(float* s, size_t n, float shift) {
 }
 
 /* Rows [r0, r1) of W times every row of X, into y (row stride ystep). */
+static void matmul_rows(const Job* j, size_t r0, size_t r1, float* y, size_t ystep);
+
+/* Many rows of X (prefill): VW rows of W dequantized once into a K x VW buffer (transposed), then swept by
+ * MG rows of X at a time, each accumulating VW outputs in one vector (a plain float32 GEMM on the exact
+ * weights; its sums run in another order than the tiles', which serve few rows: decoding, batches and
+ * speculative verification, where one row must give what it gives among several). */
+#define GEMM_MIN_M 32
+#if VW == 16
+#define MG 8
+#else
+#define MG 4
+#endif
+static void gemm_rows(const Job* j, size_t r0, size_t r1, float* y, size_t ystep) {
+    const size_t k = j->k, nb = k / QK, stride = row_bytes(j->bits, k), cb = j->bits == 4 ? Q4_CODES : Q8_CODES;
+    float* buf = aligned_alloc(64, k * VW * sizeof(float));
+    if (buf == NULL) { /* out of memory: the tiles need no buffer */
+        Job small = *j;
+        for (size_t m = 0; m < j->m; m += MR_MAX) {
+            small.m = j->m - m < MR_MAX ? j->m - m : MR_MAX;
+            small.x = j->x + m * k;
+            matmul_rows(&small, r0, r1, y + m * ystep, ystep);
+        }
+        return;
+    }
+    for (size_t r = r0; r < r1; r += VW) {
+        const size_t nr = r1 - r < VW ? r1 - r : VW;
+        for (size_t i = 0; i < VW; i++) {
+            if (i >= nr) {
+                for (size_t kk = 0; kk < k; kk++) buf[kk * VW + i] = 0.0f;
+                continue;
+            }
+            const uint8_t* row = j->w + (r + i) * stride;
+            float d[K_MAX / QK], mn[K_MAX / QK];
+            halves(row + nb * cb, d, nb);
+            if (j->bits == 4) halves(row + nb * (cb + 2), mn, nb);
+            for (size_t b = 0; b < nb; b++) {
+                vf c[NV];
+                if (j->bits == 4)
+                    codes4(row + b * cb, c);
+                else
+                    codes8(row + b * cb, c);
+                for (int v = 0; v < NV; v++) {
+                    const vf w = j->bits == 4 ? c[v] * d[b] + mn[b] : c[v] * d[b];
+                    for (int e = 0; e < VW; e++) buf[(b * QK + v * VW + e) * VW + i] = w[e];
+                }
+            }
+        }
+        float* yr = y + (r - r0);
+        size_t m = 0;
+        for (; m + MG <= j->m; m += MG) {
+            vf acc[MG];
+            for (int mm = 0; mm < MG; mm++) acc[mm] = (vf){0};
+            const float* x = j->x + m * k;
+            for (size_t kk = 0; kk < k; kk++) {
+                const vf wv = load(buf + kk * VW);
+                _Pragma("GCC unroll 8") for (int mm = 0; mm < MG; mm++) acc[mm] += wv * x[mm * k + kk];
+            }
+            for (int mm = 0; mm < MG; mm++) memcpy(yr + (m + mm) * ystep, &acc[mm], nr * sizeof(float));
+        }
+        for (; m < j->m; m++) {
+            vf acc = (vf){0};
+            const float* x = j->x + m * k;
+            for (size_t kk = 0; kk < k; kk++) acc += load(buf + kk * VW) * x[kk];
+            memcpy(yr + m * ystep, &acc, nr * sizeof(float));
+        }
+    }
+    free(buf);
+}
+
 static void matmul_rows(const Job* j, size_t r0, size_t r1, float* y, size_t ystep) {
+    if (j->m >= GEMM_MIN_M) {
+        gemm_rows(j, r0, r1, y, ystep);
+        return;
+    }
     const size_t k = j->k, nb = k / QK, stride = row_bytes(j->bits, k);
     const int b8 = j->bits == 8;
     float s[MR_MAX * (K_MAX / QK)];
@@ -291,10 +378,12 @@ static void run_task(void* data, size_t task) {
     }
     /* gate rows r0..r1 and up rows n + r0 .. n + r1 (W holds [gate; up]), then silu(gate) * up */
     const size_t rows = r1 - r0, width = (rows + VW - 1) / VW * VW;
-    float gate[MR_MAX * SWIGLU_ROWS] __attribute__((aligned(64))), up[MR_MAX * SWIGLU_ROWS] __attribute__((aligned(64)));
+    const size_t chunk = j->m >= GEMM_MIN_M ? SWIGLU_PANEL : MR_MAX; /* rows of X at a time */
+    float gate[SWIGLU_PANEL * SWIGLU_ROWS / 2] __attribute__((aligned(64)));
+    float up[SWIGLU_PANEL * SWIGLU_ROWS / 2] __attribute__((aligned(64)));
     Job one = *j;
-    for (size_t m = 0; m < j->m; m += MR_MAX) {
-        one.m = j->m - m < MR_MAX ? j->m - m : MR_MAX;
+    for (size_t m = 0; m < j->m; m += chunk) {
+        one.m = j->m - m < chunk ? j->m - m : chunk;
         one.x = j->x + m * j->k;
         matmul_rows(&one, r0, r1, gate, width);
         matmul_rows(&one, j->n + r0, j->n + r1, up, width);

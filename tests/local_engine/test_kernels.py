@@ -7,6 +7,7 @@ graph, and for what happens when the kernels cannot be built.
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,11 @@ def _packed(bq: BlockQuant) -> tuple[np.ndarray, int]:
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 32), (1, 13, 64), (3, 45, 96), (5, 130, 576), (9, 7, 1536)])
+@pytest.mark.parametrize(
+    ("m", "n", "k"),
+    # few rows of X (decoding: tiles) and many (prefill: the GEMM path from 32 rows), odd row counts
+    [(1, 1, 32), (1, 13, 64), (3, 45, 96), (5, 130, 576), (9, 7, 1536), (32, 17, 64), (77, 40, 576)],
+)
 def test_kernel_matches_the_dequantized_weights(bits: int, m: int, n: int, k: int) -> None:
     rng = np.random.default_rng(m * 1000 + n + k + bits)
     bq = q4_1(rng, n, k) if bits == 4 else q8_0(rng, n, k)
@@ -65,6 +70,30 @@ def test_kernel_matches_the_dequantized_weights(bits: int, m: int, n: int, k: in
     y = kernels.qmatmul(x, raw, b)
     scale = np.abs(x).astype(np.float64) @ np.abs(bq.dequantize()).astype(np.float64).T
     assert (np.abs(y - ref) <= 1e-6 * scale + 1e-30).all()
+
+
+@pytest.mark.parametrize(("march", "width"), [("haswell", 8), ("x86-64", 4)])
+def test_the_narrower_vector_paths_agree_too(tmp_path: Path, march: str, width: int) -> None:
+    """This machine may have AVX-512; CI and users' machines may have only AVX2 or less: their paths, built
+    for those ISAs (which this CPU also runs), give the same products."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86 ISAs")
+    flags = tuple(f if not f.startswith("-march=") else f"-march={march}" for f in kernels.FLAGS)
+    lib = kernels.compile_to(tmp_path / f"ops-{march}.so", flags=flags)
+    assert kernels.vector_width(lib) == width
+    rng = np.random.default_rng(11)
+    for bits, m in ((4, 1), (8, 3), (4, 40)):
+        bq = q4_1(rng, 21, 96) if bits == 4 else q8_0(rng, 21, 96)
+        raw, b = _packed(bq)
+        x = rng.standard_normal((m, 96)).astype(np.float32)
+        ref = x.astype(np.float64) @ bq.dequantize().astype(np.float64).T
+        np.testing.assert_allclose(kernels.qmatmul(x, raw, b, path=lib), ref, rtol=1e-5, atol=1e-5)
+        gate, up = (
+            ref[:, :10].astype(np.float64),
+            ref[:, 10:20],
+        )  # 21 rows: swiglu uses the first 20 as 10 + 10
+        fused = kernels.qmatmul(x, raw[:20], b, swiglu=True, path=lib)
+        np.testing.assert_allclose(fused, gate / (1 + np.exp(-gate)) * up, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -84,14 +113,15 @@ def test_the_fused_swiglu_is_silu_of_the_gate_times_up(bits: int) -> None:
     n, k = 70, 128
     bq = q4_1(rng, 2 * n, k) if bits == 4 else q8_0(rng, 2 * n, k)
     raw, b = _packed(bq)
-    x = rng.standard_normal((6, k)).astype(np.float32)
+    x = rng.standard_normal((70, k)).astype(np.float32)  # 70 rows: the GEMM path, then tiles for the rest
     both = kernels.qmatmul(x, raw, b).astype(np.float64)
     gate, up = both[:, :n], both[:, n:]
     want = gate / (1 + np.exp(-gate)) * up
     got = kernels.qmatmul(x, raw, b, swiglu=True)
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6 * np.abs(want).max())
-    for i in range(len(x)):  # one row alone: the same bits
-        assert np.array_equal(kernels.qmatmul(x[i : i + 1], raw, b, swiglu=True)[0], got[i])
+    few = kernels.qmatmul(x[:6], raw, b, swiglu=True)
+    for i in range(6):  # one row alone: the same bits as among a few
+        assert np.array_equal(kernels.qmatmul(x[i : i + 1], raw, b, swiglu=True)[0], few[i])
 
 
 def test_weights_whose_scales_are_not_float16_or_shapes_that_do_not_fit_are_refused() -> None:

@@ -52,14 +52,14 @@ def _gguf_like(w: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[st
         if v.ndim != 2:
             continue
         b = v.reshape(v.shape[0], -1, 32)
-        if name == "embed":  # Q8_0: d * q, q in -127..127 (codes q + 128)
-            d = np.abs(b).max(axis=2) / 127
-            q = np.round(b / d[..., None]) + 128
+        if name == "embed":  # Q8_0: d * q, q in -127..127 (codes q + 128); d float16, as in a GGUF
+            d = (np.abs(b).max(axis=2) / 127).astype(np.float16).astype(np.float32)
+            q = np.clip(np.round(b / d[..., None]), -127, 127) + 128
             blocks[name] = BlockQuant(8, q.astype(np.uint8), d.astype(np.float32), 128, None)
         else:  # Q4_1: d * q + m, q in 0..15 (bias m + 8 d around zero point 8)
-            m = b.min(axis=2)
-            d = (b.max(axis=2) - m) / 15
-            q = np.round((b - m[..., None]) / d[..., None])
+            m = b.min(axis=2).astype(np.float16).astype(np.float32)
+            d = ((b.max(axis=2) - m) / 15).astype(np.float16).astype(np.float32)
+            q = np.clip(np.round((b - m[..., None]) / d[..., None]), 0, 15)
             blocks[name] = BlockQuant(
                 4, q.astype(np.uint8), d.astype(np.float32), 8, (m + 8 * d).astype(np.float32)
             )
