@@ -5,7 +5,8 @@ GEMM path), so a plain one-token decode step and a verification forward give log
 the last bits, and greedy text could differ at a near-tie. With speculation on (or ``exact_decode``),
 every one-sequence decode step is padded to two positions (``Runner.forward(min_positions=2)``),
 which makes its logits bit-identical to the verification forward's: speculative greedy output equals
-plain greedy output token for token. A batched decode of several sequences is not padded (its rows
+plain greedy output token for token. Our own kernels (``local_engine.kernels``, the int4-exact variant)
+need no padding: one position gives what it gives among several (``ModelRunner.position_invariant``). A batched decode of several sequences is not padded (its rows
 already go through the M>1 kernels of the linear layers; attention stays per sequence).
 
 Speculation policy: only a decode batch of exactly one sequence speculates. With two or more
@@ -136,7 +137,8 @@ class LLMEngine:
         # A one-sequence decode step padded to two positions takes the kernels a verification forward
         # takes (see ModelRunner.forward), so speculative greedy output equals plain greedy exactly.
         exact = speculative != "off" if exact_decode is None else exact_decode
-        self.decode_positions = 2 if exact else 1
+        # (not needed where one position already gives what several give: ModelRunner.position_invariant)
+        self.decode_positions = 2 if exact and not getattr(runner, "position_invariant", False) else 1
         self._states: dict[str, _RequestState] = {}
         self._aborted: list[RequestOutput] = []
         self._compiler_factory = grammar_compiler

@@ -15,8 +15,10 @@
  * quantize the activations to int8 (accuracy level 4), which is what made the quantized variants answer
  * worse than float32, and its float-activation paths are slow.
  * Up to 31 rows of X (decoding, batches, speculative verification) go through register tiles straight from
- * the blocks (4 rows of W by up to 4 rows of X), in an order of sums that gives one row of X bit for bit
- * what it gives among several; 32 rows and more (prefill) through a GEMM on VW rows of W dequantized once.
+ * the blocks (4 rows of W by up to 4 rows of X, 2 by 5 to 8), each block dequantized once per tile (Q4_1
+ * with AVX-512: a 16-entry table d * j + m per block, looked up by nibble), in an order of sums that gives
+ * one row of X bit for bit what it gives among several; 32 rows and more (prefill) through a GEMM on VW
+ * rows of W dequantized once.
  *
  * Q8_0Gather: rows of a Q8_0 table by index (the tied embedding: the lookup and the head share one table).
  * KVAttention: rotary embedding, the in-place float16 KV cache write and causal attention, in place of
@@ -59,11 +61,19 @@ typedef int32_t vi __attribute__((vector_size(VW * 4), aligned(4)));
 
 static inline vf load(const float* p) { return *(const vf*)p; }
 
+/* The sum of a vector's lanes, in a fixed tree order (the same on every path). */
 static inline float hsum(vf v) {
-    float s = 0.0f;
-    for (int i = 0; i < VW; i++) s += v[i];
-    return s;
+#if VW == 16
+    return _mm512_reduce_add_ps((__m512)v);
+#else
+    float t[VW];
+    memcpy(t, &v, sizeof t);
+    for (int w = VW / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) t[i] += t[i + w];
+    return t[0];
+#endif
 }
+
 
 #if defined(__F16C__)
 static inline vf load_half(const uint16_t* p) {
@@ -148,18 +158,29 @@ static inline void codes8(const uint8_t* blk, vf c[NV]) {
 }
 #endif
 
-/* Arithmetic, the same for every path so that one row of X gives bit for bit what it gives among several
- * (speculative decoding verifies k tokens in one call and must agree with one-token steps):
- *   y = hsum(sum over blocks b of d_b * t_b) (+ sum over blocks b of m_b * s_b for Q4_1, in block order),
- *   t_b = sum over the block's vectors v of c_v * x_v (one product, then fused multiply-adds, in order),
- *   s_b = the block's sum of x (computed once per row of X).
- * The weights are exact (d and m are the GGUF's float16 values, held as float32); only the order of the
- * sums differs from float32's. */
-static inline vf block_dot(const vf c[NV], const float* x) {
-    vf t = c[0] * load(x);
-#pragma GCC unroll 4
-    for (int v = 1; v < NV; v++) t += c[v] * load(x + v * VW);
-    return t;
+/* Arithmetic, the same for every tile shape so that one row of X gives bit for bit what it gives among
+ * several (speculative decoding verifies k tokens in one call and must agree with one-token steps): each
+ * block's weights are dequantized exactly (w = d * c + m: one rounding, which the float32 reference's
+ * (c - 8) * d + (m + 8 * d) also makes), then multiplied into one accumulator per (row of W, row of X),
+ * vector by vector in block order; the result is the accumulator's lanes summed in a fixed tree. */
+static inline void dequant(int bits, const uint8_t* codes, float d, float m, vf w[NV]) {
+#if VW == 16
+    if (bits == 4) { /* the block's 16 values d * j + m, then looked up by nibble (a permute reads 4 bits) */
+        const __m512 table = _mm512_fmadd_ps(
+            _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_ps(d), _mm512_set1_ps(m));
+        const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)codes));
+        w[0] = (vf)_mm512_permutexvar_ps(q, table);
+        w[1] = (vf)_mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
+        return;
+    }
+#endif
+    if (bits == 4) {
+        codes4(codes, w);
+        for (int v = 0; v < NV; v++) w[v] = w[v] * d + m;
+    } else {
+        codes8(codes, w);
+        for (int v = 0; v < NV; v++) w[v] = w[v] * d;
+    }
 }
 
 typedef struct {
@@ -176,64 +197,64 @@ typedef struct {
 /* A row: its blocks' codes, then their float16 d (then, Q4_1, their float16 m). */
 static inline size_t row_bytes(int bits, size_t k) { return k / QK * (bits == 4 ? Q4_CODES + 4 : Q8_CODES + 2); }
 
-static void block_sums(const float* x, size_t nb, float* s) {
-    vf ones[NV];
-    for (int v = 0; v < NV; v++) ones[v] = (vf){0} + 1.0f;
-    for (size_t b = 0; b < nb; b++) s[b] = hsum(block_dot(ones, x + b * QK));
-}
-
-/* R rows of W (from their first block) against MR rows of X (row stride k) with their block sums s
- * ([MR][nb]), into y (row stride n). The codes of a block are converted once for the MR rows of X. */
+/* R rows of W (from their first block) against MR rows of X (row stride k), into y (row stride n): each
+ * block of the R rows is dequantized once for the MR rows of X. */
 #define TILE(NAME, BITS, R, MR)                                                                           \
-    static void NAME(const uint8_t* w, size_t stride, size_t nb, const float* x, size_t k, const float* s, \
-                     float* y, size_t n) {                                                                \
+    static void NAME(const uint8_t* w, size_t stride, size_t nb, const float* x, size_t k, float* y,      \
+                     size_t n) {                                                                          \
         const size_t cb = BITS == 4 ? Q4_CODES : Q8_CODES;                                                \
         float dd[R][K_MAX / QK], mn[R][BITS == 4 ? K_MAX / QK : 1];                                       \
         vf acc[R][MR];                                                                                    \
         _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) {                                             \
             halves(w + i * stride + nb * cb, dd[i], nb);                                                  \
             if (BITS == 4) halves(w + i * stride + nb * (cb + 2), mn[i], nb);                             \
-            _Pragma("GCC unroll 4") for (int m = 0; m < MR; m++) acc[i][m] = (vf){0};                     \
+            _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++) acc[i][m] = (vf){0};                     \
         }                                                                                                 \
         for (size_t b = 0; b < nb; b++) {                                                                 \
             _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) {                                         \
-                vf c[NV];                                                                                 \
-                if (BITS == 4)                                                                            \
-                    codes4(w + i * stride + b * cb, c);                                                   \
-                else                                                                                      \
-                    codes8(w + i * stride + b * cb, c);                                                   \
-                const float d = dd[i][b];                                                                 \
-                _Pragma("GCC unroll 4") for (int m = 0; m < MR; m++) acc[i][m] += block_dot(c, x + m * k + b * QK) * d; \
+                vf wv[NV];                                                                                \
+                dequant(BITS, w + i * stride + b * cb, dd[i][b], BITS == 4 ? mn[i][b] : 0.0f, wv);        \
+                _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++)                                      \
+                    _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                                  \
+                        acc[i][m] += wv[v] * load(x + m * k + b * QK + v * VW);                           \
             }                                                                                             \
         }                                                                                                 \
-        _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) _Pragma("GCC unroll 4") for (int m = 0; m < MR; m++) { \
-            float macc = 0.0f;                                                                            \
-            if (BITS == 4)                                                                                \
-                for (size_t b = 0; b < nb; b++) macc += mn[i][b] * s[m * nb + b];                         \
-            y[m * n + i] = hsum(acc[i][m]) + macc;                                                        \
-        }                                                                                                 \
+        _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++) \
+            y[m * n + i] = hsum(acc[i][m]);                                                               \
     }
 #if VW == 16
-#define MR_MAX 4
+#define MR_MAX 8 /* rows of X per tile: up to 4 with 4 rows of W, 5 to 8 with 2 */
 #else
 #define MR_MAX 2
 #endif
 #define TILES(BITS)                                                                                        \
     TILE(t##BITS##_4_1, BITS, 4, 1)                                                                        \
-    TILE(t##BITS##_1_1, BITS, 1, 1)                                                                        \
     TILE(t##BITS##_4_2, BITS, 4, 2)                                                                        \
-    TILE(t##BITS##_1_2, BITS, 1, 2)                                                                        \
     TILE(t##BITS##_4_3, BITS, 4, 3)                                                                        \
-    TILE(t##BITS##_1_3, BITS, 1, 3)                                                                        \
     TILE(t##BITS##_4_4, BITS, 4, 4)                                                                        \
-    TILE(t##BITS##_1_4, BITS, 1, 4)
+    TILE(t##BITS##_2_5, BITS, 2, 5)                                                                        \
+    TILE(t##BITS##_2_6, BITS, 2, 6)                                                                        \
+    TILE(t##BITS##_2_7, BITS, 2, 7)                                                                        \
+    TILE(t##BITS##_2_8, BITS, 2, 8)                                                                        \
+    TILE(t##BITS##_1_1, BITS, 1, 1)                                                                        \
+    TILE(t##BITS##_1_2, BITS, 1, 2)                                                                        \
+    TILE(t##BITS##_1_3, BITS, 1, 3)                                                                        \
+    TILE(t##BITS##_1_4, BITS, 1, 4)                                                                        \
+    TILE(t##BITS##_1_5, BITS, 1, 5)                                                                        \
+    TILE(t##BITS##_1_6, BITS, 1, 6)                                                                        \
+    TILE(t##BITS##_1_7, BITS, 1, 7)                                                                        \
+    TILE(t##BITS##_1_8, BITS, 1, 8)
 TILES(4)
 TILES(8)
-typedef void (*TileFn)(const uint8_t*, size_t, size_t, const float*, size_t, const float*, float*, size_t);
-/* [bits == 8][rows == 1][MR - 1] */
-static const TileFn tiles[2][2][4] = {
-    {{t4_4_1, t4_4_2, t4_4_3, t4_4_4}, {t4_1_1, t4_1_2, t4_1_3, t4_1_4}},
-    {{t8_4_1, t8_4_2, t8_4_3, t8_4_4}, {t8_1_1, t8_1_2, t8_1_3, t8_1_4}},
+typedef void (*TileFn)(const uint8_t*, size_t, size_t, const float*, size_t, float*, size_t);
+/* [bits == 8][MR - 1]: the wide tile (4 rows of W up to 4 rows of X, else 2) and the one-row tail */
+static const TileFn wide[2][8] = {
+    {t4_4_1, t4_4_2, t4_4_3, t4_4_4, t4_2_5, t4_2_6, t4_2_7, t4_2_8},
+    {t8_4_1, t8_4_2, t8_4_3, t8_4_4, t8_2_5, t8_2_6, t8_2_7, t8_2_8},
+};
+static const TileFn narrow[2][8] = {
+    {t4_1_1, t4_1_2, t4_1_3, t4_1_4, t4_1_5, t4_1_6, t4_1_7, t4_1_8},
+    {t8_1_1, t8_1_2, t8_1_3, t8_1_4, t8_1_5, t8_1_6, t8_1_7, t8_1_8},
 };
 
 /* exp(x): 2^n * p(r), |r| <= ln2 / 2, Taylor to r^7 (relative error about 1e-8 before float32 rounding);
@@ -346,16 +367,13 @@ static void matmul_rows(const Job* j, size_t r0, size_t r1, float* y, size_t yst
     }
     const size_t k = j->k, nb = k / QK, stride = row_bytes(j->bits, k);
     const int b8 = j->bits == 8;
-    float s[MR_MAX * (K_MAX / QK)];
     for (size_t m = 0; m < j->m; m += MR_MAX) {
-        const size_t mr = j->m - m < MR_MAX ? j->m - m : MR_MAX;
+        const size_t mr = j->m - m < MR_MAX ? j->m - m : MR_MAX, rw = mr <= 4 ? 4 : 2;
         const float* x = j->x + m * k;
         float* ym = y + m * ystep;
-        if (!b8)
-            for (size_t i = 0; i < mr; i++) block_sums(x + i * k, nb, s + i * nb);
         size_t r = r0;
-        for (; r + 4 <= r1; r += 4) tiles[b8][0][mr - 1](j->w + r * stride, stride, nb, x, k, s, ym + r - r0, ystep);
-        for (; r < r1; r++) tiles[b8][1][mr - 1](j->w + r * stride, stride, nb, x, k, s, ym + r - r0, ystep);
+        for (; r + rw <= r1; r += rw) wide[b8][mr - 1](j->w + r * stride, stride, nb, x, k, ym + r - r0, ystep);
+        for (; r < r1; r++) narrow[b8][mr - 1](j->w + r * stride, stride, nb, x, k, ym + r - r0, ystep);
     }
 }
 

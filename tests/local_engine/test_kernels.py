@@ -283,3 +283,26 @@ def test_the_library_is_rebuilt_for_another_cpu(tmp_path: Path, monkeypatch: pyt
         kernels.library.cache_clear()
     assert first != second and first.exists() and second.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_speculative_greedy_equals_unpadded_plain_greedy_on_the_kernel_variant(tmp_path: Path) -> None:
+    """One position gives what several give, so the engine decodes without the padding MLAS needs, and
+    prompt-lookup speculation still reproduces plain greedy token for token."""
+    from local_engine.engine import LLMEngine
+    from tests.local_engine.test_engine import TINY_PARAMS, TINY_PROMPTS, TOK, _tiny_run
+
+    model_dir, _ = _exact_tiny_model(tmp_path)
+    runner = ModelRunner(model_dir, "exact", num_slots=4, max_seq_len=128, threads=1)
+    assert runner.position_invariant
+    assert not ModelRunner(model_dir, "fp32", num_slots=1, max_seq_len=16).position_invariant
+    plain = LLMEngine(runner, TOK, speculative="off", exact_decode=False)
+    alone = {rid: _tiny_run(plain, {rid: ids}, TINY_PARAMS)[rid] for rid, ids in TINY_PROMPTS.items()}
+    engine = LLMEngine(runner, TOK, speculative="ngram")
+    assert engine.decode_positions == 1
+    assert {
+        rid: _tiny_run(engine, {rid: ids}, TINY_PARAMS)[rid] for rid, ids in TINY_PROMPTS.items()
+    } == alone
+    assert engine.stats.speculative_steps > 0
+    assert (
+        _tiny_run(LLMEngine(runner, TOK, speculative="auto"), TINY_PROMPTS, TINY_PARAMS) == alone
+    )  # batched
