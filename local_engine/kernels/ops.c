@@ -192,7 +192,6 @@ typedef struct {
     int swiglu; /* y = silu(x W[:N]^T) * (x W[N:]^T) */
 } Job;
 #define SWIGLU_ROWS 256 /* a task's output rows are at most half of it */
-#define SWIGLU_PANEL 48
 
 /* A row: its blocks' codes, then their float16 d (then, Q4_1, their float16 m). */
 static inline size_t row_bytes(int bits, size_t k) { return k / QK * (bits == 4 ? Q4_CODES + 4 : Q8_CODES + 2); }
@@ -394,11 +393,19 @@ static void run_task(void* data, size_t task) {
         matmul_rows(j, r0, r1, j->y + r0, j->n);
         return;
     }
-    /* gate rows r0..r1 and up rows n + r0 .. n + r1 (W holds [gate; up]), then silu(gate) * up */
+    /* gate rows r0..r1 and up rows n + r0 .. n + r1 (W holds [gate; up]), then silu(gate) * up: a few
+     * rows of X at a time in stack buffers, or (prefill) all of them at once in heap buffers, so that the
+     * GEMM dequantizes each tile of W once */
     const size_t rows = r1 - r0, width = (rows + VW - 1) / VW * VW;
-    const size_t chunk = j->m >= GEMM_MIN_M ? SWIGLU_PANEL : MR_MAX; /* rows of X at a time */
-    float gate[SWIGLU_PANEL * SWIGLU_ROWS / 2] __attribute__((aligned(64)));
-    float up[SWIGLU_PANEL * SWIGLU_ROWS / 2] __attribute__((aligned(64)));
+    float small_gate[MR_MAX * SWIGLU_ROWS / 2] __attribute__((aligned(64)));
+    float small_up[MR_MAX * SWIGLU_ROWS / 2] __attribute__((aligned(64)));
+    size_t chunk = MR_MAX;
+    float *gate = small_gate, *up = small_up, *heap = NULL;
+    if (j->m >= GEMM_MIN_M && (heap = aligned_alloc(64, 2 * j->m * width * sizeof(float))) != NULL) {
+        chunk = j->m;
+        gate = heap;
+        up = heap + j->m * width;
+    }
     Job one = *j;
     for (size_t m = 0; m < j->m; m += chunk) {
         one.m = j->m - m < chunk ? j->m - m : chunk;
@@ -411,6 +418,7 @@ static void run_task(void* data, size_t task) {
             memcpy(j->y + (m + i) * j->n + r0, act, rows * sizeof(float));
         }
     }
+    free(heap);
 }
 
 static size_t tasks_for(Job* j) {
