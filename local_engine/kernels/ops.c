@@ -554,15 +554,25 @@ static OrtStatus* shape_of(const OrtValue* value, int64_t* dims, size_t* rank) {
     return status;
 }
 
+/* The first n inputs of a kernel call with their shapes (rank at most 8). */
+static OrtStatus* read_inputs(OrtKernelContext* ctx, size_t n, const OrtValue** values, int64_t (*dims)[8],
+                              size_t* ranks) {
+    for (size_t i = 0; i < n; i++) {
+        TRY(ORT_CALL(KernelContext_GetInput)(ctx, i, &values[i]));
+        TRY(shape_of(values[i], dims[i], &ranks[i]));
+    }
+    return NULL;
+}
+
 /* Q8_0Gather: rows of a Q8_0 table (the tied embedding) by index, dequantized: ids int64 [...] -> [..., K]. */
 static OrtStatus* gather(OrtKernelContext* ctx) {
-    const OrtValue *ids_value, *w_value;
-    TRY(ORT_CALL(KernelContext_GetInput)(ctx, 0, &ids_value));
-    TRY(ORT_CALL(KernelContext_GetInput)(ctx, 1, &w_value));
-    int64_t idims[8], wdims[8];
-    size_t irank, wrank;
-    TRY(shape_of(ids_value, idims, &irank));
-    TRY(shape_of(w_value, wdims, &wrank));
+    const OrtValue* in[2];
+    int64_t dims[2][8];
+    size_t rank[2];
+    TRY(read_inputs(ctx, 2, in, dims, rank));
+    const OrtValue *ids_value = in[0], *w_value = in[1];
+    const int64_t *idims = dims[0], *wdims = dims[1];
+    const size_t irank = rank[0], wrank = rank[1];
     if (wrank != 2 || wdims[1] % (Q8_CODES + 2) || wdims[1] / (Q8_CODES + 2) * QK > K_MAX || irank > 7)
         return fail("thriftgate Q8_0Gather: the table must be [rows, blocks * 34] and the ids of rank <= 7");
     const size_t nb = (size_t)wdims[1] / (Q8_CODES + 2), k = nb * QK, rows = (size_t)wdims[0];
@@ -593,10 +603,7 @@ static OrtStatus* attention(OrtKernelContext* ctx) {
     const OrtValue* in[7];
     int64_t dims[7][8];
     size_t rank[7];
-    for (size_t i = 0; i < 7; i++) {
-        TRY(ORT_CALL(KernelContext_GetInput)(ctx, i, &in[i]));
-        TRY(shape_of(in[i], dims[i], &rank[i]));
-    }
+    TRY(read_inputs(ctx, 7, in, dims, rank));
     if (rank[0] != 3 || rank[1] != 4 || rank[2] != 4 || rank[3] != 1 || rank[5] != 2 || rank[6] != 2)
         return fail("thriftgate KVAttention: qkv [B, S, W], past [B, KVH, L, D], seqlens_k [B], cos / sin [P, D/2]");
     Attn a;
@@ -657,13 +664,13 @@ static OrtStatus* attention(OrtKernelContext* ctx) {
 static OrtStatus* compute(const QOp* op, OrtKernelContext* ctx) {
     if (op->kind == Q8_0_GATHER) return gather(ctx);
     if (op->kind == KV_ATTENTION) return attention(ctx);
-    const OrtValue *x_value, *w_value;
-    TRY(ORT_CALL(KernelContext_GetInput)(ctx, 0, &x_value));
-    TRY(ORT_CALL(KernelContext_GetInput)(ctx, 1, &w_value));
-    int64_t xdims[8], wdims[8];
-    size_t xrank, wrank;
-    TRY(shape_of(x_value, xdims, &xrank));
-    TRY(shape_of(w_value, wdims, &wrank));
+    const OrtValue* in[2];
+    int64_t dims[2][8];
+    size_t rank[2];
+    TRY(read_inputs(ctx, 2, in, dims, rank));
+    const OrtValue *x_value = in[0], *w_value = in[1];
+    const int64_t *xdims = dims[0], *wdims = dims[1];
+    const size_t xrank = rank[0], wrank = rank[1];
     if (xrank < 1 || wrank != 2) return fail("thriftgate QMatMul: X must have rank >= 1 and the weight rank 2");
     const int fused = op->kind == Q4_1_SWIGLU || op->kind == Q8_0_SWIGLU;
     const size_t k = (size_t)xdims[xrank - 1], n = (size_t)wdims[0] / (fused ? 2 : 1);
