@@ -6,8 +6,9 @@ the last bits, and greedy text could differ at a near-tie. With speculation on (
 every one-sequence decode step is padded to two positions (``Runner.forward(min_positions=2)``),
 which makes its logits bit-identical to the verification forward's: speculative greedy output equals
 plain greedy output token for token. Our own kernels (``local_engine.kernels``, the int4-exact variant)
-need no padding: one position gives what it gives among several (``ModelRunner.position_invariant``). A batched decode of several sequences is not padded (its rows
-already go through the M>1 kernels of the linear layers; attention stays per sequence).
+need no padding: one position gives what it gives among several (``ModelRunner.position_invariant``).
+A batched decode of several sequences is not padded (its rows already go through the M>1 kernels of
+the linear layers; attention stays per sequence).
 
 Speculation policy: only a decode batch of exactly one sequence speculates. With two or more
 sequences decoding, one batched forward already spreads the cost of reading the weights over

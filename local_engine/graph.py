@@ -97,6 +97,11 @@ def build_decoder(
 ) -> onnx.ModelProto:
     """Builds the decoder graph from float32 weights in HF layout (see ``gguf_weights.GGUFModel``).
 
+    A ``linear`` builder may also provide, through attributes (``quantize.KernelLinear`` does): ``attention``
+    (true: our own ``KVAttention`` op over a float16 cache instead of GroupQueryAttention), ``swiglu(g,
+    name, x, gate_up)`` (the gate/up product with SwiGLU fused) and ``embedding(g, name, ids)`` (the token
+    lookup; None falls back to a float32 table).
+
     ``kv_dtype`` is the KV cache's element type (``KV_DTYPES``). With float16 the fused QKV projection
     is cast to float16 before ``GroupQueryAttention`` (which then runs on float16 inputs, RoPE tables
     and cache, accumulating in float32 inside the op) and its output is cast back to float32: the cache
