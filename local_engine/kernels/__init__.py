@@ -45,7 +45,10 @@ class KernelUnavailable(RuntimeError):
 def cache_dir() -> Path:
     explicit = os.environ.get("THRIFTGATE_KERNEL_DIR")
     candidates = [Path(explicit)] if explicit else []
-    candidates += [Path.home() / ".cache" / "thriftgate" / "kernels"]
+    try:
+        candidates += [Path.home() / ".cache" / "thriftgate" / "kernels"]
+    except (RuntimeError, KeyError):  # no home directory
+        pass
     candidates += [Path(tempfile.gettempdir()) / f"thriftgate-kernels-{os.getuid()}"]
     for path in candidates:
         try:

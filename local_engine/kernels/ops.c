@@ -401,7 +401,8 @@ static void run_task(void* data, size_t task) {
     float small_up[MR_MAX * SWIGLU_ROWS / 2] __attribute__((aligned(64)));
     size_t chunk = MR_MAX;
     float *gate = small_gate, *up = small_up, *heap = NULL;
-    if (j->m >= GEMM_MIN_M && (heap = aligned_alloc(64, 2 * j->m * width * sizeof(float))) != NULL) {
+    const size_t heap_bytes = (2 * j->m * width * sizeof(float) + 63) & ~(size_t)63; /* a multiple of 64 */
+    if (j->m >= GEMM_MIN_M && (heap = aligned_alloc(64, heap_bytes)) != NULL) {
         chunk = j->m;
         gate = heap;
         up = heap + j->m * width;
