@@ -319,25 +319,34 @@ class GridInt8Linear:
         )  # fmt: skip
 
 
-def ggml_block_bytes(bq: BlockQuant) -> tuple[str, np.ndarray]:
-    """A Q4_1 or Q8_0 ``BlockQuant`` as ggml stores it, for ``KernelLinear``: ``(op, uint8 [N, bytes])``."""
+def kernel_op(bq: BlockQuant) -> str:
+    """The ``thriftgate`` op multiplying by ``bq``: Q4_1 (``d * q + m``) or Q8_0 (``d * q``) blocks of 32."""
+    if bq.codes.shape[2] == 32 and bq.bits == 4 and bq.zero_point == 8 and bq.bias is not None:
+        return "Q4_1MatMul"
+    if bq.codes.shape[2] == 32 and bq.bits == 8 and bq.zero_point == 128 and bq.bias is None:
+        return "Q8_0MatMul"
+    raise ValueError(
+        f"no kernel for {bq.bits}-bit blocks of {bq.codes.shape[2]} with zero point {bq.zero_point}"
+    )
+
+
+def kernel_blocks(bq: BlockQuant) -> np.ndarray:
+    """``bq`` as the kernels take it (``kernels.pack_q4_1`` / ``pack_q8_0``: the GGUF's bytes, codes first,
+    then the float16 scales): uint8 ``[N, row bytes]``."""
     from local_engine import kernels
 
-    if bq.codes.shape[2] != 32:
-        raise ValueError("the kernels take the GGUF's blocks of 32")
-    if bq.bits == 4 and bq.zero_point == 8 and bq.bias is not None:
+    if kernel_op(bq) == "Q4_1MatMul":
+        assert bq.bias is not None
         mins = (bq.bias.astype(np.float32) - np.float32(8) * bq.scales).astype(np.float32)
-        return "Q4_1MatMul", kernels.pack_q4_1(bq.codes, bq.scales, mins)
-    if bq.bits == 8 and bq.zero_point == 128 and bq.bias is None:
-        return "Q8_0MatMul", kernels.pack_q8_0(bq.codes.astype(np.int16) - 128, bq.scales)
-    raise ValueError(f"no kernel for {bq.bits}-bit blocks with zero point {bq.zero_point}")
+        return kernels.pack_q4_1(bq.codes, bq.scales, mins)
+    return kernels.pack_q8_0(bq.codes.astype(np.int16) - 128, bq.scales)
 
 
 @dataclass(slots=True, frozen=True)
 class KernelLinear:
     """``LinearBuilder`` emitting our own ``thriftgate`` ops over the GGUF's Q4_1 / Q8_0 blocks, byte for byte.
 
-    Float32 activations and weights equal to the float32 graph's (``local_engine/kernels/qmatmul.c``): the
+    Float32 activations and weights equal to the float32 graph's (``local_engine/kernels/ops.c``): the
     output differs from float32's only by the order of the sums, at a quarter (Q4_1) or a bit over a
     quarter (Q8_0) of the weight bytes. A session running it registers ``kernels.library()``.
     """
@@ -351,19 +360,19 @@ class KernelLinear:
         n, nb, bs = bq.codes.shape
         assert w.shape == (n, nb * bs), (name, w.shape, bq.codes.shape)
         table = "embed" if bq is self.blocks.get("embed") else name  # a tied head shares the lookup's table
-        return g.node(_op_for(bq), [x, self._table(g, table, bq)], [name], domain=KERNEL_DOMAIN)
+        return g.node(kernel_op(bq), [x, self._table(g, table, bq)], [name], domain=KERNEL_DOMAIN)
 
     def swiglu(self, g: GraphBuilder, name: str, x: str, gate_up: str) -> str:
         """``silu(x @ gate.T) * (x @ up.T)`` in one op over the fused gate/up blocks named ``gate_up``."""
         bq = self.blocks[gate_up]
-        op = _op_for(bq).replace("MatMul", "MatMulSwiGLU")
+        op = kernel_op(bq).replace("MatMul", "MatMulSwiGLU")
         return g.node(op, [x, self._table(g, gate_up, bq)], [name], domain=KERNEL_DOMAIN)
 
     def embedding(self, g: GraphBuilder, name: str, ids: str) -> str | None:
         """The token lookup from the GGUF's Q8_0 embedding (``Q8_0Gather``), or None (the caller then
         gathers from the float32 table) when the embedding is not Q8_0."""
         bq = self.blocks.get("embed")
-        if bq is None or _op_for(bq) != "Q8_0MatMul":
+        if bq is None or kernel_op(bq) != "Q8_0MatMul":
             return None
         return g.node("Q8_0Gather", [ids, self._table(g, "embed", bq)], [name], domain=KERNEL_DOMAIN)
 
@@ -372,9 +381,5 @@ class KernelLinear:
         """The initializer holding ``bq``'s packed blocks (added on first use)."""
         name = table + ".blocks"
         if not any(t.name == name for t in g.initializers):
-            g.constant(name, ggml_block_bytes(bq)[1])
+            g.constant(name, kernel_blocks(bq))
         return name
-
-
-def _op_for(bq: BlockQuant) -> str:
-    return "Q4_1MatMul" if bq.bits == 4 and bq.bias is not None else "Q8_0MatMul"

@@ -121,18 +121,18 @@ class ModelRunner:
             raise ValueError(f"max_seq_len must be in [1, {self.config.max_position}]")
         self.model_dir = Path(model_dir)
         self.variant = variant
+        entry = manifest["variants"][variant]
+        uses_kernels = bool(entry.get("kernels"))
         # Our own kernels (local_engine.kernels) give one position bit for bit what it gives among a few
         # (up to 31 rows: decode steps, batches, verification), so decoding needs no padding to match a
         # verification forward (``min_positions``); onnxruntime's MLAS kernels do not.
-        self.position_invariant = bool(manifest["variants"][variant].get("kernels"))
+        self.position_invariant = uses_kernels
         self.num_slots = num_slots
         self.max_seq_len = max_seq_len
         self.vocab_size = self.config.vocab_size
-        entry = manifest["variants"][variant]
-        path = Path(model_dir) / entry["file"]
         self.session = ort.InferenceSession(
-            str(path),
-            session_options(threads, kernels=bool(entry.get("kernels"))),
+            str(Path(model_dir) / entry["file"]),
+            session_options(threads, kernels=uses_kernels),
             providers=["CPUExecutionProvider"],
         )
         c = self.config

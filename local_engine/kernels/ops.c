@@ -196,6 +196,13 @@ typedef struct {
 /* A row: its blocks' codes, then their float16 d (then, Q4_1, their float16 m). */
 static inline size_t row_bytes(int bits, size_t k) { return k / QK * (bits == 4 ? Q4_CODES + 4 : Q8_CODES + 2); }
 
+/* A row's nb scales d, and for Q4_1 its mins m, widened to float32 (m is left alone for Q8_0). */
+static inline void row_scales(int bits, const uint8_t* row, size_t nb, float* d, float* m) {
+    const size_t cb = bits == 4 ? Q4_CODES : Q8_CODES;
+    halves(row + nb * cb, d, nb);
+    if (bits == 4) halves(row + nb * (cb + 2), m, nb);
+}
+
 /* R rows of W (from their first block) against MR rows of X (row stride k), into y (row stride n): each
  * block of the R rows is dequantized once for the MR rows of X. */
 #define TILE(NAME, BITS, R, MR)                                                                           \
@@ -205,8 +212,7 @@ static inline size_t row_bytes(int bits, size_t k) { return k / QK * (bits == 4 
         float dd[R][K_MAX / QK], mn[R][BITS == 4 ? K_MAX / QK : 1];                                       \
         vf acc[R][MR];                                                                                    \
         _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) {                                             \
-            halves(w + i * stride + nb * cb, dd[i], nb);                                                  \
-            if (BITS == 4) halves(w + i * stride + nb * (cb + 2), mn[i], nb);                             \
+            row_scales(BITS, w + i * stride, nb, dd[i], mn[i]);                                           \
             _Pragma("GCC unroll 8") for (int m = 0; m < MR; m++) acc[i][m] = (vf){0};                     \
         }                                                                                                 \
         for (size_t b = 0; b < nb; b++) {                                                                 \
@@ -323,18 +329,12 @@ static void gemm_rows(const Job* j, size_t r0, size_t r1, float* y, size_t ystep
             }
             const uint8_t* row = j->w + (r + i) * stride;
             float d[K_MAX / QK], mn[K_MAX / QK];
-            halves(row + nb * cb, d, nb);
-            if (j->bits == 4) halves(row + nb * (cb + 2), mn, nb);
+            row_scales(j->bits, row, nb, d, mn);
             for (size_t b = 0; b < nb; b++) {
-                vf c[NV];
-                if (j->bits == 4)
-                    codes4(row + b * cb, c);
-                else
-                    codes8(row + b * cb, c);
-                for (int v = 0; v < NV; v++) {
-                    const vf w = j->bits == 4 ? c[v] * d[b] + mn[b] : c[v] * d[b];
-                    for (int e = 0; e < VW; e++) buf[(b * QK + v * VW + e) * VW + i] = w[e];
-                }
+                vf w[NV];
+                dequant(j->bits, row + b * cb, d[b], j->bits == 4 ? mn[b] : 0.0f, w);
+                for (int v = 0; v < NV; v++)
+                    for (int e = 0; e < VW; e++) buf[(b * QK + v * VW + e) * VW + i] = w[v][e];
             }
         }
         float* yr = y + (r - r0);

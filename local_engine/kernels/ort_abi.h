@@ -1,4 +1,4 @@
-/* The few parts of onnxruntime's C ABI that qmatmul.c uses, declared by us.
+/* The few parts of onnxruntime's C ABI that ops.c uses, declared by us.
  *
  * onnxruntime's OrtApi is a table of function pointers that only ever grows at its end: an entry keeps its
  * position in every later release, so an entry is named here by its 0-based position (TG_IDX_*) and its

@@ -27,7 +27,7 @@ from local_engine.graph import (
     random_weights,
     tiny_config,
 )
-from local_engine.quantize import KernelLinear, ggml_block_bytes
+from local_engine.quantize import KernelLinear, kernel_blocks, kernel_op
 from local_engine.runner import ModelRunner, default_variant, session_options
 from tests.local_engine.conftest import write_models
 
@@ -51,8 +51,7 @@ def q8_0(rng: np.random.Generator, n: int, k: int) -> BlockQuant:
 
 
 def _packed(bq: BlockQuant) -> tuple[np.ndarray, int]:
-    op, raw = ggml_block_bytes(bq)
-    return raw, 4 if op == "Q4_1MatMul" else 8
+    return kernel_blocks(bq), 4 if kernel_op(bq) == "Q4_1MatMul" else 8
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -133,7 +132,7 @@ def test_weights_whose_scales_are_not_float16_or_shapes_that_do_not_fit_are_refu
     with pytest.raises(ValueError, match="do not fit"):
         kernels.qmatmul(np.zeros((1, 96), np.float32), raw, 4)
     with pytest.raises(ValueError, match="no kernel"):
-        ggml_block_bytes(BlockQuant(4, bq.codes, bq.scales, 7, bq.bias))
+        kernel_blocks(BlockQuant(4, bq.codes, bq.scales, 7, bq.bias))
 
 
 def _op_model(bits: int, raw: np.ndarray, k: int) -> bytes:
