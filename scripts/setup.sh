@@ -5,16 +5,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
-# The dashboard's browser tests drive Debian's chromium (Playwright never downloads a browser here).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages: chromium (the dashboard's browser tests drive it; Playwright never downloads a browser
+# here) and a C compiler (the local model's kernels, local_engine/kernels, compile on the machine that runs them).
+need_package() {  # command, package, what fails without it
+    command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = 0 ]; then
-        apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+        apt-get install -y -q "$2" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "$2" >/dev/null; }
     elif command -v sudo >/dev/null 2>&1; then
-        sudo apt-get install -y -q chromium >/dev/null
+        sudo apt-get install -y -q "$2" >/dev/null
     else
-        echo "chromium is missing (apt-get install chromium): the dashboard's browser tests will fail" >&2
+        echo "$2 is missing (apt-get install $2): $3" >&2
     fi
-fi
+}
+need_package chromium chromium "the dashboard's browser tests will fail"
+need_package cc gcc "the local model's int4-exact variant is not built (fp32 is served) and its kernel tests fail"
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
